@@ -1,0 +1,153 @@
+"""The Python API: one object per database, one method per CLI command.
+
+from pgaudit_tool import Audit
+
+with Audit.connect("postgresql://dba@db/shop") as audit:
+    audit.install()
+    audit.enable("sales.orders", exclude=["password_hash"])
+    with audit.actor("alice", {"ticket": "T-1"}):
+        audit.conn.execute("UPDATE sales.orders SET amount = 10 WHERE id = 1")
+    for change in audit.history("sales.orders"):
+        print(change["op"], change["pk"], change["actor"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from pgaudit_tool import history as _history
+from pgaudit_tool import schema, tables
+from pgaudit_tool.connection import connect, resolve_conninfo
+from pgaudit_tool.context import audit_context
+from pgaudit_tool.db import translated_errors
+from pgaudit_tool.errors import TableNotSuitable
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """Schema revision before and after :meth:`Audit.install` (``before`` None: fresh install)."""
+
+    before: str | None
+    after: str
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+class Audit:
+    """pgaudit_tool operations on one database connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any], conninfo: str | None = None) -> None:
+        self.conn = conn
+        self._conninfo = conninfo
+
+    @classmethod
+    def connect(cls, dsn: str | None = None) -> Audit:
+        """Connect by the libpq rules: ``dsn``, else PG* variables / service file, else DATABASE_URL."""
+        return cls(connect(dsn), resolve_conninfo(dsn))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Audit:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- setup -------------------------------------------------------------------------------
+    def install(self) -> InstallResult:
+        """Create or upgrade the audit schema to this tool's revision (idempotent, one transaction)."""
+        with translated_errors():
+            before, after = schema.install(self.conninfo)
+        return InstallResult(before, after)
+
+    def install_sql(self) -> str:
+        """The SQL :meth:`install` would run on this database (``install --dry-run``)."""
+        with translated_errors():
+            return schema.upgrade_sql(schema.installed_revision(self.conn))
+
+    def installed_revision(self) -> str | None:
+        """The installed schema revision, or None."""
+        with translated_errors():
+            return schema.installed_revision(self.conn)
+
+    def enable(
+        self,
+        *names: str,
+        schemas: Sequence[str] = (),
+        exclude: Sequence[str] | None = None,
+        capture_truncate: bool | None = None,
+        skip_unsuitable: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Audit the named tables and every table of ``schemas``, all or nothing.
+
+        Tables that cannot be audited (no key, not a table) make the whole call fail with every
+        reason listed, unless ``skip_unsuitable``, which leaves them out.
+        Returns the status record of each table enabled.
+        """
+        self._require_installed()
+        refs = tables.tables_to_audit(self.conn, names, schemas)
+        problems = tables.unsuitable_tables(self.conn, refs)
+        if problems and not skip_unsuitable:
+            listing = "; ".join(f"{name}: {why}" for name, why in problems.items())
+            raise TableNotSuitable(
+                f"cannot audit {len(problems)} table(s), nothing was changed: {listing}",
+                hint="Fix those tables, or leave them out (--skip-unsuitable).",
+            )
+        refs = [r for r in refs if r.name not in problems]
+        return tables.enable(self.conn, refs, exclude=exclude, capture_truncate=capture_truncate)
+
+    def disable(self, *names: str, schemas: Sequence[str] = ()) -> dict[str, bool]:
+        """Stop capture on the tables (history stays). Maps each table to whether it was audited."""
+        self._require_installed()
+        return tables.disable(self.conn, tables.tables_to_audit(self.conn, names, schemas))
+
+    def refresh(self, *names: str) -> None:
+        """Regenerate capture of audited tables after DDL."""
+        self._require_installed()
+        tables.refresh(self.conn, tables.tables_to_audit(self.conn, names))
+
+    def status(self) -> list[dict[str, Any]]:
+        """What is audited, with the state of each table's capture triggers."""
+        self._require_installed()
+        return tables.status(self.conn)
+
+    # -- querying ------------------------------------------------------------------------------
+    def history(self, table: str | None = None, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Changes, oldest first, streamed. ``filters``: see :class:`pgaudit_tool.history.HistoryFilter`."""
+        self._require_installed()
+        return _history.history(self.conn, _history.HistoryFilter(table=table, **filters))
+
+    # -- attribution ---------------------------------------------------------------------------
+    def actor(
+        self, actor: str | None, context: Mapping[str, Any] | None = None
+    ) -> AbstractContextManager[psycopg.Transaction]:
+        """A transaction whose changes are attributed to ``actor`` (see :func:`audit_context`)."""
+        return audit_context(self.conn, actor, context)
+
+    # -- internals -----------------------------------------------------------------------------
+    @property
+    def conninfo(self) -> str:
+        """A libpq conninfo for opening more connections to the same database."""
+        if self._conninfo is None:
+            info = self.conn.info
+            self._conninfo = make_conninfo(info.dsn, password=info.password or None)
+        return self._conninfo
+
+    def _require_installed(self) -> None:
+        with translated_errors():
+            schema.require_installed(self.conn)

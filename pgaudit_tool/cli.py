@@ -1,0 +1,260 @@
+"""The ``pgaudit-tool`` command: a thin layer over :class:`pgaudit_tool.Audit`.
+
+Data goes to stdout, messages to stderr. Exit codes are listed in ``EXIT_CODES``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from pgaudit_tool import __version__
+from pgaudit_tool.errors import AuditError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES = """\b
+Exit codes:
+  0  success
+  1  database error (the server's message is shown)
+  2  bad input: unknown table or column, bad name, bad value, table not auditable
+  3  cannot connect to the database
+  4  the audit schema is not installed or is out of date (run 'install')
+  5  permission denied
+"""
+
+_FORMATS = ("table", "csv", "json", "jsonl")
+
+
+class _Group(click.Group):
+    """Turns AuditError into a message on stderr and its documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AuditError as exc:
+            _fail(ctx, exc)
+        except Exception as exc:
+            import psycopg
+
+            if not isinstance(exc, psycopg.Error):
+                raise
+            from pgaudit_tool.db import translate
+
+            _fail(ctx, translate(exc))
+
+
+def _fail(ctx: click.Context, exc: AuditError) -> None:
+    click.echo(f"error: {exc.message}", err=True)
+    if exc.hint:
+        click.echo(f"hint: {exc.hint}", err=True)
+    ctx.exit(exc.exit_code)
+
+
+class _State:
+    """Per-invocation state: the connection, opened on first use."""
+
+    def __init__(self, dsn: str | None) -> None:
+        self.dsn = dsn
+        self._audit: Any = None
+
+    def audit(self) -> Any:
+        if self._audit is None:
+            from pgaudit_tool.api import Audit
+
+            self._audit = Audit.connect(self.dsn)
+        return self._audit
+
+    def close(self) -> None:
+        if self._audit is not None:
+            self._audit.close()
+
+
+def _format_option(func: F) -> F:
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(_FORMATS),
+        default="table",
+        show_default=True,
+        help="Output format.",
+    )(func)
+
+
+def _emit(
+    records: Iterable[Mapping[str, Any]], fmt: str, columns: Sequence[str] | None = None
+) -> int:
+    from pgaudit_tool.output import render
+
+    count = render(records, fmt, sys.stdout, columns)
+    sys.stdout.flush()
+    return count
+
+
+def _info(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(
+    cls=_Group, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.option(
+    "--dsn",
+    metavar="DSN",
+    help="Connection string (key=value or URI). Default: libpq's PG* variables, service file "
+    "and .pgpass; else DATABASE_URL.",
+)
+@click.version_option(__version__, prog_name="pgaudit-tool")
+@click.pass_context
+def main(ctx: click.Context, dsn: str | None) -> None:
+    """Database-level change capture for PostgreSQL: who changed what, when, from where."""
+    state = _State(dsn)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
+@click.pass_obj
+def install(state: _State, dry_run: bool) -> None:
+    """Create or upgrade the audit schema (idempotent, one transaction)."""
+    audit = state.audit()
+    if dry_run:
+        click.echo(audit.install_sql(), nl=False)
+        return
+    result = audit.install()
+    if result.before is None:
+        _info(f"installed the audit schema, revision {result.after}")
+    elif result.changed:
+        _info(f"upgraded the audit schema from revision {result.before} to {result.after}")
+    else:
+        _info(f"the audit schema is up to date (revision {result.after})")
+
+
+@main.command()
+@click.argument("tables", nargs=-1)
+@click.option(
+    "--schema",
+    "schemas",
+    multiple=True,
+    metavar="SCHEMA",
+    help="Every table of SCHEMA (repeatable).",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="COLUMN",
+    help="Column never stored in the log (repeatable). Default: keep each table's current list.",
+)
+@click.option(
+    "--truncate-content/--no-truncate-content",
+    default=None,
+    help="Store the rows removed by TRUNCATE (default: on for new tables, unchanged otherwise).",
+)
+@click.option(
+    "--skip-unsuitable",
+    is_flag=True,
+    help="Leave out tables that cannot be audited instead of failing.",
+)
+@_format_option
+@click.pass_obj
+def enable(
+    state: _State,
+    tables: tuple[str, ...],
+    schemas: tuple[str, ...],
+    exclude: tuple[str, ...],
+    truncate_content: bool | None,
+    skip_unsuitable: bool,
+    fmt: str,
+) -> None:
+    """Start capturing changes of TABLES (schema-qualified names; quote odd names as in SQL)."""
+    from pgaudit_tool.tables import STATUS_COLUMNS
+
+    rows = state.audit().enable(
+        *tables,
+        schemas=schemas,
+        exclude=list(exclude) if exclude else None,
+        capture_truncate=truncate_content,
+        skip_unsuitable=skip_unsuitable,
+    )
+    _info(f"capture enabled on {len(rows)} table(s)")
+    _emit(rows, fmt, STATUS_COLUMNS)
+
+
+@main.command()
+@click.argument("tables", nargs=-1)
+@click.option(
+    "--schema",
+    "schemas",
+    multiple=True,
+    metavar="SCHEMA",
+    help="Every table of SCHEMA (repeatable).",
+)
+@click.pass_obj
+def disable(state: _State, tables: tuple[str, ...], schemas: tuple[str, ...]) -> None:
+    """Stop capturing changes of TABLES. Their history stays."""
+    for name, was_enabled in state.audit().disable(*tables, schemas=schemas).items():
+        _info(f"{name}: capture disabled" if was_enabled else f"{name}: was not audited")
+
+
+@main.command()
+@click.argument("tables", nargs=-1, required=True)
+@click.pass_obj
+def refresh(state: _State, tables: tuple[str, ...]) -> None:
+    """Regenerate capture of audited TABLES after DDL (renames, new partitions, new key)."""
+    state.audit().refresh(*tables)
+    _info(f"capture regenerated on {len(tables)} table(s)")
+
+
+@main.command()
+@_format_option
+@click.pass_obj
+def status(state: _State, fmt: str) -> None:
+    """What is audited, and whether each table's capture triggers are present and ENABLE ALWAYS."""
+    from pgaudit_tool.tables import STATUS_COLUMNS
+
+    _emit(state.audit().status(), fmt, STATUS_COLUMNS)
+
+
+@main.command()
+@click.argument("table", required=False)
+@click.option("--pk", metavar="JSON", help="Only the row with this key, e.g. '{\"id\": 7}'.")
+@click.option("--actor", help="Only changes made by this application user.")
+@click.option("--db-user", help="Only changes made by this login role.")
+@click.option("--txid", type=int, help="Only changes of this transaction.")
+@click.option(
+    "--op", type=click.Choice(["INSERT", "UPDATE", "DELETE", "TRUNCATE"], case_sensitive=False)
+)
+@click.option(
+    "--since", metavar="TIME", help="Only changes at or after TIME (a PostgreSQL timestamp)."
+)
+@click.option("--until", metavar="TIME", help="Only changes before TIME.")
+@click.option("--limit", type=click.IntRange(min=0), help="At most this many changes.")
+@_format_option
+@click.pass_obj
+def history(state: _State, /, table: str | None, pk: str | None, fmt: str, **filters: Any) -> None:
+    """Changes captured (of TABLE, or of every table), oldest first, streamed."""
+    from pgaudit_tool.history import HISTORY_COLUMNS, parse_pk
+
+    records = state.audit().history(table, pk=None if pk is None else parse_pk(pk), **filters)
+    _emit(records, fmt, HISTORY_COLUMNS)
+
+
+@main.command()
+@click.option(
+    "--keep", is_flag=True, help="Keep the demo schema (and an embedded server's data) afterwards."
+)
+@_format_option
+@click.pass_obj
+def demo(state: _State, keep: bool, fmt: str) -> None:
+    """Run the whole job on sample data: install, enable, changes by two users, history.
+
+    Without --dsn (and without PG* variables or DATABASE_URL) it starts an embedded
+    PostgreSQL server in a temporary folder and removes it afterwards.
+    """
+    from pgaudit_tool.demo import run_demo
+
+    run_demo(state.dsn, fmt=fmt, keep=keep, out=sys.stdout, log=_info)

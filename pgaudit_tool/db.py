@@ -1,0 +1,102 @@
+"""Small database helpers shared by the library: error translation and name resolution."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from pgaudit_tool.errors import (
+    AuditError,
+    DatabaseError,
+    InvalidInput,
+    PermissionDenied,
+    TableNotSuitable,
+)
+
+_BY_SQLSTATE: dict[str, type[AuditError]] = {
+    "42501": PermissionDenied,  # insufficient_privilege
+    "42P01": InvalidInput,  # undefined_table
+    "42703": InvalidInput,  # undefined_column
+    "42602": InvalidInput,  # invalid_name
+    "42601": InvalidInput,  # syntax_error (in a name)
+    "22023": InvalidInput,  # invalid_parameter_value
+    "22P02": InvalidInput,  # invalid_text_representation
+    "22007": InvalidInput,  # invalid_datetime_format
+    "22008": InvalidInput,  # datetime_field_overflow
+    "42809": TableNotSuitable,  # wrong_object_type
+    "55000": TableNotSuitable,  # object_not_in_prerequisite_state
+    "3F000": InvalidInput,  # invalid_schema_name
+}
+
+
+def translate(exc: psycopg.Error) -> AuditError:
+    """Turn a psycopg error into the matching AuditError, keeping the server's sentence and hint."""
+    diag = exc.diag
+    message = diag.message_primary or str(exc).strip() or type(exc).__name__
+    sqlstate = diag.sqlstate or ""
+    cls = _BY_SQLSTATE.get(sqlstate, DatabaseError)
+    if cls is DatabaseError and sqlstate:
+        message = f"{message} (SQLSTATE {sqlstate})"
+    return cls(message, hint=diag.message_hint)
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """Re-raise psycopg errors raised inside the block as AuditError subclasses."""
+    try:
+        yield
+    except AuditError:
+        raise
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A resolved table: its OID and its schema-qualified, quoted name."""
+
+    oid: int
+    name: str
+
+
+def resolve_table(conn: psycopg.Connection[Any], name: str) -> TableRef:
+    """Resolve a table name as PostgreSQL parses it (``sales.orders``, ``"Sales Dept"."Order Items"``).
+
+    Raises InvalidInput for a malformed or unknown name.
+    """
+    if not name or not name.strip():
+        raise InvalidInput("a table name is required")
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT to_regclass(%s)::oid, to_regclass(%s)::text", (name, name)
+            ).fetchone()
+    except (psycopg.ProgrammingError, psycopg.DataError) as exc:
+        raise InvalidInput(
+            f"{name!r} is not a valid table name: {exc.diag.message_primary}",
+            hint='Quote names with spaces, capitals or punctuation: \'"Sales Dept"."Order Items"\'.',
+        ) from exc
+    if row is None or row[0] is None:
+        raise InvalidInput(
+            f"table {name} does not exist",
+            hint="Names are case-folded unless double-quoted; check the schema with \\dt in psql.",
+        )
+    return TableRef(oid=int(row[0]), name=str(row[1]))
+
+
+def schema_tables(conn: psycopg.Connection[Any], schema: str) -> list[TableRef]:
+    """The ordinary and partitioned tables of a schema (partitions excluded), by name."""
+    found = conn.execute("SELECT oid FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+    if found is None:
+        raise InvalidInput(f"schema {schema!r} does not exist")
+    rows = conn.execute(
+        "SELECT c.oid, c.oid::regclass::text FROM pg_class c"
+        " WHERE c.relnamespace = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+        " ORDER BY c.relname",
+        (found[0],),
+    ).fetchall()
+    return [TableRef(oid=int(r[0]), name=str(r[1])) for r in rows]

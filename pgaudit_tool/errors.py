@@ -1,0 +1,56 @@
+"""The exception hierarchy: every error the library raises derives from AuditError.
+
+The CLI maps each class to a documented exit code (see ``pgaudit_tool.cli``).
+"""
+
+from __future__ import annotations
+
+
+class AuditError(Exception):
+    """Base class of every pgaudit_tool error. ``hint`` tells the user what to do."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\nHint: {self.hint}"
+
+
+class ConnectionFailed(AuditError):
+    """The database could not be reached or refused the login."""
+
+    exit_code = 3
+
+
+class NotInstalled(AuditError):
+    """The audit schema is missing or older than this version of the tool."""
+
+    exit_code = 4
+
+
+class InvalidInput(AuditError):
+    """Bad user input: unknown table, bad identifier, bad timestamp, bad key."""
+
+    exit_code = 2
+
+
+class TableNotSuitable(AuditError):
+    """A table cannot be audited as asked (no primary key or replica identity, not a table)."""
+
+    exit_code = 2
+
+
+class PermissionDenied(AuditError):
+    """The connected role lacks a privilege the operation needs."""
+
+    exit_code = 5
+
+
+class DatabaseError(AuditError):
+    """Any other error reported by PostgreSQL, with its SQLSTATE."""
+
+    exit_code = 1

@@ -1,0 +1,135 @@
+"""Read the audit log: changes as plain records, streamed from a server-side cursor."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from pgaudit_tool.db import resolve_table, translated_errors
+from pgaudit_tool.errors import InvalidInput
+
+HISTORY_COLUMNS = (
+    "id",
+    "table",
+    "op",
+    "pk",
+    "old",
+    "new",
+    "changed",
+    "txid",
+    "at",
+    "db_user",
+    "role",
+    "actor",
+    "context",
+    "client_addr",
+    "application_name",
+    "client_port",
+    "backend_pid",
+    "statement_at",
+    "transaction_started_at",
+)
+
+OPS = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
+
+_SELECT = """
+SELECT h.id, h.table_name AS "table", h.op, h.pk, h.old, h.new,
+       CASE WHEN h.op = 'UPDATE' THEN ARRAY(
+           SELECT k FROM (SELECT jsonb_object_keys(h.new) UNION SELECT jsonb_object_keys(h.old)) AS u(k)
+            WHERE h.old -> k IS DISTINCT FROM h.new -> k ORDER BY k)
+       END AS changed,
+       h.txid::text::bigint AS txid, h.at, h.db_user, h.role, h.actor, h.context,
+       h.client_addr::text AS client_addr, h.application_name, h.client_port, h.backend_pid,
+       h.statement_at, h.transaction_started_at
+  FROM audit.history AS h
+"""
+
+
+@dataclass(frozen=True)
+class HistoryFilter:
+    """Which changes to list. Every field is optional; they combine with AND."""
+
+    table: str | None = None
+    pk: dict[str, Any] | None = None
+    actor: str | None = None
+    db_user: str | None = None
+    txid: int | None = None
+    op: str | None = None
+    since: str | None = None
+    until: str | None = None
+    limit: int | None = None
+
+
+def parse_pk(value: str) -> dict[str, Any]:
+    """A row key given by a user, as a JSON object such as ``{"id": 7}``."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"the key {value!r} is not valid JSON: {exc.msg}") from exc
+    if not isinstance(parsed, dict) or not parsed:
+        raise InvalidInput(
+            f"the key {value!r} must be a non-empty JSON object",
+            hint="For example --pk '{\"id\": 7}'.",
+        )
+    return parsed
+
+
+def _where(conn: psycopg.Connection[Any], flt: HistoryFilter) -> tuple[sql.Composable, list[Any]]:
+    clauses: list[sql.Composable] = []
+    params: list[Any] = []
+    if flt.table is not None:
+        ref = resolve_table(conn, flt.table)
+        clauses.append(sql.SQL("h.relid = %s::oid"))
+        params.append(ref.oid)
+    if flt.pk is not None:
+        clauses.append(sql.SQL("h.pk = %s::jsonb"))
+        params.append(json.dumps(flt.pk))
+    for column, value in (("actor", flt.actor), ("db_user", flt.db_user)):
+        if value is not None:
+            clauses.append(sql.SQL("h.{} = %s").format(sql.Identifier(column)))
+            params.append(value)
+    if flt.txid is not None:
+        clauses.append(sql.SQL("h.txid = %s::text::xid8"))
+        params.append(str(flt.txid))
+    if flt.op is not None:
+        op = flt.op.upper()
+        if op not in OPS:
+            raise InvalidInput(
+                f"unknown operation {flt.op!r}", hint=f"Use one of {', '.join(OPS)}."
+            )
+        clauses.append(sql.SQL("h.op = %s"))
+        params.append(op)
+    if flt.since is not None:
+        clauses.append(sql.SQL("h.at >= %s::timestamptz"))
+        params.append(flt.since)
+    if flt.until is not None:
+        clauses.append(sql.SQL("h.at < %s::timestamptz"))
+        params.append(flt.until)
+    if not clauses:
+        return sql.SQL(""), params
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses), params
+
+
+def history(
+    conn: psycopg.Connection[Any], flt: HistoryFilter | None = None
+) -> Iterator[dict[str, Any]]:
+    """Changes matching ``flt``, oldest first, streamed (rows arrive as the server sends them)."""
+    flt = flt or HistoryFilter()
+    if flt.limit is not None and flt.limit < 0:
+        raise InvalidInput("--limit must be zero or more")
+    with translated_errors():
+        where, params = _where(conn, flt)
+        query = sql.SQL(_SELECT) + where + sql.SQL(" ORDER BY h.id")
+        if flt.limit is not None:
+            query = query + sql.SQL(" LIMIT %s")
+            params.append(flt.limit)
+        with conn.transaction(), conn.cursor("pgaudit_history", row_factory=dict_row) as cur:
+            cur.itersize = 2000
+            cur.execute(query, params)
+            yield from cur

@@ -1,0 +1,162 @@
+"""Install and upgrade the audit schema through the alembic revisions in ``migrations/``.
+
+Each revision runs the SQL of ``sql/v<revision>/``. The version table is
+``audit.schema_version``. :func:`install` runs every pending revision in one transaction;
+:func:`upgrade_sql` renders the same SQL without touching the database (``install --dry-run``).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+
+from pgaudit_tool.errors import AuditError, NotInstalled
+from pgaudit_tool.resources import data_dir, read_sql
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from sqlalchemy.engine import Connection as SAConnection
+
+SCHEMA = "audit"
+VERSION_TABLE = "schema_version"
+# Serialises concurrent installs of the same database (pg_advisory_xact_lock key).
+_INSTALL_LOCK_KEY = 0x70676175646974  # "pgaudit"
+
+
+def alembic_config() -> Config:
+    """An alembic Config pointing at the packaged migrations."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(data_dir("migrations")))
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest schema revision this version of the tool ships."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise AuditError("the packaged migrations have no head revision")
+    return head
+
+
+def installed_revision(conn: psycopg.Connection[Any]) -> str | None:
+    """The schema revision installed in the connected database, or None when not installed."""
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{VERSION_TABLE}",)
+    ).fetchone()
+    if row is None or not row[0]:
+        return None
+    found = conn.execute(
+        sql.SQL("SELECT version_num FROM {}.{}").format(
+            sql.Identifier(SCHEMA), sql.Identifier(VERSION_TABLE)
+        )
+    ).fetchone()
+    return None if found is None else str(found[0])
+
+
+def require_installed(conn: psycopg.Connection[Any]) -> str:
+    """Raise NotInstalled unless the audit schema is installed at this tool's head revision."""
+    current = installed_revision(conn)
+    if current is None:
+        raise NotInstalled(
+            f"the audit schema is not installed in database {conn.info.dbname!r}",
+            hint="Run 'pgaudit-tool install' first.",
+        )
+    head = head_revision()
+    if current != head:
+        raise NotInstalled(
+            f"the audit schema is at revision {current}, this tool needs {head}",
+            hint="Run 'pgaudit-tool install' to upgrade it.",
+        )
+    return current
+
+
+def prepare_schema(connection: SAConnection) -> None:
+    """Lock against concurrent installs and create the audit schema, refusing a foreign one."""
+    from sqlalchemy import text
+
+    connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _INSTALL_LOCK_KEY})
+    foreign = connection.execute(
+        text(
+            "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = :s)"
+            " AND to_regclass(:v) IS NULL"
+            " AND EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            "             WHERE n.nspname = :s)"
+        ),
+        {"s": SCHEMA, "v": f"{SCHEMA}.{VERSION_TABLE}"},
+    ).scalar()
+    if foreign:
+        raise AuditError(
+            f"a schema named {SCHEMA!r} already exists and was not created by pgaudit_tool",
+            hint="Rename or drop that schema; pgaudit_tool installs into its own 'audit' schema.",
+        )
+    connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+
+
+def run_sql_revision(revision_dir: str) -> None:
+    """Run the SQL of one revision (called from a migration's ``upgrade()``).
+
+    Online the text goes to the server as is (psycopg runs several statements when no
+    parameters are given); offline it is printed verbatim.
+    """
+    from alembic import context, op
+
+    script = read_sql(revision_dir)
+    if context.is_offline_mode():
+        op.get_context().impl.static_output(script)
+        return
+    driver_conn = op.get_bind().connection.driver_connection
+    if not isinstance(driver_conn, psycopg.Connection):
+        raise AuditError("pgaudit_tool migrations need the psycopg (3) driver")
+    driver_conn.execute(script)
+
+
+def install(conninfo: str) -> tuple[str | None, str]:
+    """Install or upgrade the audit schema to the head revision, in one transaction.
+
+    Returns (revision before, revision after). Idempotent: nothing runs when already at head.
+    """
+    from alembic import command
+
+    from pgaudit_tool.connection import sqlalchemy_engine
+
+    engine = sqlalchemy_engine(conninfo)
+    try:
+        with engine.begin() as connection:
+            before = _current_revision(connection)
+            cfg = alembic_config()
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+            after = _current_revision(connection)
+    finally:
+        engine.dispose()
+    return before, after or head_revision()
+
+
+def _current_revision(connection: SAConnection) -> str | None:
+    from alembic.migration import MigrationContext
+
+    ctx = MigrationContext.configure(
+        connection, opts={"version_table": VERSION_TABLE, "version_table_schema": SCHEMA}
+    )
+    return ctx.get_current_revision()
+
+
+def upgrade_sql(from_revision: str | None) -> str:
+    """The SQL that :func:`install` would run on a database at ``from_revision``."""
+    from alembic import command
+
+    buffer = io.StringIO()
+    cfg = alembic_config()
+    cfg.output_buffer = buffer
+    target = "head" if from_revision is None else f"{from_revision}:head"
+    if from_revision is not None and from_revision == head_revision():
+        return "-- the audit schema is already at the newest revision; nothing to do\n"
+    command.upgrade(cfg, target, sql=True)
+    return buffer.getvalue()

@@ -1,0 +1,109 @@
+"""Enable, disable, refresh and inspect capture on tables (thin wrappers over the SQL API)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgaudit_tool.db import TableRef, resolve_table, schema_tables, translated_errors
+from pgaudit_tool.errors import InvalidInput, TableNotSuitable
+
+STATUS_COLUMNS = (
+    "table",
+    "state",
+    "enabled",
+    "key_source",
+    "key_columns",
+    "excluded_columns",
+    "capture_truncate",
+    "partitions",
+    "triggers_expected",
+    "triggers_present",
+    "triggers_always",
+    "history_since",
+    "enabled_at",
+    "disabled_at",
+)
+
+
+def tables_to_audit(
+    conn: psycopg.Connection[Any], names: Sequence[str], schemas: Sequence[str] = ()
+) -> list[TableRef]:
+    """Resolve table names and every table of the given schemas, without duplicates."""
+    refs: dict[int, TableRef] = {}
+    for name in names:
+        ref = resolve_table(conn, name)
+        refs.setdefault(ref.oid, ref)
+    for schema in schemas:
+        for ref in schema_tables(conn, schema):
+            refs.setdefault(ref.oid, ref)
+    if not refs:
+        raise InvalidInput("no table given", hint="Name tables, or use --schema SCHEMA.")
+    return list(refs.values())
+
+
+def unsuitable_tables(conn: psycopg.Connection[Any], refs: Sequence[TableRef]) -> dict[str, str]:
+    """Tables among ``refs`` that cannot be audited, with the reason for each."""
+    problems: dict[str, str] = {}
+    for ref in refs:
+        try:
+            with conn.transaction(), translated_errors():
+                conn.execute("SELECT audit._check_auditable(%s::oid::regclass)", (ref.oid,))
+                conn.execute("SELECT audit._key_of(%s::oid::regclass)", (ref.oid,))
+        except TableNotSuitable as exc:
+            problems[ref.name] = exc.message
+    return problems
+
+
+def enable(
+    conn: psycopg.Connection[Any],
+    refs: Sequence[TableRef],
+    *,
+    exclude: Sequence[str] | None = None,
+    capture_truncate: bool | None = None,
+) -> list[dict[str, Any]]:
+    """Enable capture on every table, in one transaction (all or nothing).
+
+    ``exclude`` names columns never stored (None keeps each table's current list; a name
+    missing from a table is an error). ``capture_truncate`` None keeps the current setting.
+    """
+    with conn.transaction(), translated_errors():
+        for ref in refs:
+            conn.execute(
+                "SELECT audit.enable(%s::oid::regclass, %s::text[], %s)",
+                (ref.oid, None if exclude is None else list(exclude), capture_truncate),
+            )
+    return [row for row in status(conn) if row["relid"] in {r.oid for r in refs}]
+
+
+def disable(conn: psycopg.Connection[Any], refs: Sequence[TableRef]) -> dict[str, bool]:
+    """Disable capture on every table, in one transaction. History stays.
+
+    Returns, per table, whether it was being audited.
+    """
+    result: dict[str, bool] = {}
+    with conn.transaction(), translated_errors():
+        for ref in refs:
+            row = conn.execute("SELECT audit.disable(%s::oid::regclass)", (ref.oid,)).fetchone()
+            result[ref.name] = bool(row and row[0])
+    return result
+
+
+def refresh(conn: psycopg.Connection[Any], refs: Sequence[TableRef]) -> None:
+    """Regenerate capture of audited tables after DDL, in one transaction."""
+    with conn.transaction(), translated_errors():
+        for ref in refs:
+            conn.execute("SELECT audit.refresh(%s::oid::regclass)", (ref.oid,))
+
+
+def status(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """One record per registered table (see ``audit.status()``)."""
+    with translated_errors(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SELECT * FROM audit.status()")
+        rows = cur.fetchall()
+    for row in rows:
+        row["table"] = row.pop("table_name")
+    return rows

@@ -1,0 +1,246 @@
+-- pgaudit_tool schema, revision 0001: capture.
+--
+-- Each audited table gets five statement-level triggers, all ENABLE ALWAYS (so that
+-- session_replication_role = replica cannot skip them):
+--   pgaudit_stamp     BEFORE INSERT/UPDATE/DELETE/TRUNCATE -> audit._stamp()      (invoker rights)
+--   pgaudit_truncate  BEFORE TRUNCATE                       -> audit.capture_<oid>() (owner rights)
+--   pgaudit_insert    AFTER INSERT, transition table new_rows
+--   pgaudit_update    AFTER UPDATE, transition tables old_rows and new_rows
+--   pgaudit_delete    AFTER DELETE, transition table old_rows
+-- audit._stamp records the role executing the statement (current_user) in a transaction-local
+-- setting keyed by trigger depth, because the capture function runs as the audit owner
+-- (SECURITY DEFINER) and cannot see its caller's identity itself.
+--
+-- The capture function is generated per table at enable time: key columns and excluded columns
+-- are baked in, so a statement costs one INSERT ... SELECT over its transition tables and no
+-- catalog reads besides one indexed lookup that notices renamed key or excluded columns (then the
+-- same statement is run dynamically with the current names, so capture stays correct after
+-- ALTER TABLE ... RENAME COLUMN until audit.refresh() regenerates the function).
+
+CREATE FUNCTION audit._stamp() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.set_config(
+        pg_catalog.concat('pgaudit.role_', pg_catalog.pg_trigger_depth()),
+        current_user::text, true);
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION audit._stamp() IS
+    'Internal. BEFORE STATEMENT trigger on audited tables: remembers the role executing the statement for the capture function (which runs as the audit owner).';
+
+
+CREATE FUNCTION audit._key_sql(p_alias text, p_keys text[]) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT pg_catalog.concat('pg_catalog.jsonb_build_object(',
+        pg_catalog.string_agg(pg_catalog.format('%L, %s.%I', k, p_alias, k), ', ' ORDER BY o),
+        ')')
+    FROM unnest(p_keys) WITH ORDINALITY AS u(k, o)
+$$;
+
+COMMENT ON FUNCTION audit._key_sql(text, text[]) IS
+    'Internal. SQL expression building the JSON key object of the row alias p_alias.';
+
+
+CREATE FUNCTION audit._image_sql(p_alias text, p_excluded text[]) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT CASE WHEN pg_catalog.cardinality(p_excluded) = 0
+                THEN pg_catalog.format('pg_catalog.to_jsonb(%s)', p_alias)
+                ELSE pg_catalog.format('(pg_catalog.to_jsonb(%s) OPERATOR(pg_catalog.-) %L::text[])',
+                                       p_alias, p_excluded)
+           END
+$$;
+
+COMMENT ON FUNCTION audit._image_sql(text, text[]) IS
+    'Internal. SQL expression giving the JSONB image of the row alias p_alias without the excluded columns.';
+
+
+CREATE FUNCTION audit._capture_sql(
+    p_op text, p_relid oid, p_keys text[], p_excluded text[], p_dynamic boolean,
+    p_source regclass DEFAULT NULL
+) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+-- The INSERT ... SELECT that logs one statement's rows. Values known once per statement are
+-- plpgsql variables (v_txid, v_role, v_schema, v_table, v_clock) in the generated function, or
+-- parameters $1..$5 when p_dynamic (EXECUTE ... USING, after a column rename or for TRUNCATE).
+DECLARE
+    v_vals text;
+    v_head text := 'INSERT INTO audit.change (txid, relid, schema_name, table_name, op, role, '
+                   'statement_at, clock_at, pk, old, new) ';
+    v_join text;
+BEGIN
+    v_vals := CASE WHEN p_dynamic
+        THEN pg_catalog.format('$1, %s::oid, $3, $4, %%L, $2, pg_catalog.statement_timestamp(), $5', p_relid)
+        ELSE pg_catalog.format('v_txid, %s::oid, v_schema, v_table, %%L, v_role, pg_catalog.statement_timestamp(), v_clock', p_relid)
+    END;
+    IF p_op = 'INSERT' THEN
+        RETURN v_head || pg_catalog.format('SELECT ' || v_vals || ', %s, NULL, %s FROM new_rows AS n',
+            'I', audit._key_sql('n', p_keys), audit._image_sql('n', p_excluded));
+    ELSIF p_op = 'DELETE' THEN
+        RETURN v_head || pg_catalog.format('SELECT ' || v_vals || ', %s, %s, NULL FROM old_rows AS o',
+            'D', audit._key_sql('o', p_keys), audit._image_sql('o', p_excluded));
+    ELSIF p_op = 'TRUNCATE' THEN
+        RETURN v_head || pg_catalog.format('SELECT ' || v_vals || ', %s, %s, NULL FROM ONLY %s AS o',
+            'T', audit._key_sql('o', p_keys), audit._image_sql('o', p_excluded), p_source);
+    ELSIF p_op = 'UPDATE' THEN
+        -- Old and new rows are paired by key. A row whose key changed has no partner: it is
+        -- logged under its old key with new = NULL and under its new key with old = NULL.
+        SELECT pg_catalog.string_agg(pg_catalog.format('o.%1$I OPERATOR(pg_catalog.=) n.%1$I', k), ' AND ')
+          INTO v_join FROM unnest(p_keys) AS k;
+        RETURN v_head || pg_catalog.format(
+            'SELECT ' || v_vals || ', CASE WHEN n.%I IS NULL THEN %s ELSE %s END, %s, %s '
+            'FROM old_rows AS o FULL JOIN new_rows AS n ON %s',
+            'U', p_keys[1], audit._key_sql('o', p_keys), audit._key_sql('n', p_keys),
+            audit._image_sql('o', p_excluded), audit._image_sql('n', p_excluded), v_join);
+    END IF;
+    RAISE EXCEPTION 'unknown operation %', p_op USING ERRCODE = 'invalid_parameter_value';
+END
+$$;
+
+COMMENT ON FUNCTION audit._capture_sql(text, oid, text[], text[], boolean, regclass) IS
+    'Internal. Text of the INSERT ... SELECT that logs the rows of one statement (INSERT, UPDATE, DELETE or TRUNCATE).';
+
+
+CREATE FUNCTION audit._current_columns(p_relid oid, p_attnums int2[]) RETURNS text[]
+LANGUAGE sql STABLE STRICT AS $$
+    SELECT coalesce(pg_catalog.array_agg(a.attname::text ORDER BY u.ord), '{}')
+    FROM unnest(p_attnums) WITH ORDINALITY AS u(attnum, ord)
+    JOIN pg_catalog.pg_attribute AS a
+      ON a.attrelid = p_relid AND a.attnum = u.attnum AND NOT a.attisdropped
+$$;
+
+COMMENT ON FUNCTION audit._current_columns(oid, int2[]) IS
+    'Internal. Current names of the given columns of a table (dropped columns left out).';
+
+
+CREATE FUNCTION audit._capture_function_sql(p_relid oid) RETURNS text
+LANGUAGE plpgsql STABLE AS $gen$
+-- Generates the per-table capture trigger function from the registry row of p_relid.
+DECLARE
+    t audit.tracked_table;
+    v_nkeys int;
+BEGIN
+    SELECT * INTO STRICT t FROM audit.tracked_table WHERE relid = p_relid;
+    v_nkeys := pg_catalog.cardinality(t.key_attnums);
+    RETURN pg_catalog.format($fn$
+CREATE OR REPLACE FUNCTION audit.%1$I() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+-- Generated by audit.enable() for %2$s at %3$s. Do not edit: audit.refresh() rewrites it.
+DECLARE
+    v_txid xid8 := pg_catalog.pg_current_xact_id();
+    v_clock timestamptz := pg_catalog.clock_timestamp();
+    v_role text := coalesce(nullif(pg_catalog.current_setting(
+        pg_catalog.concat('pgaudit.role_', pg_catalog.pg_trigger_depth()), true), ''), session_user::text);
+    v_schema text := TG_TABLE_SCHEMA;
+    v_table text := TG_TABLE_NAME;
+    v_names text[];
+    v_keys text[];
+    v_excluded text[];
+    v_rows bigint;
+BEGIN
+    -- Current names of the key and excluded columns (one indexed catalog read).
+    v_names := audit._current_columns(%4$s::oid, %5$L::int2[]);
+    v_keys := v_names[1:%6$s];
+    v_excluded := v_names[%7$s:];
+    IF pg_catalog.cardinality(v_keys) <> %6$s THEN
+        RAISE EXCEPTION 'audited table %% lost a key column; capture cannot identify rows', %4$s::oid::regclass
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Restore the key, or run audit.disable() on the table.';
+    END IF;
+    IF TG_RELID <> %4$s::oid THEN
+        -- A statement on a partition: log it under the audited partitioned table.
+        SELECT n.nspname, c.relname INTO v_schema, v_table
+          FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+         WHERE c.oid = %4$s::oid;
+    END IF;
+
+    IF TG_OP = 'TRUNCATE' THEN
+        IF %8$L::boolean THEN
+            EXECUTE audit._capture_sql('TRUNCATE', %4$s::oid, v_keys, v_excluded, true, TG_RELID::regclass)
+              USING v_txid, v_role, v_schema, v_table, v_clock;
+        ELSE
+            INSERT INTO audit.change (txid, relid, schema_name, table_name, op, role, statement_at, clock_at)
+            VALUES (v_txid, %4$s::oid, v_schema, v_table, 'T', v_role, pg_catalog.statement_timestamp(), v_clock);
+        END IF;
+    ELSIF v_names IS DISTINCT FROM %9$L::text[] THEN
+        -- Columns were renamed since this function was generated: same statement, current names.
+        EXECUTE audit._capture_sql(TG_OP, %4$s::oid, v_keys, v_excluded, true)
+          USING v_txid, v_role, v_schema, v_table, v_clock;
+    ELSIF TG_OP = 'INSERT' THEN
+        %10$s;
+    ELSIF TG_OP = 'UPDATE' THEN
+        %11$s;
+    ELSE
+        %12$s;
+    END IF;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    IF v_rows > 0 OR TG_OP = 'TRUNCATE' THEN
+        PERFORM audit._log_transaction(v_txid);
+    END IF;
+    RETURN NULL;
+END
+$body$;
+$fn$,
+        t.capture_function,
+        pg_catalog.format('%I.%I', t.schema_name, t.table_name),
+        pg_catalog.now(),
+        p_relid,
+        t.key_attnums || t.excluded_attnums,
+        v_nkeys,
+        v_nkeys + 1,
+        t.capture_truncate,
+        t.key_columns || t.excluded_columns,
+        audit._capture_sql('INSERT', p_relid, t.key_columns, t.excluded_columns, false),
+        audit._capture_sql('UPDATE', p_relid, t.key_columns, t.excluded_columns, false),
+        audit._capture_sql('DELETE', p_relid, t.key_columns, t.excluded_columns, false));
+END
+$gen$;
+
+COMMENT ON FUNCTION audit._capture_function_sql(oid) IS
+    'Internal. CREATE FUNCTION statement of the capture trigger function of an audited table, generated from its audit.tracked_table row.';
+
+
+CREATE FUNCTION audit._log_transaction(p_txid xid8) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- Records the session context of the current transaction, once. Called by capture functions only.
+DECLARE
+    v_raw text;
+    v_context jsonb;
+BEGIN
+    PERFORM 1 FROM audit.transaction WHERE txid = p_txid;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    IF p_txid IS DISTINCT FROM pg_catalog.pg_current_xact_id_if_assigned() THEN
+        RAISE EXCEPTION 'audit._log_transaction is called by capture triggers only'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    v_raw := nullif(pg_catalog.current_setting('pgaudit.context', true), '');
+    IF v_raw IS NOT NULL THEN
+        BEGIN
+            v_context := v_raw::jsonb;
+        EXCEPTION WHEN invalid_text_representation THEN
+            RAISE EXCEPTION 'pgaudit.context is not valid JSON: %', pg_catalog.left(v_raw, 200)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Set it to a JSON object, e.g. set_config(''pgaudit.context'', ''{"ticket": "T-1"}'', true).';
+        END;
+        IF pg_catalog.jsonb_typeof(v_context) <> 'object' THEN
+            RAISE EXCEPTION 'pgaudit.context must be a JSON object, not %', pg_catalog.jsonb_typeof(v_context)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Set it to a JSON object, e.g. set_config(''pgaudit.context'', ''{"ticket": "T-1"}'', true).';
+        END IF;
+    END IF;
+    INSERT INTO audit.transaction (txid, started_at, db_user, application_name, client_addr,
+                                   client_port, backend_pid, actor, context)
+    VALUES (p_txid, pg_catalog.now(), session_user,
+            nullif(pg_catalog.current_setting('application_name'), ''),
+            pg_catalog.inet_client_addr(), pg_catalog.inet_client_port(), pg_catalog.pg_backend_pid(),
+            nullif(pg_catalog.current_setting('pgaudit.actor', true), ''), v_context);
+END
+$$;
+
+COMMENT ON FUNCTION audit._log_transaction(xid8) IS
+    'Internal. Records the session context (user, client, application, actor, context) of the current transaction once, at its first audited change.';
+
+REVOKE ALL ON FUNCTION audit._log_transaction(xid8) FROM PUBLIC;

@@ -1,0 +1,349 @@
+-- pgaudit_tool schema, revision 0001: the SQL API a DBA calls from psql.
+--   audit.enable(table, exclude, capture_truncate)   start (or reconfigure) capture; idempotent
+--   audit.disable(table)                              stop capture; history stays; idempotent
+--   audit.refresh(table)                              regenerate capture after DDL
+--   audit.status()                                    what is audited and whether capture is intact
+--   audit.set_actor(actor, context)                   name the application user for this transaction
+
+CREATE FUNCTION audit._key_of(p_table regclass, OUT source text, OUT attnums int2[], OUT names text[])
+LANGUAGE plpgsql STABLE AS $$
+-- The row key of a table: its primary key, else its replica identity index.
+BEGIN
+    SELECT CASE WHEN i.indisprimary THEN 'primary key' ELSE 'replica identity' END,
+           i.indkey::int2[],
+           (SELECT pg_catalog.array_agg(a.attname::text ORDER BY k.o)
+              FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, o)
+              JOIN pg_catalog.pg_attribute AS a ON a.attrelid = p_table AND a.attnum = k.attnum)
+      INTO source, attnums, names
+      FROM pg_catalog.pg_index AS i
+     WHERE i.indrelid = p_table
+       AND (i.indisprimary
+            OR (i.indisreplident
+                AND (SELECT c.relreplident FROM pg_catalog.pg_class AS c WHERE c.oid = p_table) = 'i'))
+     ORDER BY i.indisprimary DESC
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % has no primary key and no replica identity index, so its rows cannot be identified', p_table
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = pg_catalog.format('Add a primary key, or a unique index on NOT NULL columns and run ALTER TABLE %s REPLICA IDENTITY USING INDEX <index>.', p_table);
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION audit._key_of(regclass) IS
+    'Internal. The key that identifies rows of a table: its primary key, else its replica identity index; raises an error when it has neither.';
+
+
+CREATE FUNCTION audit._check_auditable(p_table regclass) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    c pg_catalog.pg_class;
+    v_parent regclass;
+BEGIN
+    SELECT * INTO STRICT c FROM pg_catalog.pg_class WHERE oid = p_table;
+    IF c.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table (relkind %); only tables and partitioned tables can be audited', p_table, c.relkind
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF c.relpersistence = 't' THEN
+        RAISE EXCEPTION '% is a temporary table; temporary tables cannot be audited', p_table
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF c.relnamespace = 'audit'::regnamespace THEN
+        RAISE EXCEPTION '% belongs to the audit schema and cannot be audited', p_table
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF c.relispartition THEN
+        SELECT pg_catalog.max(a.relid::oid)::regclass INTO v_parent
+          FROM pg_catalog.pg_partition_ancestors(p_table) AS a WHERE a.relid <> p_table;
+        RAISE EXCEPTION '% is a partition of %; audit the partitioned table instead', p_table, v_parent
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = pg_catalog.format('Run audit.enable(%L): it captures every partition.', v_parent::text);
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION audit._check_auditable(regclass) IS
+    'Internal. Raises a clear error unless the relation is an ordinary or partitioned table outside the audit schema.';
+
+
+CREATE FUNCTION audit._members(p_table regclass) RETURNS SETOF regclass
+LANGUAGE sql STABLE AS $$
+    -- The table itself and, for a partitioned table, every partition at any level.
+    SELECT p_table
+    UNION
+    SELECT t.relid FROM pg_catalog.pg_partition_tree(p_table) AS t
+$$;
+
+COMMENT ON FUNCTION audit._members(regclass) IS
+    'Internal. The tables that carry capture triggers for an audited table: itself and all its partitions.';
+
+
+CREATE FUNCTION audit._trigger_names() RETURNS text[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT '{pgaudit_stamp,pgaudit_truncate,pgaudit_insert,pgaudit_update,pgaudit_delete}'::text[]
+$$;
+
+COMMENT ON FUNCTION audit._trigger_names() IS
+    'Internal. Names of the capture triggers installed on every audited table (and partition).';
+
+
+CREATE FUNCTION audit._drop_triggers(p_table regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT tg.tgname, tg.tgrelid::regclass AS rel
+               FROM pg_catalog.pg_trigger AS tg
+              WHERE tg.tgrelid IN (SELECT audit._members(p_table))
+                AND tg.tgname = ANY (audit._trigger_names()) LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', r.tgname, r.rel);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION audit._drop_triggers(regclass) IS
+    'Internal. Drops the capture triggers of a table and of its partitions.';
+
+
+CREATE FUNCTION audit._create_triggers(p_table regclass, p_function text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    m regclass;
+    t text;
+BEGIN
+    PERFORM audit._drop_triggers(p_table);
+    FOR m IN SELECT audit._members(p_table) LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER pgaudit_stamp BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s '
+                                  'FOR EACH STATEMENT EXECUTE FUNCTION audit._stamp()', m);
+        EXECUTE pg_catalog.format('CREATE TRIGGER pgaudit_truncate BEFORE TRUNCATE ON %s '
+                                  'FOR EACH STATEMENT EXECUTE FUNCTION audit.%I()', m, p_function);
+        EXECUTE pg_catalog.format('CREATE TRIGGER pgaudit_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
+                                  'FOR EACH STATEMENT EXECUTE FUNCTION audit.%I()', m, p_function);
+        EXECUTE pg_catalog.format('CREATE TRIGGER pgaudit_update AFTER UPDATE ON %s '
+                                  'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
+                                  'FOR EACH STATEMENT EXECUTE FUNCTION audit.%I()', m, p_function);
+        EXECUTE pg_catalog.format('CREATE TRIGGER pgaudit_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows '
+                                  'FOR EACH STATEMENT EXECUTE FUNCTION audit.%I()', m, p_function);
+        FOREACH t IN ARRAY audit._trigger_names() LOOP
+            EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', m, t);
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION audit._create_triggers(regclass, text) IS
+    'Internal. (Re)creates the capture triggers, ENABLE ALWAYS, on a table and on each of its partitions.';
+
+
+CREATE FUNCTION audit._generate(p_table regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+-- (Re)generates the capture function of an audited table from its registry row, and its triggers.
+DECLARE
+    t audit.tracked_table;
+    v_owner regrole;
+BEGIN
+    SELECT * INTO STRICT t FROM audit.tracked_table WHERE relid = p_table;
+    EXECUTE audit._capture_function_sql(p_table);
+    EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION audit.%I() FROM PUBLIC', t.capture_function);
+    EXECUTE pg_catalog.format('COMMENT ON FUNCTION audit.%I() IS %L', t.capture_function,
+        pg_catalog.format('Capture trigger function of %s, generated by audit.enable().', p_table));
+    -- The function writes the log as the owner of the audit schema, whoever enabled capture.
+    SELECT n.nspowner::regrole INTO v_owner FROM pg_catalog.pg_namespace AS n WHERE n.nspname = 'audit';
+    IF v_owner::oid <> current_user::regrole::oid THEN
+        EXECUTE pg_catalog.format('ALTER FUNCTION audit.%I() OWNER TO %s', t.capture_function, v_owner);
+    END IF;
+    PERFORM audit._create_triggers(p_table, t.capture_function);
+    UPDATE audit.tracked_table SET generated_at = pg_catalog.now() WHERE relid = p_table;
+END
+$$;
+
+COMMENT ON FUNCTION audit._generate(regclass) IS
+    'Internal. Generates the capture function of an audited table and installs its triggers.';
+
+
+CREATE FUNCTION audit._column_attnums(p_table regclass, p_columns text[]) RETURNS int2[]
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_col text;
+    v_attnum int2;
+    v_result int2[] := '{}';
+BEGIN
+    FOREACH v_col IN ARRAY coalesce(p_columns, '{}') LOOP
+        SELECT a.attnum INTO v_attnum FROM pg_catalog.pg_attribute AS a
+         WHERE a.attrelid = p_table AND a.attname = v_col AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'column % of table % does not exist', pg_catalog.quote_ident(v_col), p_table
+                USING ERRCODE = 'undefined_column';
+        END IF;
+        IF NOT v_attnum = ANY (v_result) THEN
+            v_result := v_result || v_attnum;
+        END IF;
+    END LOOP;
+    RETURN v_result;
+END
+$$;
+
+COMMENT ON FUNCTION audit._column_attnums(regclass, text[]) IS
+    'Internal. Attribute numbers of the named columns (exact, case-sensitive names); raises an error naming any column that does not exist.';
+
+
+CREATE FUNCTION audit.enable(
+    p_table regclass,
+    p_exclude text[] DEFAULT NULL,
+    p_capture_truncate boolean DEFAULT NULL
+) RETURNS audit.tracked_table
+LANGUAGE plpgsql AS $$
+DECLARE
+    k record;
+    v_excluded int2[];
+    v_old audit.tracked_table;
+    v_row audit.tracked_table;
+BEGIN
+    PERFORM audit._check_auditable(p_table);
+    k := audit._key_of(p_table);
+    SELECT * INTO v_old FROM audit.tracked_table WHERE relid = p_table;
+    IF p_exclude IS NULL AND v_old.relid IS NOT NULL THEN
+        v_excluded := v_old.excluded_attnums;   -- keep the current setting
+    ELSE
+        v_excluded := audit._column_attnums(p_table, p_exclude);
+    END IF;
+    IF v_excluded && k.attnums THEN
+        RAISE EXCEPTION 'cannot exclude key column(s) % of table %',
+            pg_catalog.array_to_string(audit._current_columns(p_table, ARRAY(
+                SELECT unnest(v_excluded) INTERSECT SELECT unnest(k.attnums))), ', '), p_table
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Key columns identify rows in the history; they are always stored.';
+    END IF;
+
+    INSERT INTO audit.tracked_table AS t (relid, schema_name, table_name, key_source, key_attnums,
+        key_columns, excluded_attnums, excluded_columns, capture_truncate, capture_function)
+    SELECT p_table, n.nspname, c.relname, k.source, k.attnums, k.names, v_excluded,
+           audit._current_columns(p_table, v_excluded), coalesce(p_capture_truncate, true),
+           pg_catalog.format('capture_%s', p_table::oid)
+      FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+     WHERE c.oid = p_table
+    ON CONFLICT (relid) DO UPDATE SET
+        schema_name = excluded.schema_name,
+        table_name = excluded.table_name,
+        key_source = excluded.key_source,
+        key_attnums = excluded.key_attnums,
+        key_columns = excluded.key_columns,
+        excluded_attnums = excluded.excluded_attnums,
+        excluded_columns = excluded.excluded_columns,
+        capture_truncate = coalesce(p_capture_truncate, t.capture_truncate),
+        enabled = true,
+        enabled_at = CASE WHEN t.enabled THEN t.enabled_at ELSE pg_catalog.now() END,
+        enabled_by = CASE WHEN t.enabled THEN t.enabled_by ELSE session_user::text END,
+        disabled_at = NULL;
+    PERFORM audit._generate(p_table);
+    SELECT * INTO v_row FROM audit.tracked_table WHERE relid = p_table;
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION audit.enable(regclass, text[], boolean) IS
+    'Starts capturing every INSERT, UPDATE, DELETE and TRUNCATE of a table (and of all its partitions), or changes the settings of an audited table. p_exclude: columns never stored (NULL keeps the current list); p_capture_truncate: store the rows removed by TRUNCATE (default true). Idempotent. Requires ownership of the table and of the audit schema (or superuser).';
+
+
+CREATE FUNCTION audit.disable(p_table regclass) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_fn text;
+BEGIN
+    SELECT capture_function INTO v_fn FROM audit.tracked_table WHERE relid = p_table AND enabled;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM audit._drop_triggers(p_table);
+    EXECUTE pg_catalog.format('DROP FUNCTION IF EXISTS audit.%I()', v_fn);
+    UPDATE audit.tracked_table SET enabled = false, disabled_at = pg_catalog.now() WHERE relid = p_table;
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION audit.disable(regclass) IS
+    'Stops capturing changes of a table: drops its capture triggers and function. Its history stays in audit.change. Returns false when the table was not being audited. Idempotent.';
+
+
+CREATE FUNCTION audit.refresh(p_table regclass) RETURNS audit.tracked_table
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_row audit.tracked_table;
+BEGIN
+    PERFORM 1 FROM audit.tracked_table WHERE relid = p_table AND enabled;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not audited', p_table
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = pg_catalog.format('Run audit.enable(%L) first.', p_table::text);
+    END IF;
+    -- Keeps the settings; re-reads names (renames), the key, and the partitions.
+    RETURN audit.enable(p_table);
+END
+$$;
+
+COMMENT ON FUNCTION audit.refresh(regclass) IS
+    'Regenerates the capture function and triggers of an audited table after DDL (renamed columns or table, new partitions, a new key), keeping its settings.';
+
+
+CREATE FUNCTION audit.status()
+RETURNS TABLE (
+    table_name text, relid oid, enabled boolean, state text, key_source text, key_columns text[],
+    excluded_columns text[], capture_truncate boolean, partitions integer, triggers_expected integer,
+    triggers_present integer, triggers_always integer, history_since timestamptz,
+    enabled_at timestamptz, disabled_at timestamptz
+)
+LANGUAGE sql STABLE AS $$
+    WITH t AS (
+        SELECT r.*, (c.oid IS NOT NULL) AS table_exists,
+               coalesce(pg_catalog.format('%I.%I', n.nspname, c.relname),
+                        pg_catalog.format('%I.%I', r.schema_name, r.table_name)) AS qualified
+          FROM audit.tracked_table AS r
+          LEFT JOIN pg_catalog.pg_class AS c ON c.oid = r.relid
+          LEFT JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    ), counts AS (
+        SELECT t.relid,
+               (SELECT pg_catalog.count(*)::int FROM audit._members(t.relid::regclass) m) AS members,
+               pg_catalog.count(tg.oid)::int AS present,
+               pg_catalog.count(tg.oid) FILTER (WHERE tg.tgenabled = 'A')::int AS always
+          FROM t
+          LEFT JOIN pg_catalog.pg_trigger AS tg
+            ON tg.tgrelid IN (SELECT audit._members(t.relid::regclass))
+           AND tg.tgname = ANY (audit._trigger_names())
+         WHERE t.table_exists
+         GROUP BY t.relid
+    )
+    SELECT t.qualified, t.relid, t.enabled,
+           CASE WHEN NOT t.table_exists THEN 'table dropped'
+                WHEN NOT t.enabled THEN 'disabled'
+                WHEN c.present < c.members * 5 THEN 'triggers missing'
+                WHEN c.always < c.present THEN 'triggers not ENABLE ALWAYS'
+                ELSE 'ok' END,
+           t.key_source,
+           CASE WHEN t.table_exists THEN audit._current_columns(t.relid, t.key_attnums) ELSE t.key_columns END,
+           CASE WHEN t.table_exists THEN audit._current_columns(t.relid, t.excluded_attnums) ELSE t.excluded_columns END,
+           t.capture_truncate,
+           coalesce(c.members - 1, 0), CASE WHEN t.enabled THEN coalesce(c.members, 0) * 5 ELSE 0 END,
+           coalesce(c.present, 0), coalesce(c.always, 0), t.history_since, t.enabled_at, t.disabled_at
+      FROM t LEFT JOIN counts AS c ON c.relid = t.relid
+     ORDER BY t.qualified
+$$;
+
+COMMENT ON FUNCTION audit.status() IS
+    'What is audited: one row per registered table with its settings and the state of its capture triggers (ok, disabled, triggers missing, triggers not ENABLE ALWAYS, table dropped).';
+
+
+CREATE FUNCTION audit.set_actor(p_actor text, p_context jsonb DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_context IS NOT NULL AND pg_catalog.jsonb_typeof(p_context) <> 'object' THEN
+        RAISE EXCEPTION 'the context must be a JSON object, not %', pg_catalog.jsonb_typeof(p_context)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM pg_catalog.set_config('pgaudit.actor', coalesce(p_actor, ''), true);
+    PERFORM pg_catalog.set_config('pgaudit.context', coalesce(p_context::text, ''), true);
+END
+$$;
+
+COMMENT ON FUNCTION audit.set_actor(text, jsonb) IS
+    'Names the application user (and an optional JSON object of context) for the rest of the current transaction; recorded with its changes. Transaction-local: safe behind PgBouncer in transaction mode.';

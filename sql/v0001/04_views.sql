@@ -1,0 +1,48 @@
+-- pgaudit_tool schema, revision 0001: views for people.
+
+CREATE VIEW audit.history AS
+SELECT c.id,
+       pg_catalog.format('%I.%I', c.schema_name, c.table_name) AS table_name,
+       c.relid,
+       CASE c.op WHEN 'I' THEN 'INSERT' WHEN 'U' THEN 'UPDATE' WHEN 'D' THEN 'DELETE' ELSE 'TRUNCATE' END AS op,
+       c.pk,
+       c.old,
+       c.new,
+       c.txid,
+       c.clock_at AS at,
+       c.statement_at,
+       t.started_at AS transaction_started_at,
+       t.db_user,
+       c.role,
+       t.actor,
+       t.context,
+       t.client_addr,
+       t.client_port,
+       t.application_name,
+       t.backend_pid
+  FROM audit.change AS c
+  LEFT JOIN audit.transaction AS t ON t.txid = c.txid;
+
+COMMENT ON VIEW audit.history IS
+    'Every captured change with the context of its transaction, one row per changed row. Filter on table_name/relid, pk, txid, at, actor or db_user.';
+COMMENT ON COLUMN audit.history.id IS 'Change id (audit.change.id).';
+COMMENT ON COLUMN audit.history.table_name IS 'Schema-qualified, quoted name of the table at the time of the change.';
+COMMENT ON COLUMN audit.history.relid IS 'OID of the audited table.';
+COMMENT ON COLUMN audit.history.op IS 'INSERT, UPDATE, DELETE or TRUNCATE.';
+COMMENT ON COLUMN audit.history.pk IS 'Key of the row as a JSON object.';
+COMMENT ON COLUMN audit.history.old IS 'Row before the change (null for INSERT).';
+COMMENT ON COLUMN audit.history.new IS 'Row after the change (null for DELETE and TRUNCATE).';
+COMMENT ON COLUMN audit.history.txid IS 'Transaction id.';
+COMMENT ON COLUMN audit.history.at IS 'When the change was captured (clock time at the end of its statement).';
+COMMENT ON COLUMN audit.history.statement_at IS 'Start of the client statement that made the change.';
+COMMENT ON COLUMN audit.history.transaction_started_at IS 'Start of the transaction.';
+COMMENT ON COLUMN audit.history.db_user IS 'Login role of the session (session_user).';
+COMMENT ON COLUMN audit.history.role IS 'Role that executed the statement (current_user).';
+COMMENT ON COLUMN audit.history.actor IS 'Application user set with pgaudit.actor.';
+COMMENT ON COLUMN audit.history.context IS 'Application context set with pgaudit.context.';
+COMMENT ON COLUMN audit.history.client_addr IS 'Client address (null over a Unix socket).';
+COMMENT ON COLUMN audit.history.client_port IS 'Client port (null over a Unix socket).';
+COMMENT ON COLUMN audit.history.application_name IS 'application_name of the session.';
+COMMENT ON COLUMN audit.history.backend_pid IS 'PID of the server process.';
+
+REVOKE ALL ON audit.history FROM PUBLIC;
