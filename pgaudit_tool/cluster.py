@@ -320,6 +320,7 @@ class TempCluster:
         self._run_as = _RunAs()
         self._bindir = install.bindir
         self._running = False
+        self._owner_pid = os.getpid()
 
     # ----------------------------------------------------------------- properties
 
@@ -424,6 +425,7 @@ class TempCluster:
         self._run_as = _service_user()
         self._bindir = _runnable_bindir(self.install, self._run_as)
         self._prepare_dir()
+        self._owner_pid = os.getpid()
         atexit.register(self.stop)
         try:
             if not (self.data_dir / "PG_VERSION").exists():
@@ -480,8 +482,8 @@ class TempCluster:
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
         directory = self._dir
-        if directory is None:
-            return
+        if directory is None or os.getpid() != self._owner_pid:
+            return  # never started, already stopped, or a forked child: not ours to stop
         if (directory / "data" / "postmaster.pid").exists():
             for mode in ("fast", "immediate"):
                 try:

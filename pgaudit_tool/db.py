@@ -63,6 +63,18 @@ class TableRef:
     name: str
 
 
+# A relation's OID and its always schema-qualified name (regclass::text omits visible schemas).
+_RESOLVE = (
+    "SELECT c.oid, format('%%I.%%I', n.nspname, c.relname) FROM pg_class c"
+    " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)"
+)
+_SCHEMA_TABLES = (
+    "SELECT c.oid, format('%%I.%%I', n.nspname, c.relname) FROM pg_class c"
+    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY c.relname"
+)
+
+
 def resolve_table(conn: psycopg.Connection[Any], name: str) -> TableRef:
     """Resolve a table name as PostgreSQL parses it (``sales.orders``, ``"Sales Dept"."Order Items"``).
 
@@ -72,9 +84,7 @@ def resolve_table(conn: psycopg.Connection[Any], name: str) -> TableRef:
         raise InvalidInput("a table name is required")
     try:
         with conn.transaction():
-            row = conn.execute(
-                "SELECT to_regclass(%s)::oid, to_regclass(%s)::text", (name, name)
-            ).fetchone()
+            row = conn.execute(_RESOLVE, (name,)).fetchone()
     except (psycopg.ProgrammingError, psycopg.DataError) as exc:
         raise InvalidInput(
             f"{name!r} is not a valid table name: {exc.diag.message_primary}",
@@ -93,10 +103,5 @@ def schema_tables(conn: psycopg.Connection[Any], schema: str) -> list[TableRef]:
     found = conn.execute("SELECT oid FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
     if found is None:
         raise InvalidInput(f"schema {schema!r} does not exist")
-    rows = conn.execute(
-        "SELECT c.oid, c.oid::regclass::text FROM pg_class c"
-        " WHERE c.relnamespace = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
-        " ORDER BY c.relname",
-        (found[0],),
-    ).fetchall()
+    rows = conn.execute(_SCHEMA_TABLES, (schema,)).fetchall()
     return [TableRef(oid=int(r[0]), name=str(r[1])) for r in rows]

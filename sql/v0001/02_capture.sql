@@ -106,12 +106,12 @@ CREATE FUNCTION audit._current_columns(p_relid oid, p_attnums int2[]) RETURNS te
 LANGUAGE sql STABLE STRICT AS $$
     SELECT coalesce(pg_catalog.array_agg(a.attname::text ORDER BY u.ord), '{}')
     FROM unnest(p_attnums) WITH ORDINALITY AS u(attnum, ord)
-    JOIN pg_catalog.pg_attribute AS a
+    LEFT JOIN pg_catalog.pg_attribute AS a
       ON a.attrelid = p_relid AND a.attnum = u.attnum AND NOT a.attisdropped
 $$;
 
 COMMENT ON FUNCTION audit._current_columns(oid, int2[]) IS
-    'Internal. Current names of the given columns of a table (dropped columns left out).';
+    'Internal. Current names of the given columns of a table, in the given order; NULL in place of a dropped column.';
 
 
 CREATE FUNCTION audit._capture_function_sql(p_relid oid) RETURNS text
@@ -142,8 +142,8 @@ BEGIN
     -- Current names of the key and excluded columns (one indexed catalog read).
     v_names := audit._current_columns(%4$s::oid, %5$L::int2[]);
     v_keys := v_names[1:%6$s];
-    v_excluded := v_names[%7$s:];
-    IF pg_catalog.cardinality(v_keys) <> %6$s THEN
+    v_excluded := pg_catalog.array_remove(v_names[%7$s:], NULL);
+    IF pg_catalog.array_position(v_keys, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'audited table %% lost a key column; capture cannot identify rows', %4$s::oid::regclass
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Restore the key, or run audit.disable() on the table.';

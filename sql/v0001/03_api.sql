@@ -72,7 +72,7 @@ LANGUAGE sql STABLE AS $$
     -- The table itself and, for a partitioned table, every partition at any level.
     SELECT p_table
     UNION
-    SELECT t.relid FROM pg_catalog.pg_partition_tree(p_table) AS t
+    SELECT t.relid FROM pg_catalog.pg_partition_tree(p_table) AS t WHERE t.relid IS NOT NULL
 $$;
 
 COMMENT ON FUNCTION audit._members(regclass) IS
@@ -204,7 +204,11 @@ BEGIN
     k := audit._key_of(p_table);
     SELECT * INTO v_old FROM audit.tracked_table WHERE relid = p_table;
     IF p_exclude IS NULL AND v_old.relid IS NOT NULL THEN
-        v_excluded := v_old.excluded_attnums;   -- keep the current setting
+        -- Keep the current setting, forgetting columns dropped since.
+        v_excluded := ARRAY(
+            SELECT e FROM unnest(v_old.excluded_attnums) AS e
+             WHERE EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
+                            WHERE a.attrelid = p_table AND a.attnum = e AND NOT a.attisdropped));
     ELSE
         v_excluded := audit._column_attnums(p_table, p_exclude);
     END IF;
@@ -296,8 +300,8 @@ RETURNS TABLE (
 LANGUAGE sql STABLE AS $$
     WITH t AS (
         SELECT r.*, (c.oid IS NOT NULL) AS table_exists,
-               coalesce(pg_catalog.format('%I.%I', n.nspname, c.relname),
-                        pg_catalog.format('%I.%I', r.schema_name, r.table_name)) AS qualified
+               CASE WHEN c.oid IS NULL THEN pg_catalog.format('%I.%I', r.schema_name, r.table_name)
+                    ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END AS qualified
           FROM audit.tracked_table AS r
           LEFT JOIN pg_catalog.pg_class AS c ON c.oid = r.relid
           LEFT JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
@@ -320,8 +324,10 @@ LANGUAGE sql STABLE AS $$
                 WHEN c.always < c.present THEN 'triggers not ENABLE ALWAYS'
                 ELSE 'ok' END,
            t.key_source,
-           CASE WHEN t.table_exists THEN audit._current_columns(t.relid, t.key_attnums) ELSE t.key_columns END,
-           CASE WHEN t.table_exists THEN audit._current_columns(t.relid, t.excluded_attnums) ELSE t.excluded_columns END,
+           CASE WHEN t.table_exists THEN pg_catalog.array_remove(audit._current_columns(t.relid, t.key_attnums), NULL)
+                ELSE t.key_columns END,
+           CASE WHEN t.table_exists THEN pg_catalog.array_remove(audit._current_columns(t.relid, t.excluded_attnums), NULL)
+                ELSE t.excluded_columns END,
            t.capture_truncate,
            coalesce(c.members - 1, 0), CASE WHEN t.enabled THEN coalesce(c.members, 0) * 5 ELSE 0 END,
            coalesce(c.present, 0), coalesce(c.always, 0), t.history_since, t.enabled_at, t.disabled_at

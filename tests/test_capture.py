@@ -1,0 +1,513 @@
+"""Capture: every operation's images and context, exactly, and the capture rules of the core."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from pgaudit_tool import Audit, audit_context
+from pgaudit_tool.errors import InvalidInput, NotInstalled, TableNotSuitable
+from tests.conftest import PgServer
+
+
+def changes(conn: psycopg.Connection[Any], where: str = "true") -> list[dict[str, Any]]:
+    """audit.history rows (all columns) in change order."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(f"SELECT * FROM audit.history WHERE {where} ORDER BY id").fetchall()
+
+
+def brief(conn: psycopg.Connection[Any], where: str = "true") -> list[tuple[Any, ...]]:
+    return [(c["op"], c["pk"], c["old"], c["new"]) for c in changes(conn, where)]
+
+
+def count(conn: psycopg.Connection[Any], query: str) -> int:
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.fixture
+def orders(audit: Audit) -> Audit:
+    audit.conn.execute(
+        "CREATE SCHEMA sales;"
+        "CREATE TABLE sales.orders (id int PRIMARY KEY, customer text NOT NULL,"
+        " amount numeric(10,2), password_hash text)"
+    )
+    audit.enable("sales.orders", exclude=["password_hash"])
+    return audit
+
+
+def test_images_and_context_are_exact(orders: Audit, pg_server: PgServer, dsn: str) -> None:
+    tcp = psycopg.connect(dsn, autocommit=True, application_name="billing-app")
+    with tcp:
+        assert tcp.info.host == "127.0.0.1"
+        before = datetime.now().astimezone()
+        with audit_context(tcp, "alice", {"ticket": "T-1", "n": 2}):
+            txid, addr, port, pid, started = tcp.execute(
+                "SELECT pg_current_xact_id()::text::bigint, host(inet_client_addr()),"
+                " inet_client_port(), pg_backend_pid(), now()"
+            ).fetchone()  # type: ignore[misc]
+            tcp.execute(
+                "INSERT INTO sales.orders VALUES (1, 'ann', 10.50, 's3cret'), (2, 'bob', 7, 'x')"
+            )
+            tcp.execute("UPDATE sales.orders SET amount = 11.00 WHERE id = 1")
+            tcp.execute("DELETE FROM sales.orders WHERE id = 2")
+        after = datetime.now().astimezone()
+
+    rows = changes(orders.conn)
+    assert [(r["op"], r["pk"], r["old"], r["new"]) for r in rows] == [
+        ("INSERT", {"id": 1}, None, {"id": 1, "customer": "ann", "amount": 10.50}),
+        ("INSERT", {"id": 2}, None, {"id": 2, "customer": "bob", "amount": 7.00}),
+        (
+            "UPDATE",
+            {"id": 1},
+            {"id": 1, "customer": "ann", "amount": 10.50},
+            {"id": 1, "customer": "ann", "amount": 11.00},
+        ),
+        ("DELETE", {"id": 2}, {"id": 2, "customer": "bob", "amount": 7.00}, None),
+    ]
+    for r in rows:
+        assert r["table_name"] == "sales.orders"
+        assert int(r["txid"].__str__()) == txid
+        assert r["db_user"] == "postgres" and r["role"] == "postgres"
+        assert r["actor"] == "alice" and r["context"] == {"ticket": "T-1", "n": 2}
+        assert str(r["client_addr"]) == addr == "127.0.0.1" and r["client_port"] == port
+        assert r["backend_pid"] == pid and r["application_name"] == "billing-app"
+        assert r["transaction_started_at"] == started
+        assert before <= r["statement_at"] <= r["at"] <= after
+    # Statements are distinguished by their statement timestamps, in order.
+    stamps = [r["statement_at"] for r in rows]
+    assert stamps[0] == stamps[1] < stamps[2] < stamps[3]
+    assert count(orders.conn, "SELECT count(*) FROM audit.transaction") == 1
+
+
+def test_numeric_scale_is_kept_in_images(orders: Audit) -> None:
+    orders.conn.execute("INSERT INTO sales.orders VALUES (1, 'ann', 10.5, NULL)")
+    (text,) = orders.conn.execute("SELECT new::text FROM audit.change").fetchone()  # type: ignore[misc]
+    assert '"amount": 10.50' in text
+
+
+def test_rolled_back_transaction_leaves_nothing(orders: Audit) -> None:
+    conn = orders.conn
+    with pytest.raises(ZeroDivisionError), conn.transaction():
+        conn.execute("INSERT INTO sales.orders VALUES (1, 'ann', 1, NULL)")
+        conn.execute("UPDATE sales.orders SET amount = 2")
+        raise ZeroDivisionError
+    assert count(conn, "SELECT count(*) FROM audit.change") == 0
+    assert count(conn, "SELECT count(*) FROM audit.transaction") == 0
+
+
+def test_rolled_back_savepoint_leaves_only_what_committed(orders: Audit) -> None:
+    conn = orders.conn
+    with conn.transaction():
+        # The transaction record is first written inside the savepoint that is rolled back.
+        with pytest.raises(ZeroDivisionError), conn.transaction():
+            conn.execute("INSERT INTO sales.orders VALUES (1, 'ann', 1, NULL)")
+            raise ZeroDivisionError
+        conn.execute("INSERT INTO sales.orders VALUES (2, 'bob', 2, NULL)")
+        with pytest.raises(ZeroDivisionError), conn.transaction():
+            conn.execute("DELETE FROM sales.orders")
+            raise ZeroDivisionError
+    assert brief(conn) == [
+        ("INSERT", {"id": 2}, None, {"id": 2, "customer": "bob", "amount": 2.00})
+    ]
+    assert count(conn, "SELECT count(*) FROM audit.transaction") == 1
+    assert (
+        count(conn, "SELECT count(*) FROM audit.change c JOIN audit.transaction t USING (txid)")
+        == 1
+    )
+
+
+def test_one_transaction_record_for_all_changes(orders: Audit) -> None:
+    conn = orders.conn
+    conn.execute("CREATE TABLE sales.notes (id int PRIMARY KEY, body text)")
+    orders.enable("sales.notes")
+    with conn.transaction():
+        conn.execute("INSERT INTO sales.orders VALUES (1, 'ann', 1, NULL)")
+        conn.execute("INSERT INTO sales.notes VALUES (1, 'n')")
+        conn.execute("UPDATE sales.orders SET amount = 3")
+        txid = conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+    conn.execute("INSERT INTO sales.notes VALUES (2, 'other transaction')")
+    assert count(conn, "SELECT count(*) FROM audit.transaction") == 2
+    rows = conn.execute(
+        "SELECT txid::text, count(*) FROM audit.change GROUP BY 1 ORDER BY 2"
+    ).fetchall()
+    assert [r[1] for r in rows] == [1, 3]
+    assert rows[1][0] == txid[0]  # type: ignore[index]
+
+
+def test_statement_touching_no_row_logs_nothing(orders: Audit) -> None:
+    orders.conn.execute("UPDATE sales.orders SET amount = 1 WHERE id = 42")
+    orders.conn.execute("DELETE FROM sales.orders")
+    assert count(orders.conn, "SELECT count(*) FROM audit.change") == 0
+    assert count(orders.conn, "SELECT count(*) FROM audit.transaction") == 0
+
+
+def test_key_updates_leave_exact_history_per_key(audit: Audit) -> None:
+    conn = audit.conn
+    # A deferrable key lets one UPDATE shift keys onto each other (id = id + 1).
+    conn.execute(
+        "CREATE SCHEMA sales; CREATE TABLE sales.orders (id int PRIMARY KEY DEFERRABLE,"
+        " customer text, amount numeric(10,2), password_hash text)"
+    )
+    audit.enable("sales.orders")
+    conn.execute(
+        "INSERT INTO sales.orders SELECT g, 'c' || g, g, NULL FROM generate_series(1, 3) g"
+    )
+    conn.execute("UPDATE sales.orders SET id = id + 1")  # 1->2, 2->3, 3->4: keys 2 and 3 reused
+    conn.execute(
+        "UPDATE sales.orders SET id = CASE id WHEN 2 THEN 4 WHEN 4 THEN 2 END WHERE id IN (2, 4)"
+    )
+    upd = [r for r in changes(conn) if r["op"] == "UPDATE"]
+    by_key: dict[int, list[tuple[Any, Any]]] = {}
+    for r in upd:
+        by_key.setdefault(r["pk"]["id"], []).append(
+            (r["old"] and r["old"]["customer"], r["new"] and r["new"]["customer"])
+        )
+    assert by_key == {
+        1: [("c1", None)],  # key 1 left
+        2: [("c2", "c1"), ("c1", "c3")],  # first update: holds c1; swap: holds c3
+        3: [("c3", "c2")],
+        4: [(None, "c3"), ("c3", "c1")],  # key 4 appeared, then swapped
+    }
+    # Replaying the per-key states gives the live table.
+    replayed = {
+        pk: new
+        for pk, new in conn.execute(
+            "SELECT DISTINCT ON (pk) pk->>'id', new->>'customer' FROM audit.change ORDER BY pk, id DESC"
+        ).fetchall()
+        if new is not None
+    }
+    live = dict(conn.execute("SELECT id::text, customer FROM sales.orders").fetchall())
+    assert replayed == live
+
+
+def test_composite_key(audit: Audit) -> None:
+    conn = audit.conn
+    conn.execute(
+        "CREATE TABLE lines (order_no int, line smallint, sku text, qty int, PRIMARY KEY (order_no, line))"
+    )
+    audit.enable("lines")
+    conn.execute("INSERT INTO lines VALUES (1, 1, 'a', 1), (1, 2, 'b', 1), (2, 1, 'a', 5)")
+    conn.execute("UPDATE lines SET qty = qty + 1 WHERE order_no = 1")
+    conn.execute("UPDATE lines SET line = 3 WHERE order_no = 2")
+    conn.execute("DELETE FROM lines WHERE order_no = 1 AND line = 1")
+    assert [(op, pk) for op, pk, _, _ in brief(conn)] == [
+        ("INSERT", {"order_no": 1, "line": 1}),
+        ("INSERT", {"order_no": 1, "line": 2}),
+        ("INSERT", {"order_no": 2, "line": 1}),
+        ("UPDATE", {"order_no": 1, "line": 1}),
+        ("UPDATE", {"order_no": 1, "line": 2}),
+        ("UPDATE", {"order_no": 2, "line": 1}),
+        ("UPDATE", {"order_no": 2, "line": 3}),
+        ("DELETE", {"order_no": 1, "line": 1}),
+    ]
+
+
+def test_excluded_columns_are_never_stored(orders: Audit) -> None:
+    conn = orders.conn
+    orders.enable("sales.orders", capture_truncate=True)  # keeps the exclusion
+    conn.execute("INSERT INTO sales.orders VALUES (1, 'ann', 1, 'SENTINEL-1')")
+    conn.execute("UPDATE sales.orders SET password_hash = 'SENTINEL-2'")
+    conn.execute("TRUNCATE sales.orders")
+    assert count(conn, "SELECT count(*) FROM audit.change") == 3
+    for table in ("audit.change", "audit.transaction", "audit.tracked_table"):
+        assert count(conn, f"SELECT count(*) FROM {table} x WHERE x::text LIKE '%SENTINEL%'") == 0
+    # The update of the excluded column alone is still recorded, without its value.
+    upd = changes(conn, "op = 'UPDATE'")[0]
+    assert upd["old"] == upd["new"] == {"id": 1, "customer": "ann", "amount": 1.00}
+
+
+def test_excluding_unknown_or_key_column_is_refused(orders: Audit) -> None:
+    with pytest.raises(InvalidInput, match=r"column nope of table sales\.orders does not exist"):
+        orders.enable("sales.orders", exclude=["nope"])
+    with pytest.raises(InvalidInput, match="cannot exclude key column"):
+        orders.enable("sales.orders", exclude=["id"])
+    # Nothing changed: the previous exclusion is still in force.
+    assert orders.status()[0]["excluded_columns"] == ["password_hash"]
+
+
+ODD_SCHEMA = 'Sales "Dept"'
+ODD_TABLE = "Order Items ünï"
+ODD_KEY = 'Line "No"'
+
+
+def test_odd_identifiers(audit: Audit) -> None:
+    conn = audit.conn
+    schema, table = sql.Identifier(ODD_SCHEMA), sql.Identifier(ODD_SCHEMA, ODD_TABLE)
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+    conn.execute(
+        sql.SQL(
+            'CREATE TABLE {} ({} int PRIMARY KEY, "MixedCase" text, "with space" text, "número" int,'
+            ' "Secret Col" text)'
+        ).format(table, sql.Identifier(ODD_KEY))
+    )
+    qualified = table.as_string(conn)
+    audit.enable(qualified, exclude=["Secret Col"])
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'A', 'b c', 3, 'hidden')").format(table))
+    conn.execute(
+        sql.SQL('UPDATE {} SET "número" = 4, {} = 2').format(table, sql.Identifier(ODD_KEY))
+    )
+    rows = list(audit.history(qualified))
+    assert {r["table"] for r in rows} == {qualified}
+    assert [(r["op"], r["pk"]) for r in rows] == [
+        ("INSERT", {ODD_KEY: 1}),
+        ("UPDATE", {ODD_KEY: 1}),
+        ("UPDATE", {ODD_KEY: 2}),
+    ]
+    assert rows[2]["new"] == {ODD_KEY: 2, "MixedCase": "A", "with space": "b c", "número": 4}
+    assert audit.status()[0]["table"] == qualified
+    assert audit.disable(qualified) == {qualified: True}
+
+
+def test_alter_table_keeps_capture_correct(orders: Audit) -> None:
+    conn = orders.conn
+    conn.execute("INSERT INTO sales.orders VALUES (1, 'ann', 1, 'SENTINEL')")
+    conn.execute("ALTER TABLE sales.orders ADD COLUMN note text DEFAULT 'n'")
+    conn.execute("UPDATE sales.orders SET amount = 2")
+    conn.execute("ALTER TABLE sales.orders DROP COLUMN customer")
+    conn.execute("UPDATE sales.orders SET amount = 3")
+    conn.execute("ALTER TABLE sales.orders RENAME COLUMN password_hash TO pw")
+    conn.execute("ALTER TABLE sales.orders RENAME COLUMN note TO remark")
+    conn.execute("UPDATE sales.orders SET amount = 4, pw = 'SENTINEL'")
+    conn.execute("ALTER TABLE sales.orders RENAME COLUMN id TO order_id")
+    conn.execute("INSERT INTO sales.orders (order_id, amount, pw) VALUES (2, 5, 'SENTINEL')")
+    conn.execute("ALTER TABLE sales.orders RENAME TO purchases")
+    conn.execute("DELETE FROM sales.purchases WHERE order_id = 2")
+    news = [(c["table_name"], c["op"], c["pk"], c["new"]) for c in changes(conn)]
+    assert news == [
+        ("sales.orders", "INSERT", {"id": 1}, {"id": 1, "customer": "ann", "amount": 1.00}),
+        (
+            "sales.orders",
+            "UPDATE",
+            {"id": 1},
+            {"id": 1, "customer": "ann", "amount": 2.00, "note": "n"},
+        ),
+        ("sales.orders", "UPDATE", {"id": 1}, {"id": 1, "amount": 3.00, "note": "n"}),
+        ("sales.orders", "UPDATE", {"id": 1}, {"id": 1, "amount": 4.00, "remark": "n"}),
+        ("sales.orders", "INSERT", {"order_id": 2}, {"order_id": 2, "amount": 5.00, "remark": "n"}),
+        ("sales.purchases", "DELETE", {"order_id": 2}, None),
+    ]
+    assert count(conn, "SELECT count(*) FROM audit.change x WHERE x::text LIKE '%SENTINEL%'") == 0
+    status = orders.status()[0]
+    assert (status["key_columns"], status["excluded_columns"]) == (["order_id"], ["pw"])
+    # refresh regenerates the function with the new names; capture stays the same.
+    orders.refresh("sales.purchases")
+    conn.execute("UPDATE sales.purchases SET pw = 'SENTINEL', amount = 6")
+    assert changes(conn)[-1]["new"] == {"order_id": 1, "amount": 6.00, "remark": "n"}
+    assert count(conn, "SELECT count(*) FROM audit.change x WHERE x::text LIKE '%SENTINEL%'") == 0
+    row = conn.execute(
+        "SELECT table_name, key_columns, excluded_columns FROM audit.tracked_table"
+    ).fetchone()
+    assert row == ("purchases", ["order_id"], ["pw"])
+
+
+def test_dropping_the_key_column_blocks_writes_with_a_clear_error(orders: Audit) -> None:
+    conn = orders.conn
+    conn.execute("ALTER TABLE sales.orders DROP COLUMN id")
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="lost a key column"):
+        conn.execute("INSERT INTO sales.orders VALUES ('ann', 1, NULL)")
+    assert count(conn, "SELECT count(*) FROM sales.orders") == 0
+
+
+def test_replica_mode_cannot_skip_capture(orders: Audit) -> None:
+    conn = orders.conn
+    with conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute("INSERT INTO sales.orders VALUES (1, 'ann', 1, NULL)")
+        conn.execute("TRUNCATE sales.orders")
+    assert [op for op, *_ in brief(conn)] == ["INSERT", "TRUNCATE"]
+
+
+def test_truncate_records_content(orders: Audit) -> None:
+    conn = orders.conn
+    conn.execute("INSERT INTO sales.orders VALUES (1, 'ann', 1, 'x'), (2, 'bob', 2, 'y')")
+    conn.execute("TRUNCATE sales.orders")
+    assert brief(conn, "op = 'TRUNCATE'") == [
+        ("TRUNCATE", {"id": 1}, {"id": 1, "customer": "ann", "amount": 1.00}, None),
+        ("TRUNCATE", {"id": 2}, {"id": 2, "customer": "bob", "amount": 2.00}, None),
+    ]
+
+
+def test_truncate_without_content_records_a_marker(orders: Audit) -> None:
+    conn = orders.conn
+    orders.enable("sales.orders", capture_truncate=False)
+    conn.execute("INSERT INTO sales.orders VALUES (1, 'ann', 1, 'x'), (2, 'bob', 2, 'y')")
+    conn.execute("TRUNCATE sales.orders")
+    assert brief(conn, "op = 'TRUNCATE'") == [("TRUNCATE", None, None, None)]
+    assert orders.status()[0]["capture_truncate"] is False
+    orders.enable("sales.orders")  # settings are kept when not given
+    assert orders.status()[0]["capture_truncate"] is False
+
+
+def test_partitioned_table_captures_every_partition(audit: Audit) -> None:
+    conn = audit.conn
+    conn.execute(
+        "CREATE TABLE m (region text, id int, v int, PRIMARY KEY (region, id)) PARTITION BY LIST (region);"
+        "CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu');"
+        "CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us') PARTITION BY RANGE (id);"
+        "CREATE TABLE m_us_low PARTITION OF m_us FOR VALUES FROM (0) TO (100);"
+        "CREATE TABLE m_us_high PARTITION OF m_us FOR VALUES FROM (100) TO (1000);"
+    )
+    with pytest.raises(TableNotSuitable, match="m_eu is a partition of m"):
+        audit.enable("m_eu")
+    status = audit.enable("m")[0]
+    assert (status["partitions"], status["triggers_present"], status["state"]) == (4, 25, "ok")
+    conn.execute("INSERT INTO m VALUES ('eu', 1, 1), ('us', 5, 1)")  # through the parent
+    conn.execute("INSERT INTO m_us_high VALUES ('us', 500, 1)")  # directly into a partition
+    conn.execute("UPDATE m SET id = 150 WHERE id = 5")  # moves between partitions
+    conn.execute("UPDATE m_eu SET v = 2")
+    conn.execute("TRUNCATE m_us")
+    got = [(c["table_name"], c["op"], c["pk"]) for c in changes(conn)]
+    assert got == [
+        ("public.m", "INSERT", {"region": "eu", "id": 1}),
+        ("public.m", "INSERT", {"region": "us", "id": 5}),
+        ("public.m", "INSERT", {"region": "us", "id": 500}),
+        ("public.m", "UPDATE", {"region": "us", "id": 5}),
+        ("public.m", "UPDATE", {"region": "us", "id": 150}),
+        ("public.m", "UPDATE", {"region": "eu", "id": 1}),
+        ("public.m", "TRUNCATE", {"region": "us", "id": 500}),  # physical order of m_us_high
+        ("public.m", "TRUNCATE", {"region": "us", "id": 150}),
+    ]
+    assert count(conn, "SELECT count(DISTINCT relid) FROM audit.change") == 1
+
+
+def test_replica_identity_index_is_used_without_primary_key(audit: Audit) -> None:
+    conn = audit.conn
+    conn.execute(
+        "CREATE TABLE r (code text NOT NULL, v int); CREATE UNIQUE INDEX r_code ON r (code);"
+        "ALTER TABLE r REPLICA IDENTITY USING INDEX r_code"
+    )
+    assert audit.enable("r")[0]["key_source"] == "replica identity"
+    conn.execute("INSERT INTO r VALUES ('a', 1)")
+    assert brief(conn) == [("INSERT", {"code": "a"}, None, {"code": "a", "v": 1})]
+
+
+def test_table_without_key_is_refused_and_nothing_changes(audit: Audit) -> None:
+    conn = audit.conn
+    conn.execute(
+        "CREATE TABLE k (v int); CREATE TABLE ok (id int PRIMARY KEY); CREATE VIEW vw AS SELECT 1 AS x"
+    )
+    with pytest.raises(
+        TableNotSuitable, match="k has no primary key and no replica identity index"
+    ) as exc:
+        audit.enable("ok", "k")
+    assert exc.value.hint is not None and "--skip-unsuitable" in exc.value.hint
+    with pytest.raises(TableNotSuitable, match="vw is not a table"):
+        audit.enable("vw")
+    assert count(conn, "SELECT count(*) FROM audit.tracked_table") == 0
+    assert count(conn, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgaudit%'") == 0
+    assert [s["table"] for s in audit.enable("ok", "k", skip_unsuitable=True)] == ["public.ok"]
+
+
+def test_unknown_table_and_missing_schema(audit: Audit, dsn: str) -> None:
+    with pytest.raises(InvalidInput, match=r"table public\.nope does not exist"):
+        audit.enable("public.nope")
+    with pytest.raises(InvalidInput, match="schema 'nope' does not exist"):
+        audit.enable(schemas=["nope"])
+    audit.conn.execute("DROP SCHEMA audit CASCADE")
+    with Audit.connect(dsn) as fresh, pytest.raises(NotInstalled, match="not installed"):
+        fresh.status()
+
+
+def test_enable_schema_and_idempotence(audit: Audit) -> None:
+    conn = audit.conn
+    conn.execute(
+        "CREATE SCHEMA s; CREATE TABLE s.a (id int PRIMARY KEY); CREATE TABLE s.b (id int PRIMARY KEY)"
+    )
+    first = audit.enable(schemas=["s"])
+    again = audit.enable(schemas=["s"])
+    assert [r["table"] for r in first] == [r["table"] for r in again] == ["s.a", "s.b"]
+    assert count(conn, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgaudit%'") == 10
+    conn.execute("INSERT INTO s.a VALUES (1)")
+    assert count(conn, "SELECT count(*) FROM audit.change") == 1  # not twice
+    assert audit.disable("s.a") == {"s.a": True}
+    assert audit.disable("s.a") == {"s.a": False}
+    conn.execute("INSERT INTO s.a VALUES (2)")
+    assert count(conn, "SELECT count(*) FROM audit.change") == 1  # history stays, capture off
+    states = {r["table"]: r["state"] for r in audit.status()}
+    assert states == {"s.a": "disabled", "s.b": "ok"}
+    audit.enable("s.a")
+    conn.execute("INSERT INTO s.a VALUES (3)")
+    assert count(conn, "SELECT count(*) FROM audit.change") == 2
+
+
+def test_status_notices_missing_and_weakened_triggers(orders: Audit) -> None:
+    conn = orders.conn
+    conn.execute(
+        "ALTER TABLE sales.orders ENABLE TRIGGER pgaudit_update"
+    )  # origin only, not ALWAYS
+    assert orders.status()[0]["state"] == "triggers not ENABLE ALWAYS"
+    conn.execute("DROP TRIGGER pgaudit_delete ON sales.orders")
+    assert orders.status()[0]["state"] == "triggers missing"
+    orders.enable("sales.orders")  # repairs
+    assert orders.status()[0]["state"] == "ok"
+    conn.execute("DROP TABLE sales.orders")
+    assert orders.status()[0]["state"] == "table dropped"
+
+
+def test_acting_role_under_set_role_and_security_definer(
+    orders: Audit, pg_server: PgServer, make_role: Callable[..., str], dsn: str
+) -> None:
+    conn = orders.conn
+    clerk, owner = make_role("clerk"), make_role("owner")
+    dbname = conn.info.dbname
+    conn.execute(
+        sql.SQL(
+            "GRANT USAGE ON SCHEMA sales TO {clerk}, {owner};"
+            "GRANT SELECT, INSERT, UPDATE ON sales.orders TO {owner};"
+            "GRANT INSERT ON sales.orders TO {clerk};"
+            "GRANT {owner} TO {clerk};"
+            "CREATE FUNCTION sales.bump() RETURNS void LANGUAGE sql SECURITY DEFINER"
+            " SET search_path = pg_catalog AS 'UPDATE sales.orders SET amount = amount + 1';"
+            "ALTER FUNCTION sales.bump() OWNER TO {owner};"
+        ).format(clerk=sql.Identifier(clerk), owner=sql.Identifier(owner))
+    )
+    with psycopg.connect(pg_server.dsn_for(dbname, user=clerk), autocommit=True) as c:
+        c.execute("INSERT INTO sales.orders VALUES (1, 'ann', 1, NULL)")
+        c.execute("SELECT sales.bump()")
+        c.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+        c.execute("INSERT INTO sales.orders VALUES (2, 'bob', 1, NULL)")
+    got = [(c["op"], c["db_user"], c["role"]) for c in changes(conn)]
+    assert got == [("INSERT", clerk, clerk), ("UPDATE", clerk, owner), ("INSERT", clerk, owner)]
+
+
+def test_invalid_context_fails_the_write_clearly(orders: Audit) -> None:
+    conn = orders.conn
+    for bad, message in (
+        ("not json", "pgaudit.context is not valid JSON"),
+        ("[1]", "must be a JSON object"),
+    ):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match=message), conn.transaction():
+            conn.execute("SELECT set_config('pgaudit.context', %s, true)", (bad,))
+            conn.execute("INSERT INTO sales.orders VALUES (1, 'ann', 1, NULL)")
+    assert count(conn, "SELECT count(*) FROM sales.orders") == 0
+    assert count(conn, "SELECT count(*) FROM audit.change") == 0
+
+
+def test_generated_capture_function_is_private(
+    orders: Audit, pg_server: PgServer, make_role: Callable[..., str]
+) -> None:
+    conn = orders.conn
+    fn = conn.execute("SELECT capture_function FROM audit.tracked_table").fetchone()[0]  # type: ignore[index]
+    config, secdef, public_exec = conn.execute(
+        "SELECT proconfig, prosecdef, has_function_privilege('public', oid, 'EXECUTE')"
+        " FROM pg_proc WHERE proname = %s AND pronamespace = 'audit'::regnamespace",
+        (fn,),
+    ).fetchone()  # type: ignore[misc]
+    assert secdef and config == ["search_path=pg_catalog, pg_temp"] and not public_exec
+    user = make_role("app")
+    with psycopg.connect(pg_server.dsn_for(conn.info.dbname, user=user), autocommit=True) as c:
+        for stmt in (
+            "INSERT INTO audit.change (txid, relid, schema_name, table_name, op, role,"
+            " statement_at, clock_at) VALUES ('1', 1, 's', 't', 'I', 'r', now(), now())",
+            "SELECT audit._log_transaction(pg_current_xact_id())",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(stmt)
