@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 
 from pgaudit_tool.db import resolve_table, translated_errors
 from pgaudit_tool.errors import InvalidInput
@@ -37,6 +40,9 @@ HISTORY_COLUMNS = (
 )
 
 OPS = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
+
+# JSON numbers in row images are read as Decimal, so numeric values keep their exact digits.
+load_json = partial(json.loads, parse_float=Decimal)
 
 _SELECT = """
 SELECT h.id, h.table_name AS "table", h.op, h.pk, h.old, h.new,
@@ -131,5 +137,6 @@ def history(
             params.append(flt.limit)
         with conn.transaction(), conn.cursor("pgaudit_history", row_factory=dict_row) as cur:
             cur.itersize = 2000
+            set_json_loads(load_json, cur)
             cur.execute(query, params)
             yield from cur

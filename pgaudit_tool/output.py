@@ -7,9 +7,11 @@ most :data:`TABLE_CHUNK` rows at a time to size its columns.
 Value conversions (see :func:`to_json_value`), identical in every format:
 
 * ``datetime``/``date``/``time`` -> ISO-8601 text; aware values keep their UTC offset.
-* ``Decimal`` -> its exact decimal text (``Decimal("1.10")`` -> ``"1.10"``), a JSON *string*,
-  never a number: JSON parsers read numbers as binary floats, which would lose precision and
-  scale. ``NaN``/``Infinity``/``-Infinity`` decimals give those strings.
+* ``Decimal`` -> a JSON number written with its exact digits (``Decimal("1.10")`` -> ``1.10``):
+  PostgreSQL ``numeric`` values and every number inside a JSONB image keep their precision and
+  scale (read them with ``json.loads(text, parse_float=decimal.Decimal)``). ``NaN`` and the
+  infinities, which JSON numbers cannot express, give the strings ``"NaN"``, ``"Infinity"``,
+  ``"-Infinity"``. In csv and table cells a decimal is its exact text.
 * ``float`` NaN and infinities -> the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``
   (PostgreSQL's spelling); JSON has no such numbers and the output is always valid JSON.
   Finite floats stay numbers.
@@ -113,7 +115,9 @@ def _scalar_to_json(v: Any) -> Any:
     if isinstance(v, datetime | date | time):
         return v.isoformat()
     if isinstance(v, Decimal):
-        return str(v)
+        if v.is_finite():
+            return v
+        return "NaN" if v.is_nan() else ("Infinity" if v > 0 else "-Infinity")
     if isinstance(v, timedelta):
         return _iso_duration(v)
     if isinstance(v, bytes | bytearray | memoryview):
@@ -164,9 +168,22 @@ def _iso_duration(td: timedelta) -> str:
 
 
 def _dumps(v: Any, *, compact: bool = False) -> str:
-    """Serialize to JSON text; never emits NaN/Infinity literals (invalid JSON)."""
-    separators = (",", ":") if compact else None
-    return json.dumps(to_json_value(v), ensure_ascii=False, allow_nan=False, separators=separators)
+    """Serialize to JSON text; decimals as exact numbers, never NaN/Infinity literals."""
+    return _encode(to_json_value(v), (",", ":") if compact else (", ", ": "))
+
+
+def _encode(v: Any, seps: tuple[str, str]) -> str:
+    """JSON text of converted data (see :func:`to_json_value`), writing Decimal digits as is."""
+    if isinstance(v, Decimal):
+        return str(v)
+    if isinstance(v, dict):
+        items = (
+            json.dumps(k, ensure_ascii=False) + seps[1] + _encode(x, seps) for k, x in v.items()
+        )
+        return "{" + seps[0].join(items) + "}"
+    if isinstance(v, list):
+        return "[" + seps[0].join(_encode(x, seps) for x in v) + "]"
+    return json.dumps(v, ensure_ascii=False, allow_nan=False)
 
 
 def _text(v: Any) -> str:

@@ -54,7 +54,7 @@ EXPECTED_JSON = [
     {
         "id": 1,
         "changed_at": "2024-03-01T12:30:45.123456+05:30",
-        "amount": "1.10",
+        "amount": Decimal("1.10"),
         "ratio": "NaN",
         "note": None,
         "row": {"name": "Zoë", "tags": ["a", "b"], "inner": {"x": 1}},
@@ -63,7 +63,7 @@ EXPECTED_JSON = [
     {
         "id": 2,
         "changed_at": "2024-03-02T00:00:00+00:00",
-        "amount": "-0.000001",
+        "amount": Decimal("-0.000001"),
         "ratio": 0.25,
         "note": 'line1\nline2, "quoted"',
         "row": {},
@@ -104,7 +104,7 @@ class FlushRecorder(io.StringIO):
 def test_json_round_trip() -> None:
     text, count = rendered("json", sample_records())
     assert count == 2
-    assert json.loads(text) == EXPECTED_JSON
+    assert json.loads(text, parse_float=Decimal) == EXPECTED_JSON
 
 
 def test_json_empty_is_empty_array() -> None:
@@ -134,7 +134,7 @@ def test_json_output_never_contains_nan_literal() -> None:
 def test_jsonl_round_trip() -> None:
     text, count = rendered("jsonl", sample_records())
     assert count == 2
-    assert [json.loads(line) for line in text.splitlines()] == EXPECTED_JSON
+    assert [json.loads(line, parse_float=Decimal) for line in text.splitlines()] == EXPECTED_JSON
 
 
 def test_jsonl_empty_writes_nothing() -> None:
@@ -347,8 +347,8 @@ class Colour(Enum):
         (float("nan"), "NaN"),
         (float("inf"), "Infinity"),
         (float("-inf"), "-Infinity"),
-        (Decimal("1.10"), "1.10"),
-        (Decimal("12345678901234567890.123456789"), "12345678901234567890.123456789"),
+        (Decimal("1.10"), Decimal("1.10")),
+        (Decimal("12345678901234567890.123456789"), Decimal("12345678901234567890.123456789")),
         (Decimal("NaN"), "NaN"),
         (Decimal("-Infinity"), "-Infinity"),
         (datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC), "2024-01-02T03:04:05+00:00"),
@@ -375,7 +375,7 @@ class Colour(Enum):
         ({3, 1, 2}, [1, 2, 3]),
         (frozenset({"b", "a"}), ["a", "b"]),
         (Colour.RED, "red"),
-        ({"a": [Decimal("2.0"), {"b": b"\x01"}]}, {"a": ["2.0", {"b": "\\x01"}]}),
+        ({"a": [Decimal("2.0"), {"b": b"\x01"}]}, {"a": [Decimal("2.0"), {"b": "\\x01"}]}),
         ({1: "x", None: "y", date(2024, 1, 1): "z"}, {"1": "x", "null": "y", "2024-01-01": "z"}),
     ],
 )

@@ -10,7 +10,7 @@ LANGUAGE plpgsql STABLE AS $$
 -- The row key of a table: its primary key, else its replica identity index.
 BEGIN
     SELECT CASE WHEN i.indisprimary THEN 'primary key' ELSE 'replica identity' END,
-           i.indkey::int2[],
+           ARRAY(SELECT unnest(i.indkey::int2[])),   -- int2vector counts from 0; arrays from 1
            (SELECT pg_catalog.array_agg(a.attname::text ORDER BY k.o)
               FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, o)
               JOIN pg_catalog.pg_attribute AS a ON a.attrelid = p_table AND a.attnum = k.attnum)
