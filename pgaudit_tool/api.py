@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -23,11 +24,19 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from pgaudit_tool import history as _history
+from pgaudit_tool import reconstruct as _reconstruct
 from pgaudit_tool import schema, tables
 from pgaudit_tool.connection import connect, resolve_conninfo
 from pgaudit_tool.context import audit_context
-from pgaudit_tool.db import translated_errors
-from pgaudit_tool.errors import TableNotSuitable
+from pgaudit_tool.db import resolve_table, translated_errors
+from pgaudit_tool.errors import InvalidInput, TableNotSuitable
+from pgaudit_tool.reconstruct import normalize_pk
+from pgaudit_tool.timeparse import instant
+
+#: A row key: a JSON object as text or a dict, or a bare value (single-column keys).
+Key = str | int | dict[str, Any]
+#: An instant: an aware datetime, or text (ISO-8601, ``yesterday``, ``2 hours ago``).
+When = datetime | str
 
 
 @dataclass(frozen=True)
@@ -127,10 +136,85 @@ class Audit:
         return tables.status(self.conn)
 
     # -- querying ------------------------------------------------------------------------------
-    def history(self, table: str | None = None, **filters: Any) -> Iterator[dict[str, Any]]:
-        """Changes, oldest first, streamed. ``filters``: see :class:`pgaudit_tool.history.HistoryFilter`."""
+    def history(
+        self,
+        table: str | None = None,
+        *,
+        pk: Key | None = None,
+        actor: str | None = None,
+        db_user: str | None = None,
+        txid: int | None = None,
+        op: str | None = None,
+        since: When | None = None,
+        until: When | None = None,
+        limit: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Changes, oldest first, streamed from a server-side cursor.
+
+        ``pk``: a JSON object (str or dict) or a bare value for a single-column key (needs
+        ``table``). ``since`` (inclusive) and ``until`` (exclusive): datetimes, ISO-8601 text,
+        PostgreSQL words (``yesterday``) or ``"2 hours ago"``.
+        """
         self._require_installed()
-        return _history.history(self.conn, _history.HistoryFilter(table=table, **filters))
+        ref = None if table is None else resolve_table(self.conn, table)
+        flt = _history.HistoryFilter(
+            table=ref,
+            pk=None if pk is None or ref is None else normalize_pk(self.conn, ref, pk),
+            actor=actor,
+            db_user=db_user,
+            txid=txid,
+            op=op,
+            since=self._instant(since),
+            until=self._instant(until),
+            limit=limit,
+        )
+        if pk is not None and ref is None:
+            raise InvalidInput(
+                "a key needs a table", hint="Name the table: history TABLE --pk KEY."
+            )
+        return _history.history(self.conn, flt)
+
+    def transaction(self, txid: int) -> list[dict[str, Any]]:
+        """Everything one transaction did, across tables, in order."""
+        changes = list(self.history(txid=txid))
+        if not changes:
+            raise InvalidInput(f"no audited change belongs to transaction {txid}")
+        return changes
+
+    def blame(self, table: str, pk: Key) -> list[dict[str, Any]]:
+        """Who last set each column of a row (that exists now), and when."""
+        self._require_installed()
+        ref = resolve_table(self.conn, table)
+        return _reconstruct.blame(self.conn, ref, normalize_pk(self.conn, ref, pk))
+
+    def row_at(self, table: str, pk: Key, at: When) -> dict[str, Any] | None:
+        """The row as it was at ``at`` (JSON values under today's column names), or None."""
+        self._require_installed()
+        ref = resolve_table(self.conn, table)
+        found = _reconstruct.row_at(self.conn, ref, normalize_pk(self.conn, ref, pk), self._at(at))
+        return None if found is None else dict(found)
+
+    def table_at(
+        self, table: str, at: When, *, into: str | None = None
+    ) -> Iterator[dict[str, Any]] | int:
+        """The whole table as it was at ``at``: typed rows streamed, or with ``into`` a new table
+        of that name (original column types) and the number of rows written."""
+        self._require_installed()
+        ref = resolve_table(self.conn, table)
+        instant = self._at(at)
+        if into is not None:
+            return _reconstruct.table_at_into(self.conn, ref, instant, into)
+        return _reconstruct.table_at(self.conn, ref, instant)
+
+    def diff(self, table: str, since: When, until: When = "now") -> Iterator[dict[str, Any]]:
+        """Net change of every row between two instants, consolidated, streamed."""
+        self._require_installed()
+        ref = resolve_table(self.conn, table)
+        return _reconstruct.diff(self.conn, ref, self._at(since), self._at(until))
+
+    def instant(self, text: str) -> datetime:
+        """The instant a user's text names (ISO-8601, ``yesterday``, ``2 hours ago``)."""
+        return instant(self.conn, text)
 
     # -- attribution ---------------------------------------------------------------------------
     def actor(
@@ -147,6 +231,16 @@ class Audit:
             info = self.conn.info
             self._conninfo = make_conninfo(info.dsn, password=info.password or None)
         return self._conninfo
+
+    def _instant(self, when: When | None) -> datetime | None:
+        return None if when is None else self._at(when)
+
+    def _at(self, when: When) -> datetime:
+        if isinstance(when, datetime):
+            if when.tzinfo is None:
+                raise InvalidInput("a datetime without a time zone is ambiguous; give it a tzinfo")
+            return when
+        return instant(self.conn, when)
 
     def _require_installed(self) -> None:
         with translated_errors():

@@ -219,28 +219,98 @@ def status(state: _State, fmt: str) -> None:
     _emit(state.audit().status(), fmt, STATUS_COLUMNS)
 
 
+_PK_HELP = "Row key: a JSON object ('{\"id\": 7}') or a bare value for a single-column key."
+_TIME_HELP = "ISO-8601 (2026-11-25T14:00+01:00), PostgreSQL words (yesterday) or '2 hours ago'."
+
+
 @main.command()
 @click.argument("table", required=False)
-@click.option("--pk", metavar="JSON", help="Only the row with this key, e.g. '{\"id\": 7}'.")
+@click.option("--pk", metavar="KEY", help=_PK_HELP + " Needs TABLE.")
 @click.option("--actor", help="Only changes made by this application user.")
 @click.option("--db-user", help="Only changes made by this login role.")
 @click.option("--txid", type=int, help="Only changes of this transaction.")
 @click.option(
     "--op", type=click.Choice(["INSERT", "UPDATE", "DELETE", "TRUNCATE"], case_sensitive=False)
 )
-@click.option(
-    "--since", metavar="TIME", help="Only changes at or after TIME (a PostgreSQL timestamp)."
-)
+@click.option("--since", metavar="TIME", help="Only changes at or after TIME: " + _TIME_HELP)
 @click.option("--until", metavar="TIME", help="Only changes before TIME.")
 @click.option("--limit", type=click.IntRange(min=0), help="At most this many changes.")
 @_format_option
 @click.pass_obj
-def history(state: _State, /, table: str | None, pk: str | None, fmt: str, **filters: Any) -> None:
+def history(state: _State, /, table: str | None, fmt: str, **filters: Any) -> None:
     """Changes captured (of TABLE, or of every table), oldest first, streamed."""
-    from pgaudit_tool.history import HISTORY_COLUMNS, parse_pk
+    from pgaudit_tool.history import HISTORY_COLUMNS
 
-    records = state.audit().history(table, pk=None if pk is None else parse_pk(pk), **filters)
-    _emit(records, fmt, HISTORY_COLUMNS)
+    _emit(state.audit().history(table, **filters), fmt, HISTORY_COLUMNS)
+
+
+@main.command()
+@click.argument("txid", type=int)
+@_format_option
+@click.pass_obj
+def transaction(state: _State, txid: int, fmt: str) -> None:
+    """Everything transaction TXID did, across tables, with its context."""
+    from pgaudit_tool.history import HISTORY_COLUMNS
+
+    _emit(state.audit().transaction(txid), fmt, HISTORY_COLUMNS)
+
+
+@main.command()
+@click.argument("table")
+@click.option("--pk", metavar="KEY", required=True, help=_PK_HELP)
+@_format_option
+@click.pass_obj
+def blame(state: _State, table: str, pk: str, fmt: str) -> None:
+    """Who last set each column of a row of TABLE, and when."""
+    from pgaudit_tool.reconstruct import BLAME_COLUMNS
+
+    _emit(state.audit().blame(table, pk), fmt, BLAME_COLUMNS)
+
+
+@main.command("row-at")
+@click.argument("table")
+@click.option("--pk", metavar="KEY", required=True, help=_PK_HELP)
+@click.option("--at", "at", metavar="TIME", required=True, help="The instant: " + _TIME_HELP)
+@click.pass_obj
+def row_at(state: _State, table: str, pk: str, at: str) -> None:
+    """Print a row of TABLE as it was at TIME, as JSON (null: it did not exist)."""
+    from pgaudit_tool.output import to_json_text
+
+    click.echo(to_json_text(state.audit().row_at(table, pk, at)))
+
+
+@main.command("table-at")
+@click.argument("table")
+@click.option("--at", "at", metavar="TIME", required=True, help="The instant: " + _TIME_HELP)
+@click.option(
+    "--into",
+    metavar="SCHEMA.TABLE",
+    help="Create this new table with the rows (original column types).",
+)
+@_format_option
+@click.pass_obj
+def table_at(state: _State, table: str, at: str, into: str | None, fmt: str) -> None:
+    """TABLE as it was at TIME: streamed, or materialized as a new table (--into)."""
+    result = state.audit().table_at(table, at, into=into)
+    if isinstance(result, int):
+        _info(f"{into}: {result} row(s) as of {at}")
+        return
+    _emit(result, fmt)
+
+
+@main.command()
+@click.argument("table")
+@click.option("--from", "since", metavar="TIME", required=True, help="Start instant: " + _TIME_HELP)
+@click.option(
+    "--to", "until", metavar="TIME", default="now", show_default=True, help="End instant."
+)
+@_format_option
+@click.pass_obj
+def diff(state: _State, table: str, since: str, until: str, fmt: str) -> None:
+    """Net change of every row of TABLE between two instants (inserted, deleted, changed columns)."""
+    from pgaudit_tool.reconstruct import DIFF_COLUMNS
+
+    _emit(state.audit().diff(table, since, until), fmt, DIFF_COLUMNS)
 
 
 @main.command()

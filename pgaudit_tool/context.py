@@ -55,11 +55,11 @@ def audit_context(
     with conn.transaction() as tx:
         previous = conn.execute(_GET_SQL).fetchone()
         conn.execute(_SET_SQL, values)
-        try:
-            yield tx
-        finally:
-            if not conn.broken and previous is not None and tx.savepoint_name is not None:
-                conn.execute(_SET_SQL, (previous[0] or "", previous[1] or ""))
+        yield tx
+        # Leaving a nested block normally: give the enclosing transaction its actor back. (On an
+        # error the savepoint's rollback restores the settings by itself.)
+        if previous is not None and tx.savepoint_name is not None:
+            conn.execute(_SET_SQL, (previous[0] or "", previous[1] or ""))
 
 
 def set_actor(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from pgaudit_tool.errors import (
     AuditError,
@@ -57,19 +58,26 @@ def translated_errors() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class TableRef:
-    """A resolved table: its OID and its schema-qualified, quoted name."""
+    """A resolved table: its OID, its schema-qualified quoted name, and its name parts."""
 
     oid: int
     name: str
+    schema: str = ""
+    relname: str = ""
+
+    @property
+    def ident(self) -> sql.Identifier:
+        """The table as a composable, safely quoted identifier."""
+        return sql.Identifier(self.schema, self.relname)
 
 
 # A relation's OID and its always schema-qualified name (regclass::text omits visible schemas).
 _RESOLVE = (
-    "SELECT c.oid, format('%%I.%%I', n.nspname, c.relname) FROM pg_class c"
+    "SELECT c.oid, format('%%I.%%I', n.nspname, c.relname), n.nspname, c.relname FROM pg_class c"
     " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)"
 )
 _SCHEMA_TABLES = (
-    "SELECT c.oid, format('%%I.%%I', n.nspname, c.relname) FROM pg_class c"
+    "SELECT c.oid, format('%%I.%%I', n.nspname, c.relname), n.nspname, c.relname FROM pg_class c"
     " JOIN pg_namespace n ON n.oid = c.relnamespace"
     " WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY c.relname"
 )
@@ -95,7 +103,7 @@ def resolve_table(conn: psycopg.Connection[Any], name: str) -> TableRef:
             f"table {name} does not exist",
             hint="Names are case-folded unless double-quoted; check the schema with \\dt in psql.",
         )
-    return TableRef(oid=int(row[0]), name=str(row[1]))
+    return TableRef(oid=int(row[0]), name=str(row[1]), schema=str(row[2]), relname=str(row[3]))
 
 
 def schema_tables(conn: psycopg.Connection[Any], schema: str) -> list[TableRef]:
@@ -104,4 +112,4 @@ def schema_tables(conn: psycopg.Connection[Any], schema: str) -> list[TableRef]:
     if found is None:
         raise InvalidInput(f"schema {schema!r} does not exist")
     rows = conn.execute(_SCHEMA_TABLES, (schema,)).fetchall()
-    return [TableRef(oid=int(r[0]), name=str(r[1])) for r in rows]
+    return [TableRef(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]

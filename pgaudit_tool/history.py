@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -12,9 +13,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
-from psycopg.types.json import set_json_loads
+from psycopg.types.json import Jsonb, set_json_loads
 
-from pgaudit_tool.db import resolve_table, translated_errors
+from pgaudit_tool.db import TableRef, translated_errors
 from pgaudit_tool.errors import InvalidInput
 
 HISTORY_COLUMNS = (
@@ -51,7 +52,7 @@ SELECT h.id, h.table_name AS "table", h.op, h.pk, h.old, h.new,
             WHERE h.old -> k IS DISTINCT FROM h.new -> k ORDER BY k)
        END AS changed,
        h.txid::text::bigint AS txid, h.at, h.db_user, h.role, h.actor, h.context,
-       h.client_addr::text AS client_addr, h.application_name, h.client_port, h.backend_pid,
+       host(h.client_addr) AS client_addr, h.application_name, h.client_port, h.backend_pid,
        h.statement_at, h.transaction_started_at
   FROM audit.history AS h
 """
@@ -59,43 +60,32 @@ SELECT h.id, h.table_name AS "table", h.op, h.pk, h.old, h.new,
 
 @dataclass(frozen=True)
 class HistoryFilter:
-    """Which changes to list. Every field is optional; they combine with AND."""
+    """Which changes to list. Every field is optional; they combine with AND.
 
-    table: str | None = None
-    pk: dict[str, Any] | None = None
+    ``pk`` is the key as the log stores it (see :func:`pgaudit_tool.reconstruct.normalize_pk`);
+    ``since`` is inclusive, ``until`` exclusive, both compared with the capture time ``at``.
+    """
+
+    table: TableRef | None = None
+    pk: Any = None
     actor: str | None = None
     db_user: str | None = None
     txid: int | None = None
     op: str | None = None
-    since: str | None = None
-    until: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
     limit: int | None = None
 
 
-def parse_pk(value: str) -> dict[str, Any]:
-    """A row key given by a user, as a JSON object such as ``{"id": 7}``."""
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"the key {value!r} is not valid JSON: {exc.msg}") from exc
-    if not isinstance(parsed, dict) or not parsed:
-        raise InvalidInput(
-            f"the key {value!r} must be a non-empty JSON object",
-            hint="For example --pk '{\"id\": 7}'.",
-        )
-    return parsed
-
-
-def _where(conn: psycopg.Connection[Any], flt: HistoryFilter) -> tuple[sql.Composable, list[Any]]:
+def _where(flt: HistoryFilter) -> tuple[sql.Composable, list[Any]]:
     clauses: list[sql.Composable] = []
     params: list[Any] = []
     if flt.table is not None:
-        ref = resolve_table(conn, flt.table)
         clauses.append(sql.SQL("h.relid = %s::oid"))
-        params.append(ref.oid)
-    if flt.pk is not None:
-        clauses.append(sql.SQL("h.pk = %s::jsonb"))
-        params.append(json.dumps(flt.pk))
+        params.append(flt.table.oid)
+    if flt.pk is not None and flt.table is not None:
+        clauses.append(sql.SQL("h.pk = ANY (audit._pk_variants(%s::oid::regclass, %s))"))
+        params.extend([flt.table.oid, Jsonb(flt.pk)])
     for column, value in (("actor", flt.actor), ("db_user", flt.db_user)):
         if value is not None:
             clauses.append(sql.SQL("h.{} = %s").format(sql.Identifier(column)))
@@ -112,10 +102,10 @@ def _where(conn: psycopg.Connection[Any], flt: HistoryFilter) -> tuple[sql.Compo
         clauses.append(sql.SQL("h.op = %s"))
         params.append(op)
     if flt.since is not None:
-        clauses.append(sql.SQL("h.at >= %s::timestamptz"))
+        clauses.append(sql.SQL("h.at >= %s"))
         params.append(flt.since)
     if flt.until is not None:
-        clauses.append(sql.SQL("h.at < %s::timestamptz"))
+        clauses.append(sql.SQL("h.at < %s"))
         params.append(flt.until)
     if not clauses:
         return sql.SQL(""), params
@@ -129,8 +119,10 @@ def history(
     flt = flt or HistoryFilter()
     if flt.limit is not None and flt.limit < 0:
         raise InvalidInput("--limit must be zero or more")
+    if flt.pk is not None and flt.table is None:
+        raise InvalidInput("a key needs a table", hint="Name the table: history TABLE --pk KEY.")
     with translated_errors():
-        where, params = _where(conn, flt)
+        where, params = _where(flt)
         query = sql.SQL(_SELECT) + where + sql.SQL(" ORDER BY h.id")
         if flt.limit is not None:
             query = query + sql.SQL(" LIMIT %s")

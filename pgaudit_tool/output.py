@@ -59,6 +59,7 @@ __all__ = [
     "TABLE_CHUNK",
     "TABLE_MAX_WIDTH",
     "render",
+    "to_json_text",
     "to_json_value",
 ]
 
@@ -165,6 +166,11 @@ def _iso_duration(td: timedelta) -> str:
     if not day_part and not time_part:
         return "PT0S"
     return f"{sign}P{day_part}" + (f"T{time_part}" if time_part else "")
+
+
+def to_json_text(v: Any) -> str:
+    """One value as JSON text, with the conversions of :func:`to_json_value` (exact decimals)."""
+    return _dumps(v)
 
 
 def _dumps(v: Any, *, compact: bool = False) -> str:

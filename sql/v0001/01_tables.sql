@@ -56,7 +56,8 @@ CREATE TABLE audit.transaction (
     client_port      integer,
     backend_pid      integer     NOT NULL,
     actor            text,
-    context          jsonb
+    context          jsonb,
+    committed_at     timestamptz
 );
 
 COMMENT ON TABLE audit.transaction IS
@@ -70,6 +71,22 @@ COMMENT ON COLUMN audit.transaction.client_port IS 'Client TCP port (null over a
 COMMENT ON COLUMN audit.transaction.backend_pid IS 'PID of the server process.';
 COMMENT ON COLUMN audit.transaction.actor IS 'Application user, from set_config(''pgaudit.actor'', ..., true) (null when unset).';
 COMMENT ON COLUMN audit.transaction.context IS 'Application context, a JSON object from set_config(''pgaudit.context'', ..., true) (null when unset).';
+COMMENT ON COLUMN audit.transaction.committed_at IS 'Clock time at COMMIT (written by a deferred trigger just before the commit record; null while the transaction is in progress). "The state at T" means: every transaction with committed_at <= T applied.';
+
+CREATE TABLE audit.table_layout (
+    relid      oid         NOT NULL,
+    valid_from timestamptz NOT NULL,
+    attnums    int2[]      NOT NULL,
+    columns    text[]      NOT NULL,
+    PRIMARY KEY (relid, valid_from)
+);
+
+COMMENT ON TABLE audit.table_layout IS
+    'Column layouts of audited tables over time: recorded at enable/refresh and by capture at the first change after ALTER TABLE added, dropped or renamed a column. Reconstruction uses it to read old images under today''s column names.';
+COMMENT ON COLUMN audit.table_layout.relid IS 'OID of the audited table.';
+COMMENT ON COLUMN audit.table_layout.valid_from IS 'Images captured at or after this instant (audit.change.clock_at) use this layout.';
+COMMENT ON COLUMN audit.table_layout.attnums IS 'Attribute numbers of the columns, in order.';
+COMMENT ON COLUMN audit.table_layout.columns IS 'Names of the columns, in the same order.';
 
 CREATE TABLE audit.change (
     id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -109,4 +126,4 @@ CREATE INDEX change_txid_idx ON audit.change (txid);
 -- free to maintain on the write path.
 CREATE INDEX change_clock_brin ON audit.change USING brin (clock_at);
 
-REVOKE ALL ON audit.tracked_table, audit.transaction, audit.change FROM PUBLIC;
+REVOKE ALL ON audit.tracked_table, audit.transaction, audit.table_layout, audit.change FROM PUBLIC;

@@ -45,9 +45,10 @@ COMMENT ON FUNCTION audit._key_sql(text, text[]) IS
 
 CREATE FUNCTION audit._image_sql(p_alias text, p_excluded text[]) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT AS $$
+    -- "alias.*", not "alias": a column named like the alias would be taken for the whole row.
     SELECT CASE WHEN pg_catalog.cardinality(p_excluded) = 0
-                THEN pg_catalog.format('pg_catalog.to_jsonb(%s)', p_alias)
-                ELSE pg_catalog.format('(pg_catalog.to_jsonb(%s) OPERATOR(pg_catalog.-) %L::text[])',
+                THEN pg_catalog.format('pg_catalog.to_jsonb(%s.*)', p_alias)
+                ELSE pg_catalog.format('(pg_catalog.to_jsonb(%s.*) OPERATOR(pg_catalog.-) %L::text[])',
                                        p_alias, p_excluded)
            END
 $$;
@@ -116,13 +117,17 @@ COMMENT ON FUNCTION audit._current_columns(oid, int2[]) IS
 
 CREATE FUNCTION audit._capture_function_sql(p_relid oid) RETURNS text
 LANGUAGE plpgsql STABLE AS $gen$
--- Generates the per-table capture trigger function from the registry row of p_relid.
+-- Generates the per-table capture trigger function from the registry row of p_relid and the
+-- table's current column layout.
 DECLARE
     t audit.tracked_table;
-    v_nkeys int;
+    v_attnums int2[];
+    v_columns text[];
 BEGIN
     SELECT * INTO STRICT t FROM audit.tracked_table WHERE relid = p_relid;
-    v_nkeys := pg_catalog.cardinality(t.key_attnums);
+    SELECT pg_catalog.array_agg(a.attnum ORDER BY a.attnum), pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
+      INTO v_attnums, v_columns
+      FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped;
     RETURN pg_catalog.format($fn$
 CREATE OR REPLACE FUNCTION audit.%1$I() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
@@ -134,19 +139,29 @@ DECLARE
         pg_catalog.concat('pgaudit.role_', pg_catalog.pg_trigger_depth()), true), ''), session_user::text);
     v_schema text := TG_TABLE_SCHEMA;
     v_table text := TG_TABLE_NAME;
-    v_names text[];
-    v_keys text[];
-    v_excluded text[];
+    v_attnums int2[];
+    v_columns text[];
+    v_keys text[] := %5$L::text[];
+    v_excluded text[] := %6$L::text[];
+    v_drift boolean := false;
     v_rows bigint;
 BEGIN
-    -- Current names of the key and excluded columns (one indexed catalog read).
-    v_names := audit._current_columns(%4$s::oid, %5$L::int2[]);
-    v_keys := v_names[1:%6$s];
-    v_excluded := pg_catalog.array_remove(v_names[%7$s:], NULL);
-    IF pg_catalog.array_position(v_keys, NULL) IS NOT NULL THEN
-        RAISE EXCEPTION 'audited table %% lost a key column; capture cannot identify rows', %4$s::oid::regclass
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Restore the key, or run audit.disable() on the table.';
+    -- The column layout now (one indexed catalog read). When ALTER TABLE changed it since this
+    -- function was generated, the statement runs dynamically with the current key and excluded
+    -- column names, and the new layout is recorded for reconstruction.
+    SELECT pg_catalog.array_agg(a.attnum ORDER BY a.attnum), pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
+      INTO v_attnums, v_columns
+      FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = %4$s::oid AND a.attnum > 0 AND NOT a.attisdropped;
+    IF v_attnums IS DISTINCT FROM %9$L::int2[] OR v_columns IS DISTINCT FROM %10$L::text[] THEN
+        v_drift := true;
+        v_keys := audit._current_columns(%4$s::oid, %7$L::int2[]);
+        v_excluded := pg_catalog.array_remove(audit._current_columns(%4$s::oid, %8$L::int2[]), NULL);
+        IF pg_catalog.array_position(v_keys, NULL) IS NOT NULL THEN
+            RAISE EXCEPTION 'audited table %% lost a key column; capture cannot identify rows', %4$s::oid::regclass
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Restore the key, or run audit.disable() on the table.';
+        END IF;
+        PERFORM audit._record_layout(%4$s::oid, v_clock);
     END IF;
     IF TG_RELID <> %4$s::oid THEN
         -- A statement on a partition: log it under the audited partitioned table.
@@ -156,23 +171,22 @@ BEGIN
     END IF;
 
     IF TG_OP = 'TRUNCATE' THEN
-        IF %8$L::boolean THEN
+        IF %11$L::boolean THEN
             EXECUTE audit._capture_sql('TRUNCATE', %4$s::oid, v_keys, v_excluded, true, TG_RELID::regclass)
               USING v_txid, v_role, v_schema, v_table, v_clock;
         ELSE
             INSERT INTO audit.change (txid, relid, schema_name, table_name, op, role, statement_at, clock_at)
             VALUES (v_txid, %4$s::oid, v_schema, v_table, 'T', v_role, pg_catalog.statement_timestamp(), v_clock);
         END IF;
-    ELSIF v_names IS DISTINCT FROM %9$L::text[] THEN
-        -- Columns were renamed since this function was generated: same statement, current names.
+    ELSIF v_drift THEN
         EXECUTE audit._capture_sql(TG_OP, %4$s::oid, v_keys, v_excluded, true)
           USING v_txid, v_role, v_schema, v_table, v_clock;
     ELSIF TG_OP = 'INSERT' THEN
-        %10$s;
-    ELSIF TG_OP = 'UPDATE' THEN
-        %11$s;
-    ELSE
         %12$s;
+    ELSIF TG_OP = 'UPDATE' THEN
+        %13$s;
+    ELSE
+        %14$s;
     END IF;
     GET DIAGNOSTICS v_rows = ROW_COUNT;
     IF v_rows > 0 OR TG_OP = 'TRUNCATE' THEN
@@ -186,11 +200,13 @@ $fn$,
         pg_catalog.format('%I.%I', t.schema_name, t.table_name),
         pg_catalog.now(),
         p_relid,
-        t.key_attnums || t.excluded_attnums,
-        v_nkeys,
-        v_nkeys + 1,
+        t.key_columns,
+        t.excluded_columns,
+        t.key_attnums,
+        t.excluded_attnums,
+        v_attnums,
+        v_columns,
         t.capture_truncate,
-        t.key_columns || t.excluded_columns,
         audit._capture_sql('INSERT', p_relid, t.key_columns, t.excluded_columns, false),
         audit._capture_sql('UPDATE', p_relid, t.key_columns, t.excluded_columns, false),
         audit._capture_sql('DELETE', p_relid, t.key_columns, t.excluded_columns, false));
@@ -244,3 +260,49 @@ COMMENT ON FUNCTION audit._log_transaction(xid8) IS
     'Internal. Records the session context (user, client, application, actor, context) of the current transaction once, at its first audited change.';
 
 REVOKE ALL ON FUNCTION audit._log_transaction(xid8) FROM PUBLIC;
+
+
+CREATE FUNCTION audit._record_layout(p_relid oid, p_at timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
+-- Records the table's current column layout as valid from p_at, unless it is the latest known.
+DECLARE
+    v_attnums int2[];
+    v_columns text[];
+    l audit.table_layout;
+BEGIN
+    SELECT pg_catalog.array_agg(a.attnum ORDER BY a.attnum), pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
+      INTO v_attnums, v_columns
+      FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT * INTO l FROM audit.table_layout WHERE relid = p_relid ORDER BY valid_from DESC LIMIT 1;
+    IF l.attnums IS NOT DISTINCT FROM v_attnums AND l.columns IS NOT DISTINCT FROM v_columns THEN
+        RETURN;
+    END IF;
+    INSERT INTO audit.table_layout (relid, valid_from, attnums, columns)
+    VALUES (p_relid, p_at, v_attnums, v_columns)
+    ON CONFLICT (relid, valid_from) DO UPDATE SET attnums = excluded.attnums, columns = excluded.columns;
+END
+$$;
+
+COMMENT ON FUNCTION audit._record_layout(oid, timestamptz) IS
+    'Internal. Records the current column layout of a table in audit.table_layout when it differs from the latest recorded one.';
+
+REVOKE ALL ON FUNCTION audit._record_layout(oid, timestamptz) FROM PUBLIC;
+
+
+CREATE FUNCTION audit._mark_commit() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- Deferred to COMMIT: stamps the transaction with the clock time of its commit.
+BEGIN
+    UPDATE audit.transaction SET committed_at = pg_catalog.clock_timestamp() WHERE txid = NEW.txid;
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION audit._mark_commit() IS
+    'Internal. Deferred constraint trigger on audit.transaction: writes committed_at as late as possible in the transaction, at COMMIT.';
+
+REVOKE ALL ON FUNCTION audit._mark_commit() FROM PUBLIC;
+
+CREATE CONSTRAINT TRIGGER mark_commit AFTER INSERT ON audit.transaction
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION audit._mark_commit();
+ALTER TABLE audit.transaction ENABLE ALWAYS TRIGGER mark_commit;

@@ -241,6 +241,13 @@ BEGIN
         enabled_by = CASE WHEN t.enabled THEN t.enabled_by ELSE session_user::text END,
         disabled_at = NULL;
     PERFORM audit._generate(p_table);
+    -- History starts once the triggers exist: the table lock CREATE TRIGGER took has waited for
+    -- every earlier writer, so clock time now is after every uncaptured change.
+    UPDATE audit.tracked_table
+       SET enabled_at = pg_catalog.clock_timestamp(),
+           history_since = CASE WHEN v_old.relid IS NULL THEN pg_catalog.clock_timestamp() ELSE history_since END
+     WHERE relid = p_table AND (v_old.relid IS NULL OR NOT v_old.enabled);
+    PERFORM audit._record_layout(p_table, pg_catalog.clock_timestamp());
     SELECT * INTO v_row FROM audit.tracked_table WHERE relid = p_table;
     RETURN v_row;
 END

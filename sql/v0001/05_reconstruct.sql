@@ -1,0 +1,427 @@
+-- pgaudit_tool schema, revision 0001: history queries and point-in-time reconstruction.
+--
+-- "The state at T" is the state every transaction committed at or before T produced
+-- (audit.transaction.committed_at <= T). The past is rebuilt from the live table by undoing,
+-- key by key, the changes committed after T: for every key changed since T, the row at T is the
+-- "old" image of its first change after T (none: it did not exist); every other row is as it is
+-- now. This needs capture to have been on without interruption from T until now, and rebuilds
+-- rows that existed before auditing started too.
+--
+-- Old images are keyed by the column names of their time; audit.table_layout maps them to the
+-- names of today. In a rebuilt table, columns added after T and excluded columns are NULL, and
+-- columns dropped since T are absent (the JSONB of audit.change still has them).
+--
+--   audit.pk(table, key)                      a key, typed and normalised, from JSON or a bare value
+--   audit.row_at(table, key, at)              one row at T, as JSONB (null: did not exist)
+--   audit.table_at(NULL::table, at)           the whole table at T, typed, usable in FROM
+--   audit.diff(table, from, to)               net change per row between two instants
+--   audit.blame(table, key)                   who last set each column of a row, and when
+--   audit.history_columns (view)              one row per column changed, for people
+
+
+CREATE FUNCTION audit._tracked(p_table regclass) RETURNS audit.tracked_table
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t audit.tracked_table;
+BEGIN
+    SELECT * INTO t FROM audit.tracked_table WHERE relid = p_table;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not audited, so it has no history', p_table
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = pg_catalog.format('Run audit.enable(%L) to start capturing it.', p_table::text);
+    END IF;
+    RETURN t;
+END
+$$;
+
+COMMENT ON FUNCTION audit._tracked(regclass) IS
+    'Internal. The registry row of an audited table; raises a clear error for a table that never was.';
+
+
+CREATE FUNCTION audit._check_since(p_table regclass, p_at timestamptz) RETURNS audit.tracked_table
+LANGUAGE plpgsql STABLE AS $$
+-- Raises unless the state of p_table at p_at can be rebuilt from the live table and the log.
+DECLARE
+    t audit.tracked_table := audit._tracked(p_table);
+    v_marker timestamptz;
+BEGIN
+    IF p_at IS NULL THEN
+        RAISE EXCEPTION 'an instant is required' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT t.enabled THEN
+        RAISE EXCEPTION 'capture of % is off since %, so its past cannot be rebuilt from the live table', p_table, t.disabled_at
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Its recorded changes are still listed by history; re-enable capture to rebuild states from then on.';
+    END IF;
+    IF p_at < t.enabled_at THEN
+        RAISE EXCEPTION 'history of % exists from % only; % is earlier', p_table, t.enabled_at, p_at
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = CASE WHEN t.history_since < t.enabled_at
+                              THEN pg_catalog.format('Capture was off before %s (first enabled %s).', t.enabled_at, t.history_since)
+                              ELSE 'Changes made before capture was enabled were not recorded.' END;
+    END IF;
+    SELECT pg_catalog.min(c.clock_at) INTO v_marker
+      FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid
+     WHERE c.relid = p_table AND c.op = 'T' AND c.pk IS NULL AND (x.committed_at > p_at OR x.committed_at IS NULL);
+    IF v_marker IS NOT NULL THEN
+        RAISE EXCEPTION 'a TRUNCATE of % at % was recorded without its rows, so the table before it cannot be rebuilt', p_table, v_marker
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Enable capture with TRUNCATE content (the default) to make TRUNCATE reversible.';
+    END IF;
+    RETURN t;
+END
+$$;
+
+COMMENT ON FUNCTION audit._check_since(regclass, timestamptz) IS
+    'Internal. Raises a clear error unless the state of a table at an instant can be rebuilt: audited without interruption since then, and no TRUNCATE recorded without content since then.';
+
+
+CREATE FUNCTION audit._renames(p_table regclass)
+RETURNS TABLE (valid_from timestamptz, valid_to timestamptz, map jsonb)
+LANGUAGE sql STABLE AS $$
+    -- For each recorded layout whose column names differ from today's: {old name: new name},
+    -- with JSON null for a column dropped since. Images captured in [valid_from, valid_to) use it.
+    SELECT p.valid_from, p.valid_to, p.map
+      FROM (SELECT l.valid_from,
+                   pg_catalog.lead(l.valid_from) OVER (ORDER BY l.valid_from) AS valid_to,
+                   (SELECT pg_catalog.jsonb_object_agg(u.name, a.attname::text)
+                      FROM unnest(l.attnums, l.columns) AS u(attnum, name)
+                      LEFT JOIN pg_catalog.pg_attribute AS a
+                        ON a.attrelid = p_table AND a.attnum = u.attnum AND NOT a.attisdropped
+                     WHERE a.attname IS DISTINCT FROM u.name) AS map
+              FROM audit.table_layout AS l WHERE l.relid = p_table) AS p
+     WHERE p.map IS NOT NULL
+$$;
+
+COMMENT ON FUNCTION audit._renames(regclass) IS
+    'Internal. Name maps from past column layouts of a table to today''s names (null for a dropped column).';
+
+
+CREATE FUNCTION audit._rename_keys(p_image jsonb, p_map jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_map IS NULL OR p_image IS NULL THEN p_image
+                ELSE coalesce((SELECT pg_catalog.jsonb_object_agg(coalesce(p_map ->> e.key, e.key), e.value)
+                                 FROM pg_catalog.jsonb_each(p_image) AS e
+                                WHERE NOT (p_map ? e.key AND pg_catalog.jsonb_typeof(p_map -> e.key) = 'null')),
+                              '{}'::jsonb)
+           END
+$$;
+
+COMMENT ON FUNCTION audit._rename_keys(jsonb, jsonb) IS
+    'Internal. Renames the keys of a row image by a map {old: new}; keys mapped to null (dropped columns) are removed.';
+
+
+CREATE FUNCTION audit._columns_at(p_table regclass, p_at timestamptz) RETURNS int2[]
+LANGUAGE sql STABLE AS $$
+    -- Attribute numbers of the columns the table had at p_at (its earliest known layout if older).
+    SELECT coalesce(
+        (SELECT l.attnums FROM audit.table_layout AS l WHERE l.relid = p_table AND l.valid_from <= p_at
+          ORDER BY l.valid_from DESC LIMIT 1),
+        (SELECT l.attnums FROM audit.table_layout AS l WHERE l.relid = p_table ORDER BY l.valid_from LIMIT 1))
+$$;
+
+COMMENT ON FUNCTION audit._columns_at(regclass, timestamptz) IS
+    'Internal. The attribute numbers of the columns a table had at an instant, from audit.table_layout.';
+
+
+CREATE FUNCTION audit._key_columns(p_table regclass) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    SELECT audit._current_columns(p_table, t.key_attnums) FROM audit.tracked_table AS t WHERE t.relid = p_table
+$$;
+
+COMMENT ON FUNCTION audit._key_columns(regclass) IS 'Internal. Current names of the key columns of an audited table.';
+
+
+CREATE FUNCTION audit.pk(p_table regclass, p_key text) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+-- p_key: a JSON object {"col": value, ...} naming every key column, or a bare value for a
+-- single-column key. The result has the key's values typed as the columns are, so that
+-- {"id": "7"}, {"id": 7} and 7 all give {"id": 7}.
+DECLARE
+    v_keys text[];
+    v_obj jsonb;
+    v_extra text[];
+    v_result jsonb;
+BEGIN
+    PERFORM audit._tracked(p_table);
+    v_keys := audit._key_columns(p_table);
+    IF pg_catalog.ltrim(p_key) LIKE '{%' THEN
+        BEGIN
+            v_obj := p_key::jsonb;
+        EXCEPTION WHEN invalid_text_representation THEN
+            RAISE EXCEPTION 'the key % is not valid JSON', p_key USING ERRCODE = 'invalid_parameter_value';
+        END;
+    ELSIF pg_catalog.cardinality(v_keys) = 1 THEN
+        v_obj := pg_catalog.jsonb_build_object(v_keys[1], p_key);
+    ELSE
+        RAISE EXCEPTION 'table % has a key of % columns (%); give it as a JSON object', p_table,
+            pg_catalog.cardinality(v_keys), pg_catalog.array_to_string(v_keys, ', ')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT pg_catalog.array_agg(k) INTO v_extra FROM pg_catalog.jsonb_object_keys(v_obj) AS k WHERE k <> ALL (v_keys);
+    IF v_extra IS NOT NULL OR NOT v_obj ?& v_keys THEN
+        RAISE EXCEPTION 'the key of % is (%), not %', p_table, pg_catalog.array_to_string(v_keys, ', '), v_obj
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    EXECUTE pg_catalog.format('SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
+                              audit._key_sql('r', v_keys), p_table)
+       INTO v_result USING v_obj;
+    RETURN v_result;
+END
+$$;
+
+COMMENT ON FUNCTION audit.pk(regclass, text) IS
+    'The key of a row of an audited table as stored in the log, from a JSON object or (single-column keys) a bare value, typed like the key columns: audit.pk(''sales.orders'', ''7'') = {"id": 7}.';
+
+
+CREATE FUNCTION audit._pk_variants(p_table regclass, p_pk jsonb) RETURNS jsonb[]
+LANGUAGE sql STABLE AS $$
+    -- The key as written under today's names and under the names of every past layout.
+    SELECT pg_catalog.array_agg(DISTINCT v)
+      FROM (SELECT p_pk AS v
+            UNION ALL
+            SELECT audit._rename_keys(p_pk, (SELECT pg_catalog.jsonb_object_agg(e.value ->> 0, e.key)
+                                               FROM pg_catalog.jsonb_each(r.map) AS e
+                                              WHERE pg_catalog.jsonb_typeof(e.value) = 'string'))
+              FROM audit._renames(p_table) AS r) AS s
+$$;
+
+COMMENT ON FUNCTION audit._pk_variants(regclass, jsonb) IS
+    'Internal. A key under today''s column names and under the names it had in every past layout (key columns renamed).';
+
+
+CREATE FUNCTION audit._later_sql(p_table regclass, p_first boolean) RETURNS text
+LANGUAGE sql STABLE AS $$
+    -- Changes of p_table committed after $1 (or still in progress), reduced to the first (or last)
+    -- one per key, with images and keys under today's column names. Columns: pk, old, new, id.
+    SELECT pg_catalog.format(
+        'SELECT DISTINCT ON (m.pk) m.pk, m.old, m.new, m.id FROM ('
+        ' SELECT %s AS pk, %s AS old, %s AS new, c.id'
+        ' FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid %s'
+        ' WHERE c.relid = %s::oid AND c.pk IS NOT NULL AND (x.committed_at > $1 OR x.committed_at IS NULL)) AS m'
+        ' ORDER BY m.pk, m.id %s',
+        CASE WHEN r.any THEN 'audit._rename_keys(c.pk, rn.map)' ELSE 'c.pk' END,
+        CASE WHEN r.any THEN 'audit._rename_keys(c.old, rn.map)' ELSE 'c.old' END,
+        CASE WHEN r.any THEN 'audit._rename_keys(c.new, rn.map)' ELSE 'c.new' END,
+        CASE WHEN r.any THEN pg_catalog.format(
+            'LEFT JOIN audit._renames(%s::oid) AS rn ON c.clock_at >= rn.valid_from'
+            ' AND (rn.valid_to IS NULL OR c.clock_at < rn.valid_to)', p_table::oid) ELSE '' END,
+        p_table::oid,
+        CASE WHEN p_first THEN 'ASC' ELSE 'DESC' END)
+    FROM (SELECT EXISTS (SELECT FROM audit._renames(p_table)) AS any) AS r
+$$;
+
+COMMENT ON FUNCTION audit._later_sql(regclass, boolean) IS
+    'Internal. SQL of the first (or last) change per key committed after the instant $1, under today''s column names.';
+
+
+CREATE FUNCTION audit._projection_sql(p_table regclass, p_at timestamptz, p_alias text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    -- The table's columns for a rebuilt row: NULL for excluded columns and columns added after p_at.
+    SELECT pg_catalog.string_agg(
+        CASE WHEN a.attnum = ANY (t.excluded_attnums) OR NOT a.attnum = ANY (coalesce(audit._columns_at(p_table, p_at), ARRAY[a.attnum]))
+             THEN pg_catalog.format('NULL::%s AS %I', pg_catalog.format_type(a.atttypid, a.atttypmod), a.attname)
+             ELSE pg_catalog.format('%s.%I', p_alias, a.attname) END,
+        ', ' ORDER BY a.attnum)
+      FROM pg_catalog.pg_attribute AS a, audit.tracked_table AS t
+     WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped AND t.relid = p_table
+$$;
+
+COMMENT ON FUNCTION audit._projection_sql(regclass, timestamptz, text) IS
+    'Internal. Select list of a rebuilt row of a table: its columns, with NULL for excluded columns and for columns added after the instant.';
+
+
+CREATE FUNCTION audit._table_at_sql(p_table regclass, p_at timestamptz) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_keys text[] := audit._key_columns(p_table);
+    v_only text := CASE WHEN (SELECT c.relkind FROM pg_catalog.pg_class AS c WHERE c.oid = p_table) = 'r'
+                        THEN 'ONLY ' ELSE '' END;
+BEGIN
+    RETURN pg_catalog.format(
+        'WITH later AS (%s) '
+        'SELECT %s FROM ('
+        ' SELECT r.* FROM %s%s AS r WHERE NOT EXISTS (SELECT FROM later AS l WHERE l.pk = %s)'
+        ' UNION ALL'
+        ' SELECT r.* FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%s, l.old) AS r WHERE l.old IS NOT NULL'
+        ') AS p',
+        audit._later_sql(p_table, true),
+        audit._projection_sql(p_table, p_at, 'p'),
+        v_only, p_table, audit._key_sql('r', v_keys),
+        p_table);
+END
+$$;
+
+COMMENT ON FUNCTION audit._table_at_sql(regclass, timestamptz) IS
+    'Internal. SQL rebuilding a whole table as it was at $1 (rows unchanged since, plus the first old image of every key changed since).';
+
+
+CREATE FUNCTION audit.table_at(p_row anyelement, p_at timestamptz) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_table regclass;
+BEGIN
+    SELECT t.typrelid::regclass INTO v_table FROM pg_catalog.pg_type AS t WHERE t.oid = pg_catalog.pg_typeof(p_row);
+    IF v_table IS NULL THEN
+        RAISE EXCEPTION 'audit.table_at takes a row of the table, e.g. NULL::sales.orders, not %', pg_catalog.pg_typeof(p_row)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM audit._check_since(v_table, p_at);
+    RETURN QUERY EXECUTE audit._table_at_sql(v_table, p_at) USING p_at;
+END
+$$;
+
+COMMENT ON FUNCTION audit.table_at(anyelement, timestamptz) IS
+    'The whole audited table as it was at an instant, typed: SELECT * FROM audit.table_at(NULL::sales.orders, ''2026-01-31 12:00+00''). Columns added after the instant and excluded columns are NULL. Errors when capture was not on all the time since then.';
+
+
+CREATE FUNCTION audit.row_at(p_table regclass, p_pk jsonb, p_at timestamptz) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t audit.tracked_table := audit._check_since(p_table, p_at);
+    v_pk jsonb := audit.pk(p_table, p_pk::text);
+    v_found boolean;
+    v_old jsonb;
+    v_row jsonb;
+    v_keys text[] := audit._key_columns(p_table);
+    v_map jsonb;
+    v_gone text[];
+BEGIN
+    -- The first change of this row committed after p_at: its old image is the row at p_at.
+    SELECT true, c.old, rn.map INTO v_found, v_old, v_map
+      FROM audit.change AS c
+      JOIN audit.transaction AS x ON x.txid = c.txid
+      LEFT JOIN audit._renames(p_table) AS rn
+        ON c.clock_at >= rn.valid_from AND (rn.valid_to IS NULL OR c.clock_at < rn.valid_to)
+     WHERE c.relid = p_table AND c.pk = ANY (audit._pk_variants(p_table, v_pk))
+       AND (x.committed_at > p_at OR x.committed_at IS NULL)
+     ORDER BY c.id
+     LIMIT 1;
+    IF v_found THEN
+        v_row := audit._rename_keys(v_old, v_map);
+    ELSE
+        EXECUTE pg_catalog.format(
+            'SELECT pg_catalog.to_jsonb(r.*) FROM %s AS r, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
+            p_table, p_table,
+            (SELECT pg_catalog.string_agg(pg_catalog.format('r.%1$I = k.%1$I', c), ' AND ') FROM unnest(v_keys) AS c))
+           INTO v_row USING v_pk;
+    END IF;
+    IF v_row IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- Only what existed and was recorded at p_at: no excluded columns, none added since.
+    SELECT pg_catalog.array_agg(a.attname::text) INTO v_gone
+      FROM pg_catalog.pg_attribute AS a
+     WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
+       AND (a.attnum = ANY (t.excluded_attnums) OR NOT a.attnum = ANY (coalesce(audit._columns_at(p_table, p_at), ARRAY[a.attnum])));
+    RETURN v_row - coalesce(v_gone, '{}');
+END
+$$;
+
+COMMENT ON FUNCTION audit.row_at(regclass, jsonb, timestamptz) IS
+    'One row of an audited table as it was at an instant, as JSONB under today''s column names (null: it did not exist then). p_pk: the key as a JSON object. Excluded columns and columns added since are left out.';
+
+
+CREATE FUNCTION audit.diff(p_table regclass, p_from timestamptz, p_to timestamptz)
+RETURNS TABLE (pk jsonb, change text, before jsonb, after jsonb, changed text[])
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t audit.tracked_table := audit._check_since(p_table, p_from);
+BEGIN
+    IF p_to < p_from THEN
+        RAISE EXCEPTION 'the end of the interval (%) is before its start (%)', p_to, p_from
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY EXECUTE pg_catalog.format(
+        'WITH win AS ('
+        '  SELECT %1$s AS pk, %2$s AS old, %3$s AS new, c.id'
+        '    FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid %4$s'
+        '   WHERE c.relid = %5$s::oid AND c.pk IS NOT NULL AND x.committed_at > $1 AND x.committed_at <= $2),'
+        ' first AS (SELECT DISTINCT ON (w.pk) w.pk, w.old FROM win AS w ORDER BY w.pk, w.id),'
+        ' last AS (SELECT DISTINCT ON (w.pk) w.pk, w.new FROM win AS w ORDER BY w.pk, w.id DESC)'
+        ' SELECT f.pk,'
+        '        CASE WHEN f.old IS NULL THEN ''INSERT'' WHEN l.new IS NULL THEN ''DELETE'' ELSE ''UPDATE'' END,'
+        '        f.old, l.new,'
+        '        CASE WHEN f.old IS NOT NULL AND l.new IS NOT NULL THEN ARRAY('
+        '            SELECT k FROM (SELECT pg_catalog.jsonb_object_keys(f.old) UNION SELECT pg_catalog.jsonb_object_keys(l.new)) AS u(k)'
+        '             WHERE f.old -> k IS DISTINCT FROM l.new -> k ORDER BY k) END'
+        '   FROM first AS f JOIN last AS l ON l.pk = f.pk'
+        '  WHERE f.old IS DISTINCT FROM l.new'
+        '  ORDER BY f.pk',
+        CASE WHEN r.any THEN 'audit._rename_keys(c.pk, rn.map)' ELSE 'c.pk' END,
+        CASE WHEN r.any THEN 'audit._rename_keys(c.old, rn.map)' ELSE 'c.old' END,
+        CASE WHEN r.any THEN 'audit._rename_keys(c.new, rn.map)' ELSE 'c.new' END,
+        CASE WHEN r.any THEN pg_catalog.format(
+            'LEFT JOIN audit._renames(%s::oid) AS rn ON c.clock_at >= rn.valid_from'
+            ' AND (rn.valid_to IS NULL OR c.clock_at < rn.valid_to)', p_table::oid) ELSE '' END,
+        p_table::oid)
+    FROM (SELECT EXISTS (SELECT FROM audit._renames(p_table)) AS any) AS r
+    USING p_from, p_to;
+END
+$$;
+
+COMMENT ON FUNCTION audit.diff(regclass, timestamptz, timestamptz) IS
+    'Net change of every row of an audited table between two instants, consolidated over all the changes in between: INSERT (before null), DELETE (after null) or UPDATE with the columns that differ. Rows that end as they began are left out.';
+
+
+CREATE FUNCTION audit.blame(p_table regclass, p_pk jsonb)
+RETURNS TABLE (column_name text, value jsonb, change_id bigint, op text, at timestamptz, txid xid8,
+               actor text, db_user text, role text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t audit.tracked_table := audit._tracked(p_table);
+    v_pk jsonb := audit.pk(p_table, p_pk::text);
+    v_keys text[] := audit._key_columns(p_table);
+    v_live jsonb;
+BEGIN
+    EXECUTE pg_catalog.format(
+        'SELECT pg_catalog.to_jsonb(r.*) FROM %s AS r, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
+        p_table, p_table,
+        (SELECT pg_catalog.string_agg(pg_catalog.format('r.%1$I = k.%1$I', c), ' AND ') FROM unnest(v_keys) AS c))
+       INTO v_live USING v_pk;
+    IF v_live IS NULL THEN
+        RAISE EXCEPTION 'table % has no row with key % now', p_table, v_pk
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use history --pk to see what happened to it.';
+    END IF;
+    v_live := v_live - audit._current_columns(p_table, t.excluded_attnums);
+    RETURN QUERY
+    WITH ch AS (
+        SELECT c.id, c.op, c.clock_at, c.txid, c.role,
+               audit._rename_keys(c.old, rn.map) AS old, audit._rename_keys(c.new, rn.map) AS new
+          FROM audit.change AS c
+          LEFT JOIN audit._renames(p_table) AS rn
+            ON c.clock_at >= rn.valid_from AND (rn.valid_to IS NULL OR c.clock_at < rn.valid_to)
+         WHERE c.relid = p_table AND c.pk = ANY (audit._pk_variants(p_table, v_pk))
+    ), setter AS (
+        SELECT DISTINCT ON (k) k, ch.*
+          FROM ch, pg_catalog.jsonb_object_keys(ch.new) AS k
+         WHERE ch.old IS NULL OR ch.old -> k IS DISTINCT FROM ch.new -> k
+         ORDER BY k, ch.id DESC
+    )
+    SELECT e.key, e.value, s.id,
+           CASE s.op WHEN 'I' THEN 'INSERT' WHEN 'U' THEN 'UPDATE' END,
+           s.clock_at, s.txid, x.actor, x.db_user, s.role
+      FROM pg_catalog.jsonb_each(v_live) AS e
+      LEFT JOIN setter AS s ON s.k = e.key
+      LEFT JOIN audit.transaction AS x ON x.txid = s.txid
+     ORDER BY (SELECT a.attnum FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = p_table AND a.attname = e.key);
+END
+$$;
+
+COMMENT ON FUNCTION audit.blame(regclass, jsonb) IS
+    'Who last set each column of a row that exists now, and when (change id, time, transaction, actor, login and role). Columns nobody changed since auditing began have null change columns.';
+
+
+CREATE VIEW audit.history_columns AS
+SELECT h.id, h.table_name, h.op, h.pk, k AS column_name, h.old -> k AS before, h.new -> k AS after,
+       h.at, h.txid, h.actor, h.db_user, h.role
+  FROM audit.history AS h,
+       LATERAL (SELECT pg_catalog.jsonb_object_keys(coalesce(h.new, '{}'))
+                UNION SELECT pg_catalog.jsonb_object_keys(coalesce(h.old, '{}'))) AS u(k)
+ WHERE h.old -> k IS DISTINCT FROM h.new -> k;
+
+COMMENT ON VIEW audit.history_columns IS
+    'The history flattened for people: one row per column a change set or cleared (INSERT: every column; DELETE and TRUNCATE: every column; UPDATE: the columns that differ).';
+
+REVOKE ALL ON audit.history_columns FROM PUBLIC;
