@@ -8,8 +8,9 @@
 -- rows that existed before auditing started too.
 --
 -- Old images are keyed by the column names of their time; audit.table_layout maps them to the
--- names of today. In a rebuilt table, columns added after T and excluded columns are NULL, and
--- columns dropped since T are absent (the JSONB of audit.change still has them).
+-- names of today (a column dropped since keeps its last name). In a rebuilt table
+-- (table_at), columns added after T and excluded columns are NULL, and columns dropped since T
+-- are absent; JSON results (row_at, diff, blame) keep dropped columns under their last name.
 --
 --   audit.pk(table, key)                      a key, typed and normalised, from JSON or a bare value
 --   audit.row_at(table, key, at)              one row at T, as JSONB (null: did not exist)
@@ -19,6 +20,17 @@
 --   audit.history_columns (view)              one row per column changed, for people
 
 
+CREATE FUNCTION audit._qualified(p_table regclass) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
+      FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+     WHERE c.oid = p_table
+$$;
+
+COMMENT ON FUNCTION audit._qualified(regclass) IS
+    'Internal. The schema-qualified name of a table whatever the search_path, for messages.';
+
+
 CREATE FUNCTION audit._tracked(p_table regclass) RETURNS audit.tracked_table
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -26,7 +38,7 @@ DECLARE
 BEGIN
     SELECT * INTO t FROM audit.tracked_table WHERE relid = p_table;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'table % is not audited, so it has no history', p_table
+        RAISE EXCEPTION 'table % is not audited, so it has no history', audit._qualified(p_table)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = pg_catalog.format('Run audit.enable(%L) to start capturing it.', p_table::text);
     END IF;
@@ -49,12 +61,12 @@ BEGIN
         RAISE EXCEPTION 'an instant is required' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF NOT t.enabled THEN
-        RAISE EXCEPTION 'capture of % is off since %, so its past cannot be rebuilt from the live table', p_table, t.disabled_at
+        RAISE EXCEPTION 'capture of % is off since %, so its past cannot be rebuilt from the live table', audit._qualified(p_table), t.disabled_at
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Its recorded changes are still listed by history; re-enable capture to rebuild states from then on.';
     END IF;
     IF p_at < t.enabled_at THEN
-        RAISE EXCEPTION 'history of % exists from % only; % is earlier', p_table, t.enabled_at, p_at
+        RAISE EXCEPTION 'history of % exists from % only; % is earlier', audit._qualified(p_table), t.enabled_at, p_at
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = CASE WHEN t.history_since < t.enabled_at
                               THEN pg_catalog.format('Capture was off before %s (first enabled %s).', t.enabled_at, t.history_since)
@@ -64,7 +76,7 @@ BEGIN
       FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid
      WHERE c.relid = p_table AND c.op = 'T' AND c.pk IS NULL AND (x.committed_at > p_at OR x.committed_at IS NULL);
     IF v_marker IS NOT NULL THEN
-        RAISE EXCEPTION 'a TRUNCATE of % at % was recorded without its rows, so the table before it cannot be rebuilt', p_table, v_marker
+        RAISE EXCEPTION 'a TRUNCATE of % at % was recorded without its rows, so the table before it cannot be rebuilt', audit._qualified(p_table), v_marker
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Enable capture with TRUNCATE content (the default) to make TRUNCATE reversible.';
     END IF;
@@ -79,22 +91,28 @@ COMMENT ON FUNCTION audit._check_since(regclass, timestamptz) IS
 CREATE FUNCTION audit._renames(p_table regclass)
 RETURNS TABLE (valid_from timestamptz, valid_to timestamptz, map jsonb)
 LANGUAGE sql STABLE AS $$
-    -- For each recorded layout whose column names differ from today's: {old name: new name},
-    -- with JSON null for a column dropped since. Images captured in [valid_from, valid_to) use it.
+    -- For each recorded layout whose column names differ from today's: {old name: name today}.
+    -- A column dropped since keeps the last name it had. Images captured in
+    -- [valid_from, valid_to) use the map.
     SELECT p.valid_from, p.valid_to, p.map
       FROM (SELECT l.valid_from,
                    pg_catalog.lead(l.valid_from) OVER (ORDER BY l.valid_from) AS valid_to,
-                   (SELECT pg_catalog.jsonb_object_agg(u.name, a.attname::text)
+                   (SELECT pg_catalog.jsonb_object_agg(u.name, coalesce(a.attname::text, last.name))
                       FROM unnest(l.attnums, l.columns) AS u(attnum, name)
                       LEFT JOIN pg_catalog.pg_attribute AS a
                         ON a.attrelid = p_table AND a.attnum = u.attnum AND NOT a.attisdropped
-                     WHERE a.attname IS DISTINCT FROM u.name) AS map
+                      LEFT JOIN LATERAL (
+                           SELECT l2.columns[pg_catalog.array_position(l2.attnums, u.attnum)] AS name
+                             FROM audit.table_layout AS l2
+                            WHERE l2.relid = p_table AND u.attnum = ANY (l2.attnums)
+                            ORDER BY l2.valid_from DESC LIMIT 1) AS last ON true
+                     WHERE coalesce(a.attname::text, last.name) IS DISTINCT FROM u.name) AS map
               FROM audit.table_layout AS l WHERE l.relid = p_table) AS p
      WHERE p.map IS NOT NULL
 $$;
 
 COMMENT ON FUNCTION audit._renames(regclass) IS
-    'Internal. Name maps from past column layouts of a table to today''s names (null for a dropped column).';
+    'Internal. Name maps from past column layouts of a table to today''s names (a column dropped since keeps its last name).';
 
 
 CREATE FUNCTION audit._rename_keys(p_image jsonb, p_map jsonb) RETURNS jsonb
@@ -154,13 +172,13 @@ BEGIN
     ELSIF pg_catalog.cardinality(v_keys) = 1 THEN
         v_obj := pg_catalog.jsonb_build_object(v_keys[1], p_key);
     ELSE
-        RAISE EXCEPTION 'table % has a key of % columns (%); give it as a JSON object', p_table,
+        RAISE EXCEPTION 'table % has a key of % columns (%); give it as a JSON object', audit._qualified(p_table),
             pg_catalog.cardinality(v_keys), pg_catalog.array_to_string(v_keys, ', ')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT pg_catalog.array_agg(k) INTO v_extra FROM pg_catalog.jsonb_object_keys(v_obj) AS k WHERE k <> ALL (v_keys);
     IF v_extra IS NOT NULL OR NOT v_obj ?& v_keys THEN
-        RAISE EXCEPTION 'the key of % is (%), not %', p_table, pg_catalog.array_to_string(v_keys, ', '), v_obj
+        RAISE EXCEPTION 'the key of % is (%), not %', audit._qualified(p_table), pg_catalog.array_to_string(v_keys, ', '), v_obj
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     EXECUTE pg_catalog.format('SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
@@ -380,7 +398,7 @@ BEGIN
         (SELECT pg_catalog.string_agg(pg_catalog.format('r.%1$I = k.%1$I', c), ' AND ') FROM unnest(v_keys) AS c))
        INTO v_live USING v_pk;
     IF v_live IS NULL THEN
-        RAISE EXCEPTION 'table % has no row with key % now', p_table, v_pk
+        RAISE EXCEPTION 'table % has no row with key % now', audit._qualified(p_table), v_pk
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use history --pk to see what happened to it.';
     END IF;
