@@ -13,12 +13,12 @@ with Audit.connect("postgresql://dba@db/shop") as audit:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -32,6 +32,9 @@ from pgaudit_tool.db import resolve_table, translated_errors
 from pgaudit_tool.errors import InvalidInput, TableNotSuitable
 from pgaudit_tool.reconstruct import normalize_pk
 from pgaudit_tool.timeparse import instant
+
+if TYPE_CHECKING:
+    from pgaudit_tool.bench import BenchConfig
 
 #: A row key: a JSON object as text or a dict, or a bare value (single-column keys).
 Key = str | int | dict[str, Any]
@@ -215,6 +218,16 @@ class Audit:
     def instant(self, text: str) -> datetime:
         """The instant a user's text names (ISO-8601, ``yesterday``, ``2 hours ago``)."""
         return instant(self.conn, text)
+
+    # -- measurement ---------------------------------------------------------------------------
+    def bench(
+        self, config: BenchConfig | None = None, progress: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        """Measure capture overhead on this database (see :mod:`pgaudit_tool.bench`)."""
+        from pgaudit_tool.bench import BenchConfig, run_bench
+
+        self._require_installed()
+        return run_bench(self.conninfo, config or BenchConfig(), progress or (lambda _m: None))
 
     # -- attribution ---------------------------------------------------------------------------
     def actor(

@@ -315,6 +315,71 @@ def diff(state: _State, table: str, since: str, until: str, fmt: str) -> None:
 
 @main.command()
 @click.option(
+    "--rows",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    help="Rows per bulk statement.",
+)
+@click.option(
+    "--clients",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Concurrent clients for single-row and TPC-B runs.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=1),
+    default=10.0,
+    show_default=True,
+    help="Seconds per single-row / TPC-B run.",
+)
+@click.option(
+    "--repetitions",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Alternating repetitions; medians are reported.",
+)
+@click.option(
+    "--no-pgbench",
+    is_flag=True,
+    help="Use the built-in driver for single-row updates and skip TPC-B.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.pass_obj
+def bench(
+    state: _State,
+    rows: int,
+    clients: int,
+    duration: float,
+    repetitions: int,
+    no_pgbench: bool,
+    fmt: str,
+) -> None:
+    """Measure capture overhead: unaudited vs audited, in a scratch schema removed afterwards."""
+    from pgaudit_tool.bench import BenchConfig, render_table
+    from pgaudit_tool.output import to_json_text
+
+    config = BenchConfig(
+        rows=rows,
+        clients=clients,
+        duration=duration,
+        repetitions=repetitions,
+        use_pgbench=not no_pgbench,
+    )
+    result = state.audit().bench(config, progress=_info)
+    if fmt == "json":
+        click.echo(to_json_text(result))
+    else:
+        _emit(render_table(result), "table", ("metric", "value", "target", "status"))
+
+
+@main.command()
+@click.option(
     "--keep", is_flag=True, help="Keep the demo schema (and an embedded server's data) afterwards."
 )
 @_format_option

@@ -49,6 +49,7 @@ COMMANDS = (
     "row-at",
     "table-at",
     "diff",
+    "bench",
     "demo",
 )
 EXIT_BAD_INPUT, EXIT_CONNECT, EXIT_NOT_INSTALLED, EXIT_PERMISSION = 2, 3, 4, 5

@@ -1,0 +1,242 @@
+"""``pgaudit_tool.bench``: runs on a tiny N, reports every key, leaves nothing behind.
+
+No timing assertions: the figures of a 200-row run on a shared machine mean nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from pgaudit_tool import Audit
+from pgaudit_tool.bench import (
+    NOT_MEASURED,
+    RESULT_KEYS,
+    SETTINGS,
+    TARGETS,
+    BenchConfig,
+    parse_tps,
+    pgbench_target,
+    render_table,
+    run_bench,
+)
+from pgaudit_tool.errors import InvalidInput, NotInstalled
+
+
+def tiny(**options: Any) -> BenchConfig:
+    """The smallest bench that measures everything."""
+    return BenchConfig(rows=200, clients=2, duration=1.0, repetitions=1, **options)
+
+
+ALWAYS_MEASURED = (
+    "insert_ratio",
+    "update_ratio",
+    "delete_ratio",
+    "single_row_update_tps_ratio",
+    "limit_ratio",
+    "insert_limit_ratio",
+    "update_limit_ratio",
+    "delete_limit_ratio",
+    "audit_bytes_per_change",
+    "image_bytes_per_change",
+)
+
+
+def _leftovers(dsn: str) -> dict[str, Any]:
+    """What a bench could leave behind: scratch schemas and audit rows."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgaudit\\_bench\\_%'),"
+            " (SELECT count(*) FROM audit.change),"
+            " (SELECT count(*) FROM audit.transaction),"
+            " (SELECT array_agg(table_name ORDER BY table_name) FROM audit.tracked_table),"
+            " (SELECT count(*) FROM audit.tracked_table t WHERE t.schema_name LIKE 'pgaudit\\_bench\\_%'),"
+            " (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            "   WHERE n.nspname = 'audit' AND p.proname LIKE 'capture\\_%')"
+        ).fetchone()
+    assert row is not None
+    keys = ("schemas", "changes", "transactions", "tracked", "bench_tracked", "capture_functions")
+    return dict(zip(keys, row, strict=True))
+
+
+@pytest.fixture
+def history_before(audit: Audit) -> dict[str, Any]:
+    """An audited table of the user's, with history the bench must not touch."""
+    audit.conn.execute("CREATE TABLE public.orders (id int PRIMARY KEY, amount int)")
+    audit.enable("public.orders")
+    audit.conn.execute("INSERT INTO public.orders VALUES (1, 10), (2, 20)")
+    audit.conn.execute("UPDATE public.orders SET amount = amount + 1")
+    return _leftovers(audit.conninfo)
+
+
+def _check_result(result: dict[str, Any], config: BenchConfig) -> None:
+    assert set(result) == set(RESULT_KEYS)
+    for key in ALWAYS_MEASURED:
+        assert isinstance(result[key], float), key
+        assert result[key] > 0, key
+    for key in NOT_MEASURED:
+        assert result[key] is None
+        assert f"{key}: not measured yet." in result["notes"]
+    assert result["changes_measured"] == 3 * config.rows * config.repetitions
+    assert (result["rows"], result["clients"], result["repetitions"]) == (
+        config.rows,
+        config.clients,
+        config.repetitions,
+    )
+    assert result["server_version"]
+    assert set(result["settings"]) == set(SETTINGS)
+    assert all(isinstance(v, str) for v in result["settings"].values())
+    assert all(isinstance(note, str) for note in result["notes"])
+
+
+def test_bench_reports_every_key_and_cleans_up(
+    audit: Audit, dsn: str, history_before: dict[str, Any]
+) -> None:
+    messages: list[str] = []
+    config = tiny()
+    result = run_bench(dsn, config, messages.append)
+    _check_result(result, config)
+    if result["pgbench"] is None:  # no pgbench on this machine
+        assert result["single_row_driver"] == "builtin"
+        assert result["tpcb_tps_ratio"] is None
+    else:
+        assert result["single_row_driver"] == "pgbench"
+        assert isinstance(result["tpcb_tps_ratio"], float) and result["tpcb_tps_ratio"] > 0
+        assert any("pgbench_history" in note for note in result["notes"])
+    assert any("bulk statements" in m for m in messages)
+    assert _leftovers(dsn) == history_before
+    assert history_before["changes"] == 4 and history_before["tracked"] == ["orders"]
+
+
+def test_bench_own_driver_without_pgbench(audit: Audit, dsn: str) -> None:
+    config = tiny(use_pgbench=False)
+    result = run_bench(dsn, config)
+    _check_result(result, config)
+    assert result["single_row_driver"] == "builtin"
+    assert result["pgbench"] is None
+    assert result["tpcb_tps_ratio"] is None
+    assert result["tpcb_plain_tps"] is None
+    assert any("TPC-B not measured" in note for note in result["notes"])
+    assert _leftovers(dsn)["schemas"] == 0
+
+
+def test_bench_cleans_up_after_interrupt(audit: Audit, dsn: str) -> None:
+    def interrupt(message: str) -> None:
+        if message.startswith("single-row"):  # the audited table has history by now
+            raise KeyboardInterrupt
+
+    config = tiny(use_pgbench=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(dsn, config, interrupt)
+    assert _leftovers(dsn) == {
+        "schemas": 0,
+        "changes": 0,
+        "transactions": 0,
+        "tracked": None,
+        "bench_tracked": 0,
+        "capture_functions": 0,
+    }
+
+
+def test_bench_needs_the_audit_schema(dsn: str) -> None:
+    with pytest.raises(NotInstalled):
+        run_bench(dsn, tiny())
+
+
+def test_bench_rejects_bad_config() -> None:
+    with pytest.raises(InvalidInput, match="rows, repetitions"):
+        run_bench("", BenchConfig(rows=0, repetitions=0))
+
+
+# --------------------------------------------------------------------------- no database
+
+
+def test_render_table_rows() -> None:
+    result: dict[str, Any] = dict.fromkeys(RESULT_KEYS)
+    result.update(
+        insert_ratio=1.2,
+        update_ratio=2.5,
+        single_row_update_tps_ratio=0.9,
+        settings={"fsync": "on"},
+        notes=["a note"],
+    )
+    rows = {row["metric"]: row for row in render_table(result)}
+    assert {"metric", "value", "target", "status"} == set(rows["insert_ratio"])
+    assert rows["insert_ratio"]["status"] == "ok"
+    assert rows["update_ratio"]["status"] == "missed"
+    assert rows["single_row_update_tps_ratio"] == {
+        "metric": "single_row_update_tps_ratio",
+        "value": 0.9,
+        "target": ">= 0.8",
+        "status": "ok",
+    }
+    assert rows["tpcb_tps_ratio"]["status"] == "not measured"
+    assert rows["setting fsync"]["value"] == "on"
+    assert rows["note"]["value"] == "a note"
+    assert set(TARGETS) <= set(rows)
+
+
+PGBENCH_15 = """\
+pgbench (15.18 (Debian 15.18-0+deb12u1))
+transaction type: <builtin: TPC-B (sort of)>
+number of transactions actually processed: 2617
+latency average = 0.763 ms
+initial connection time = 3.101 ms
+tps = 2618.046155 (without initial connection time)
+"""
+
+PGBENCH_13 = """\
+tps = 1000.5 (including connections establishing)
+tps = 1010.25 (excluding connections establishing)
+"""
+
+
+def test_parse_tps() -> None:
+    assert parse_tps(PGBENCH_15) == pytest.approx(2618.046155)
+    assert parse_tps(PGBENCH_13) == pytest.approx(1010.25)
+
+
+def test_pgbench_target_hides_the_password() -> None:
+    argv, env = pgbench_target(
+        "host=db port=5433 user=u password=s3cret dbname=shop options='-c work_mem=8MB'",
+        "pgaudit_bench_x",
+    )
+    assert env["PGPASSWORD"] == "s3cret"
+    assert len(argv) == 1 and "s3cret" not in argv[0]
+    params = conninfo_to_dict(argv[0])
+    assert params["options"] == "-c work_mem=8MB -c search_path=pgaudit_bench_x"
+    assert params["dbname"] == "shop"
+
+
+def test_bench_command_prints_json_data_and_progress_on_stderr(audit: Audit, dsn: str) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from pgaudit_tool.cli import main
+
+    result = CliRunner().invoke(
+        main,
+        [
+            "--dsn",
+            dsn,
+            "bench",
+            "--rows",
+            "100",
+            "--duration",
+            "1",
+            "--repetitions",
+            "1",
+            "--no-pgbench",
+            "--format",
+            "json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(RESULT_KEYS) <= set(data)
+    assert data["insert_ratio"] > 0 and data["tpcb_tps_ratio"] is None
+    assert result.stderr.strip(), "progress goes to stderr"
