@@ -34,10 +34,29 @@ repetition), and every ratio is the median of the per-repetition ratios:
   TOAST, free space and visibility maps) over the bulk phase / changes recorded;
   ``image_bytes_per_change``: average of ``pg_column_size(old) + pg_column_size(new)`` of
   those changes, to compare storage with the bare images.
+
+Reconstruction (``reconstruction=True``, the default), on a third audited table ``history`` of
+the same shape: ``rows`` rows are inserted, then set-based UPDATEs of chunks of keys (each its own
+transaction, cycling over all keys; every tenth one also deletes the ids of its chunk divisible by
+50 and inserts new rows, 4% of a chunk) run until the table has at least ``history_rows`` audit
+rows; the instant after each commit is recorded with the table's row count and ``sum(qty)`` then.
+The table and the audit tables are then vacuumed and analysed.
+
+* ``row_at_median_ms``, ``row_at_p99_ms`` (nearest rank): ``SELECT audit.row_at(...)`` of up to
+  200 random keys at random recorded instants, each timed alone (prepared statement, execute and
+  fetch), after a few unmeasured warm-up calls; ``row_at_audit_rows``: audit rows of the table.
+* ``table_at_ratio``: ``CREATE TABLE AS SELECT * FROM audit.table_at(NULL::history, T)`` against
+  ``CREATE TABLE AS SELECT * FROM history``, T the recorded instant in the middle of the history
+  (with ``history_rows`` >= 3 x ``rows``, every key has changed since, so the first change after T
+  of each key must be found and undone); alternating, each after a CHECKPOINT, median of the
+  per-repetition ratios.  The row count and ``sum(qty)`` of every rebuilt table are checked
+  against those recorded at T (AuditError if not).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import random
 import re
@@ -50,6 +69,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +91,31 @@ SCRATCH_PREFIX = "pgaudit_bench_"
 PLAIN = "plain"
 AUDITED = "audited"
 BARE_LOG = "bare_log"
+HISTORY = "history"
 OPERATIONS = ("insert", "update", "delete")
 TPCB_TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
 SETTINGS = ("fsync", "synchronous_commit", "shared_buffers", "full_page_writes")
-#: Figures that other parts of the tool will provide (reconstruction, revert).
-NOT_MEASURED = ("row_at_median_ms", "row_at_p99_ms", "table_at_ratio", "revert_ratio")
+#: Figures that other parts of the tool will provide (revert).
+NOT_MEASURED = ("revert_ratio",)
+#: Figures of the reconstruction phase (None when it is disabled).
+RECONSTRUCTION_KEYS = (
+    "row_at_median_ms",
+    "row_at_p99_ms",
+    "table_at_ratio",
+    "row_at_audit_rows",
+    "row_at_samples",
+    "table_at_ms",
+    "table_at_live_ms",
+    "table_at_rows",
+    "history_transactions",
+)
+#: Reconstruction: transactions the history is spread over (about), row_at lookups (at most),
+#: unmeasured row_at warm-up calls, one transaction in CHURN_EVERY also deletes and inserts.
+HISTORY_TRANSACTIONS = 100
+MIN_HISTORY_TRANSACTIONS = 4
+ROW_AT_SAMPLES = 200
+ROW_AT_WARMUP = 5
+CHURN_EVERY = 10
 #: Goals of the project: (comparison, bound).
 TARGETS: dict[str, tuple[str, float]] = {
     "insert_ratio": ("<=", 1.6),
@@ -111,8 +151,10 @@ RESULT_KEYS = (
     "new_image_bytes",
     "changes_measured",
     *RAW_KEYS,
+    *RECONSTRUCTION_KEYS,
     *NOT_MEASURED,
     "rows",
+    "history_rows",
     "clients",
     "duration",
     "repetitions",
@@ -134,7 +176,9 @@ _ANY_TPS = re.compile(r"^tps = (\d+(?:\.\d+)?)")
 class BenchConfig:
     """What to measure. ``pgbench``: path of the binary (None: the one of the server's major
     among the local installations, else ``pgbench`` on PATH); ``use_pgbench=False`` forces the
-    built-in single-row driver and skips TPC-B. ``scale``: pgbench's TPC-B scale factor."""
+    built-in single-row driver and skips TPC-B. ``scale``: pgbench's TPC-B scale factor.
+    ``history_rows``: audit rows built on the reconstruction table before row_at is measured;
+    ``reconstruction=False`` skips that phase (its figures are None)."""
 
     rows: int = 100_000
     clients: int = 2
@@ -143,6 +187,8 @@ class BenchConfig:
     pgbench: str | None = None
     use_pgbench: bool = True
     scale: int = 1
+    history_rows: int = 1_000_000
+    reconstruction: bool = True
 
 
 def _quiet(_message: str) -> None:
@@ -180,6 +226,7 @@ def _validate(config: BenchConfig) -> None:
             ("duration", config.duration > 0),
             ("repetitions", config.repetitions >= 1),
             ("scale", config.scale >= 1),
+            ("history_rows", config.history_rows >= 1),
         )
         if not ok
     ]
@@ -231,6 +278,29 @@ class _Samples:
         return statistics.median(ratios) if ratios else None
 
 
+@dataclass(frozen=True)
+class _Instant:
+    """An instant recorded between two history transactions, with the table's state then."""
+
+    at: datetime
+    rows: int
+    qty_sum: int
+
+
+@dataclass
+class _History:
+    """The reconstruction table and what was recorded while building its history."""
+
+    oid: int
+    instants: list[_Instant]
+    max_id: int  # keys 1..max_id existed at some point
+    transactions: int
+
+    @property
+    def middle(self) -> _Instant:
+        return self.instants[len(self.instants) // 2]
+
+
 class _Bench:
     """One bench run on an autocommit connection, inside the scratch schema."""
 
@@ -263,6 +333,7 @@ class _Bench:
         self._bulk_phase()
         self._single_row_phase()
         self._tpcb_phase()
+        self._reconstruction_phase()
         return self._report()
 
     def _setup(self) -> None:
@@ -359,14 +430,156 @@ class _Bench:
         tps = self._pgbench_run([], search_path=True)
         self._sample(f"tpcb_{name}_tps", tps)
 
+    def _reconstruction_phase(self) -> None:
+        if not self.config.reconstruction:
+            self.notes.append(
+                "reconstruction phase disabled: row_at and table_at figures not measured."
+            )
+            return
+        history = self._build_history()
+        self._measure_row_at(history)
+        self._measure_table_at(history)
+        self.result["revert_ratio"] = self._measure_revert(history)
+
+    def _build_history(self) -> _History:
+        """The audited table ``history``: ``rows`` rows, then chunked UPDATEs (one transaction
+        each, some also deleting and inserting rows) until it has ``history_rows`` audit rows."""
+        cfg = self.config
+        table = self.table(HISTORY)
+        self.conn.execute(sql.SQL(_TABLE_DDL).format(table))
+        oid = self._oid(HISTORY)
+        with translated_errors():
+            self._set_audit(oid, on=True)
+        self.progress(
+            f"reconstruction: {cfg.rows} rows, then updates up to {cfg.history_rows} audit rows"
+        )
+        changes = self.conn.execute(_insert_range_sql(table, 1, cfg.rows)).rowcount
+        instants = [self._instant(table)]
+        chunk = max(1, min(cfg.rows, cfg.history_rows // HISTORY_TRANSACTIONS))
+        next_id, low, tx = cfg.rows + 1, 1, 0
+        reported = 0
+        while changes < cfg.history_rows or tx < MIN_HISTORY_TRANSACTIONS:
+            high = low + chunk - 1
+            with self.conn.transaction():
+                changes += self.conn.execute(_history_update_sql(table, low, high)).rowcount
+                if tx % CHURN_EVERY == CHURN_EVERY - 1:
+                    changes += self.conn.execute(_history_delete_sql(table, low, high)).rowcount
+                    added = max(1, chunk // 25)
+                    last = next_id + added - 1
+                    changes += self.conn.execute(_insert_range_sql(table, next_id, last)).rowcount
+                    next_id = last + 1
+            tx += 1
+            instants.append(self._instant(table))
+            low = high + 1 if high + 1 < next_id else 1
+            if changes * 10 // cfg.history_rows > reported:
+                reported = min(10, changes * 10 // cfg.history_rows)
+                self.progress(f"  history: {changes} changes in {tx + 1} transactions")
+        for name in (table, *_audit_tables()):
+            self._vacuum(name, analyze=True)
+        row = self.conn.execute(
+            "SELECT count(*) FROM audit.change WHERE relid = %s", (oid,)
+        ).fetchone()
+        self.result["row_at_audit_rows"] = int(row[0]) if row else 0
+        self.result["history_transactions"] = tx + 1
+        return _History(oid=oid, instants=instants, max_id=next_id - 1, transactions=tx + 1)
+
+    def _instant(self, table: sql.Identifier) -> _Instant:
+        """Now (after the last commit), with the table's row count and sum(qty)."""
+        row = self.conn.execute(
+            sql.SQL("SELECT clock_timestamp(), count(*), coalesce(sum(qty), 0) FROM {}").format(
+                table
+            )
+        ).fetchone()
+        assert row is not None
+        return _Instant(at=row[0], rows=int(row[1]), qty_sum=int(row[2]))
+
+    def _measure_row_at(self, history: _History) -> None:
+        samples = min(ROW_AT_SAMPLES, self.config.rows)
+        self.progress(f"row-at: {samples} lookups at random keys and instants")
+        rng = random.Random(4242)
+        probes = [
+            (
+                history.oid,
+                json.dumps({"id": rng.randint(1, history.max_id)}),
+                rng.choice(history.instants).at,
+            )
+            for _ in range(ROW_AT_WARMUP + samples)
+        ]
+        query = "SELECT audit.row_at(%s::oid::regclass, %s::jsonb, %s::timestamptz)"
+        times: list[float] = []
+        found = 0
+        with self.conn.cursor() as cur:
+            for i, params in enumerate(probes):
+                start = time.perf_counter()
+                cur.execute(query, params, prepare=True)
+                row = cur.fetchone()
+                elapsed = (time.perf_counter() - start) * 1000.0
+                if i >= ROW_AT_WARMUP:
+                    times.append(elapsed)
+                    found += row is not None and row[0] is not None
+        if not found:
+            raise AuditError("bench: audit.row_at found none of the rows looked up")
+        self.result["row_at_samples"] = len(times)
+        self.result["row_at_median_ms"] = _rounded(statistics.median(times), 3)
+        self.result["row_at_p99_ms"] = _rounded(_percentile(times, 99), 3)
+        self.progress(
+            f"  row_at: median {statistics.median(times):.2f} ms,"
+            f" p99 {_percentile(times, 99):.2f} ms"
+        )
+
+    def _measure_table_at(self, history: _History) -> None:
+        mid = history.middle
+        self.progress(f"table-at: {mid.rows} rows at the middle of the history vs the live table")
+        source = self.table(HISTORY)
+        copies = {"table_at": self.table("table_at_copy"), "table_at_live": self.table("live_copy")}
+        selects = {
+            "table_at": sql.SQL("SELECT * FROM audit.table_at(NULL::{}, {})").format(
+                source, sql.Literal(mid.at)
+            ),
+            "table_at_live": sql.SQL("SELECT * FROM {}").format(source),
+        }
+        for rep in range(self.config.repetitions):
+            order = ("table_at", "table_at_live") if rep % 2 == 0 else ("table_at_live", "table_at")
+            for name in order:
+                self._checkpoint()
+                create = sql.SQL("CREATE TABLE {} AS ").format(copies[name]) + selects[name]
+                self._sample(f"{name}_ms", _timed(self.conn, create))
+                if name == "table_at":
+                    self._check_rebuilt(copies[name], mid)
+                self.conn.execute(sql.SQL("DROP TABLE {}").format(copies[name]))
+        self.result["table_at_rows"] = mid.rows
+
+    def _check_rebuilt(self, copy: sql.Identifier, expected: _Instant) -> None:
+        """The table rebuilt by table_at has the row count and sum(qty) recorded at T."""
+        row = self.conn.execute(
+            sql.SQL("SELECT count(*), coalesce(sum(qty), 0) FROM {}").format(copy)
+        ).fetchone()
+        got = (int(row[0]), int(row[1])) if row else None
+        if got != (expected.rows, expected.qty_sum):
+            raise AuditError(
+                f"bench: audit.table_at at {expected.at} gave (rows, sum(qty)) = {got},"
+                f" expected ({expected.rows}, {expected.qty_sum})"
+            )
+
+    def _measure_revert(self, history: _History) -> float | None:
+        """Revert timing: not measured yet (None).
+
+        TODO(revert): when the revert API exists, measure it here on ``history`` (e.g. revert
+        the table to ``history.middle.at`` against a plain ``UPDATE``/``DELETE``/``INSERT`` of
+        the same rows), return the median ratio and drop "revert_ratio" from NOT_MEASURED.
+        This runs after table_at, so it may change the table.
+        """
+        del history
+        return None
+
     # -- measurements ----------------------------------------------------------------------
     def _time_statement(self, op: str, name: str) -> float:
         self._checkpoint()
         elapsed = _timed(self.conn, _bulk_sql(op, self.table(name), self.config.rows))
         self._vacuum(self.table(name))
         if name == AUDITED:
-            self._vacuum(sql.Identifier(schema.SCHEMA, "change"))
-            self._vacuum(sql.Identifier(schema.SCHEMA, "transaction"))
+            for audit_table in _audit_tables():
+                self._vacuum(audit_table)
         return elapsed
 
     def _time_bare_log(self, op: str) -> float:
@@ -456,6 +669,10 @@ class _Bench:
         result["tpcb_tps_ratio"] = _rounded(s.ratio("tpcb_audited_tps", "tpcb_plain_tps"), 3)
         for key in RAW_KEYS:
             result[key] = _rounded(s.median(key), 2 if key.endswith("_ms") else 1)
+        if s.values.get("table_at_ms"):
+            result["table_at_ratio"] = _rounded(s.ratio("table_at_ms", "table_at_live_ms"), 3)
+            result["table_at_ms"] = _rounded(s.median("table_at_ms"), 2)
+            result["table_at_live_ms"] = _rounded(s.median("table_at_live_ms"), 2)
         result.update(self._context())
         return result
 
@@ -464,6 +681,7 @@ class _Bench:
         notes = [*self.notes, *_standard_notes(cfg)]
         return {
             "rows": cfg.rows,
+            "history_rows": cfg.history_rows if cfg.reconstruction else None,
             "clients": cfg.clients,
             "duration": cfg.duration,
             "repetitions": cfg.repetitions,
@@ -495,8 +713,30 @@ def _standard_notes(cfg: BenchConfig) -> list[str]:
     ]
     if cfg.duration != max(1, round(cfg.duration)):
         notes.append(f"pgbench takes whole seconds: runs lasted {max(1, round(cfg.duration))} s.")
+    if cfg.reconstruction:
+        notes.extend(
+            [
+                "row_at: audit.row_at of random keys (some deleted or not yet inserted at the "
+                "instant) at random instants recorded during the history, each timed alone "
+                "(prepared, execute + fetch), after warm-up calls; p99 is the nearest rank.",
+                "table_at_ratio: CREATE TABLE AS SELECT * FROM audit.table_at(NULL::t, T) / "
+                "CREATE TABLE AS SELECT * FROM t, T in the middle of the history (every key has "
+                "changed since when history_rows >= 3 x rows); median of per-repetition ratios, "
+                "each statement after a CHECKPOINT.",
+            ]
+        )
     notes.extend(f"{key}: not measured yet." for key in NOT_MEASURED)
     return notes
+
+
+def _percentile(values: Sequence[float], percent: float) -> float:
+    """Nearest-rank percentile: the smallest value with ``percent``% of the values at or below."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
+
+
+def _audit_tables() -> tuple[sql.Identifier, ...]:
+    return (sql.Identifier(schema.SCHEMA, "change"), sql.Identifier(schema.SCHEMA, "transaction"))
 
 
 def _rounded(value: Any, digits: int) -> float | None:
@@ -535,7 +775,7 @@ _BULK_SQL = {
     "insert": "INSERT INTO {table} SELECT i, i % 1000, 'item ' || i, (i % 100000) / 100.0,"
     " timestamptz '2024-01-01 00:00:00+00' + i * interval '1 second', i % 2 = 0,"
     " jsonb_build_object('kind', i % 10, 'tag', 'tag' || (i % 7)), md5(i::text)::uuid"
-    " FROM generate_series(1, {rows}) AS i",
+    " FROM generate_series({first}, {last}) AS i",
     "update": "UPDATE {table} SET qty = qty + 1, amount = amount + 1",
     "delete": "DELETE FROM {table}",
 }
@@ -549,7 +789,26 @@ _BARE_LOG_SQL = {
 
 
 def _bulk_sql(op: str, table: sql.Identifier, rows: int) -> sql.Composed:
-    return sql.SQL(_BULK_SQL[op]).format(table=table, rows=sql.Literal(rows))
+    return sql.SQL(_BULK_SQL[op]).format(table=table, first=sql.Literal(1), last=sql.Literal(rows))
+
+
+def _insert_range_sql(table: sql.Identifier, first: int, last: int) -> sql.Composed:
+    """INSERT of the rows with ids first..last (the same values as the bulk INSERT)."""
+    return sql.SQL(_BULK_SQL["insert"]).format(
+        table=table, first=sql.Literal(first), last=sql.Literal(last)
+    )
+
+
+def _history_update_sql(table: sql.Identifier, low: int, high: int) -> sql.Composed:
+    return sql.SQL(
+        "UPDATE {} SET qty = qty + 1, amount = amount + 1 WHERE id BETWEEN {} AND {}"
+    ).format(table, sql.Literal(low), sql.Literal(high))
+
+
+def _history_delete_sql(table: sql.Identifier, low: int, high: int) -> sql.Composed:
+    return sql.SQL("DELETE FROM {} WHERE id BETWEEN {} AND {} AND id % 50 = 0").format(
+        table, sql.Literal(low), sql.Literal(high)
+    )
 
 
 def _bare_log_sql(op: str, log: sql.Identifier, table: sql.Identifier) -> sql.Composed:

@@ -348,6 +348,14 @@ def diff(state: _State, table: str, since: str, until: str, fmt: str) -> None:
     help="Use the built-in driver for single-row updates and skip TPC-B.",
 )
 @click.option(
+    "--history-rows",
+    type=click.IntRange(min=1),
+    default=1_000_000,
+    show_default=True,
+    help="Audit rows to build before measuring row-at and table-at.",
+)
+@click.option("--no-reconstruction", is_flag=True, help="Skip the row-at / table-at measurements.")
+@click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 @click.pass_obj
@@ -358,6 +366,8 @@ def bench(
     duration: float,
     repetitions: int,
     no_pgbench: bool,
+    history_rows: int,
+    no_reconstruction: bool,
     fmt: str,
 ) -> None:
     """Measure capture overhead: unaudited vs audited, in a scratch schema removed afterwards."""
@@ -370,6 +380,8 @@ def bench(
         duration=duration,
         repetitions=repetitions,
         use_pgbench=not no_pgbench,
+        history_rows=history_rows,
+        reconstruction=not no_reconstruction,
     )
     result = state.audit().bench(config, progress=_info)
     if fmt == "json":

@@ -5,6 +5,7 @@ No timing assertions: the figures of a 200-row run on a shared machine mean noth
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -12,12 +13,15 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from pgaudit_tool import Audit
+from pgaudit_tool import bench as bench_module
 from pgaudit_tool.bench import (
     NOT_MEASURED,
+    RECONSTRUCTION_KEYS,
     RESULT_KEYS,
     SETTINGS,
     TARGETS,
     BenchConfig,
+    _percentile,
     parse_tps,
     pgbench_target,
     render_table,
@@ -28,7 +32,9 @@ from pgaudit_tool.errors import InvalidInput, NotInstalled
 
 def tiny(**options: Any) -> BenchConfig:
     """The smallest bench that measures everything."""
-    return BenchConfig(rows=200, clients=2, duration=1.0, repetitions=1, **options)
+    return BenchConfig(
+        rows=200, clients=2, duration=1.0, repetitions=1, history_rows=2000, **options
+    )
 
 
 ALWAYS_MEASURED = (
@@ -72,8 +78,27 @@ def history_before(audit: Audit) -> dict[str, Any]:
     return _leftovers(audit.conninfo)
 
 
+def _check_reconstruction(result: dict[str, Any], config: BenchConfig) -> None:
+    if not config.reconstruction:
+        assert all(result[key] is None for key in RECONSTRUCTION_KEYS)
+        assert result["history_rows"] is None
+        assert any("reconstruction phase disabled" in note for note in result["notes"])
+        return
+    for key in ("row_at_median_ms", "row_at_p99_ms", "table_at_ratio", "table_at_ms"):
+        assert isinstance(result[key], float) and result[key] > 0, key
+    assert isinstance(result["table_at_live_ms"], float) and result["table_at_live_ms"] > 0
+    assert result["row_at_p99_ms"] >= result["row_at_median_ms"]
+    assert result["row_at_audit_rows"] >= config.history_rows
+    assert result["row_at_samples"] == min(200, config.rows)
+    # the middle of the history: past the first churn transaction (deletes and inserts)
+    assert result["table_at_rows"] > 0 and result["table_at_rows"] != config.rows
+    assert result["history_transactions"] > 4
+    assert result["history_rows"] == config.history_rows
+
+
 def _check_result(result: dict[str, Any], config: BenchConfig) -> None:
     assert set(result) == set(RESULT_KEYS)
+    _check_reconstruction(result, config)
     for key in ALWAYS_MEASURED:
         assert isinstance(result[key], float), key
         assert result[key] > 0, key
@@ -107,12 +132,14 @@ def test_bench_reports_every_key_and_cleans_up(
         assert isinstance(result["tpcb_tps_ratio"], float) and result["tpcb_tps_ratio"] > 0
         assert any("pgbench_history" in note for note in result["notes"])
     assert any("bulk statements" in m for m in messages)
+    assert any(m.startswith("row-at") for m in messages)
+    assert any(m.startswith("table-at") for m in messages)
     assert _leftovers(dsn) == history_before
     assert history_before["changes"] == 4 and history_before["tracked"] == ["orders"]
 
 
 def test_bench_own_driver_without_pgbench(audit: Audit, dsn: str) -> None:
-    config = tiny(use_pgbench=False)
+    config = tiny(use_pgbench=False, reconstruction=False)
     result = run_bench(dsn, config)
     _check_result(result, config)
     assert result["single_row_driver"] == "builtin"
@@ -149,6 +176,8 @@ def test_bench_needs_the_audit_schema(dsn: str) -> None:
 def test_bench_rejects_bad_config() -> None:
     with pytest.raises(InvalidInput, match="rows, repetitions"):
         run_bench("", BenchConfig(rows=0, repetitions=0))
+    with pytest.raises(InvalidInput, match="history_rows"):
+        run_bench("", BenchConfig(history_rows=0))
 
 
 # --------------------------------------------------------------------------- no database
@@ -194,6 +223,14 @@ tps = 1010.25 (excluding connections establishing)
 """
 
 
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 201)]
+    assert _percentile(values, 99) == 198.0
+    assert _percentile(values, 50) == 100.0
+    assert _percentile([3.0], 99) == 3.0
+    assert _percentile([5.0, 1.0, 9.0], 100) == 9.0
+
+
 def test_parse_tps() -> None:
     assert parse_tps(PGBENCH_15) == pytest.approx(2618.046155)
     assert parse_tps(PGBENCH_13) == pytest.approx(1010.25)
@@ -211,13 +248,23 @@ def test_pgbench_target_hides_the_password() -> None:
     assert params["dbname"] == "shop"
 
 
-def test_bench_command_prints_json_data_and_progress_on_stderr(audit: Audit, dsn: str) -> None:
+@dataclass
+class _SmallHistory(BenchConfig):
+    """BenchConfig as the CLI builds it, with a small default history (the CLI passes none)."""
+
+    history_rows: int = 500
+
+
+def test_bench_command_prints_json_data_and_progress_on_stderr(
+    audit: Audit, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import json
 
     from click.testing import CliRunner
 
     from pgaudit_tool.cli import main
 
+    monkeypatch.setattr(bench_module, "BenchConfig", _SmallHistory)
     result = CliRunner().invoke(
         main,
         [
@@ -239,4 +286,5 @@ def test_bench_command_prints_json_data_and_progress_on_stderr(audit: Audit, dsn
     data = json.loads(result.stdout)
     assert set(RESULT_KEYS) <= set(data)
     assert data["insert_ratio"] > 0 and data["tpcb_tps_ratio"] is None
+    assert data["row_at_median_ms"] > 0 and data["table_at_ratio"] > 0
     assert result.stderr.strip(), "progress goes to stderr"

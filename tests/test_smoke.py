@@ -8,4 +8,6 @@ def test_install_and_capture(audit: Audit) -> None:
     audit.enable("t")
     audit.conn.execute("INSERT INTO t VALUES (1, 'a')")
     rows = list(audit.history("t"))
-    assert [(r["op"], r["pk"], r["new"]) for r in rows] == [("INSERT", {"id": 1}, {"id": 1, "v": "a"})]
+    assert [(r["op"], r["pk"], r["new"]) for r in rows] == [
+        ("INSERT", {"id": 1}, {"id": 1, "v": "a"})
+    ]

@@ -204,11 +204,13 @@ BEGIN
     k := audit._key_of(p_table);
     SELECT * INTO v_old FROM audit.tracked_table WHERE relid = p_table;
     IF p_exclude IS NULL AND v_old.relid IS NOT NULL THEN
-        -- Keep the current setting, forgetting columns dropped since.
+        -- Keep the current setting: the excluded columns (renamed or not), and any column that
+        -- now bears an excluded name (dropped and re-added, e.g. by a type-change migration).
         v_excluded := ARRAY(
-            SELECT e FROM unnest(v_old.excluded_attnums) AS e
-             WHERE EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
-                            WHERE a.attrelid = p_table AND a.attnum = e AND NOT a.attisdropped));
+            SELECT a.attnum FROM pg_catalog.pg_attribute AS a
+             WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
+               AND (a.attnum = ANY (v_old.excluded_attnums) OR a.attname = ANY (v_old.excluded_columns))
+             ORDER BY a.attnum);
     ELSE
         v_excluded := audit._column_attnums(p_table, p_exclude);
     END IF;

@@ -151,7 +151,10 @@ COMMENT ON FUNCTION audit._key_columns(regclass) IS 'Internal. Current names of 
 
 
 CREATE FUNCTION audit.pk(p_table regclass, p_key text) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE
+    -- Keys and images are compared as JSON: the same output settings as capture.
+    SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
+    SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
 -- p_key: a JSON object {"col": value, ...} naming every key column, or a bare value for a
 -- single-column key. The result has the key's values typed as the columns are, so that
 -- {"id": "7"}, {"id": 7} and 7 all give {"id": 7}.
@@ -208,29 +211,30 @@ COMMENT ON FUNCTION audit._pk_variants(regclass, jsonb) IS
     'Internal. A key under today''s column names and under the names it had in every past layout (key columns renamed).';
 
 
-CREATE FUNCTION audit._later_sql(p_table regclass, p_first boolean) RETURNS text
+CREATE FUNCTION audit._first_after_sql(p_table regclass) RETURNS text
 LANGUAGE sql STABLE AS $$
-    -- Changes of p_table committed after $1 (or still in progress), reduced to the first (or last)
-    -- one per key, with images and keys under today's column names. Columns: pk, old, new, id.
+    -- The first change of every key of p_table committed after $1 (or still in progress), with
+    -- its key and old image under today's column names. Columns: pk, old. Keys are sorted with
+    -- their change ids only; the images are fetched afterwards by id.
     SELECT pg_catalog.format(
-        'SELECT DISTINCT ON (m.pk) m.pk, m.old, m.new, m.id FROM ('
-        ' SELECT %s AS pk, %s AS old, %s AS new, c.id'
-        ' FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid %s'
-        ' WHERE c.relid = %s::oid AND c.pk IS NOT NULL AND (x.committed_at > $1 OR x.committed_at IS NULL)) AS m'
-        ' ORDER BY m.pk, m.id %s',
-        CASE WHEN r.any THEN 'audit._rename_keys(c.pk, rn.map)' ELSE 'c.pk' END,
+        'SELECT f.pk, %1$s AS old FROM ('
+        '  SELECT DISTINCT ON (m.pk) m.pk, m.id FROM ('
+        '   SELECT %2$s AS pk, c.id'
+        '     FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid %3$s'
+        '    WHERE c.relid = %4$s::oid AND c.pk IS NOT NULL AND (x.committed_at > $1 OR x.committed_at IS NULL)) AS m'
+        '  ORDER BY m.pk, m.id) AS f'
+        ' JOIN audit.change AS c ON c.id = f.id %3$s',
         CASE WHEN r.any THEN 'audit._rename_keys(c.old, rn.map)' ELSE 'c.old' END,
-        CASE WHEN r.any THEN 'audit._rename_keys(c.new, rn.map)' ELSE 'c.new' END,
+        CASE WHEN r.any THEN 'audit._rename_keys(c.pk, rn.map)' ELSE 'c.pk' END,
         CASE WHEN r.any THEN pg_catalog.format(
             'LEFT JOIN audit._renames(%s::oid) AS rn ON c.clock_at >= rn.valid_from'
             ' AND (rn.valid_to IS NULL OR c.clock_at < rn.valid_to)', p_table::oid) ELSE '' END,
-        p_table::oid,
-        CASE WHEN p_first THEN 'ASC' ELSE 'DESC' END)
+        p_table::oid)
     FROM (SELECT EXISTS (SELECT FROM audit._renames(p_table)) AS any) AS r
 $$;
 
-COMMENT ON FUNCTION audit._later_sql(regclass, boolean) IS
-    'Internal. SQL of the first (or last) change per key committed after the instant $1, under today''s column names.';
+COMMENT ON FUNCTION audit._first_after_sql(regclass) IS
+    'Internal. SQL of the first change of every key committed after the instant $1, key and old image under today''s column names.';
 
 
 CREATE FUNCTION audit._projection_sql(p_table regclass, p_at timestamptz, p_alias text) RETURNS text
@@ -263,7 +267,7 @@ BEGIN
         ' UNION ALL'
         ' SELECT r.* FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%s, l.old) AS r WHERE l.old IS NOT NULL'
         ') AS p',
-        audit._later_sql(p_table, true),
+        audit._first_after_sql(p_table),
         audit._projection_sql(p_table, p_at, 'p'),
         v_only, p_table, audit._key_sql('r', v_keys),
         p_table);
@@ -275,7 +279,10 @@ COMMENT ON FUNCTION audit._table_at_sql(regclass, timestamptz) IS
 
 
 CREATE FUNCTION audit.table_at(p_row anyelement, p_at timestamptz) RETURNS SETOF anyelement
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE
+    -- Keys and images are compared as JSON: the same output settings as capture.
+    SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
+    SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
 DECLARE
     v_table regclass;
 BEGIN
@@ -294,7 +301,10 @@ COMMENT ON FUNCTION audit.table_at(anyelement, timestamptz) IS
 
 
 CREATE FUNCTION audit.row_at(p_table regclass, p_pk jsonb, p_at timestamptz) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE
+    -- Keys and images are compared as JSON: the same output settings as capture.
+    SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
+    SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
 DECLARE
     t audit.tracked_table := audit._check_since(p_table, p_at);
     v_pk jsonb := audit.pk(p_table, p_pk::text);
@@ -302,6 +312,7 @@ DECLARE
     v_old jsonb;
     v_row jsonb;
     v_keys text[] := audit._key_columns(p_table);
+    v_variants jsonb[] := audit._pk_variants(p_table, v_pk);
     v_map jsonb;
     v_gone text[];
 BEGIN
@@ -311,7 +322,7 @@ BEGIN
       JOIN audit.transaction AS x ON x.txid = c.txid
       LEFT JOIN audit._renames(p_table) AS rn
         ON c.clock_at >= rn.valid_from AND (rn.valid_to IS NULL OR c.clock_at < rn.valid_to)
-     WHERE c.relid = p_table AND c.pk = ANY (audit._pk_variants(p_table, v_pk))
+     WHERE c.relid = p_table AND c.pk = ANY (v_variants)
        AND (x.committed_at > p_at OR x.committed_at IS NULL)
      ORDER BY c.id
      LIMIT 1;
@@ -342,7 +353,9 @@ COMMENT ON FUNCTION audit.row_at(regclass, jsonb, timestamptz) IS
 
 CREATE FUNCTION audit.diff(p_table regclass, p_from timestamptz, p_to timestamptz)
 RETURNS TABLE (pk jsonb, change text, before jsonb, after jsonb, changed text[])
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE
+    SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
+    SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
 DECLARE
     t audit.tracked_table := audit._check_since(p_table, p_from);
 BEGIN
@@ -385,11 +398,14 @@ COMMENT ON FUNCTION audit.diff(regclass, timestamptz, timestamptz) IS
 CREATE FUNCTION audit.blame(p_table regclass, p_pk jsonb)
 RETURNS TABLE (column_name text, value jsonb, change_id bigint, op text, at timestamptz, txid xid8,
                actor text, db_user text, role text)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE
+    SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
+    SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
 DECLARE
     t audit.tracked_table := audit._tracked(p_table);
     v_pk jsonb := audit.pk(p_table, p_pk::text);
     v_keys text[] := audit._key_columns(p_table);
+    v_variants jsonb[] := audit._pk_variants(p_table, v_pk);
     v_live jsonb;
 BEGIN
     EXECUTE pg_catalog.format(
@@ -410,7 +426,7 @@ BEGIN
           FROM audit.change AS c
           LEFT JOIN audit._renames(p_table) AS rn
             ON c.clock_at >= rn.valid_from AND (rn.valid_to IS NULL OR c.clock_at < rn.valid_to)
-         WHERE c.relid = p_table AND c.pk = ANY (audit._pk_variants(p_table, v_pk))
+         WHERE c.relid = p_table AND c.pk = ANY (v_variants)
     ), setter AS (
         SELECT DISTINCT ON (k) k, ch.*
           FROM ch, pg_catalog.jsonb_object_keys(ch.new) AS k
