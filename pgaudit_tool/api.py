@@ -24,6 +24,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from pgaudit_tool import history as _history
+from pgaudit_tool import integrity as _integrity
 from pgaudit_tool import reconstruct as _reconstruct
 from pgaudit_tool import schema, tables
 from pgaudit_tool.connection import connect, resolve_conninfo
@@ -121,12 +122,14 @@ class Audit:
                 hint="Fix those tables, or leave them out (--skip-unsuitable).",
             )
         refs = [r for r in refs if r.name not in problems]
-        return tables.enable(self.conn, refs, exclude=exclude, capture_truncate=capture_truncate)
+        return tables.enable(
+            self.conn, refs, exclude=exclude, capture_truncate=capture_truncate, schemas=schemas
+        )
 
     def disable(self, *names: str, schemas: Sequence[str] = ()) -> dict[str, bool]:
         """Stop capture on the tables (history stays). Maps each table to whether it was audited."""
         self._require_installed()
-        return tables.disable(self.conn, tables.tables_to_audit(self.conn, names, schemas))
+        return tables.disable(self.conn, tables.tables_to_audit(self.conn, names, schemas), schemas)
 
     def refresh(self, *names: str) -> None:
         """Regenerate capture of audited tables after DDL."""
@@ -218,6 +221,27 @@ class Audit:
     def instant(self, text: str) -> datetime:
         """The instant a user's text names (ISO-8601, ``yesterday``, ``2 hours ago``)."""
         return instant(self.conn, text)
+
+    # -- integrity -----------------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        """Seal the finished transactions into the hash chain; the head to keep outside the database."""
+        self._require_installed()
+        return _integrity.checkpoint(self.conn)
+
+    def verify(self, against: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Problems in the hash chain (empty: intact), also against a kept checkpoint."""
+        self._require_installed()
+        return _integrity.verify(self.conn, against)
+
+    def doctor(self) -> list[dict[str, Any]]:
+        """Problems with auditing: triggers, drift after DDL, keys, privileges, guards, chain."""
+        self._require_installed()
+        return _integrity.doctor(self.conn)
+
+    def apply_fixes(self, fixes: list[str]) -> None:
+        """Run the fix statements :meth:`doctor` proposed, in one transaction."""
+        self._require_installed()
+        _integrity.apply_fixes(self.conn, fixes)
 
     # -- measurement ---------------------------------------------------------------------------
     def bench(

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from pgaudit_tool import __version__
-from pgaudit_tool.errors import AuditError
+from pgaudit_tool.errors import AuditError, IntegrityProblem, InvalidInput
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,6 +25,7 @@ Exit codes:
   3  cannot connect to the database
   4  the audit schema is not installed or is out of date (run 'install')
   5  permission denied
+  7  verify found the log tampered with, or doctor found auditing not intact
 """
 
 _FORMATS = ("table", "csv", "json", "jsonl")
@@ -311,6 +313,96 @@ def diff(state: _State, table: str, since: str, until: str, fmt: str) -> None:
     from pgaudit_tool.reconstruct import DIFF_COLUMNS
 
     _emit(state.audit().diff(table, since, until), fmt, DIFF_COLUMNS)
+
+
+def _confirm(question: str, yes: bool) -> None:
+    """Ask before a change, unless --yes; refuse without a terminal to ask on."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise InvalidInput("refusing to change anything without confirmation", hint="Pass --yes.")
+    click.confirm(question, abort=True, err=True)
+
+
+@main.command()
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the head here (default: stdout).",
+)
+@click.pass_obj
+def checkpoint(state: _State, output: str | None) -> None:
+    """Seal finished transactions into the hash chain and print its head, to keep outside the database."""
+    from pgaudit_tool.output import to_json_text
+
+    head = state.audit().checkpoint()
+    text = to_json_text(head) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text, encoding="utf-8")
+        _info(f"checkpoint written to {output}")
+    if head.get("seq") is not None:
+        _info(f"chain head: block {head['seq']}, {head['changes']} change(s) sealed in it")
+
+
+@main.command()
+@click.option(
+    "--against",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A checkpoint file kept outside the database.",
+)
+@_format_option
+@click.pass_obj
+def verify(state: _State, against: str | None, fmt: str) -> None:
+    """Recompute the hash chain; exit 0 only when no audit row was edited, deleted, inserted or reordered."""
+    from pgaudit_tool.integrity import VERIFY_COLUMNS, read_checkpoint, unsealed
+
+    audit = state.audit()
+    problems = audit.verify(None if against is None else read_checkpoint(Path(against)))
+    _emit(problems, fmt, VERIFY_COLUMNS)
+    transactions, changes = unsealed(audit.conn)
+    if changes:
+        _info(
+            f"{changes} change(s) of {transactions} transaction(s) are newer than the chain (not sealed yet)"
+        )
+    if problems:
+        raise IntegrityProblem(f"the audit log is NOT intact: {len(problems)} problem(s)")
+    _info("the audit log is intact")
+
+
+@main.command()
+@click.option(
+    "--fix", is_flag=True, help="Apply the safe fixes (after confirmation), in one transaction."
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--dry-run", is_flag=True, help="With --fix: print the fix SQL, change nothing.")
+@_format_option
+@click.pass_obj
+def doctor(state: _State, fix: bool, yes: bool, dry_run: bool, fmt: str) -> None:
+    """Check that auditing is intact; exit 7 when anything is wrong."""
+    from pgaudit_tool.integrity import DOCTOR_COLUMNS
+
+    audit = state.audit()
+    problems = audit.doctor()
+    _emit(problems, fmt, DOCTOR_COLUMNS)
+    fixes = list(dict.fromkeys(p["fix"] for p in problems if p["fix"]))
+    if fix and fixes:
+        script = "".join(f"{statement};\n" for statement in fixes)
+        if dry_run:
+            click.echo("BEGIN;\n" + script + "COMMIT;")
+            return
+        _info(f"fixes to apply:\n{script}")
+        _confirm(f"Apply {len(fixes)} fix(es)?", yes)
+        audit.apply_fixes(fixes)
+        problems = audit.doctor()
+        _info(f"applied; {len(problems)} problem(s) left")
+    errors = [p for p in problems if p["severity"] != "info"]
+    if errors:
+        raise IntegrityProblem(
+            f"auditing is not intact: {len(errors)} problem(s)", hint="pgaudit-tool doctor --fix"
+        )
 
 
 @main.command()

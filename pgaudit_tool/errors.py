@@ -54,3 +54,9 @@ class DatabaseError(AuditError):
     """Any other error reported by PostgreSQL, with its SQLSTATE."""
 
     exit_code = 1
+
+
+class IntegrityProblem(AuditError):
+    """verify found the audit log tampered with, or doctor found auditing not intact."""
+
+    exit_code = 7

@@ -64,6 +64,7 @@ def enable(
     *,
     exclude: Sequence[str] | None = None,
     capture_truncate: bool | None = None,
+    schemas: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Enable capture on every table, in one transaction (all or nothing).
 
@@ -71,6 +72,8 @@ def enable(
     missing from a table is an error). ``capture_truncate`` None keeps the current setting.
     """
     with conn.transaction(), translated_errors():
+        for schema in schemas:
+            conn.execute("SELECT audit.track_schema(%s)", (schema,))
         for ref in refs:
             conn.execute(
                 "SELECT audit.enable(%s::oid::regclass, %s::text[], %s)",
@@ -79,13 +82,17 @@ def enable(
     return [row for row in status(conn) if row["relid"] in {r.oid for r in refs}]
 
 
-def disable(conn: psycopg.Connection[Any], refs: Sequence[TableRef]) -> dict[str, bool]:
+def disable(
+    conn: psycopg.Connection[Any], refs: Sequence[TableRef], schemas: Sequence[str] = ()
+) -> dict[str, bool]:
     """Disable capture on every table, in one transaction. History stays.
 
     Returns, per table, whether it was being audited.
     """
     result: dict[str, bool] = {}
     with conn.transaction(), translated_errors():
+        for schema in schemas:
+            conn.execute("DELETE FROM audit.tracked_schema WHERE schema_name = %s", (schema,))
         for ref in refs:
             row = conn.execute("SELECT audit.disable(%s::oid::regclass)", (ref.oid,)).fetchone()
             result[ref.name] = bool(row and row[0])

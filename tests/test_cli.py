@@ -49,6 +49,9 @@ COMMANDS = (
     "row-at",
     "table-at",
     "diff",
+    "checkpoint",
+    "verify",
+    "doctor",
     "bench",
     "demo",
 )

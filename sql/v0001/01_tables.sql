@@ -25,6 +25,7 @@ CREATE TABLE audit.tracked_table (
     enabled_by       text        NOT NULL DEFAULT session_user,
     disabled_at      timestamptz,
     generated_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    generated_layout text[],
     capture_function text        NOT NULL
 );
 
@@ -45,6 +46,19 @@ COMMENT ON COLUMN audit.tracked_table.enabled_at IS 'When capture was last enabl
 COMMENT ON COLUMN audit.tracked_table.enabled_by IS 'session_user that last enabled capture.';
 COMMENT ON COLUMN audit.tracked_table.disabled_at IS 'When capture was last disabled (null while enabled).';
 COMMENT ON COLUMN audit.tracked_table.generated_at IS 'When the capture trigger function was last generated.';
+COMMENT ON COLUMN audit.tracked_table.generated_layout IS 'The table''s columns (attnum:name, in order) when the capture function was generated; doctor compares it with the table now.';
+
+CREATE TABLE audit.tracked_schema (
+    schema_name text        PRIMARY KEY,
+    enabled_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    enabled_by  text        NOT NULL DEFAULT session_user
+);
+
+COMMENT ON TABLE audit.tracked_schema IS
+    'Schemas enabled as a whole (enable --schema): doctor reports their tables that are not audited.';
+COMMENT ON COLUMN audit.tracked_schema.schema_name IS 'Name of the schema.';
+COMMENT ON COLUMN audit.tracked_schema.enabled_at IS 'When the schema was enabled.';
+COMMENT ON COLUMN audit.tracked_schema.enabled_by IS 'session_user that enabled it.';
 COMMENT ON COLUMN audit.tracked_table.capture_function IS 'Name of the generated capture trigger function in the audit schema.';
 
 CREATE TABLE audit.transaction (
@@ -126,4 +140,4 @@ CREATE INDEX change_txid_idx ON audit.change (txid);
 -- free to maintain on the write path.
 CREATE INDEX change_clock_brin ON audit.change USING brin (clock_at);
 
-REVOKE ALL ON audit.tracked_table, audit.transaction, audit.table_layout, audit.change FROM PUBLIC;
+REVOKE ALL ON audit.tracked_table, audit.tracked_schema, audit.transaction, audit.table_layout, audit.change FROM PUBLIC;

@@ -136,6 +136,15 @@ COMMENT ON FUNCTION audit._create_triggers(regclass, text) IS
     'Internal. (Re)creates the capture triggers, ENABLE ALWAYS, on a table and on each of its partitions.';
 
 
+CREATE FUNCTION audit._layout_now(p_table regclass) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    SELECT pg_catalog.array_agg(a.attnum || ':' || a.attname ORDER BY a.attnum)
+      FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+COMMENT ON FUNCTION audit._layout_now(regclass) IS 'Internal. The columns of a table now, as attnum:name in order.';
+
+
 CREATE FUNCTION audit._generate(p_table regclass) RETURNS void
 LANGUAGE plpgsql AS $$
 -- (Re)generates the capture function of an audited table from its registry row, and its triggers.
@@ -154,7 +163,8 @@ BEGIN
         EXECUTE pg_catalog.format('ALTER FUNCTION audit.%I() OWNER TO %s', t.capture_function, v_owner);
     END IF;
     PERFORM audit._create_triggers(p_table, t.capture_function);
-    UPDATE audit.tracked_table SET generated_at = pg_catalog.now() WHERE relid = p_table;
+    UPDATE audit.tracked_table SET generated_at = pg_catalog.now(), generated_layout = audit._layout_now(p_table)
+     WHERE relid = p_table;
 END
 $$;
 
@@ -362,3 +372,17 @@ $$;
 
 COMMENT ON FUNCTION audit.set_actor(text, jsonb) IS
     'Names the application user (and an optional JSON object of context) for the rest of the current transaction; recorded with its changes. Transaction-local: safe behind PgBouncer in transaction mode.';
+
+
+CREATE FUNCTION audit.track_schema(p_schema text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_catalog.to_regnamespace(pg_catalog.quote_ident(p_schema)) IS NULL THEN
+        RAISE EXCEPTION 'schema % does not exist', pg_catalog.quote_ident(p_schema) USING ERRCODE = 'invalid_schema_name';
+    END IF;
+    INSERT INTO audit.tracked_schema (schema_name) VALUES (p_schema) ON CONFLICT (schema_name) DO NOTHING;
+END
+$$;
+
+COMMENT ON FUNCTION audit.track_schema(text) IS
+    'Records that a whole schema is audited (enable --schema), so that doctor reports tables of it that are not.';

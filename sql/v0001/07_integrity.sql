@@ -1,0 +1,169 @@
+-- pgaudit_tool schema, revision 0001: tamper evidence.
+--
+-- The log is sealed in blocks, off the write path: audit.seal() hashes every change and
+-- transaction record of the transactions that finished since the last seal and chains the block
+-- to the previous one. A block covers a contiguous range of transaction ids, [txid_from, txid_to),
+-- where txid_to is the oldest transaction still running when the block was sealed: every
+-- transaction below it has finished, so its rows can never change again, and concurrent writers
+-- never wait for sealing (no hot row, no lock on the write path).
+--
+--   hash(block) = sha256(prev_hash || sha256(row_1) || ... || sha256(row_n))
+--
+-- with rows in (txid, id) order, transaction records first, each as its canonical text.
+-- audit.verify() recomputes every block and reports any edited, deleted, inserted or reordered
+-- row, and any edited, deleted or inserted seal. Keep the head of the chain outside the database
+-- (pgaudit-tool checkpoint): it proves that nothing before it was changed or removed since,
+-- even by a superuser and even if the whole log was emptied.
+
+CREATE TABLE audit.seal (
+    seq          bigint      PRIMARY KEY,
+    txid_from    xid8        NOT NULL,
+    txid_to      xid8        NOT NULL,
+    transactions bigint      NOT NULL,
+    changes      bigint      NOT NULL,
+    prev_hash    bytea       NOT NULL,
+    hash         bytea       NOT NULL,
+    sealed_at    timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    CHECK (txid_from < txid_to)
+);
+
+COMMENT ON TABLE audit.seal IS
+    'Hash chain over the audit log, one row per sealed block of transactions [txid_from, txid_to). Written by audit.seal(), checked by audit.verify().';
+COMMENT ON COLUMN audit.seal.seq IS 'Position of the block in the chain, from 1.';
+COMMENT ON COLUMN audit.seal.txid_from IS 'First transaction id covered (the previous block''s txid_to; 0 for the first block).';
+COMMENT ON COLUMN audit.seal.txid_to IS 'Transaction ids below this one are covered (exclusive): the oldest transaction running at sealing.';
+COMMENT ON COLUMN audit.seal.transactions IS 'Number of audit.transaction rows in the block.';
+COMMENT ON COLUMN audit.seal.changes IS 'Number of audit.change rows in the block.';
+COMMENT ON COLUMN audit.seal.prev_hash IS 'Hash of the previous block (32 zero bytes for the first).';
+COMMENT ON COLUMN audit.seal.hash IS 'sha256(prev_hash || digests of the block''s rows in order).';
+COMMENT ON COLUMN audit.seal.sealed_at IS 'When the block was sealed.';
+
+REVOKE ALL ON audit.seal FROM PUBLIC;
+
+
+CREATE FUNCTION audit._block_digest(p_from xid8, p_to xid8, OUT transactions bigint, OUT changes bigint, OUT digest bytea)
+LANGUAGE sql STABLE
+-- Row texts must not depend on the session: fixed output settings.
+SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
+SET extra_float_digits = 1 SET bytea_output = 'hex'
+AS $$
+    SELECT (SELECT pg_catalog.count(*) FROM audit.transaction AS x WHERE x.txid >= p_from AND x.txid < p_to),
+           (SELECT pg_catalog.count(*) FROM audit.change AS c WHERE c.txid >= p_from AND c.txid < p_to),
+           pg_catalog.sha256(coalesce(
+               (SELECT pg_catalog.string_agg(pg_catalog.sha256(pg_catalog.convert_to('T' || x::text, 'UTF8')), ''::bytea ORDER BY x.txid)
+                  FROM audit.transaction AS x WHERE x.txid >= p_from AND x.txid < p_to), ''::bytea)
+             || coalesce(
+               (SELECT pg_catalog.string_agg(pg_catalog.sha256(pg_catalog.convert_to('C' || c::text, 'UTF8')), ''::bytea ORDER BY c.txid, c.id)
+                  FROM audit.change AS c WHERE c.txid >= p_from AND c.txid < p_to), ''::bytea))
+$$;
+
+COMMENT ON FUNCTION audit._block_digest(xid8, xid8) IS
+    'Internal. Counts and digest of the transaction and change rows of the transactions in [p_from, p_to), in canonical order and text.';
+
+
+CREATE FUNCTION audit.seal() RETURNS audit.seal
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_head audit.seal;
+    v_from xid8 := '0';
+    v_prev bytea := pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex');
+    v_to xid8 := pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot());
+    d record;
+BEGIN
+    -- One sealer at a time; writers are never blocked.
+    LOCK TABLE audit.seal IN SHARE ROW EXCLUSIVE MODE;
+    SELECT * INTO v_head FROM audit.seal ORDER BY seq DESC LIMIT 1;
+    IF FOUND THEN
+        v_from := v_head.txid_to;
+        v_prev := v_head.hash;
+    END IF;
+    IF v_to <= v_from THEN
+        RETURN v_head;
+    END IF;
+    d := audit._block_digest(v_from, v_to);
+    IF d.transactions = 0 AND d.changes = 0 AND v_head.seq IS NOT NULL THEN
+        RETURN v_head;   -- nothing new has finished since the last block
+    END IF;
+    INSERT INTO audit.seal (seq, txid_from, txid_to, transactions, changes, prev_hash, hash)
+    VALUES (coalesce(v_head.seq, 0) + 1, v_from, v_to, d.transactions, d.changes, v_prev,
+            pg_catalog.sha256(v_prev || d.digest))
+    RETURNING * INTO v_head;
+    RETURN v_head;
+END
+$$;
+
+COMMENT ON FUNCTION audit.seal() IS
+    'Seals the transactions finished since the last block into a new block of the hash chain and returns the head of the chain. Never blocks writers. Run it regularly (pgaudit-tool checkpoint) and keep the head outside the database.';
+
+
+CREATE FUNCTION audit.verify(p_head_seq bigint DEFAULT NULL, p_head_hash bytea DEFAULT NULL)
+RETURNS TABLE (seq bigint, problem text)
+LANGUAGE plpgsql STABLE AS $$
+-- Recomputes the whole chain. No row: intact. p_head_seq/p_head_hash: a head kept outside the
+-- database (a checkpoint), which must still be in the chain, unchanged.
+DECLARE
+    s audit.seal;
+    d record;
+    v_expect_seq bigint := 1;
+    v_expect_from xid8 := '0';
+    v_prev bytea := pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex');
+    v_found_head boolean := false;
+    v_last_to xid8 := '0';
+BEGIN
+    FOR s IN SELECT * FROM audit.seal ORDER BY audit.seal.seq LOOP
+        IF s.seq <> v_expect_seq THEN
+            seq := s.seq; problem := pg_catalog.format('block %s is missing (found %s next)', v_expect_seq, s.seq);
+            RETURN NEXT;
+        END IF;
+        IF s.txid_from <> v_expect_from THEN
+            seq := s.seq; problem := pg_catalog.format('block covers transactions from %s, expected from %s', s.txid_from, v_expect_from);
+            RETURN NEXT;
+        END IF;
+        IF s.prev_hash <> v_prev THEN
+            seq := s.seq; problem := 'previous-hash link broken: a block before it was changed or removed';
+            RETURN NEXT;
+        END IF;
+        d := audit._block_digest(s.txid_from, s.txid_to);
+        IF d.transactions <> s.transactions OR d.changes <> s.changes THEN
+            seq := s.seq; problem := pg_catalog.format('rows inserted or deleted: %s transactions and %s changes now, %s and %s when sealed',
+                                                      d.transactions, d.changes, s.transactions, s.changes);
+            RETURN NEXT;
+        ELSIF pg_catalog.sha256(s.prev_hash || d.digest) <> s.hash THEN
+            seq := s.seq; problem := 'rows edited or reordered: the block''s hash does not match its rows';
+            RETURN NEXT;
+        END IF;
+        IF p_head_seq IS NOT NULL AND s.seq = p_head_seq THEN
+            v_found_head := true;
+            IF s.hash <> p_head_hash THEN
+                seq := s.seq; problem := 'the block differs from the checkpoint kept outside the database';
+                RETURN NEXT;
+            END IF;
+        END IF;
+        v_expect_seq := s.seq + 1;
+        v_expect_from := s.txid_to;
+        v_prev := s.hash;
+        v_last_to := s.txid_to;
+    END LOOP;
+    IF p_head_seq IS NOT NULL AND NOT v_found_head THEN
+        seq := p_head_seq; problem := 'the checkpointed block is no longer in the chain: the log was truncated or rewritten';
+        RETURN NEXT;
+    END IF;
+    -- Rows below the sealed horizon that no block accounts for cannot exist: the blocks are
+    -- contiguous from 0. (Rows at or above it are simply not sealed yet.)
+    RETURN;
+END
+$$;
+
+COMMENT ON FUNCTION audit.verify(bigint, bytea) IS
+    'Recomputes the hash chain of the audit log and returns one row per problem (none: intact): blocks missing, relinked or edited; rows edited, inserted, deleted or reordered. With a checkpoint (seq and hash kept outside the database), also proves that it is still in the chain unchanged.';
+
+
+CREATE FUNCTION audit.unsealed() RETURNS TABLE (transactions bigint, changes bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT (SELECT pg_catalog.count(*) FROM audit.transaction AS x WHERE x.txid >= h.t),
+           (SELECT pg_catalog.count(*) FROM audit.change AS c WHERE c.txid >= h.t)
+      FROM (SELECT coalesce((SELECT s.txid_to FROM audit.seal AS s ORDER BY s.seq DESC LIMIT 1), '0'::xid8) AS t) AS h
+$$;
+
+COMMENT ON FUNCTION audit.unsealed() IS
+    'How many transaction and change rows are not sealed yet (newer than the head of the chain).';
