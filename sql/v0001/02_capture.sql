@@ -148,6 +148,7 @@ DECLARE
     v_excluded text[] := %6$L::text[];
     v_drift boolean := false;
     v_rows bigint;
+    v_open boolean;
 BEGIN
     -- The column layout now (one indexed catalog read). When ALTER TABLE changed it since this
     -- function was generated, the statement runs dynamically with the current key and excluded
@@ -197,7 +198,12 @@ BEGIN
     END IF;
     GET DIAGNOSTICS v_rows = ROW_COUNT;
     IF v_rows > 0 THEN
-        PERFORM audit._log_transaction(v_txid);
+        -- The transaction's context is recorded once: only the first audited statement (or one
+        -- after an early commit marker) calls the writer.
+        SELECT x.committed_at IS NULL INTO v_open FROM audit.transaction AS x WHERE x.txid = v_txid;
+        IF v_open IS DISTINCT FROM true THEN
+            PERFORM audit._log_transaction(v_txid);
+        END IF;
     END IF;
     RETURN NULL;
 END

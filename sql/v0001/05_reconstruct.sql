@@ -211,6 +211,31 @@ COMMENT ON FUNCTION audit._pk_variants(regclass, jsonb) IS
     'Internal. A key under today''s column names and under the names it had in every past layout (key columns renamed).';
 
 
+CREATE FUNCTION audit._renamed_sql(p_table regclass, p_column text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    -- c.<column> (pk, old or new) under today's column names; plain when nothing was renamed.
+    SELECT CASE WHEN EXISTS (SELECT FROM audit._renames(p_table))
+                THEN pg_catalog.format('audit._rename_keys(c.%I, rn.map)', p_column)
+                ELSE pg_catalog.format('c.%I', p_column) END
+$$;
+
+COMMENT ON FUNCTION audit._renamed_sql(regclass, text) IS
+    'Internal. SQL expression of a key or image column of audit.change AS c under today''s column names (needs audit._renames_join_sql).';
+
+
+CREATE FUNCTION audit._renames_join_sql(p_table regclass) RETURNS text
+LANGUAGE sql STABLE AS $$
+    -- The join that gives each change c the name map of its time (rn.map); empty when no renames.
+    SELECT CASE WHEN EXISTS (SELECT FROM audit._renames(p_table))
+                THEN pg_catalog.format('LEFT JOIN audit._renames(%s::oid) AS rn ON c.clock_at >= rn.valid_from'
+                                       ' AND (rn.valid_to IS NULL OR c.clock_at < rn.valid_to)', p_table::oid)
+                ELSE '' END
+$$;
+
+COMMENT ON FUNCTION audit._renames_join_sql(regclass) IS
+    'Internal. SQL join giving each change of audit.change AS c the column name map of its time (rn.map).';
+
+
 CREATE FUNCTION audit._first_after_sql(p_table regclass) RETURNS text
 LANGUAGE sql STABLE AS $$
     -- The first change of every key of p_table committed after $1 (or still in progress), with
@@ -224,13 +249,10 @@ LANGUAGE sql STABLE AS $$
         '    WHERE c.relid = %4$s::oid AND c.pk IS NOT NULL AND (x.committed_at > $1 OR x.committed_at IS NULL)) AS m'
         '  ORDER BY m.pk, m.id) AS f'
         ' JOIN audit.change AS c ON c.id = f.id %3$s',
-        CASE WHEN r.any THEN 'audit._rename_keys(c.old, rn.map)' ELSE 'c.old' END,
-        CASE WHEN r.any THEN 'audit._rename_keys(c.pk, rn.map)' ELSE 'c.pk' END,
-        CASE WHEN r.any THEN pg_catalog.format(
-            'LEFT JOIN audit._renames(%s::oid) AS rn ON c.clock_at >= rn.valid_from'
-            ' AND (rn.valid_to IS NULL OR c.clock_at < rn.valid_to)', p_table::oid) ELSE '' END,
+        audit._renamed_sql(p_table, 'old'),
+        audit._renamed_sql(p_table, 'pk'),
+        audit._renames_join_sql(p_table),
         p_table::oid)
-    FROM (SELECT EXISTS (SELECT FROM audit._renames(p_table)) AS any) AS r
 $$;
 
 COMMENT ON FUNCTION audit._first_after_sql(regclass) IS
@@ -379,14 +401,11 @@ BEGIN
         '   FROM first AS f JOIN last AS l ON l.pk = f.pk'
         '  WHERE f.old IS DISTINCT FROM l.new'
         '  ORDER BY f.pk',
-        CASE WHEN r.any THEN 'audit._rename_keys(c.pk, rn.map)' ELSE 'c.pk' END,
-        CASE WHEN r.any THEN 'audit._rename_keys(c.old, rn.map)' ELSE 'c.old' END,
-        CASE WHEN r.any THEN 'audit._rename_keys(c.new, rn.map)' ELSE 'c.new' END,
-        CASE WHEN r.any THEN pg_catalog.format(
-            'LEFT JOIN audit._renames(%s::oid) AS rn ON c.clock_at >= rn.valid_from'
-            ' AND (rn.valid_to IS NULL OR c.clock_at < rn.valid_to)', p_table::oid) ELSE '' END,
+        audit._renamed_sql(p_table, 'pk'),
+        audit._renamed_sql(p_table, 'old'),
+        audit._renamed_sql(p_table, 'new'),
+        audit._renames_join_sql(p_table),
         p_table::oid)
-    FROM (SELECT EXISTS (SELECT FROM audit._renames(p_table)) AS any) AS r
     USING p_from, p_to;
 END
 $$;
