@@ -258,3 +258,36 @@ def test_doctor_sees_a_broken_chain(audit: Audit) -> None:
     result = CliRunner().invoke(main, ["--dsn", conn.info.dsn, "doctor", "--format", "json"])
     assert result.exit_code == 7
     assert any("edited" in p["problem"] for p in json.loads(result.stdout))
+
+
+def test_works_without_superuser(
+    pg_server: PgServer, dsn: str, conn: Conn, make_role: Callable[..., str]
+) -> None:
+    """A managed-service admin (no superuser, no CREATEROLE) installs, audits and verifies;
+    only the guards are missing, and doctor says so."""
+    admin = make_role("admin")
+    conn.execute(
+        sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+            sql.Identifier(conn.info.dbname), sql.Identifier(admin)
+        )
+    )
+    with Audit.connect(pg_server.dsn_for(conn.info.dbname, user=admin)) as audit:
+        audit.install()
+        audit.conn.execute("CREATE SCHEMA app; CREATE TABLE app.t (id int PRIMARY KEY, v text)")
+        audit.enable("app.t")
+        with audit.actor("carol"):
+            audit.conn.execute("INSERT INTO app.t VALUES (1, 'x')")
+        assert [(c["op"], c["actor"], c["db_user"]) for c in audit.history("app.t")] == [
+            ("INSERT", "carol", admin)
+        ]
+        assert audit.checkpoint()["changes"] == 1 and audit.verify() == []
+        assert [(p["severity"], p["object"]) for p in audit.doctor()] == [
+            ("info", "event triggers")
+        ]
+        owner = audit.conn.execute(
+            "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'audit'"
+        ).fetchone()
+        assert owner == (admin,)
+    assert conn.execute(
+        "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'pgaudit%'"
+    ).fetchone() == (0,)
