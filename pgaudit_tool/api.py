@@ -26,6 +26,7 @@ from psycopg.conninfo import make_conninfo
 from pgaudit_tool import history as _history
 from pgaudit_tool import integrity as _integrity
 from pgaudit_tool import reconstruct as _reconstruct
+from pgaudit_tool import revert as _revert
 from pgaudit_tool import schema, tables
 from pgaudit_tool.connection import connect, resolve_conninfo
 from pgaudit_tool.context import audit_context
@@ -200,23 +201,73 @@ class Audit:
         found = _reconstruct.row_at(self.conn, ref, normalize_pk(self.conn, ref, pk), self._at(at))
         return None if found is None else dict(found)
 
-    def table_at(
-        self, table: str, at: When, *, into: str | None = None
-    ) -> Iterator[dict[str, Any]] | int:
-        """The whole table as it was at ``at``: typed rows streamed, or with ``into`` a new table
-        of that name (original column types) and the number of rows written."""
+    def table_at(self, table: str, at: When) -> Iterator[dict[str, Any]]:
+        """The whole table as it was at ``at``: typed rows, streamed."""
         self._require_installed()
         ref = resolve_table(self.conn, table)
-        instant = self._at(at)
-        if into is not None:
-            return _reconstruct.table_at_into(self.conn, ref, instant, into)
-        return _reconstruct.table_at(self.conn, ref, instant)
+        return _reconstruct.table_at(self.conn, ref, self._at(at))
+
+    def table_at_into(self, table: str, at: When, into: str) -> int:
+        """Create the new table ``into`` holding the table as it was at ``at`` (original column
+        types); returns its row count. An existing ``into`` is an error."""
+        self._require_installed()
+        ref = resolve_table(self.conn, table)
+        return _reconstruct.table_at_into(self.conn, ref, self._at(at), into)
 
     def diff(self, table: str, since: When, until: When = "now") -> Iterator[dict[str, Any]]:
         """Net change of every row between two instants, consolidated, streamed."""
         self._require_installed()
         ref = resolve_table(self.conn, table)
         return _reconstruct.diff(self.conn, ref, self._at(since), self._at(until))
+
+    def revert(
+        self,
+        *,
+        changes: Sequence[int] | None = None,
+        txids: Sequence[int] | None = None,
+        actor: str | None = None,
+        db_user: str | None = None,
+        since: When | None = None,
+        until: When | None = None,
+        table: str | None = None,
+        pk: Key | None = None,
+        to: When | None = None,
+        on_conflict: str = "abort",
+        dry_run: bool = False,
+        by: str = _revert.DEFAULT_ACTOR,
+        confirm: _revert.Confirm | None = None,
+        progress: _revert.Progress | None = None,
+    ) -> _revert.RevertResult:
+        """Undo recorded changes, row by row, in one transaction (see :mod:`pgaudit_tool.revert`).
+
+        Select by ``changes`` (ids), ``txids``, ``actor`` and/or ``db_user`` with ``since``
+        (and ``until``): the transactions that committed after ``since`` and at or before
+        ``until``; ``table`` with ``to`` (and ``pk``): the table (or row) back to its state at
+        ``to``. ``on_conflict``: abort (raise RevertConflict, change nothing), skip (leave
+        conflicting rows) or force (overwrite them). ``by``: the actor recorded for the
+        revert itself. ``dry_run``: plan only. ``confirm(result)`` is asked before changing data.
+        """
+        self._require_installed()
+        chosen = _revert.selection(
+            changes=changes,
+            txids=txids,
+            actor=actor,
+            db_user=db_user,
+            since=self._instant(since),
+            until=self._instant(until),
+            table=None if table is None else resolve_table(self.conn, table).name,
+            pk=pk,
+            to=self._instant(to),
+        )
+        return _revert.run(
+            self.conn,
+            chosen,
+            on_conflict=on_conflict,
+            actor=by,
+            dry_run=dry_run,
+            confirm=confirm,
+            progress=progress,
+        )
 
     def instant(self, text: str) -> datetime:
         """The instant a user's text names (ISO-8601, ``yesterday``, ``2 hours ago``)."""

@@ -25,6 +25,7 @@ Exit codes:
   3  cannot connect to the database
   4  the audit schema is not installed or is out of date (run 'install')
   5  permission denied
+  6  revert refused: rows changed later would be overwritten (--on-conflict abort); nothing changed
   7  verify found the log tampered with, or doctor found auditing not intact
 """
 
@@ -293,11 +294,11 @@ def row_at(state: _State, table: str, pk: str, at: str) -> None:
 @click.pass_obj
 def table_at(state: _State, table: str, at: str, into: str | None, fmt: str) -> None:
     """TABLE as it was at TIME: streamed, or materialized as a new table (--into)."""
-    result = state.audit().table_at(table, at, into=into)
-    if isinstance(result, int):
-        _info(f"{into}: {result} row(s) as of {at}")
+    if into is not None:
+        count = state.audit().table_at_into(table, at, into)
+        _info(f"{into}: {count} row(s) as of {at}")
         return
-    _emit(result, fmt)
+    _emit(state.audit().table_at(table, at), fmt)
 
 
 @main.command()
@@ -402,6 +403,162 @@ def doctor(state: _State, fix: bool, yes: bool, dry_run: bool, fmt: str) -> None
     if errors:
         raise IntegrityProblem(
             f"auditing is not intact: {len(errors)} problem(s)", hint="pgaudit-tool doctor --fix"
+        )
+
+
+@main.command()
+@click.argument("ids", nargs=-1, type=int, metavar="[ID]...")
+@click.option(
+    "--change",
+    "changes",
+    multiple=True,
+    type=int,
+    metavar="ID",
+    help="Revert this recorded change (the id column of history); more IDs may follow.",
+)
+@click.option(
+    "--txid",
+    "txids",
+    multiple=True,
+    type=int,
+    metavar="N",
+    help="Revert every change of this transaction; more txids may follow.",
+)
+@click.option("--actor", help="Revert what this application user did (needs --since).")
+@click.option("--db-user", help="Revert what this login role did (needs --since).")
+@click.option(
+    "--since",
+    metavar="TIME",
+    help="With --actor/--db-user: transactions committed after TIME. " + _TIME_HELP,
+)
+@click.option("--until", metavar="TIME", help="... and committed at or before TIME (default: now).")
+@click.option(
+    "--table", help="Put this table (or, with --pk, one row) back to its state --to TIME."
+)
+@click.option("--pk", metavar="KEY", help=_PK_HELP + " Needs --table.")
+@click.option("--to", "to", metavar="TIME", help="With --table: the instant to go back to.")
+@click.option(
+    "--on-conflict",
+    type=click.Choice(["abort", "skip", "force"]),
+    default="abort",
+    show_default=True,
+    help="Rows changed after the changes to revert: abort (change nothing, exit 6), "
+    "skip (leave them as they are) or force (overwrite them).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the SQL and the plan; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--by",
+    default="pgaudit-tool revert",
+    show_default=True,
+    metavar="NAME",
+    help="Application user (actor) recorded for the revert's own transaction.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.pass_obj
+def revert(
+    state: _State,
+    /,
+    ids: tuple[int, ...],
+    changes: tuple[int, ...],
+    txids: tuple[int, ...],
+    dry_run: bool,
+    yes: bool,
+    fmt: str,
+    **options: Any,
+) -> None:
+    """Undo recorded changes row by row, in one transaction, without overwriting later work.
+
+    Select by --change ID..., --txid N..., --actor/--db-user with --since (transactions that
+    committed in the window), or --table with --to (and --pk). Deleted rows come back with
+    their full recorded image, inserted rows go, updated columns are put back. A row changed
+    after the changes to revert is a conflict (see --on-conflict). The revert is recorded like
+    any change, under --by, so it shows in history and can itself be reverted.
+    """
+    from pgaudit_tool.errors import RevertConflict
+
+    if ids and (changes or txids):
+        changes, txids = (changes + ids, txids) if changes else (changes, txids + ids)
+    elif ids:
+        raise InvalidInput("IDs need --change or --txid", hint="pgaudit-tool revert --change 12 13")
+    show_progress = sys.stderr.isatty()
+
+    def confirm(plan: Any) -> bool:
+        from pgaudit_tool.revert import describe
+
+        _info(describe(plan).rstrip())
+        if not plan.planned_rows:
+            return True
+        _confirm(f"Revert {plan.planned_rows} row(s)?", yes)
+        return True
+
+    try:
+        result = state.audit().revert(
+            changes=changes or None,
+            txids=txids or None,
+            dry_run=dry_run,
+            confirm=confirm,
+            progress=_progress_bar() if show_progress else None,
+            **options,
+        )
+    except RevertConflict as exc:
+        _emit_revert_conflicts(exc.conflicts, fmt)
+        raise
+    _emit_revert(result, fmt)
+
+
+def _progress_bar() -> Callable[[int, int, str], None]:
+    """A progress callback drawing a bar on stderr (a terminal), per statement (1000 rows or more)."""
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int, label: str) -> None:
+        bar = state.get("bar")
+        if bar is None and total >= 1000:
+            bar = state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr)
+            bar.__enter__()
+        if bar is not None:
+            bar.label = label
+            bar.update(done - bar.pos)
+            if label == "done":
+                bar.__exit__(None, None, None)
+
+    return update
+
+
+def _emit_revert_conflicts(conflicts: Sequence[Mapping[str, Any]], fmt: str) -> None:
+    from pgaudit_tool.output import to_json_text
+    from pgaudit_tool.revert import CONFLICT_COLUMNS
+
+    if fmt == "json":
+        click.echo(to_json_text({"conflicts": list(conflicts)}))
+    elif conflicts:
+        _emit(conflicts, "table", CONFLICT_COLUMNS)
+
+
+def _emit_revert(result: Any, fmt: str) -> None:
+    from pgaudit_tool.output import to_json_text
+    from pgaudit_tool.revert import APPLIED_COLUMNS, describe
+
+    if fmt == "json":
+        click.echo(to_json_text(result.as_json()))
+    elif result.dry_run:
+        click.echo(result.sql, nl=False)
+    else:
+        _emit(result.applied, "table", APPLIED_COLUMNS)
+        if result.conflicts:
+            _emit_revert_conflicts(result.conflicts, "table")
+    if result.dry_run:
+        if fmt == "json":
+            _info(describe(result).rstrip())
+        _info("dry run: nothing was changed")
+    elif result.txid is None:
+        _info(f"nothing to revert: {result.changes} change(s) selected, no row to change")
+    else:
+        _info(
+            f"reverted {result.changes} change(s): {result.applied_rows} row(s) changed in "
+            f"transaction {result.txid} (undo it with: pgaudit-tool revert --txid {result.txid})"
         )
 
 

@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from psycopg import sql
+
 from pgaudit_tool.api import Audit
 from pgaudit_tool.connection import LIBPQ_ENV_VARS
 from pgaudit_tool.errors import InvalidInput
-from pgaudit_tool.output import render
+from pgaudit_tool.output import render, to_json_text
 
 DEMO_SCHEMA = "pgaudit_demo"
 DEMO_COLUMNS = ("id", "table", "op", "pk", "changed", "new", "actor", "db_user", "role", "at")
@@ -83,7 +85,9 @@ def run_demo(
             return _scenario(audit, fmt, out, log)
         finally:
             if not keep:
-                conn.execute(f"DROP SCHEMA IF EXISTS {DEMO_SCHEMA} CASCADE")
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(DEMO_SCHEMA))
+                )
 
 
 def _scenario(audit: Audit, fmt: str, out: TextIO, log: Callable[[str], None]) -> int:
@@ -105,6 +109,7 @@ def _scenario(audit: Audit, fmt: str, out: TextIO, log: Callable[[str], None]) -
             " (1, 1, 1, 'keyboard', 1, 49.90), (1, 2, 1, 'mouse', 2, 19.50), (2, 1, 2, 'monitor', 1, 189.00)"
         )
     log("alice created 2 customers and 3 order lines")
+    before_bob = audit.instant("now")
     with audit.actor("bob", {"ticket": "SHOP-102"}):
         conn.execute(
             'UPDATE pgaudit_demo."Order Items" SET quantity = 3 WHERE order_no = 1 AND line = 2'
@@ -115,6 +120,13 @@ def _scenario(audit: Audit, fmt: str, out: TextIO, log: Callable[[str], None]) -
         conn.execute('DELETE FROM pgaudit_demo."Order Items" WHERE order_no = 2')
     log("bob changed a quantity and an e-mail address, and deleted an order")
 
+    ada = audit.row_at("pgaudit_demo.customers", 1, before_bob)
+    log(f"customer 1 as it was before bob's changes (row-at): {to_json_text(ada)}")
+    lines = list(audit.table_at('pgaudit_demo."Order Items"', before_bob))
+    log(f'pgaudit_demo."Order Items" before bob (table-at): {len(lines)} line(s)')
+    head = audit.checkpoint()
+    problems = audit.verify(head)
+    log(f"hash chain sealed up to block {head['seq']}; verify: {problems or 'intact'}")
     log("history of pgaudit_demo:")
     records = (r for r in audit.history() if r["table"].startswith(f"{DEMO_SCHEMA}."))
     return render(records, fmt, out, DEMO_COLUMNS)

@@ -60,3 +60,19 @@ class IntegrityProblem(AuditError):
     """verify found the audit log tampered with, or doctor found auditing not intact."""
 
     exit_code = 7
+
+
+class RevertConflict(AuditError):
+    """A revert would overwrite later work (``on_conflict="abort"``), or rows changed while it
+    ran: nothing was changed. ``conflicts`` lists the conflicting rows when known."""
+
+    exit_code = 6
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        conflicts: list[dict[str, object]] | None = None,
+    ) -> None:
+        super().__init__(message, hint)
+        self.conflicts = conflicts or []

@@ -52,6 +52,7 @@ COMMANDS = (
     "checkpoint",
     "verify",
     "doctor",
+    "revert",
     "bench",
     "demo",
 )

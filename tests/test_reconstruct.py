@@ -268,7 +268,7 @@ def test_reconstruction_refuses_what_it_cannot_know(shop: Audit, dsn: str) -> No
     with pytest.raises(InvalidInput, match="history of public.orders exists from"):
         shop.row_at("orders", 1, enabled_at - timedelta(seconds=1))
     with pytest.raises(InvalidInput, match="already exists"):
-        shop.table_at("orders", "now", into="orders")
+        shop.table_at_into("orders", "now", "orders")
     conn.execute("CREATE TABLE other (id int PRIMARY KEY)")
     with pytest.raises(InvalidInput, match="not audited"):
         shop.row_at("other", 1, "now")
@@ -276,7 +276,7 @@ def test_reconstruction_refuses_what_it_cannot_know(shop: Audit, dsn: str) -> No
     shop.enable("orders", capture_truncate=False)
     conn.execute("TRUNCATE orders")
     with pytest.raises(TableNotSuitable, match="TRUNCATE .* recorded without its rows"):
-        list(shop.table_at("orders", t))  # type: ignore[call-overload]
+        list(shop.table_at("orders", t))
     shop.disable("orders")
     with pytest.raises(TableNotSuitable, match="capture of public.orders is off"):
         shop.row_at("orders", 1, t)
@@ -286,7 +286,7 @@ def test_table_at_into_keeps_column_types(shop: Audit) -> None:
     conn = shop.conn
     t0 = now(conn)
     conn.execute("DELETE FROM orders")
-    assert shop.table_at("orders", t0, into="public.orders_then") == 1
+    assert shop.table_at_into("orders", t0, "public.orders_then") == 1
     types = conn.execute(
         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
         " WHERE attrelid = 'orders_then'::regclass AND attnum > 0 ORDER BY attnum"
