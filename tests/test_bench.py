@@ -5,7 +5,6 @@ No timing assertions: the figures of a 200-row run on a shared machine mean noth
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -13,7 +12,6 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from pgaudit_tool import Audit
-from pgaudit_tool import bench as bench_module
 from pgaudit_tool.bench import (
     NOT_MEASURED,
     RECONSTRUCTION_KEYS,
@@ -84,7 +82,14 @@ def _check_reconstruction(result: dict[str, Any], config: BenchConfig) -> None:
         assert result["history_rows"] is None
         assert any("reconstruction phase disabled" in note for note in result["notes"])
         return
-    for key in ("row_at_median_ms", "row_at_p99_ms", "table_at_ratio", "table_at_ms"):
+    for key in (
+        "row_at_median_ms",
+        "row_at_p99_ms",
+        "table_at_ratio",
+        "table_at_ms",
+        "revert_ratio",
+        "revert_ms",
+    ):
         assert isinstance(result[key], float) and result[key] > 0, key
     assert isinstance(result["table_at_live_ms"], float) and result["table_at_live_ms"] > 0
     assert result["row_at_p99_ms"] >= result["row_at_median_ms"]
@@ -248,29 +253,21 @@ def test_pgbench_target_hides_the_password() -> None:
     assert params["dbname"] == "shop"
 
 
-@dataclass
-class _SmallHistory(BenchConfig):
-    """BenchConfig as the CLI builds it, with a small default history (the CLI passes none)."""
-
-    history_rows: int = 500
-
-
-def test_bench_command_prints_json_data_and_progress_on_stderr(
-    audit: Audit, dsn: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_bench_command_prints_json_data_and_progress_on_stderr(audit: Audit, dsn: str) -> None:
     import json
 
     from click.testing import CliRunner
 
     from pgaudit_tool.cli import main
 
-    monkeypatch.setattr(bench_module, "BenchConfig", _SmallHistory)
     result = CliRunner().invoke(
         main,
         [
             "--dsn",
             dsn,
             "bench",
+            "--history-rows",
+            "500",
             "--rows",
             "100",
             "--duration",
