@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 
 from pgaudit_tool.errors import (
     AuditError,
@@ -17,6 +22,12 @@ from pgaudit_tool.errors import (
     PermissionDenied,
     TableNotSuitable,
 )
+
+# JSON numbers in row images are read as Decimal, so numeric values keep their exact digits.
+load_json = partial(json.loads, parse_float=Decimal)
+
+# Rows fetched per round trip by the server-side cursors of stream().
+STREAM_ROWS = 2000
 
 _BY_SQLSTATE: dict[str, type[AuditError]] = {
     "42501": PermissionDenied,  # insufficient_privilege
@@ -113,3 +124,22 @@ def schema_tables(conn: psycopg.Connection[Any], schema: str) -> list[TableRef]:
         raise InvalidInput(f"schema {schema!r} does not exist")
     rows = conn.execute(_SCHEMA_TABLES, (schema,)).fetchall()
     return [TableRef(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+
+def stream(
+    conn: psycopg.Connection[Any], name: str, query: sql.Composable | str, params: Any = None
+) -> Iterator[dict[str, Any]]:
+    """Rows of ``query`` as dicts from a server-side cursor, as the server sends them.
+
+    JSON values are parsed with exact decimals (:data:`load_json`); psycopg errors are
+    translated. The cursor lives in a transaction (a savepoint inside one) until exhausted.
+    """
+    with (
+        translated_errors(),
+        conn.transaction(),
+        conn.cursor(name, row_factory=dict_row) as cur,
+    ):
+        cur.itersize = STREAM_ROWS
+        set_json_loads(load_json, cur)
+        cur.execute(query, params)  # type: ignore[arg-type]
+        yield from cur

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
-from functools import partial
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb, set_json_loads
+from psycopg.types.json import Jsonb
 
-from pgaudit_tool.db import TableRef, translated_errors
+from pgaudit_tool.db import TableRef, stream, translated_errors
 from pgaudit_tool.errors import InvalidInput
 
 HISTORY_COLUMNS = (
@@ -42,15 +38,9 @@ HISTORY_COLUMNS = (
 
 OPS = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
 
-# JSON numbers in row images are read as Decimal, so numeric values keep their exact digits.
-load_json = partial(json.loads, parse_float=Decimal)
-
 _SELECT = """
 SELECT h.id, h.table_name AS "table", h.op, h.pk, h.old, h.new,
-       CASE WHEN h.op = 'UPDATE' THEN ARRAY(
-           SELECT k FROM (SELECT jsonb_object_keys(h.new) UNION SELECT jsonb_object_keys(h.old)) AS u(k)
-            WHERE h.old -> k IS DISTINCT FROM h.new -> k ORDER BY k)
-       END AS changed,
+       CASE WHEN h.op = 'UPDATE' THEN audit.changed_columns(h.old, h.new) END AS changed,
        h.txid::text::bigint AS txid, h.at, h.db_user, h.role, h.actor, h.context,
        host(h.client_addr) AS client_addr, h.application_name, h.client_port, h.backend_pid,
        h.statement_at, h.transaction_started_at
@@ -127,8 +117,4 @@ def history(
         if flt.limit is not None:
             query = query + sql.SQL(" LIMIT %s")
             params.append(flt.limit)
-        with conn.transaction(), conn.cursor("pgaudit_history", row_factory=dict_row) as cur:
-            cur.itersize = 2000
-            set_json_loads(load_json, cur)
-            cur.execute(query, params)
-            yield from cur
+    yield from stream(conn, "pgaudit_history", query, params)

@@ -16,10 +16,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_loads
 
-from pgaudit_tool.db import TableRef, translated_errors
+from pgaudit_tool.db import TableRef, load_json, stream, translated_errors
 from pgaudit_tool.errors import InvalidInput
-
-_STREAM_ROWS = 2000
 
 DIFF_COLUMNS = ("pk", "change", "changed", "before", "after")
 BLAME_COLUMNS = (
@@ -35,19 +33,13 @@ BLAME_COLUMNS = (
 )
 
 
-def _loads(text: str | bytes) -> Any:
-    from pgaudit_tool.history import load_json
-
-    return load_json(text)
-
-
 def normalize_pk(
     conn: psycopg.Connection[Any], table: TableRef, key: str | int | dict[str, Any]
 ) -> Any:
     """The key as the log stores it, typed (``audit.pk``): ``7``, ``'{"id": "7"}'`` -> ``{"id": 7}``."""
     text = json.dumps(key) if isinstance(key, dict) else str(key)
     with translated_errors(), conn.cursor() as cur:
-        set_json_loads(_loads, cur)
+        set_json_loads(load_json, cur)
         row = cur.execute("SELECT audit.pk(%s::oid::regclass, %s)", (table.oid, text)).fetchone()
     assert row is not None
     return row[0]
@@ -56,7 +48,7 @@ def normalize_pk(
 def row_at(conn: psycopg.Connection[Any], table: TableRef, pk: Any, at: datetime) -> Any:
     """The row with key ``pk`` as it was at ``at`` (a dict), or None if it did not exist."""
     with translated_errors(), conn.cursor() as cur:
-        set_json_loads(_loads, cur)
+        set_json_loads(load_json, cur)
         row = cur.execute(
             "SELECT audit.row_at(%s::oid::regclass, %s, %s)", (table.oid, Jsonb(pk), at)
         ).fetchone()
@@ -69,15 +61,7 @@ def table_at(
 ) -> Iterator[dict[str, Any]]:
     """Every row of the table as it was at ``at``, with its column types, streamed."""
     query = sql.SQL("SELECT * FROM audit.table_at(NULL::{}, %s)").format(table.ident)
-    with (
-        translated_errors(),
-        conn.transaction(),
-        conn.cursor("pgaudit_table_at", row_factory=dict_row) as cur,
-    ):
-        cur.itersize = _STREAM_ROWS
-        set_json_loads(_loads, cur)
-        cur.execute(query, (at,))
-        yield from cur
+    return stream(conn, "pgaudit_table_at", query, (at,))
 
 
 def table_at_into(conn: psycopg.Connection[Any], table: TableRef, at: datetime, target: str) -> int:
@@ -119,24 +103,18 @@ def diff(
     conn: psycopg.Connection[Any], table: TableRef, since: datetime, until: datetime
 ) -> Iterator[dict[str, Any]]:
     """Net change per row between two instants (``audit.diff``), streamed."""
-    with (
-        translated_errors(),
-        conn.transaction(),
-        conn.cursor("pgaudit_diff", row_factory=dict_row) as cur,
-    ):
-        cur.itersize = _STREAM_ROWS
-        set_json_loads(_loads, cur)
-        cur.execute(
-            "SELECT pk, change, changed, before, after FROM audit.diff(%s::oid::regclass, %s, %s)",
-            (table.oid, since, until),
-        )
-        yield from cur
+    return stream(
+        conn,
+        "pgaudit_diff",
+        "SELECT pk, change, changed, before, after FROM audit.diff(%s::oid::regclass, %s, %s)",
+        (table.oid, since, until),
+    )
 
 
 def blame(conn: psycopg.Connection[Any], table: TableRef, pk: Any) -> list[dict[str, Any]]:
     """Who last set each column of the row, and when (``audit.blame``)."""
     with translated_errors(), conn.cursor(row_factory=dict_row) as cur:
-        set_json_loads(_loads, cur)
+        set_json_loads(load_json, cur)
         cur.execute(
             "SELECT column_name, value, change_id, op, at, txid::text::bigint AS txid, actor, db_user, role"
             " FROM audit.blame(%s::oid::regclass, %s)",

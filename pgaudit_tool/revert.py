@@ -29,9 +29,8 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_loads
 
-from pgaudit_tool.db import translate
+from pgaudit_tool.db import load_json, translate
 from pgaudit_tool.errors import AuditError, InvalidInput, RevertConflict
-from pgaudit_tool.history import load_json
 
 ON_CONFLICT = ("abort", "skip", "force")
 DEFAULT_ACTOR = "pgaudit-tool revert"

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg
@@ -234,14 +236,9 @@ def _release_database(server: PgServer, dbname: str) -> None:
             db.execute(sql.SQL("DROP SUBSCRIPTION {}").format(name))
 
 
-@pytest.fixture
-def dsn(pg_server: PgServer, request: pytest.FixtureRequest) -> Iterator[str]:
-    """DSN (superuser) of a brand-new, empty database used by this test only.
-
-    Created from template1 and dropped at teardown even if the test left sessions open,
-    replication slots or prepared transactions behind.
-    """
-    dbname = _unique_name("t", request.node.name)
+@contextmanager
+def fresh_database(pg_server: PgServer, dbname: str) -> Iterator[str]:
+    """Create ``dbname`` on ``pg_server``, yield its superuser DSN, and drop it afterwards."""
     janitor = pg_server.janitor(dbname)
     janitor.init()
     try:
@@ -249,6 +246,28 @@ def dsn(pg_server: PgServer, request: pytest.FixtureRequest) -> Iterator[str]:
     finally:
         _release_database(pg_server, dbname)
         janitor.drop()
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that is bound but not listening: connections are refused."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield int(sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+def dsn(pg_server: PgServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """DSN (superuser) of a brand-new, empty database used by this test only.
+
+    Created from template1 and dropped at teardown even if the test left sessions open,
+    replication slots or prepared transactions behind.
+    """
+    with fresh_database(pg_server, _unique_name("t", request.node.name)) as created:
+        yield created
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -166,17 +165,6 @@ def registered(conn: psycopg.Connection[Any]) -> int:
 
 def has_schema(conn: psycopg.Connection[Any], name: str) -> bool:
     return _count(conn, "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (name,)) == 1
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A TCP port on 127.0.0.1 that is bound but not listening: connections are refused."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield int(sock.getsockname()[1])
-    finally:
-        sock.close()
 
 
 SHOP_DDL = """

@@ -6,10 +6,8 @@ No database is needed: failures are provoked against a local port that accepts n
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -25,17 +23,6 @@ from pgaudit_tool.connection import (
 from pgaudit_tool.errors import AuditError, ConnectionFailed
 
 SECRET = "s3cr3t-Pa55"
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A TCP port on 127.0.0.1 that is bound but not listening: connections are refused."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield int(sock.getsockname()[1])
-    finally:
-        sock.close()
 
 
 @pytest.fixture

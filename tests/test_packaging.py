@@ -26,7 +26,7 @@ import pgaudit_tool
 from pgaudit_tool import Audit
 from pgaudit_tool.resources import data_dir, sql_files
 from pgaudit_tool.schema import alembic_config, head_revision, upgrade_sql
-from tests.conftest import PgServer, _release_database
+from tests.conftest import PgServer, fresh_database
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -285,14 +285,8 @@ def _catalog(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
 @pytest.fixture
 def hand_dsn(pg_server: PgServer) -> Iterator[str]:
     """A second fresh database, for the hand-run install."""
-    dbname = f"t_hand_install_{uuid.uuid4().hex[:8]}"
-    janitor = pg_server.janitor(dbname)
-    janitor.init()
-    try:
-        yield pg_server.dsn_for(dbname)
-    finally:
-        _release_database(pg_server, dbname)
-        janitor.drop()
+    with fresh_database(pg_server, f"t_hand_install_{uuid.uuid4().hex[:8]}") as created:
+        yield created
 
 
 def _install_by_hand(dsn: str) -> None:

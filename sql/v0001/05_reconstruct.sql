@@ -395,9 +395,7 @@ BEGIN
         ' SELECT f.pk,'
         '        CASE WHEN f.old IS NULL THEN ''INSERT'' WHEN l.new IS NULL THEN ''DELETE'' ELSE ''UPDATE'' END,'
         '        f.old, l.new,'
-        '        CASE WHEN f.old IS NOT NULL AND l.new IS NOT NULL THEN ARRAY('
-        '            SELECT k FROM (SELECT pg_catalog.jsonb_object_keys(f.old) UNION SELECT pg_catalog.jsonb_object_keys(l.new)) AS u(k)'
-        '             WHERE f.old -> k IS DISTINCT FROM l.new -> k ORDER BY k) END'
+        '        CASE WHEN f.old IS NOT NULL AND l.new IS NOT NULL THEN audit.changed_columns(f.old, l.new) END'
         '   FROM first AS f JOIN last AS l ON l.pk = f.pk'
         '  WHERE f.old IS DISTINCT FROM l.new'
         '  ORDER BY f.pk',
