@@ -29,6 +29,9 @@ from pgaudit_tool.schema import alembic_config, head_revision, upgrade_sql
 from tests.conftest import PgServer, fresh_database
 
 REPO = Path(__file__).resolve().parents[1]
+# The schema revisions the checkout ships, oldest first, and the newest.
+REVISIONS = ("v0001", "v0002")
+HEAD = REVISIONS[-1].removeprefix("v")
 
 
 # --------------------------------------------------------------------------- the wheel
@@ -101,12 +104,15 @@ def test_wheel_contains_the_sql_and_the_migrations(wheel: Path) -> None:
         names = set(zf.namelist())
         data = {n: zf.read(n) for n in names if n.startswith("pgaudit_tool/_data/")}
         entry_points = next(zf.read(n) for n in names if n.endswith(".dist-info/entry_points.txt"))
-    sql_names = {p.name for p in (REPO / "sql" / "v0001").glob("*.sql")}
-    assert sql_names, "no SQL files in the checkout"
+    sql_names = {p.relative_to(REPO).as_posix() for p in (REPO / "sql").glob("v*/*.sql")}
+    assert {name.split("/")[1] for name in sql_names} == set(REVISIONS)
     for name in sql_names:
-        assert f"pgaudit_tool/_data/sql/v0001/{name}" in names
+        assert f"pgaudit_tool/_data/{name}" in names
     assert "pgaudit_tool/_data/migrations/env.py" in names
-    assert "pgaudit_tool/_data/migrations/versions/0001_initial.py" in names
+    migrations = {p.name for p in (REPO / "migrations" / "versions").glob("*.py")}
+    assert len(migrations) == len(REVISIONS)
+    for name in migrations:
+        assert f"pgaudit_tool/_data/migrations/versions/{name}" in names
     assert "pgaudit_tool/__init__.py" in names and "pgaudit_tool/cli.py" in names
     # Byte for byte what the checkout holds.
     for name, content in data.items():
@@ -130,7 +136,7 @@ print(json.dumps({
     "sql": str(data_dir("sql")),
     "migrations": str(data_dir("migrations")),
     "script_location": alembic_config().get_main_option("script_location"),
-    "sql_files": [str(p) for p in sql_files("v0001")],
+    "sql_files": [str(p) for r in ("v0001", "v0002") for p in sql_files(r)],
     "head": head_revision(),
     "upgrade_sql": upgrade_sql(None),
     "upgrade_sql_at_head": upgrade_sql(head_revision()),
@@ -148,8 +154,10 @@ def test_installed_wheel_finds_its_data(installed: Path) -> None:
     assert Path(report["migrations"]) == package / "_data" / "migrations"
     assert Path(report["script_location"]) == package / "_data" / "migrations"
     assert all(Path(p).is_relative_to(package / "_data" / "sql") for p in report["sql_files"])
-    assert [Path(p).name for p in report["sql_files"]] == [p.name for p in sql_files("v0001")]
-    assert report["head"] == "0001" == head_revision()
+    assert [Path(p).name for p in report["sql_files"]] == [
+        p.name for r in REVISIONS for p in sql_files(r)
+    ]
+    assert report["head"] == HEAD == head_revision()
     script = report["upgrade_sql"]
     for fragment in (
         "CREATE SCHEMA IF NOT EXISTS audit",
@@ -158,6 +166,8 @@ def test_installed_wheel_finds_its_data(installed: Path) -> None:
         "CREATE FUNCTION audit.enable",
         "CREATE VIEW audit.history",
         "INSERT INTO audit.schema_version (version_num) VALUES ('0001')",
+        "ALTER TABLE audit.tracked_table ADD COLUMN layout_check",
+        f"UPDATE audit.schema_version SET version_num='{HEAD}'",
     ):
         assert fragment in script
     assert script == upgrade_sql(None)  # what the checkout renders
@@ -183,7 +193,7 @@ def test_installed_wheel_installs_the_schema(installed: Path, dsn: str) -> None:
     )
     result = run_installed(installed, code, dsn)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["None", "0001", "0001"]
+    assert result.stdout.split() == ["None", HEAD, HEAD]
     with Audit.connect(dsn) as audit:
         assert audit.install().changed is False  # the checkout agrees it is at head
 
@@ -196,9 +206,10 @@ def test_editable_install_uses_the_checkout() -> None:
     assert data_dir("sql") == REPO / "sql"
     assert data_dir("migrations") == REPO / "migrations"
     assert Path(str(alembic_config().get_main_option("script_location"))) == REPO / "migrations"
-    assert [p.parent for p in sql_files("v0001")] == [REPO / "sql" / "v0001"] * len(
-        sql_files("v0001")
-    )
+    for revision in REVISIONS:
+        assert [p.parent for p in sql_files(revision)] == [REPO / "sql" / revision] * len(
+            sql_files(revision)
+        )
 
 
 # --------------------------------------------------------------------------- catalog equivalence
@@ -292,7 +303,7 @@ def hand_dsn(pg_server: PgServer) -> Iterator[str]:
 def _install_by_hand(dsn: str) -> None:
     with psycopg.connect(dsn) as conn:  # one transaction, committed on exit
         conn.execute("CREATE SCHEMA audit")
-        for path in sql_files("v0001"):
+        for path in (p for revision in REVISIONS for p in sql_files(revision)):
             conn.execute(path.read_text(encoding="utf-8"))  # type: ignore[arg-type]
 
 
@@ -328,7 +339,7 @@ def _pg_dump(pg_server: PgServer, dsn: str) -> str | None:
 
 def test_alembic_install_equals_hand_run_sql(pg_server: PgServer, dsn: str, hand_dsn: str) -> None:
     with Audit.connect(dsn) as audit:
-        assert audit.install().after == "0001"
+        assert audit.install().after == HEAD
     _install_by_hand(hand_dsn)
 
     via_alembic, by_hand = _catalog(dsn), _catalog(hand_dsn)

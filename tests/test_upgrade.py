@@ -1,0 +1,161 @@
+"""Schema upgrades and the two kinds of capture function.
+
+A database installed at revision 0001, with audited tables and history, is upgraded to the head
+revision: history is kept, capture functions are rewritten without the per-statement layout
+check (the guard event trigger rewrites them after ALTER TABLE instead), and capture stays exact.
+Without the guard, functions keep the check; doctor notices a function that relies on a guard
+that is gone, and `install_guards()` / `refresh` bring either kind back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgaudit_tool import Audit
+from pgaudit_tool.connection import sqlalchemy_engine
+from pgaudit_tool.schema import alembic_config, head_revision
+
+# The statement of the per-statement layout check, as generated into capture functions.
+_CHECK = "FROM pg_catalog.pg_attribute AS a WHERE a.attrelid"
+
+
+def install_at(dsn: str, revision: str) -> None:
+    """Install the audit schema up to ``revision`` only (what an older pgaudit-tool did)."""
+    from alembic import command
+
+    engine = sqlalchemy_engine(dsn)
+    try:
+        with engine.begin() as connection:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+    finally:
+        engine.dispose()
+
+
+def capture_source(conn: psycopg.Connection[Any], table: str) -> str:
+    row = conn.execute(
+        "SELECT p.prosrc FROM audit.tracked_table t JOIN pg_proc p"
+        " ON p.proname = t.capture_function AND p.pronamespace = 'audit'::regnamespace"
+        " WHERE t.relid = %s::regclass",
+        (table,),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def changes(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT id, op, pk, old, new, role, txid::text FROM audit.change ORDER BY id"
+    ).fetchall()
+
+
+def layout_check(conn: psycopg.Connection[Any], table: str) -> bool:
+    row = conn.execute(
+        "SELECT layout_check FROM audit.tracked_table WHERE relid = %s::regclass", (table,)
+    ).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
+@pytest.fixture
+def items(conn: psycopg.Connection[Any]) -> str:
+    conn.execute(
+        "CREATE SCHEMA shop;"
+        "CREATE TABLE shop.items (id int PRIMARY KEY, name text NOT NULL, secret text)"
+    )
+    return "shop.items"
+
+
+def test_upgrade_from_0001_keeps_history_and_drops_the_check(
+    dsn: str, conn: psycopg.Connection[Any], items: str
+) -> None:
+    install_at(dsn, "0001")
+    conn.execute("SELECT audit.enable('shop.items', '{secret}')")
+    conn.execute("INSERT INTO shop.items VALUES (1, 'a', 'SENTINEL'), (2, 'b', 'SENTINEL')")
+    conn.execute("UPDATE shop.items SET name = name || '!'")
+    assert _CHECK in capture_source(conn, items)
+    before = changes(conn)
+    assert len(before) == 4
+
+    with Audit.connect(dsn) as audit:
+        result = audit.install()
+        assert (result.before, result.after) == ("0001", head_revision())
+        assert audit.install().changed is False
+
+    assert changes(conn) == before  # history untouched
+    assert layout_check(conn, items) is False
+    assert _CHECK not in capture_source(conn, items)
+
+    # Capture after the upgrade, across renames the guard follows.
+    conn.execute("ALTER TABLE shop.items RENAME COLUMN secret TO hidden")
+    conn.execute("ALTER TABLE shop.items RENAME COLUMN id TO item_id")
+    conn.execute("UPDATE shop.items SET hidden = 'SENTINEL', name = 'c' WHERE item_id = 1")
+    conn.execute("DELETE FROM shop.items WHERE item_id = 2")
+    after = changes(conn)[len(before) :]
+    assert [(op, pk, old, new) for _, op, pk, old, new, *_ in after] == [
+        ("U", {"item_id": 1}, {"item_id": 1, "name": "a!"}, {"item_id": 1, "name": "c"}),
+        ("D", {"item_id": 2}, {"item_id": 2, "name": "b!"}, None),
+    ]
+    found = conn.execute(
+        "SELECT count(*) FROM audit.change x WHERE x::text LIKE '%SENTINEL%'"
+    ).fetchone()
+    assert found == (0,)
+    with Audit.connect(dsn) as audit:
+        assert not [p for p in audit.doctor() if p["severity"] != "info"]
+
+
+def test_without_the_guard_capture_checks_and_doctor_notices(
+    audit: Audit, conn: psycopg.Connection[Any], items: str
+) -> None:
+    audit.enable(items, exclude=["secret"])
+    assert layout_check(conn, items) is False
+
+    # The guard is dropped: the function without the check relies on it.
+    conn.execute("DROP EVENT TRIGGER pgaudit_guard_ddl")
+    problems = [p for p in audit.doctor() if p["object"] == items]
+    assert [p["severity"] for p in problems] == ["error"]
+    assert "guard is missing or disabled" in problems[0]["problem"]
+    audit.apply_fixes([p["fix"] for p in problems])
+    assert layout_check(conn, items) is True
+    assert _CHECK in capture_source(conn, items)
+
+    # With the check, a rename is followed at run time (and only reported as a warning).
+    conn.execute("ALTER TABLE shop.items RENAME COLUMN secret TO hidden")
+    conn.execute("INSERT INTO shop.items VALUES (1, 'a', 'SENTINEL')")
+    assert changes(conn)[-1][4] == {"id": 1, "name": "a"}
+    problems = [p for p in audit.doctor() if p["object"] == items]
+    assert [p["severity"] for p in problems] == ["warning"]
+
+    # Guards back: every function is rewritten without the check, under the current names.
+    assert conn.execute("SELECT audit.install_guards()").fetchone() == (True,)
+    assert layout_check(conn, items) is False
+    assert _CHECK not in capture_source(conn, items)
+    row = conn.execute(
+        "SELECT excluded_columns FROM audit.tracked_table WHERE relid = 'shop.items'::regclass"
+    ).fetchone()
+    assert row == (["hidden"],)
+    conn.execute("UPDATE shop.items SET hidden = 'SENTINEL', name = 'b'")
+    assert changes(conn)[-1][4] == {"id": 1, "name": "b"}
+    assert not [p for p in audit.doctor() if p["object"] == items]
+
+
+def test_a_disabled_guard_leaves_a_stale_function_that_doctor_reports(
+    audit: Audit, conn: psycopg.Connection[Any], items: str
+) -> None:
+    audit.enable(items, exclude=["secret"])
+    conn.execute("ALTER EVENT TRIGGER pgaudit_guard_ddl DISABLE")
+    conn.execute("ALTER TABLE shop.items ADD COLUMN note text")
+    problems = {p["problem"]: p for p in audit.doctor()}
+    stale = [p for text, p in problems.items() if "capture was not rewritten" in text]
+    assert [(p["severity"], p["object"]) for p in stale] == [("error", items)]
+    assert any(p["fix"] == "SELECT audit.install_guards()" for p in problems.values())
+    # Re-enabling the guard rewrites the stale function; doctor has nothing left to say.
+    conn.execute("SELECT audit.install_guards()")
+    assert not [p for p in audit.doctor() if p["severity"] != "info"]
+    conn.execute("INSERT INTO shop.items VALUES (1, 'a', 'SENTINEL', 'n')")
+    assert changes(conn)[-1][4] == {"id": 1, "name": "a", "note": "n"}
+    assert layout_check(conn, items) is False
