@@ -269,13 +269,17 @@ def test_odd_identifiers(audit: Audit) -> None:
 def without_guards(audit: Audit) -> None:
     """Drop the guard event triggers, as on a server where the installer is no superuser, and
     regenerate capture: the functions then check the column layout at every statement."""
-    audit.conn.execute("DROP EVENT TRIGGER pgaudit_guard_ddl; DROP EVENT TRIGGER pgaudit_guard_drop")
+    audit.conn.execute(
+        "DROP EVENT TRIGGER pgaudit_guard_ddl; DROP EVENT TRIGGER pgaudit_guard_drop"
+    )
     for row in audit.status():
         audit.refresh(row["table"])
 
 
 def layout_checks(conn: psycopg.Connection[Any]) -> list[bool]:
-    return [r[0] for r in conn.execute("SELECT layout_check FROM audit.tracked_table ORDER BY relid")]
+    return [
+        r[0] for r in conn.execute("SELECT layout_check FROM audit.tracked_table ORDER BY relid")
+    ]
 
 
 @pytest.mark.parametrize("guards", [True, False], ids=["guard-rewrites", "layout-check"])
