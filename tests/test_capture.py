@@ -535,7 +535,7 @@ def test_generated_capture_function_is_private(
         for stmt in (
             "INSERT INTO audit.change (txid, relid, schema_name, table_name, op, role,"
             " statement_at, clock_at) VALUES ('1', 1, 's', 't', 'I', 'r', now(), now())",
-            "SELECT audit._log_transaction(pg_current_xact_id())",
+            "SELECT audit._rewrite_after_ddl('sales.orders')",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute(stmt)

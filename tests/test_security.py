@@ -52,7 +52,6 @@ ATTACKS = [
     "TRUNCATE audit.change",
     "DELETE FROM audit.transaction",
     "UPDATE audit.tracked_table SET enabled = false",
-    "SELECT audit._log_transaction(pg_current_xact_id())",
     "SELECT audit._rewrite_after_ddl('shop.orders')",
     "SELECT audit.disable('shop.orders')",
     "ALTER TABLE shop.orders DISABLE TRIGGER pgaudit_update",

@@ -1,4 +1,6 @@
--- pgaudit_tool schema, revision 0002: capture refreshed by the DDL guard, not checked per statement.
+-- pgaudit_tool schema, revision 0002: cheaper capture. The DDL guard rewrites capture functions
+-- after ALTER TABLE instead of a check at every statement; capture functions record the
+-- transaction context themselves instead of calling a SECURITY DEFINER writer.
 --
 -- In revision 0001 every capture function read the table's column layout from the catalog at
 -- each statement, to notice ALTER TABLE ... ADD/DROP/RENAME COLUMN (then it ran the statement
@@ -35,6 +37,34 @@ $$;
 
 COMMENT ON FUNCTION audit._needs_layout_check() IS
     'Internal. Whether capture functions must check the column layout at every statement (no guard event trigger rewrites them after ALTER TABLE).';
+
+
+CREATE FUNCTION audit._context(p_raw text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+-- The application context of a transaction: the text of the setting pgaudit.context, which must
+-- be a JSON object. (Revision 0001 called a SECURITY DEFINER writer for the whole transaction
+-- record; capture functions now write it themselves, about 20 µs a transaction less.)
+DECLARE
+    v_context jsonb;
+BEGIN
+    BEGIN
+        v_context := p_raw::jsonb;
+    EXCEPTION WHEN invalid_text_representation THEN
+        RAISE EXCEPTION 'pgaudit.context is not valid JSON: %', pg_catalog.left(p_raw, 200)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Set it to a JSON object, e.g. set_config(''pgaudit.context'', ''{"ticket": "T-1"}'', true).';
+    END;
+    IF pg_catalog.jsonb_typeof(v_context) <> 'object' THEN
+        RAISE EXCEPTION 'pgaudit.context must be a JSON object, not %', pg_catalog.jsonb_typeof(v_context)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Set it to a JSON object, e.g. set_config(''pgaudit.context'', ''{"ticket": "T-1"}'', true).';
+    END IF;
+    RETURN v_context;
+END
+$$;
+
+COMMENT ON FUNCTION audit._context(text) IS
+    'Internal. The value of the setting pgaudit.context as JSONB; raises a clear error unless it is a JSON object.';
 
 
 DROP FUNCTION audit._capture_function_sql(oid);
@@ -134,11 +164,19 @@ BEGIN%9$s
     END IF;
     GET DIAGNOSTICS v_rows = ROW_COUNT;
     IF v_rows > 0 THEN
-        -- The transaction's context is recorded once: only the first audited statement (or one
-        -- after an early commit marker) calls the writer.
+        -- The transaction's context, recorded once, at its first audited change; its row arms
+        -- the commit marker. A marker fired early (SET CONSTRAINTS ... IMMEDIATE) is re-armed.
         SELECT x.committed_at IS NULL INTO v_open FROM audit.transaction AS x WHERE x.txid = v_txid;
-        IF v_open IS DISTINCT FROM true THEN
-            PERFORM audit._log_transaction(v_txid);
+        IF v_open IS NULL THEN
+            INSERT INTO audit.transaction (txid, started_at, db_user, application_name, client_addr,
+                                           client_port, backend_pid, actor, context)
+            VALUES (v_txid, pg_catalog.now(), session_user,
+                    nullif(pg_catalog.current_setting('application_name'), ''),
+                    pg_catalog.inet_client_addr(), pg_catalog.inet_client_port(), pg_catalog.pg_backend_pid(),
+                    nullif(pg_catalog.current_setting('pgaudit.actor', true), ''),
+                    audit._context(nullif(pg_catalog.current_setting('pgaudit.context', true), '')));
+        ELSIF NOT v_open THEN
+            UPDATE audit.transaction SET committed_at = NULL WHERE txid = v_txid;
         END IF;
     END IF;
     RETURN NULL;
@@ -285,18 +323,18 @@ COMMENT ON FUNCTION audit._guard_ddl() IS
     'Internal. Event trigger (ddl_command_end of ALTER TABLE): rewrites the capture function of audited tables whose columns changed; refuses, for anyone but the audit owner, DDL that leaves a capture trigger of an audited table disabled or not ENABLE ALWAYS.';
 
 
-CREATE FUNCTION audit._rewrite_all() RETURNS integer
+CREATE FUNCTION audit._rewrite_all(p_every boolean DEFAULT false) RETURNS integer
 LANGUAGE plpgsql AS $$
 -- Rewrites the capture function of every audited table whose kind (with or without the layout
--- check) no longer fits, or whose columns changed since it was generated: after the guards were
--- (re)installed, and when this revision is installed.
+-- check) no longer fits, or whose columns changed since it was generated (after the guards were
+-- (re)installed); p_every: of every audited table (when a revision changes the generated code).
 DECLARE
     r record;
     n integer := 0;
 BEGIN
     FOR r IN SELECT x.relid FROM audit.tracked_table AS x
               WHERE x.enabled AND EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = x.relid)
-                AND (x.layout_check IS DISTINCT FROM audit._needs_layout_check()
+                AND (p_every OR x.layout_check IS DISTINCT FROM audit._needs_layout_check()
                      OR audit._layout_now(x.relid::regclass) IS DISTINCT FROM x.generated_layout) LOOP
         PERFORM audit._rewrite_after_ddl(r.relid::regclass);
         n := n + 1;
@@ -305,8 +343,8 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION audit._rewrite_all() IS
-    'Internal. Rewrites the capture functions whose per-statement layout check no longer fits the guards present, or whose table''s columns changed since; returns how many.';
+COMMENT ON FUNCTION audit._rewrite_all(boolean) IS
+    'Internal. Rewrites the capture functions whose per-statement layout check no longer fits the guards present, or whose table''s columns changed since (p_every: all of them); returns how many.';
 
 
 CREATE OR REPLACE FUNCTION audit.install_guards() RETURNS boolean
@@ -335,5 +373,7 @@ COMMENT ON FUNCTION audit.install_guards() IS
     'Installs the event triggers that guard capture and keep capture functions current after ALTER TABLE (needs superuser; returns false without it). Run by install.';
 
 
--- This revision's capture functions: without the layout check where the guard is present.
-SELECT audit._rewrite_all();
+-- This revision's capture functions for every audited table (without the layout check where the
+-- guard is present); nothing calls the old transaction writer any more.
+SELECT audit._rewrite_all(true);
+DROP FUNCTION audit._log_transaction(xid8);
