@@ -26,17 +26,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 COMMENT ON FUNCTION audit._guarded() IS
-    'Internal. Whether the guard event trigger is installed and ENABLE ALWAYS, so that it rewrites capture functions after ALTER TABLE.';
-
-
-CREATE FUNCTION audit._needs_layout_check() RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    -- A function without the check relies on the guard to rewrite it after ALTER TABLE.
-    SELECT NOT audit._guarded()
-$$;
-
-COMMENT ON FUNCTION audit._needs_layout_check() IS
-    'Internal. Whether capture functions must check the column layout at every statement (no guard event trigger rewrites them after ALTER TABLE).';
+    'Internal. Whether the guard event trigger is installed and ENABLE ALWAYS, so that it rewrites capture functions after ALTER TABLE (otherwise they check the column layout at every statement).';
 
 
 CREATE FUNCTION audit._context(p_raw text) RETURNS jsonb
@@ -73,7 +63,7 @@ CREATE FUNCTION audit._capture_function_sql(p_relid oid, p_layout_check boolean)
 LANGUAGE plpgsql STABLE AS $gen$
 -- Generates the per-table capture trigger function from the registry row of p_relid and the
 -- table's current column layout. p_layout_check: read the layout at every statement and run the
--- statement dynamically when ALTER TABLE changed it (see audit._needs_layout_check).
+-- statement dynamically when ALTER TABLE changed it (without the guard, see audit._guarded).
 DECLARE
     t audit.tracked_table;
     v_attnums int2[];
@@ -208,7 +198,7 @@ LANGUAGE plpgsql AS $$
 -- (Re)writes the capture function of an audited table from its registry row (CREATE OR REPLACE:
 -- its triggers, owner and grants stay) and records what it was generated from.
 DECLARE
-    v_check boolean := audit._needs_layout_check();
+    v_check boolean := NOT audit._guarded();
 BEGIN
     EXECUTE audit._capture_function_sql(p_table, v_check);
     UPDATE audit.tracked_table
@@ -334,7 +324,7 @@ DECLARE
 BEGIN
     FOR r IN SELECT x.relid FROM audit.tracked_table AS x
               WHERE x.enabled AND EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = x.relid)
-                AND (p_every OR x.layout_check IS DISTINCT FROM audit._needs_layout_check()
+                AND (p_every OR x.layout_check IS DISTINCT FROM (NOT audit._guarded())
                      OR audit._layout_now(x.relid::regclass) IS DISTINCT FROM x.generated_layout) LOOP
         PERFORM audit._rewrite_after_ddl(r.relid::regclass);
         n := n + 1;
