@@ -377,7 +377,7 @@ def bench_revert(conninfo: str, rows: int = 100_000) -> dict[str, Any]:
     transaction (timed: planning, conflict check and the UPDATE back, all captured). Needs the
     audit schema installed and the rights of the bench (see :mod:`pgaudit_tool.bench`).
     """
-    from pgaudit_tool.bench import _remove_scratch
+    from pgaudit_tool.bench.cleanup import remove_scratch
     from pgaudit_tool.connection import connect
 
     scratch = f"pgaudit_revert_bench_{uuid.uuid4().hex[:8]}"
@@ -396,7 +396,7 @@ def bench_revert(conninfo: str, rows: int = 100_000) -> dict[str, Any]:
             revert_s = time.perf_counter() - started
         finally:
             with conn.transaction():
-                _remove_scratch(conn, scratch)
+                remove_scratch(conn, scratch)
     return {
         "rows": rows,
         "update_ms": round(update_s * 1000, 1),

@@ -19,12 +19,12 @@ from pgaudit_tool.bench import (
     SETTINGS,
     TARGETS,
     BenchConfig,
-    _percentile,
     parse_tps,
     pgbench_target,
     render_table,
     run_bench,
 )
+from pgaudit_tool.bench.stats import percentile
 from pgaudit_tool.errors import InvalidInput, NotInstalled
 
 
@@ -230,10 +230,10 @@ tps = 1010.25 (excluding connections establishing)
 
 def test_percentile_is_nearest_rank() -> None:
     values = [float(v) for v in range(1, 201)]
-    assert _percentile(values, 99) == 198.0
-    assert _percentile(values, 50) == 100.0
-    assert _percentile([3.0], 99) == 3.0
-    assert _percentile([5.0, 1.0, 9.0], 100) == 9.0
+    assert percentile(values, 99) == 198.0
+    assert percentile(values, 50) == 100.0
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([5.0, 1.0, 9.0], 100) == 9.0
 
 
 def test_parse_tps() -> None:

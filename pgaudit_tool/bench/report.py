@@ -1,0 +1,117 @@
+"""The result of a run: every key of RESULT_KEYS, from the samples, the phases and the server."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import psycopg
+
+from pgaudit_tool.bench.config import (
+    AUDITED,
+    BARE_LOG,
+    NOT_MEASURED,
+    OPERATIONS,
+    PLAIN,
+    RAW_KEYS,
+    RESULT_KEYS,
+    SETTINGS,
+    BenchConfig,
+)
+from pgaudit_tool.bench.session import Session
+from pgaudit_tool.bench.stats import Samples, rounded
+
+
+def build_report(s: Session) -> dict[str, Any]:
+    """Every key of RESULT_KEYS: ratios and medians of the samples, the phases' own figures,
+    the run's parameters, the server's settings and the notes."""
+    result: dict[str, Any] = {key: None for key in RESULT_KEYS}
+    result.update(s.result)
+    result.update(_ratios(s.samples))
+    for key in RAW_KEYS:
+        result[key] = rounded(s.samples.median(key), 2 if key.endswith("_ms") else 1)
+    result.update(_reconstruction_figures(s.samples))
+    result.update(_context(s))
+    return result
+
+
+def _ratios(samples: Samples) -> dict[str, Any]:
+    """The bulk, limit and TPS ratios (medians of the per-repetition ratios)."""
+    result: dict[str, Any] = {}
+    for op in OPERATIONS:
+        plain, audited, bare = (f"{op}_{w}_ms" for w in (PLAIN, AUDITED, BARE_LOG))
+        result[f"{op}_ratio"] = rounded(samples.ratio(audited, plain), 3)
+        result[f"{op}_limit_ratio"] = rounded(samples.ratio(audited, plain, bare), 3)
+    limits = [result[f"{op}_limit_ratio"] for op in OPERATIONS]
+    result["limit_ratio"] = rounded(statistics.median(limits), 3) if None not in limits else None
+    result["single_row_update_tps_ratio"] = rounded(
+        samples.ratio("single_row_audited_tps", "single_row_plain_tps"), 3
+    )
+    result["tpcb_tps_ratio"] = rounded(samples.ratio("tpcb_audited_tps", "tpcb_plain_tps"), 3)
+    return result
+
+
+def _reconstruction_figures(samples: Samples) -> dict[str, Any]:
+    """Medians of the revert and table_at timings, and table_at's ratio, when measured."""
+    result: dict[str, Any] = {}
+    if samples.values.get("revert_ms"):
+        result["revert_ms"] = rounded(samples.median("revert_ms"), 2)
+        result["revert_update_ms"] = rounded(samples.median("revert_update_ms"), 2)
+    if samples.values.get("table_at_ms"):
+        result["table_at_ratio"] = rounded(samples.ratio("table_at_ms", "table_at_live_ms"), 3)
+        result["table_at_ms"] = rounded(samples.median("table_at_ms"), 2)
+        result["table_at_live_ms"] = rounded(samples.median("table_at_live_ms"), 2)
+    return result
+
+
+def _context(s: Session) -> dict[str, Any]:
+    cfg = s.config
+    notes = [*s.notes, *_standard_notes(cfg)]
+    return {
+        "rows": cfg.rows,
+        "history_rows": cfg.history_rows if cfg.reconstruction else None,
+        "clients": cfg.clients,
+        "duration": cfg.duration,
+        "repetitions": cfg.repetitions,
+        "scale": cfg.scale,
+        "pgbench": s.pgbench,
+        "server_version": _show(s.conn, "server_version"),
+        "settings": {name: _show(s.conn, name) for name in SETTINGS},
+        "notes": notes,
+    }
+
+
+def _standard_notes(cfg: BenchConfig) -> list[str]:
+    notes = [
+        "Ratios are medians of per-repetition ratios; unaudited and audited runs alternate, "
+        "the order flipping at each repetition.",
+        "Bulk statements: each timed alone (autocommit) right after a CHECKPOINT; the table, and "
+        "after audited statements audit.change and audit.transaction, are vacuumed afterwards, "
+        "outside the timing.",
+        "limit_ratio is the median of insert/update/delete_limit_ratio: audited time / (unaudited "
+        "time + INSERT ... SELECT to_jsonb(t) of the same rows into a bare table). For UPDATE the "
+        "bare log stores two images per row (old and new) in one row.",
+        "audit_bytes_per_change: growth of audit.change + audit.transaction (heap, indexes, "
+        "TOAST, maps) during the bulk phase / changes recorded then (inserts, updates, deletes).",
+    ]
+    if cfg.duration != max(1, round(cfg.duration)):
+        notes.append(f"pgbench takes whole seconds: runs lasted {max(1, round(cfg.duration))} s.")
+    if cfg.reconstruction:
+        notes.extend(
+            [
+                "row_at: audit.row_at of random keys (some deleted or not yet inserted at the "
+                "instant) at random instants recorded during the history, each timed alone "
+                "(prepared, execute + fetch), after warm-up calls; p99 is the nearest rank.",
+                "table_at_ratio: CREATE TABLE AS SELECT * FROM audit.table_at(NULL::t, T) / "
+                "CREATE TABLE AS SELECT * FROM t, T in the middle of the history (every key has "
+                "changed since when history_rows >= 3 x rows); median of per-repetition ratios, "
+                "each statement after a CHECKPOINT.",
+            ]
+        )
+    notes.extend(f"{key}: not measured yet." for key in NOT_MEASURED)
+    return notes
+
+
+def _show(conn: psycopg.Connection[Any], setting: str) -> str | None:
+    row = conn.execute("SELECT current_setting(%s, true)", (setting,)).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
