@@ -23,6 +23,9 @@ repetition), and every ratio is the median of the per-repetition ratios:
   change with two images, old and new (both read after the update: same sizes as the real
   pair).  ``insert_limit_ratio``, ``update_limit_ratio``, ``delete_limit_ratio`` are audited
   time / (unaudited time + bare log time); ``limit_ratio`` is the median of the three.
+  ``insert_floor_ratio``, ``update_floor_ratio``, ``delete_floor_ratio`` are (unaudited time +
+  bare log time) / unaudited time: the ratio a bare JSONB log alone has, below which no capture
+  that stores the images can go (a target under it is out of reach).
 * single-row ``UPDATE`` by primary key from ``clients`` concurrent clients for ``duration``
   seconds, with pgbench when available, else with threads of this process:
   ``single_row_update_tps_ratio`` (audited TPS / unaudited TPS).

@@ -59,6 +59,9 @@ RATIO_KEYS = (
     "insert_limit_ratio",
     "update_limit_ratio",
     "delete_limit_ratio",
+    "insert_floor_ratio",
+    "update_floor_ratio",
+    "delete_floor_ratio",
 )
 RAW_KEYS = (
     *(f"{op}_{what}_ms" for op in OPERATIONS for what in (PLAIN, AUDITED, BARE_LOG)),

@@ -42,6 +42,8 @@ def _ratios(samples: Samples) -> dict[str, Any]:
         plain, audited, bare = (f"{op}_{w}_ms" for w in (PLAIN, AUDITED, BARE_LOG))
         result[f"{op}_ratio"] = rounded(samples.ratio(audited, plain), 3)
         result[f"{op}_limit_ratio"] = rounded(samples.ratio(audited, plain, bare), 3)
+        bare_share = samples.ratio(bare, plain)
+        result[f"{op}_floor_ratio"] = None if bare_share is None else rounded(1 + bare_share, 3)
     limits = [result[f"{op}_limit_ratio"] for op in OPERATIONS]
     result["limit_ratio"] = rounded(statistics.median(limits), 3) if None not in limits else None
     result["single_row_update_tps_ratio"] = rounded(
@@ -90,7 +92,9 @@ def _standard_notes(cfg: BenchConfig) -> list[str]:
         "outside the timing.",
         "limit_ratio is the median of insert/update/delete_limit_ratio: audited time / (unaudited "
         "time + INSERT ... SELECT to_jsonb(t) of the same rows into a bare table). For UPDATE the "
-        "bare log stores two images per row (old and new) in one row.",
+        "bare log stores two images per row (old and new) in one row. insert/update/delete_"
+        "floor_ratio: (unaudited time + that bare log's time) / unaudited time, the least ratio "
+        "any capture storing the JSONB images can have.",
         "audit_bytes_per_change: growth of audit.change + audit.transaction (heap, indexes, "
         "TOAST, maps) during the bulk phase / changes recorded then (inserts, updates, deletes).",
     ]
