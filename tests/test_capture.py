@@ -405,6 +405,51 @@ def test_partitioned_table_captures_every_partition(audit: Audit) -> None:
     assert count(conn, "SELECT count(DISTINCT relid) FROM audit.change") == 1
 
 
+@pytest.mark.parametrize("guards", [True, False], ids=["guard-rewrites", "layout-check"])
+def test_partitions_added_after_enable(audit: Audit, guards: bool) -> None:
+    """With the guard, partitions created or attached later get their capture triggers at once:
+    writes made directly to them are captured. Without it, status and doctor say they are
+    missing until refresh."""
+    conn = audit.conn
+    conn.execute(
+        "CREATE TABLE m (region text, id int, v int, PRIMARY KEY (region, id)) PARTITION BY LIST (region);"
+        "CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu')"
+    )
+    audit.enable("m")
+    if not guards:
+        without_guards(audit)
+    conn.execute(
+        "CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us') PARTITION BY RANGE (id);"
+        "CREATE TABLE m_us_low PARTITION OF m_us FOR VALUES FROM (0) TO (100);"
+        "CREATE TABLE m_as (region text, id int, v int, PRIMARY KEY (region, id));"
+        "ALTER TABLE m ATTACH PARTITION m_as FOR VALUES IN ('as')"
+    )
+    status = audit.status()[0]
+    assert status["partitions"] == 4
+    if not guards:
+        assert status["state"] == "triggers missing"
+        assert any(p["object"] == "public.m" and p["severity"] == "error" for p in audit.doctor())
+        audit.refresh("public.m")
+    assert (audit.status()[0]["state"], audit.status()[0]["triggers_always"]) == ("ok", 25)
+    conn.execute("INSERT INTO m_us_low VALUES ('us', 1, 1)")
+    conn.execute("INSERT INTO m_as VALUES ('as', 2, 2)")
+    assert [(c["table_name"], c["op"], c["pk"]) for c in changes(conn)] == [
+        ("public.m", "INSERT", {"region": "us", "id": 1}),
+        ("public.m", "INSERT", {"region": "as", "id": 2}),
+    ]
+    assert not [p for p in audit.doctor() if p["severity"] != "info"]
+    # Detached, a partition is no longer part of the audited table: nothing is logged under m,
+    # and doctor offers to drop the triggers left on it.
+    conn.execute("ALTER TABLE m DETACH PARTITION m_as")
+    conn.execute("INSERT INTO m_as VALUES ('as', 3, 3)")
+    assert len(changes(conn)) == 2
+    left = [p for p in audit.doctor() if p["object"] == "m_as"]
+    assert [p["severity"] for p in left] == ["warning"] and "detached" in left[0]["problem"]
+    audit.apply_fixes([left[0]["fix"]])
+    assert count(conn, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'm_as'::regclass") == 0
+    assert not [p for p in audit.doctor() if p["severity"] != "info"]
+
+
 def test_replica_identity_index_is_used_without_primary_key(audit: Audit) -> None:
     conn = audit.conn
     conn.execute(

@@ -230,6 +230,27 @@ def test_guard_rewrites_capture_after_ddl_by_the_table_owner(app: tuple[Audit, C
     assert [p for p in audit.doctor() if p["severity"] != "info"] == []
 
 
+def test_a_partition_created_by_the_table_owner_is_captured(app: tuple[Audit, Conn]) -> None:
+    """An ordinary role adding a partition to its audited table cannot open a path around
+    capture: the guard gives the partition its capture triggers, ENABLE ALWAYS."""
+    audit, app_conn = app
+    app_conn.execute(
+        "CREATE TABLE shop.events (day date, id int, PRIMARY KEY (day, id)) PARTITION BY RANGE (day)"
+    )
+    audit.enable("shop.events")
+    app_conn.execute(
+        "CREATE TABLE shop.events_2026 PARTITION OF shop.events"
+        " FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')"
+    )
+    app_conn.execute("INSERT INTO shop.events_2026 VALUES ('2026-11-25', 1)")
+    last = audit.conn.execute(
+        "SELECT table_name, pk FROM audit.change ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    assert last == ("events", {"day": "2026-11-25", "id": 1})
+    states = {s["table"]: s["state"] for s in audit.status()}
+    assert states["shop.events"] == "ok"
+
+
 # --------------------------------------------------------------------------- doctor
 
 

@@ -87,6 +87,10 @@ def test_upgrade_from_0001_keeps_history_and_drops_the_check(
         assert audit.install().changed is False
 
     assert changes(conn) == before  # history untouched
+    tags = conn.execute(
+        "SELECT evttags FROM pg_event_trigger WHERE evtname = 'pgaudit_guard_ddl'"
+    ).fetchone()
+    assert tags == (["ALTER TABLE", "CREATE TABLE"],)  # the guard now sees new partitions too
     assert layout_check(conn, items) is False
     assert _CHECK not in capture_source(conn, items)
 

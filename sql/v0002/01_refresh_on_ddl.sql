@@ -128,7 +128,12 @@ DECLARE
     v_open boolean;
 BEGIN%9$s
     IF TG_RELID <> %4$s::oid THEN
-        -- A statement on a partition: log it under the audited partitioned table.
+        -- A statement on a partition: log it under the audited partitioned table. A table that
+        -- is no partition of it any more (detached) is not audited: nothing is logged (doctor
+        -- reports the triggers left on it).
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_partition_ancestors(TG_RELID) AS a WHERE a.relid = %4$s::oid) THEN
+            RETURN NULL;
+        END IF;
         SELECT n.nspname, c.relname INTO v_schema, v_table
           FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
          WHERE c.oid = %4$s::oid;
@@ -272,11 +277,63 @@ COMMENT ON FUNCTION audit._rewrite_after_ddl(regclass) IS
 REVOKE ALL ON FUNCTION audit._rewrite_after_ddl(regclass) FROM PUBLIC;
 
 
+CREATE FUNCTION audit._create_member_triggers(p_member regclass, p_function text) RETURNS void
+LANGUAGE plpgsql AS $$
+-- The five capture triggers, ENABLE ALWAYS, on one table or partition; those it has already are
+-- kept (the guard may have created them meanwhile: ENABLE ALWAYS is an ALTER TABLE, which fires it).
+DECLARE
+    v_how text[] := ARRAY[
+        'BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %1$s FOR EACH STATEMENT EXECUTE FUNCTION audit._stamp()',
+        'BEFORE TRUNCATE ON %1$s FOR EACH STATEMENT EXECUTE FUNCTION audit.%2$I()',
+        'AFTER INSERT ON %1$s REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION audit.%2$I()',
+        'AFTER UPDATE ON %1$s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION audit.%2$I()',
+        'AFTER DELETE ON %1$s REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION audit.%2$I()'];
+    v_names text[] := audit._trigger_names();
+    v_enable text;
+    i integer;
+BEGIN
+    FOR i IN 1 .. pg_catalog.array_length(v_names, 1) LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger AS g WHERE g.tgrelid = p_member AND g.tgname = v_names[i]) THEN
+            EXECUTE pg_catalog.format('CREATE TRIGGER %I ', v_names[i])
+                 || pg_catalog.format(v_how[i], p_member, p_function);
+        END IF;
+    END LOOP;
+    -- One ALTER TABLE for all of them: the guard it fires must not see some still disabled.
+    SELECT pg_catalog.string_agg(pg_catalog.format('ENABLE ALWAYS TRIGGER %I', g.tgname), ', ')
+      INTO v_enable
+      FROM pg_catalog.pg_trigger AS g
+     WHERE g.tgrelid = p_member AND g.tgname = ANY (v_names) AND g.tgenabled <> 'A';
+    IF v_enable IS NOT NULL THEN
+        EXECUTE pg_catalog.format('ALTER TABLE %s ', p_member) || v_enable;
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION audit._create_member_triggers(regclass, text) IS
+    'Internal. Creates the capture triggers, ENABLE ALWAYS, on one table or partition.';
+
+REVOKE ALL ON FUNCTION audit._create_member_triggers(regclass, text) FROM PUBLIC;
+
+
+CREATE OR REPLACE FUNCTION audit._create_triggers(p_table regclass, p_function text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    m regclass;
+BEGIN
+    PERFORM audit._drop_triggers(p_table);
+    FOR m IN SELECT audit._members(p_table) LOOP
+        PERFORM audit._create_member_triggers(m, p_function);
+    END LOOP;
+END
+$$;
+
+
 CREATE OR REPLACE FUNCTION audit._guard_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
--- ddl_command_end of ALTER TABLE: (1) for everyone, rewrite the capture function of every
--- audited table whose columns the command changed; (2) unless the owner of the audit schema ran
--- the command, refuse capture triggers that are no longer ENABLE ALWAYS.
+-- ddl_command_end of ALTER TABLE and CREATE TABLE: (1) for everyone, rewrite the capture
+-- function of every audited table whose columns the command changed, and give new partitions of
+-- audited tables their capture triggers; (2) unless the owner of the audit schema ran the
+-- command, refuse capture triggers that are no longer ENABLE ALWAYS.
 -- (SECURITY DEFINER: to read the registry and rewrite functions, which other roles cannot.)
 DECLARE
     r record;
@@ -289,6 +346,20 @@ BEGIN
                 AND EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = x.relid)
                 AND audit._layout_now(x.relid::regclass) IS DISTINCT FROM x.generated_layout LOOP
         PERFORM audit._rewrite_after_ddl(r.relid::regclass);
+    END LOOP;
+    -- New partitions of audited tables (CREATE TABLE ... PARTITION OF, ATTACH PARTITION) get
+    -- their capture triggers, so that writes made directly to them are captured too.
+    FOR r IN SELECT m.member, x.capture_function
+               FROM audit.tracked_table AS x, audit._members(x.relid::regclass) AS m(member)
+              WHERE x.enabled
+                AND x.relid IN (SELECT a.relid
+                                  FROM pg_catalog.pg_event_trigger_ddl_commands() AS c,
+                                       pg_catalog.pg_partition_ancestors(c.objid) AS a
+                                 WHERE c.classid = 'pg_catalog.pg_class'::regclass
+                                   AND EXISTS (SELECT FROM pg_catalog.pg_class AS k WHERE k.oid = c.objid))
+                AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger AS g
+                                 WHERE g.tgrelid = m.member AND g.tgname = ANY (audit._trigger_names())) LOOP
+        PERFORM audit._create_member_triggers(r.member, r.capture_function);
     END LOOP;
     IF audit._is_owner() THEN
         RETURN;
@@ -310,7 +381,7 @@ END
 $$;
 
 COMMENT ON FUNCTION audit._guard_ddl() IS
-    'Internal. Event trigger (ddl_command_end of ALTER TABLE): rewrites the capture function of audited tables whose columns changed; refuses, for anyone but the audit owner, DDL that leaves a capture trigger of an audited table disabled or not ENABLE ALWAYS.';
+    'Internal. Event trigger (ddl_command_end of ALTER TABLE and CREATE TABLE): rewrites the capture function of audited tables whose columns changed, creates the capture triggers of their new partitions; refuses, for anyone but the audit owner, DDL that leaves a capture trigger of an audited table disabled or not ENABLE ALWAYS.';
 
 
 CREATE FUNCTION audit._rewrite_all(p_every boolean DEFAULT false) RETURNS integer
@@ -345,7 +416,7 @@ BEGIN
     END IF;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgaudit_guard_ddl') THEN
         CREATE EVENT TRIGGER pgaudit_guard_ddl ON ddl_command_end
-            WHEN TAG IN ('ALTER TABLE')
+            WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
             EXECUTE FUNCTION audit._guard_ddl();
     END IF;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgaudit_guard_drop') THEN
@@ -362,6 +433,19 @@ $$;
 COMMENT ON FUNCTION audit.install_guards() IS
     'Installs the event triggers that guard capture and keep capture functions current after ALTER TABLE (needs superuser; returns false without it). Run by install.';
 
+
+-- The guard of revision 0001 fired on ALTER TABLE only; this one also on CREATE TABLE (new
+-- partitions). Re-created when the installer may (superuser); otherwise the old one stays and
+-- still calls the new function for ALTER TABLE (ATTACH PARTITION included).
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgaudit_guard_ddl')
+       AND (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
+        DROP EVENT TRIGGER pgaudit_guard_ddl;
+        PERFORM audit.install_guards();
+    END IF;
+END
+$$;
 
 -- This revision's capture functions for every audited table (without the layout check where the
 -- guard is present); nothing calls the old transaction writer any more.

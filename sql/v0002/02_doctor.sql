@@ -3,6 +3,7 @@
 -- A capture function generated without the per-statement layout check (revision 0002, guard
 -- present) is wrong, not merely slower, once the table's columns change without the guard
 -- rewriting it: doctor reports that as an error, and a guard gone missing under such functions too.
+-- It also reports capture triggers left on a table that is no longer audited (a detached partition).
 
 CREATE OR REPLACE FUNCTION audit.doctor()
 RETURNS TABLE (severity text, object text, problem text, fix text)
@@ -60,6 +61,22 @@ BEGIN
             fix := pg_catalog.format('SELECT audit.refresh(%L)', t.qualified);
             RETURN NEXT;
         END IF;
+    END LOOP;
+    -- Capture triggers on a table no enabled audited table contains (a detached partition):
+    -- its writes are not recorded, and the triggers only cost time.
+    FOR t IN SELECT g.tgrelid::regclass AS rel,
+                    pg_catalog.string_agg(pg_catalog.format('DROP TRIGGER %I ON %s', g.tgname, g.tgrelid::regclass), '; '
+                                          ORDER BY g.tgname) AS drops
+               FROM pg_catalog.pg_trigger AS g
+              WHERE g.tgname = ANY (audit._trigger_names())
+                AND NOT EXISTS (SELECT FROM audit.tracked_table AS x
+                                 WHERE x.enabled AND EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = x.relid)
+                                   AND g.tgrelid IN (SELECT audit._members(x.relid::regclass)))
+              GROUP BY g.tgrelid LOOP
+        severity := 'warning'; object := t.rel::text;
+        problem := 'capture triggers left on a table that is not audited (a partition detached from an audited table): its changes are not recorded';
+        fix := t.drops;
+        RETURN NEXT;
     END LOOP;
     FOR t IN SELECT s.* FROM audit.status() AS s WHERE s.enabled AND s.state NOT IN ('ok', 'table dropped') LOOP
         severity := 'error'; object := t.table_name; problem := t.state || ': changes may go unrecorded';
