@@ -234,7 +234,8 @@ BEGIN
         EXECUTE pg_catalog.format('ALTER FUNCTION audit.%I() OWNER TO %s', t.capture_function, v_owner);
     END IF;
     -- Last: its ALTER TABLE ... ENABLE ALWAYS TRIGGER fires the guard, which finds the layout
-    -- already recorded above and has nothing to rewrite.
+    -- already recorded above (nothing to rewrite) and may create the triggers of partitions not
+    -- reached yet (audit._create_member_triggers keeps those).
     PERFORM audit._create_triggers(p_table, t.capture_function);
 END
 $$;
