@@ -450,6 +450,29 @@ def test_partitions_added_after_enable(audit: Audit, guards: bool) -> None:
     assert not [p for p in audit.doctor() if p["severity"] != "info"]
 
 
+def test_many_partitions(audit: Audit) -> None:
+    """Enabling a table of hundreds of partitions, each given its triggers by enable and the
+    guard, neither recurses from partition to partition nor misses one."""
+    conn = audit.conn
+    conn.execute("CREATE TABLE big (k int, id int, PRIMARY KEY (k, id)) PARTITION BY LIST (k)")
+    conn.execute(
+        "DO $$ BEGIN FOR i IN 1..300 LOOP EXECUTE format("
+        "'CREATE TABLE big_%s PARTITION OF big FOR VALUES IN (%s)', i, i); END LOOP; END $$"
+    )
+    audit.enable("big")
+    conn.execute("CREATE TABLE big_301 PARTITION OF big FOR VALUES IN (301)")
+    status = audit.status()[0]
+    assert (status["state"], status["partitions"], status["triggers_always"]) == (
+        "ok",
+        301,
+        5 * 302,
+    )
+    conn.execute("INSERT INTO big_301 VALUES (301, 1)")
+    assert [(c["table_name"], c["pk"]) for c in changes(conn)] == [
+        ("public.big", {"k": 301, "id": 1})
+    ]
+
+
 def test_replica_identity_index_is_used_without_primary_key(audit: Audit) -> None:
     conn = audit.conn
     conn.execute(

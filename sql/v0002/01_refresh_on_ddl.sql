@@ -349,15 +349,19 @@ BEGIN
         PERFORM audit._rewrite_after_ddl(r.relid::regclass);
     END LOOP;
     -- New partitions of audited tables (CREATE TABLE ... PARTITION OF, ATTACH PARTITION) get
-    -- their capture triggers, so that writes made directly to them are captured too.
+    -- their capture triggers, so that writes made directly to them are captured too. Looked for
+    -- after CREATE TABLE and after ALTER TABLE of a partitioned table only: the ALTER TABLE that
+    -- enables the triggers of a leaf partition fires this guard again, which must not recurse
+    -- from partition to partition.
     FOR r IN SELECT m.member, x.capture_function
                FROM audit.tracked_table AS x, audit._members(x.relid::regclass) AS m(member)
               WHERE x.enabled
                 AND x.relid IN (SELECT a.relid
-                                  FROM pg_catalog.pg_event_trigger_ddl_commands() AS c,
+                                  FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+                                  JOIN pg_catalog.pg_class AS k ON k.oid = c.objid,
                                        pg_catalog.pg_partition_ancestors(c.objid) AS a
                                  WHERE c.classid = 'pg_catalog.pg_class'::regclass
-                                   AND EXISTS (SELECT FROM pg_catalog.pg_class AS k WHERE k.oid = c.objid))
+                                   AND (c.command_tag = 'CREATE TABLE' OR k.relkind = 'p'))
                 AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger AS g
                                  WHERE g.tgrelid = m.member AND g.tgname = ANY (audit._trigger_names())) LOOP
         PERFORM audit._create_member_triggers(r.member, r.capture_function);
