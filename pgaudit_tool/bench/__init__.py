@@ -64,7 +64,6 @@ from pgaudit_tool.bench.config import CHURN_EVERY as CHURN_EVERY
 from pgaudit_tool.bench.config import HISTORY as HISTORY
 from pgaudit_tool.bench.config import HISTORY_TRANSACTIONS as HISTORY_TRANSACTIONS
 from pgaudit_tool.bench.config import MIN_HISTORY_TRANSACTIONS as MIN_HISTORY_TRANSACTIONS
-from pgaudit_tool.bench.config import NOT_MEASURED as NOT_MEASURED
 from pgaudit_tool.bench.config import OPERATIONS as OPERATIONS
 from pgaudit_tool.bench.config import PLAIN as PLAIN
 from pgaudit_tool.bench.config import RATIO_KEYS as RATIO_KEYS

@@ -17,8 +17,6 @@ HISTORY = "history"
 OPERATIONS = ("insert", "update", "delete")
 TPCB_TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
 SETTINGS = ("fsync", "synchronous_commit", "shared_buffers", "full_page_writes")
-#: Figures not measured yet (none left; kept for the report and its notes).
-NOT_MEASURED: tuple[str, ...] = ()
 #: Figures of the reconstruction phase (None when it is disabled).
 RECONSTRUCTION_KEYS = (
     "row_at_median_ms",
@@ -80,7 +78,6 @@ RESULT_KEYS = (
     "changes_measured",
     *RAW_KEYS,
     *RECONSTRUCTION_KEYS,
-    *NOT_MEASURED,
     "rows",
     "history_rows",
     "clients",

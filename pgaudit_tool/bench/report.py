@@ -10,7 +10,6 @@ import psycopg
 from pgaudit_tool.bench.config import (
     AUDITED,
     BARE_LOG,
-    NOT_MEASURED,
     OPERATIONS,
     PLAIN,
     RAW_KEYS,
@@ -112,7 +111,6 @@ def _standard_notes(cfg: BenchConfig) -> list[str]:
                 "each statement after a CHECKPOINT.",
             ]
         )
-    notes.extend(f"{key}: not measured yet." for key in NOT_MEASURED)
     return notes
 
 

@@ -113,7 +113,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     SET extra_float_digits = 1 SET bytea_output = 'hex' AS $body$
 -- Generated for %2$s at %3$s (%8$s). Do not edit: audit.refresh() rewrites it.
 DECLARE
-    v_txid xid8 := pg_catalog.pg_current_xact_id();
+    -- No transaction id yet: the statement changed no row (a TRUNCATE has not happened yet).
+    v_txid xid8 := CASE WHEN TG_OP = 'TRUNCATE' THEN pg_catalog.pg_current_xact_id()
+                        ELSE pg_catalog.pg_current_xact_id_if_assigned() END;
     v_clock timestamptz := pg_catalog.clock_timestamp();
     v_role text := coalesce(nullif(pg_catalog.current_setting(
         pg_catalog.concat('pgaudit.role_', pg_catalog.pg_trigger_depth()), true), ''), session_user::text);
@@ -127,16 +129,23 @@ DECLARE
     v_rows bigint;
     v_open boolean;
 BEGIN%9$s
+    IF v_txid IS NULL THEN
+        -- Nothing changed, in this statement or before it in the transaction: nothing to log,
+        -- and no transaction id (with its commit record) forced on a transaction that wrote nothing.
+        RETURN NULL;
+    END IF;
     IF TG_RELID <> %4$s::oid THEN
         -- A statement on a partition: log it under the audited partitioned table. A table that
         -- is no partition of it any more (detached) is not audited: nothing is logged (doctor
         -- reports the triggers left on it).
-        IF NOT EXISTS (SELECT FROM pg_catalog.pg_partition_ancestors(TG_RELID) AS a WHERE a.relid = %4$s::oid) THEN
+        SELECT n.nspname, c.relname INTO v_schema, v_table
+          FROM pg_catalog.pg_partition_ancestors(TG_RELID) AS a
+          JOIN pg_catalog.pg_class AS c ON c.oid = a.relid
+          JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+         WHERE a.relid = %4$s::oid;
+        IF NOT FOUND THEN
             RETURN NULL;
         END IF;
-        SELECT n.nspname, c.relname INTO v_schema, v_table
-          FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-         WHERE c.oid = %4$s::oid;
     END IF;
 
     IF TG_OP = 'TRUNCATE' THEN
@@ -337,31 +346,32 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 -- command, refuse capture triggers that are no longer ENABLE ALWAYS.
 -- (SECURITY DEFINER: to read the registry and rewrite functions, which other roles cannot.)
 DECLARE
+    v_tables oid[];      -- the relations the command created or altered
+    v_parents oid[];     -- those after which new partitions are looked for
     r record;
 BEGIN
+    -- New partitions are looked for after CREATE TABLE and after ALTER TABLE of a partitioned
+    -- table only: the ALTER TABLE that enables the triggers of a leaf partition fires this guard
+    -- again, which must not recurse from partition to partition.
+    SELECT pg_catalog.array_agg(DISTINCT c.objid),
+           pg_catalog.array_agg(DISTINCT c.objid) FILTER (WHERE c.command_tag = 'CREATE TABLE' OR k.relkind = 'p')
+      INTO v_tables, v_parents
+      FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+      JOIN pg_catalog.pg_class AS k ON k.oid = c.objid
+     WHERE c.classid = 'pg_catalog.pg_class'::regclass;
     FOR r IN SELECT x.relid
                FROM audit.tracked_table AS x
-              WHERE x.enabled
-                AND x.relid IN (SELECT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
-                                 WHERE c.classid = 'pg_catalog.pg_class'::regclass)
-                AND EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = x.relid)
+              WHERE x.enabled AND x.relid = ANY (v_tables)
                 AND audit._layout_now(x.relid::regclass) IS DISTINCT FROM x.generated_layout LOOP
         PERFORM audit._rewrite_after_ddl(r.relid::regclass);
     END LOOP;
     -- New partitions of audited tables (CREATE TABLE ... PARTITION OF, ATTACH PARTITION) get
-    -- their capture triggers, so that writes made directly to them are captured too. Looked for
-    -- after CREATE TABLE and after ALTER TABLE of a partitioned table only: the ALTER TABLE that
-    -- enables the triggers of a leaf partition fires this guard again, which must not recurse
-    -- from partition to partition.
+    -- their capture triggers, so that writes made directly to them are captured too.
     FOR r IN SELECT m.member, x.capture_function
                FROM audit.tracked_table AS x, audit._members(x.relid::regclass) AS m(member)
               WHERE x.enabled
-                AND x.relid IN (SELECT a.relid
-                                  FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
-                                  JOIN pg_catalog.pg_class AS k ON k.oid = c.objid,
-                                       pg_catalog.pg_partition_ancestors(c.objid) AS a
-                                 WHERE c.classid = 'pg_catalog.pg_class'::regclass
-                                   AND (c.command_tag = 'CREATE TABLE' OR k.relkind = 'p'))
+                AND x.relid IN (SELECT a.relid FROM unnest(v_parents) AS p(objid),
+                                       pg_catalog.pg_partition_ancestors(p.objid) AS a)
                 AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger AS g
                                  WHERE g.tgrelid = m.member AND g.tgname = ANY (audit._trigger_names())) LOOP
         PERFORM audit._create_member_triggers(r.member, r.capture_function);
@@ -369,9 +379,7 @@ BEGIN
     IF audit._is_owner() THEN
         RETURN;
     END IF;
-    FOR r IN SELECT DISTINCT c.objid
-               FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
-              WHERE c.classid = 'pg_catalog.pg_class'::regclass LOOP
+    FOR r IN SELECT t.objid FROM unnest(v_tables) AS t(objid) LOOP
         IF EXISTS (SELECT FROM pg_catalog.pg_trigger AS g
                     WHERE g.tgrelid = r.objid AND g.tgname = ANY (audit._trigger_names()) AND g.tgenabled <> 'A')
            AND EXISTS (SELECT FROM audit.tracked_table AS x
