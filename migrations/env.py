@@ -4,6 +4,10 @@ The version table is ``audit.schema_version`` (never the application's ``alembic
 Online, the caller passes an open SQLAlchemy connection in ``config.attributes["connection"]``
 and commits; every revision runs in that one transaction. Offline (``--sql``), the SQL is
 printed, starting with the CREATE SCHEMA that the version table needs.
+
+After the pending revisions, ``sql/functions/`` is re-applied (:func:`apply_functions`): the
+functions are this version's whatever revision the database came from, so only the newest
+revision can be the target.
 """
 
 from __future__ import annotations
@@ -11,7 +15,14 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import text
 
-from pgaudit_tool.schema import SCHEMA, VERSION_TABLE, prepare_schema
+from pgaudit_tool.errors import AuditError
+from pgaudit_tool.schema import (
+    SCHEMA,
+    VERSION_TABLE,
+    apply_functions,
+    head_revision,
+    prepare_schema,
+)
 
 config = context.config
 
@@ -26,6 +37,7 @@ def run_offline() -> None:
     with context.begin_transaction():
         context.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
         context.run_migrations()
+        apply_functions()
 
 
 def run_online() -> None:
@@ -38,9 +50,21 @@ def run_online() -> None:
         transactional_ddl=True,
     )
     with context.begin_transaction():
+        before = context.get_context().get_current_revision()
         context.run_migrations()
+        if context.get_context().get_current_revision() != before:
+            apply_functions()
 
 
+def _check_target() -> None:
+    target = context.get_revision_argument()
+    if target not in ("head", head_revision()):
+        raise AuditError(
+            f"the audit schema can only be upgraded to the newest revision, not {target!r}"
+        )
+
+
+_check_target()
 if context.is_offline_mode():
     run_offline()
 else:

@@ -1,5 +1,9 @@
 """Locate the SQL sources and alembic migrations shipped with the package.
 
+``sql/schema/<revision>_<name>.sql`` runs once, when its alembic revision is applied (tables,
+indexes, data changes); ``sql/functions/*.sql`` is re-applied as a whole after the pending
+revisions of every install or upgrade (functions, views, triggers: CREATE OR REPLACE).
+
 In a wheel they are installed inside the package as ``pgaudit_tool/_data/{sql,migrations}``
 (see ``[tool.hatch.build.targets.wheel.force-include]`` in pyproject.toml). In a source checkout
 or an editable install they are the top-level ``sql/`` and ``migrations/`` folders.
@@ -25,15 +29,30 @@ def data_dir(name: str) -> Path:
     )
 
 
-def sql_files(revision_dir: str) -> list[Path]:
-    """The ``.sql`` files of one schema revision (``sql/<revision_dir>/``), in execution order."""
-    folder = data_dir("sql") / revision_dir
-    files = sorted(folder.glob("*.sql"))
+def schema_file(revision: str) -> Path:
+    """The once-only SQL of one schema revision: ``sql/schema/<revision>_*.sql``."""
+    folder = data_dir("sql") / "schema"
+    found = sorted(folder.glob(f"{revision}_*.sql"))
+    if len(found) != 1:
+        raise AuditError(
+            f"expected one SQL file for revision {revision} in {folder}, found {len(found)}"
+        )
+    return found[0]
+
+
+def schema_files() -> list[Path]:
+    """The once-only SQL of every schema revision, in revision order."""
+    return sorted((data_dir("sql") / "schema").glob("*.sql"))
+
+
+def function_files() -> list[Path]:
+    """The SQL re-applied by every install or upgrade (functions, views, triggers), in order."""
+    files = sorted((data_dir("sql") / "functions").glob("*.sql"))
     if not files:
-        raise AuditError(f"no SQL files in {folder}")
+        raise AuditError(f"no SQL files in {data_dir('sql') / 'functions'}")
     return files
 
 
-def read_sql(revision_dir: str) -> str:
-    """The SQL of one schema revision, its files concatenated in order."""
-    return "\n".join(path.read_text(encoding="utf-8") for path in sql_files(revision_dir))
+def read_sql(files: list[Path]) -> str:
+    """The text of SQL files, concatenated in order."""
+    return "\n".join(path.read_text(encoding="utf-8") for path in files)

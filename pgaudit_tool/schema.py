@@ -1,6 +1,7 @@
 """Install and upgrade the audit schema through the alembic revisions in ``migrations/``.
 
-Each revision runs the SQL of ``sql/v<revision>/``. The version table is
+Each revision runs its once-only SQL, ``sql/schema/<revision>_*.sql``; then the functions,
+views and triggers of ``sql/functions/`` are re-applied as a whole. The version table is
 ``audit.schema_version``. :func:`install` runs every pending revision in one transaction;
 :func:`upgrade_sql` renders the same SQL without touching the database (``install --dry-run``).
 """
@@ -14,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from pgaudit_tool.errors import AuditError, NotInstalled
-from pgaudit_tool.resources import data_dir, read_sql
+from pgaudit_tool.resources import data_dir, function_files, read_sql, schema_file
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -45,6 +46,27 @@ def head_revision() -> str:
     return head
 
 
+def is_known_revision(revision: str) -> bool:
+    """Whether this version of the tool ships ``revision`` (False: a newer tool installed it)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def refuse_newer(revision: str | None) -> None:
+    """Raise unless ``revision`` is None or one this tool ships (a newer tool installed it)."""
+    if revision is not None and not is_known_revision(revision):
+        raise NotInstalled(
+            f"the audit schema is at revision {revision}, newer than this tool"
+            f" (it knows up to {head_revision()}); nothing was changed",
+            hint="Use the pgaudit_tool version that installed it, or a newer one.",
+        )
+
+
 def installed_revision(conn: psycopg.Connection[Any]) -> str | None:
     """The schema revision installed in the connected database, or None when not installed."""
     row = conn.execute(
@@ -69,6 +91,7 @@ def require_installed(conn: psycopg.Connection[Any]) -> str:
             hint="Run 'pgaudit-tool install' first.",
         )
     head = head_revision()
+    refuse_newer(current)
     if current != head:
         raise NotInstalled(
             f"the audit schema is at revision {current}, this tool needs {head}",
@@ -99,19 +122,25 @@ def prepare_schema(connection: SAConnection) -> None:
     connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
 
 
-def run_sql_revision(revision_dir: str) -> None:
-    """Run the SQL of one revision (called from a migration's ``upgrade()``).
+def run_sql_revision(revision: str) -> None:
+    """Run the once-only SQL of one revision (called from a migration's ``upgrade()``)."""
+    _run_script(read_sql([schema_file(revision)]))
 
-    Online the text goes to the server as is (psycopg runs several statements when no
-    parameters are given); offline it is printed verbatim.
-    """
-    from alembic import context, op
 
-    script = read_sql(revision_dir)
+def apply_functions() -> None:
+    """Re-apply ``sql/functions/`` (called by the alembic environment after the revisions)."""
+    _run_script(read_sql(function_files()))
+
+
+def _run_script(script: str) -> None:
+    """Online the text goes to the server as is (psycopg runs several statements when no
+    parameters are given); offline it is printed verbatim."""
+    from alembic import context
+
     if context.is_offline_mode():
-        op.get_context().impl.static_output(script)
+        context.get_context().impl.static_output(script)
         return
-    driver_conn = op.get_bind().connection.driver_connection
+    driver_conn = context.get_bind().connection.driver_connection
     if not isinstance(driver_conn, psycopg.Connection):
         raise AuditError("pgaudit_tool migrations need the psycopg (3) driver")
     driver_conn.execute(script)
@@ -130,6 +159,7 @@ def install(conninfo: str) -> tuple[str | None, str]:
     try:
         with engine.begin() as connection:
             before = _current_revision(connection)
+            refuse_newer(before)
             cfg = alembic_config()
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
@@ -152,6 +182,7 @@ def upgrade_sql(from_revision: str | None) -> str:
     """The SQL that :func:`install` would run on a database at ``from_revision``."""
     from alembic import command
 
+    refuse_newer(from_revision)
     buffer = io.StringIO()
     cfg = alembic_config()
     cfg.output_buffer = buffer

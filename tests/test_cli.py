@@ -208,7 +208,7 @@ def test_install_dry_run_then_install_is_idempotent(
     dry = run_cli("--dsn", dsn, "install", "--dry-run")
     script = ok(dry)
     assert "CREATE TABLE audit.change" in script
-    assert "CREATE FUNCTION audit.enable" in script
+    assert "CREATE OR REPLACE FUNCTION audit.enable" in script
     assert dry.stderr == ""
     assert not has_schema(conn, "audit"), "--dry-run must change nothing"
 
@@ -264,7 +264,7 @@ def test_enable_status_disable_lifecycle(
     for record in status.values():
         assert record["state"] == "ok"
         assert record["enabled"] is True
-        assert record["triggers_expected"] == 5
+        assert record["triggers_expected"] == 4
         assert record["triggers_present"] == record["triggers_expected"]
         assert record["triggers_always"] == record["triggers_expected"]
         assert datetime.fromisoformat(record["enabled_at"]).tzinfo is not None
@@ -559,6 +559,15 @@ def test_schema_not_installed(dsn: str, conn: psycopg.Connection[Any]) -> None:
         failed(run_cli("--dsn", dsn, *args), EXIT_NOT_INSTALLED, "not installed", "install")
     assert not has_schema(conn, "audit")
     assert capture_triggers(conn) == 0
+
+
+def test_schema_newer_than_the_tool(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    """A database a newer pgaudit_tool upgraded: every command refuses, install changes nothing."""
+    assert run_cli("--dsn", dsn, "install").returncode == 0
+    conn.execute("UPDATE audit.schema_version SET version_num = '0999'")
+    for args in (("status",), ("history",), ("install",), ("install", "--dry-run")):
+        failed(run_cli("--dsn", dsn, *args), EXIT_NOT_INSTALLED, "0999, newer than this tool")
+    assert conn.execute("SELECT version_num FROM audit.schema_version").fetchone() == ("0999",)
 
 
 def test_cannot_connect(closed_port: int) -> None:

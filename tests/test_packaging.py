@@ -24,14 +24,16 @@ import pytest
 
 import pgaudit_tool
 from pgaudit_tool import Audit
-from pgaudit_tool.resources import data_dir, sql_files
+from pgaudit_tool.resources import data_dir, function_files, schema_files
 from pgaudit_tool.schema import alembic_config, head_revision, upgrade_sql
 from tests.conftest import PgServer, fresh_database
+from tests.released import ORDER as RELEASED
+from tests.released import install_released
 
 REPO = Path(__file__).resolve().parents[1]
 # The schema revisions the checkout ships, oldest first, and the newest.
-REVISIONS = ("v0001", "v0002")
-HEAD = REVISIONS[-1].removeprefix("v")
+REVISIONS = ("0001", "0002", "0003")
+HEAD = REVISIONS[-1]
 
 
 # --------------------------------------------------------------------------- the wheel
@@ -104,8 +106,10 @@ def test_wheel_contains_the_sql_and_the_migrations(wheel: Path) -> None:
         names = set(zf.namelist())
         data = {n: zf.read(n) for n in names if n.startswith("pgaudit_tool/_data/")}
         entry_points = next(zf.read(n) for n in names if n.endswith(".dist-info/entry_points.txt"))
-    sql_names = {p.relative_to(REPO).as_posix() for p in (REPO / "sql").glob("v*/*.sql")}
-    assert {name.split("/")[1] for name in sql_names} == set(REVISIONS)
+    sql_names = {p.relative_to(REPO).as_posix() for p in (REPO / "sql").glob("*/*.sql")}
+    schema_names = {n.split("/")[2][:4] for n in sql_names if n.startswith("sql/schema/")}
+    assert schema_names == set(REVISIONS)
+    assert any(n.startswith("sql/functions/") for n in sql_names)
     for name in sql_names:
         assert f"pgaudit_tool/_data/{name}" in names
     assert "pgaudit_tool/_data/migrations/env.py" in names
@@ -129,14 +133,14 @@ def test_wheel_contains_the_sql_and_the_migrations(wheel: Path) -> None:
 
 _REPORT = """
 import json, pgaudit_tool
-from pgaudit_tool.resources import data_dir, sql_files
+from pgaudit_tool.resources import data_dir, function_files, schema_files
 from pgaudit_tool.schema import alembic_config, head_revision, upgrade_sql
 print(json.dumps({
     "package": pgaudit_tool.__file__,
     "sql": str(data_dir("sql")),
     "migrations": str(data_dir("migrations")),
     "script_location": alembic_config().get_main_option("script_location"),
-    "sql_files": [str(p) for r in ("v0001", "v0002") for p in sql_files(r)],
+    "sql_files": [str(p) for p in schema_files() + function_files()],
     "head": head_revision(),
     "upgrade_sql": upgrade_sql(None),
     "upgrade_sql_at_head": upgrade_sql(head_revision()),
@@ -155,7 +159,7 @@ def test_installed_wheel_finds_its_data(installed: Path) -> None:
     assert Path(report["script_location"]) == package / "_data" / "migrations"
     assert all(Path(p).is_relative_to(package / "_data" / "sql") for p in report["sql_files"])
     assert [Path(p).name for p in report["sql_files"]] == [
-        p.name for r in REVISIONS for p in sql_files(r)
+        p.name for p in schema_files() + function_files()
     ]
     assert report["head"] == HEAD == head_revision()
     script = report["upgrade_sql"]
@@ -163,8 +167,8 @@ def test_installed_wheel_finds_its_data(installed: Path) -> None:
         "CREATE SCHEMA IF NOT EXISTS audit",
         "CREATE TABLE audit.schema_version",
         "CREATE TABLE audit.change",
-        "CREATE FUNCTION audit.enable",
-        "CREATE VIEW audit.history",
+        "CREATE OR REPLACE FUNCTION audit.enable",
+        "CREATE OR REPLACE VIEW audit.history",
         "INSERT INTO audit.schema_version (version_num) VALUES ('0001')",
         "ALTER TABLE audit.tracked_table ADD COLUMN layout_check",
         f"UPDATE audit.schema_version SET version_num='{HEAD}'",
@@ -206,10 +210,10 @@ def test_editable_install_uses_the_checkout() -> None:
     assert data_dir("sql") == REPO / "sql"
     assert data_dir("migrations") == REPO / "migrations"
     assert Path(str(alembic_config().get_main_option("script_location"))) == REPO / "migrations"
-    for revision in REVISIONS:
-        assert [p.parent for p in sql_files(revision)] == [REPO / "sql" / revision] * len(
-            sql_files(revision)
-        )
+    assert [p.relative_to(REPO).as_posix()[:15] for p in schema_files()] == [
+        f"sql/schema/{revision}" for revision in REVISIONS
+    ]
+    assert {p.parent for p in function_files()} == {REPO / "sql" / "functions"}
 
 
 # --------------------------------------------------------------------------- catalog equivalence
@@ -303,7 +307,7 @@ def hand_dsn(pg_server: PgServer) -> Iterator[str]:
 def _install_by_hand(dsn: str) -> None:
     with psycopg.connect(dsn) as conn:  # one transaction, committed on exit
         conn.execute("CREATE SCHEMA audit")
-        for path in (p for revision in REVISIONS for p in sql_files(revision)):
+        for path in schema_files() + function_files():
             conn.execute(path.read_text(encoding="utf-8"))  # type: ignore[arg-type]
 
 
@@ -352,4 +356,23 @@ def test_alembic_install_equals_hand_run_sql(pg_server: PgServer, dsn: str, hand
     if dumped is not None:
         assert "CREATE TABLE audit.change" in dumped
         assert "schema_version" not in dumped
+        assert dumped == _pg_dump(pg_server, hand_dsn)
+
+
+@pytest.mark.parametrize("released", RELEASED)
+def test_upgraded_equals_installed(
+    pg_server: PgServer, dsn: str, hand_dsn: str, released: str
+) -> None:
+    """A database that an earlier release installed, upgraded, has exactly the catalog of a
+    fresh install: the functions are re-applied whole, whatever revision it came from."""
+    with Audit.connect(dsn) as audit:
+        audit.install()
+    install_released(hand_dsn, released)
+    with Audit.connect(hand_dsn) as audit:
+        assert (audit.install().before, audit.installed_revision()) == (released, HEAD)
+    fresh, upgraded = _catalog(dsn), _catalog(hand_dsn)
+    for name in _CATALOG:
+        assert fresh[name] == upgraded[name], f"{name} differ"
+    dumped = _pg_dump(pg_server, dsn)
+    if dumped is not None:
         assert dumped == _pg_dump(pg_server, hand_dsn)

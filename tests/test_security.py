@@ -83,9 +83,15 @@ def test_settings_cannot_switch_capture_off(app: tuple[Audit, Conn]) -> None:
     audit, app_conn = app
     count = len(list(audit.history()))
     with app_conn.transaction():
-        # Forging the acting role: the stamp trigger overwrites it before capture reads it.
+        # Forging the acting role through settings, before the statement and inside it (the
+        # settings that revision 0002 read back after the statement ran): the role recorded is
+        # the session's, which only SET ROLE changes.
         app_conn.execute("SELECT set_config('pgaudit.role_1', 'someone_else', true)")
-        app_conn.execute("UPDATE shop.orders SET amount = 100")
+        app_conn.execute(
+            "UPDATE shop.orders SET amount = 100 + 0 * length("
+            " set_config('pgaudit.role_0', 'someone_else', true)"
+            " || set_config('pgaudit.role_1', 'someone_else', true))"
+        )
     with pytest.raises(psycopg.errors.InsufficientPrivilege), app_conn.transaction():
         app_conn.execute("SET LOCAL session_replication_role = replica")  # superuser only
     assert len(list(audit.history())) == count + 1

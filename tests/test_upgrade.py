@@ -1,7 +1,7 @@
 """Schema upgrades and the two kinds of capture function.
 
-A database installed at revision 0001, with audited tables and history, is upgraded to the head
-revision: history is kept, capture functions are rewritten without the per-statement layout
+A database installed by an earlier release (revision 0001 or 0002, ``tests/released.py``), with
+audited tables and history, is upgraded to the head revision: history is kept, capture functions are rewritten without the per-statement layout
 check (the guard event trigger rewrites them after ALTER TABLE instead), and capture stays exact.
 Without the guard, functions keep the check; doctor notices a function that relies on a guard
 that is gone, and `install_guards()` / `refresh` bring either kind back.
@@ -15,25 +15,11 @@ import psycopg
 import pytest
 
 from pgaudit_tool import Audit
-from pgaudit_tool.connection import sqlalchemy_engine
-from pgaudit_tool.schema import alembic_config, head_revision
+from pgaudit_tool.schema import head_revision
+from tests.released import install_released
 
 # The statement of the per-statement layout check, as generated into capture functions.
 _CHECK = "FROM pg_catalog.pg_attribute AS a WHERE a.attrelid"
-
-
-def install_at(dsn: str, revision: str) -> None:
-    """Install the audit schema up to ``revision`` only (what an older pgaudit-tool did)."""
-    from alembic import command
-
-    engine = sqlalchemy_engine(dsn)
-    try:
-        with engine.begin() as connection:
-            cfg = alembic_config()
-            cfg.attributes["connection"] = connection
-            command.upgrade(cfg, revision)
-    finally:
-        engine.dispose()
 
 
 def capture_source(conn: psycopg.Connection[Any], table: str) -> str:
@@ -73,7 +59,7 @@ def items(conn: psycopg.Connection[Any]) -> str:
 def test_upgrade_from_0001_keeps_history_and_drops_the_check(
     dsn: str, conn: psycopg.Connection[Any], items: str
 ) -> None:
-    install_at(dsn, "0001")
+    install_released(dsn, "0001")
     conn.execute("SELECT audit.enable('shop.items', '{secret}')")
     conn.execute("INSERT INTO shop.items VALUES (1, 'a', 'SENTINEL'), (2, 'b', 'SENTINEL')")
     conn.execute("UPDATE shop.items SET name = name || '!'")
@@ -110,6 +96,37 @@ def test_upgrade_from_0001_keeps_history_and_drops_the_check(
     assert found == (0,)
     with Audit.connect(dsn) as audit:
         assert not [p for p in audit.doctor() if p["severity"] != "info"]
+
+
+def test_upgrade_from_0002_drops_the_stamp_trigger(
+    dsn: str, conn: psycopg.Connection[Any], items: str
+) -> None:
+    """Revision 0002 recorded the role a stamp trigger wrote into a setting, which the statement
+    itself could overwrite; the upgrade drops those triggers and the role is the session's."""
+    install_released(dsn, "0002")
+    conn.execute("SELECT audit.enable('shop.items')")
+    conn.execute(
+        "CREATE TABLE shop.parts (k int, id int, PRIMARY KEY (k, id)) PARTITION BY LIST (k)"
+    )
+    conn.execute("CREATE TABLE shop.parts_1 PARTITION OF shop.parts FOR VALUES IN (1)")
+    conn.execute("SELECT audit.enable('shop.parts')")
+    forge = "0 * length(set_config('pgaudit.role_1', 'forged', true))"
+    conn.execute(f"INSERT INTO shop.items VALUES (1 + {forge}, 'a', NULL)")
+    assert changes(conn)[-1][5] == "forged"  # the hole this revision closes
+    stamps = "SELECT count(*) FROM pg_trigger WHERE tgname = 'pgaudit_stamp'"
+    assert conn.execute(stamps).fetchone() == (3,)
+    before = changes(conn)
+
+    with Audit.connect(dsn) as audit:
+        assert audit.install().before == "0002"
+        assert not [p for p in audit.doctor() if p["severity"] != "info"]
+        assert [s["state"] for s in audit.status()] == ["ok", "ok"]
+    assert changes(conn) == before
+    assert conn.execute(stamps).fetchone() == (0,)
+    assert conn.execute("SELECT to_regprocedure('audit._stamp()')").fetchone() == (None,)
+    conn.execute(f"UPDATE shop.items SET name = 'b' WHERE id = 1 + {forge}")
+    conn.execute(f"INSERT INTO shop.parts_1 VALUES (1, 1 + {forge})")
+    assert [c[5] for c in changes(conn)[len(before) :]] == [conn.info.user] * 2
 
 
 def test_without_the_guard_capture_checks_and_doctor_notices(

@@ -1,4 +1,4 @@
-"""Initial audit schema: registry, transaction and change log, capture, SQL API, views.
+"""Initial audit schema: registry, transaction and change log, seals.
 
 Revision ID: 0001
 Revises:
@@ -14,7 +14,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    run_sql_revision("v0001")
+    run_sql_revision("0001")
 
 
 def downgrade() -> None:

@@ -14,7 +14,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    run_sql_revision("v0002")
+    run_sql_revision("0002")
 
 
 def downgrade() -> None:

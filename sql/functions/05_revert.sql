@@ -1,4 +1,4 @@
--- pgaudit_tool schema, revision 0001: revert.
+-- pgaudit_tool: revert.
 --
 -- A revert undoes a set of recorded changes (audit.change ids), row by row, in one transaction.
 --
@@ -34,7 +34,7 @@
 -- given (default 'pgaudit-tool revert') with the context {"revert": {...}} naming what it undid.
 
 
-CREATE FUNCTION audit._revert_check_list(p_value jsonb, p_what text) RETURNS void
+CREATE OR REPLACE FUNCTION audit._revert_check_list(p_value jsonb, p_what text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF p_value IS NOT NULL AND (pg_catalog.jsonb_typeof(p_value) <> 'array' OR pg_catalog.jsonb_array_length(p_value) = 0) THEN
@@ -49,7 +49,7 @@ COMMENT ON FUNCTION audit._revert_check_list(jsonb, text) IS
     'Internal. Raises a clear error unless a list of a revert selection is a non-empty JSON array.';
 
 
-CREATE FUNCTION audit._revert_check_table(p_relid oid) RETURNS regclass
+CREATE OR REPLACE FUNCTION audit._revert_check_table(p_relid oid) RETURNS regclass
 LANGUAGE plpgsql STABLE AS $$
 -- The audited table a change belongs to, if a revert may write it: it exists and is captured.
 DECLARE
@@ -74,7 +74,7 @@ COMMENT ON FUNCTION audit._revert_check_table(oid) IS
     'Internal. The table of reverted changes as regclass; raises when it was dropped or its capture is off (a revert must be recorded).';
 
 
-CREATE FUNCTION audit.revert_selection(p_selection jsonb) RETURNS bigint[]
+CREATE OR REPLACE FUNCTION audit.revert_selection(p_selection jsonb) RETURNS bigint[]
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_keys text[];
@@ -219,7 +219,7 @@ COMMENT ON FUNCTION audit.revert_selection(jsonb) IS
     'The ids of the changes a revert selection names, validated: {"changes": [ids]}, {"txids": [txids]}, {"actor": A and/or "db_user": U, "since": T1, "until": T2} (transactions committed after T1 and at or before T2), {"table": T, "to": T1} or {"table": T, "pk": KEY, "to": T1} (changes committed after T1). Raises a clear error for unknown ids, bad combinations or an empty actor/db_user window.';
 
 
-CREATE FUNCTION audit._revert_mapped(p_alias text, p_column text, p_renames boolean) RETURNS text
+CREATE OR REPLACE FUNCTION audit._revert_mapped(p_alias text, p_column text, p_renames boolean) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     -- An image or key column of the change alias p_alias, under today's column names.
     SELECT CASE WHEN p_renames THEN pg_catalog.format('audit._rename_keys(%1$s.%2$I, %1$s_rn.map)', p_alias, p_column)
@@ -230,7 +230,7 @@ COMMENT ON FUNCTION audit._revert_mapped(text, text, boolean) IS
     'Internal. SQL of an image (old, new) or key (pk) of a change under today''s column names (with p_renames, through the join of audit._revert_renames_join).';
 
 
-CREATE FUNCTION audit._revert_renames_join(p_alias text, p_relid oid, p_renames boolean) RETURNS text
+CREATE OR REPLACE FUNCTION audit._revert_renames_join(p_alias text, p_relid oid, p_renames boolean) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN p_renames THEN pg_catalog.format(
                'LEFT JOIN audit._renames(%2$s::oid) AS %1$s_rn ON %1$s.clock_at >= %1$s_rn.valid_from'
@@ -242,7 +242,7 @@ COMMENT ON FUNCTION audit._revert_renames_join(text, oid, boolean) IS
     'Internal. The join that finds the column-name map of the layout a change (alias p_alias) was captured in, when the table has renamed columns.';
 
 
-CREATE FUNCTION audit._revert_plan_sql(p_table regclass) RETURNS text
+CREATE OR REPLACE FUNCTION audit._revert_plan_sql(p_table regclass) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 -- The query planning the revert of the changes $1 (bigint[]) of one table; $2: force conflicts.
 DECLARE
@@ -375,7 +375,7 @@ COMMENT ON FUNCTION audit._revert_plan_sql(regclass) IS
     'Internal. The query planning the revert of the changes $1 of one table, one row per key: action, conflict, target/expected/live images, later changes ($2: apply conflicting rows too).';
 
 
-CREATE FUNCTION audit.revert_plan(p_changes bigint[], p_on_conflict text DEFAULT 'abort')
+CREATE OR REPLACE FUNCTION audit.revert_plan(p_changes bigint[], p_on_conflict text DEFAULT 'abort')
 RETURNS TABLE (relid regclass, table_name text, pk jsonb, action text, apply boolean, conflict boolean,
                reason text, set_columns text[], conflict_columns text[], target jsonb, expected jsonb,
                live jsonb, live_xmin xid, first_change bigint, last_change bigint, changes bigint,
@@ -434,7 +434,7 @@ COMMENT ON FUNCTION audit.revert_plan(bigint[], text) IS
     'What reverting the changes p_changes means, one row per affected row (table and key under today''s column names): action DELETE, UPDATE (set_columns), INSERT or NONE; apply (false for a conflicting row unless p_on_conflict is force); conflict with its reason, the columns that differ from what the changes left (conflict_columns), and the later changes not in the set (later: change, op, at, txid, actor, db_user, role); target/expected/live images; live_xmin guards against concurrent writes.';
 
 
-CREATE FUNCTION audit._revert_order(p_relids oid[]) RETURNS TABLE (relid oid, depth integer)
+CREATE OR REPLACE FUNCTION audit._revert_order(p_relids oid[]) RETURNS TABLE (relid oid, depth integer)
 LANGUAGE sql STABLE AS $$
     -- Depth of each table in the graph of foreign keys among p_relids: 0 for a table that
     -- references none of the others, else 1 + the depth of the deepest table it references.
@@ -459,7 +459,7 @@ COMMENT ON FUNCTION audit._revert_order(oid[]) IS
     'Internal. Dependency depth of tables by their foreign keys among themselves (parents lower): revert deletes deepest first and inserts shallowest first.';
 
 
-CREATE FUNCTION audit._revert_default_sql(p_table regclass, p_attnum int2) RETURNS text
+CREATE OR REPLACE FUNCTION audit._revert_default_sql(p_table regclass, p_attnum int2) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     -- The value a column gets when a re-inserted row's image lacks it (excluded column, or
     -- added after the image): its default, an identity's next value, its domain's default, NULL.
@@ -479,7 +479,7 @@ COMMENT ON FUNCTION audit._revert_default_sql(regclass, int2) IS
     'Internal. SQL expression of the value a column gets when a re-inserted row''s image lacks it: the column default, the next identity value, the domain default, else NULL.';
 
 
-CREATE FUNCTION audit._revert_dml(p_table regclass, p_action text) RETURNS text
+CREATE OR REPLACE FUNCTION audit._revert_dml(p_table regclass, p_action text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 -- The statement applying one action of the plan to one table, checked by audit._revert_count.
 -- NULL when the action cannot occur (an UPDATE on a table without writable non-key columns).
@@ -555,7 +555,7 @@ COMMENT ON FUNCTION audit._revert_dml(regclass, text) IS
     'Internal. The statement that applies the DELETE, UPDATE or INSERT rows of the revert plan (pg_temp.pgaudit_revert_plan) to one table and checks it touched exactly the planned rows.';
 
 
-CREATE FUNCTION audit._revert_count(p_table regclass, p_action text, p_done bigint, p_planned bigint) RETURNS bigint
+CREATE OR REPLACE FUNCTION audit._revert_count(p_table regclass, p_action text, p_done bigint, p_planned bigint) RETURNS bigint
 LANGUAGE plpgsql AS $$
 BEGIN
     IF p_done IS DISTINCT FROM p_planned THEN
@@ -572,7 +572,7 @@ COMMENT ON FUNCTION audit._revert_count(regclass, text, bigint, bigint) IS
     'Internal. Returns the number of rows a revert statement touched; raises (so the revert rolls back) when it differs from the plan.';
 
 
-CREATE FUNCTION audit._revert_refuse(p_conflicts bigint, p_rows text[]) RETURNS void
+CREATE OR REPLACE FUNCTION audit._revert_refuse(p_conflicts bigint, p_rows text[]) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF p_conflicts > 0 THEN
@@ -590,7 +590,7 @@ COMMENT ON FUNCTION audit._revert_refuse(bigint, text[]) IS
     'Internal. Raises (SQLSTATE RV001) when a revert with on_conflict = abort has conflicting rows, naming the first ones.';
 
 
-CREATE FUNCTION audit._revert_context(p_selection jsonb, p_changes bigint[]) RETURNS jsonb
+CREATE OR REPLACE FUNCTION audit._revert_context(p_selection jsonb, p_changes bigint[]) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     -- The context recorded with the revert's transaction: what it undid (at most 1000 txids).
     SELECT pg_catalog.jsonb_build_object('revert', pg_catalog.jsonb_build_object(
@@ -608,7 +608,7 @@ COMMENT ON FUNCTION audit._revert_context(jsonb, bigint[]) IS
     'Internal. The pgaudit.context of a revert: {"revert": {"selection", "changes", "transactions", "txids"}} (txids: the first 1000).';
 
 
-CREATE FUNCTION audit.revert_script(
+CREATE OR REPLACE FUNCTION audit.revert_script(
     p_selection jsonb,
     p_on_conflict text DEFAULT 'abort',
     p_actor text DEFAULT 'pgaudit-tool revert'
@@ -675,7 +675,7 @@ COMMENT ON FUNCTION audit.revert_script(jsonb, text, text) IS
     'The SQL statements of a revert, in order (kind: begin, setup, select, plan, guard, label, DELETE/UPDATE/INSERT, cleanup, commit): run one after the other they are the revert, in one transaction, recorded under the actor p_actor. p_on_conflict: abort (any conflicting row makes the revert fail and change nothing), skip (conflicting rows are left as they are) or force (overwritten).';
 
 
-CREATE FUNCTION audit.revert(
+CREATE OR REPLACE FUNCTION audit.revert(
     p_selection jsonb,
     p_on_conflict text DEFAULT 'abort',
     p_actor text DEFAULT 'pgaudit-tool revert'

@@ -1,37 +1,20 @@
--- pgaudit_tool schema, revision 0001: capture.
+-- pgaudit_tool: capture.
 --
--- Each audited table gets five statement-level triggers, all ENABLE ALWAYS (so that
--- session_replication_role = replica cannot skip them):
---   pgaudit_stamp     BEFORE INSERT/UPDATE/DELETE/TRUNCATE -> audit._stamp()      (invoker rights)
---   pgaudit_truncate  BEFORE TRUNCATE                       -> audit.capture_<oid>() (owner rights)
+-- Each audited table (and each of its partitions) gets four statement-level triggers, all
+-- ENABLE ALWAYS (so that session_replication_role = replica cannot skip them):
+--   pgaudit_truncate  BEFORE TRUNCATE -> audit.capture_<oid>() (owner rights)
 --   pgaudit_insert    AFTER INSERT, transition table new_rows
 --   pgaudit_update    AFTER UPDATE, transition tables old_rows and new_rows
 --   pgaudit_delete    AFTER DELETE, transition table old_rows
--- audit._stamp records the role executing the statement (current_user) in a transaction-local
--- setting keyed by trigger depth, because the capture function runs as the audit owner
--- (SECURITY DEFINER) and cannot see its caller's identity itself.
 --
--- The capture function is generated per table at enable time: key columns and excluded columns
--- are baked in, so a statement costs one INSERT ... SELECT over its transition tables and no
--- catalog reads besides one indexed lookup that notices renamed key or excluded columns (then the
--- same statement is run dynamically with the current names, so capture stays correct after
--- ALTER TABLE ... RENAME COLUMN until audit.refresh() regenerates the function).
+-- The capture function is generated per table (audit._capture_function_sql): key columns and
+-- excluded columns are baked in, so a statement costs one INSERT ... SELECT over its transition
+-- tables, plus the transaction record at the transaction's first audited change. It runs as the
+-- owner of the audit schema (SECURITY DEFINER, pinned search_path and output settings). The
+-- acting role it records is the session's role: the role set by SET ROLE, else the login role
+-- (session_user); statements cannot forge it.
 
-CREATE FUNCTION audit._stamp() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_catalog.set_config(
-        pg_catalog.concat('pgaudit.role_', pg_catalog.pg_trigger_depth()),
-        current_user::text, true);
-    RETURN NULL;
-END
-$$;
-
-COMMENT ON FUNCTION audit._stamp() IS
-    'Internal. BEFORE STATEMENT trigger on audited tables: remembers the role executing the statement for the capture function (which runs as the audit owner).';
-
-
-CREATE FUNCTION audit._key_sql(p_alias text, p_keys text[]) RETURNS text
+CREATE OR REPLACE FUNCTION audit._key_sql(p_alias text, p_keys text[]) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT pg_catalog.concat('pg_catalog.jsonb_build_object(',
         pg_catalog.string_agg(pg_catalog.format('%L, %s.%I', k, p_alias, k), ', ' ORDER BY o),
@@ -43,7 +26,7 @@ COMMENT ON FUNCTION audit._key_sql(text, text[]) IS
     'Internal. SQL expression building the JSON key object of the row alias p_alias.';
 
 
-CREATE FUNCTION audit._image_sql(p_alias text, p_excluded text[]) RETURNS text
+CREATE OR REPLACE FUNCTION audit._image_sql(p_alias text, p_excluded text[]) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT AS $$
     -- "alias.*", not "alias": a column named like the alias would be taken for the whole row.
     SELECT CASE WHEN pg_catalog.cardinality(p_excluded) = 0
@@ -57,7 +40,7 @@ COMMENT ON FUNCTION audit._image_sql(text, text[]) IS
     'Internal. SQL expression giving the JSONB image of the row alias p_alias without the excluded columns.';
 
 
-CREATE FUNCTION audit._capture_sql(
+CREATE OR REPLACE FUNCTION audit._capture_sql(
     p_op text, p_relid oid, p_keys text[], p_excluded text[], p_dynamic boolean,
     p_source regclass DEFAULT NULL
 ) RETURNS text
@@ -103,7 +86,7 @@ COMMENT ON FUNCTION audit._capture_sql(text, oid, text[], text[], boolean, regcl
     'Internal. Text of the INSERT ... SELECT that logs the rows of one statement (INSERT, UPDATE, DELETE or TRUNCATE).';
 
 
-CREATE FUNCTION audit._current_columns(p_relid oid, p_attnums int2[]) RETURNS text[]
+CREATE OR REPLACE FUNCTION audit._current_columns(p_relid oid, p_attnums int2[]) RETURNS text[]
 LANGUAGE sql STABLE STRICT AS $$
     SELECT coalesce(pg_catalog.array_agg(a.attname::text ORDER BY u.ord), '{}')
     FROM unnest(p_attnums) WITH ORDINALITY AS u(attnum, ord)
@@ -115,31 +98,96 @@ COMMENT ON FUNCTION audit._current_columns(oid, int2[]) IS
     'Internal. Current names of the given columns of a table, in the given order; NULL in place of a dropped column.';
 
 
-CREATE FUNCTION audit._capture_function_sql(p_relid oid) RETURNS text
+CREATE OR REPLACE FUNCTION audit._context(p_raw text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+-- The application context of a transaction: the text of the setting pgaudit.context, which must
+-- be a JSON object. (Capture functions write the transaction record themselves: a call to a
+-- SECURITY DEFINER writer cost about 20 µs a transaction more.)
+DECLARE
+    v_context jsonb;
+BEGIN
+    BEGIN
+        v_context := p_raw::jsonb;
+    EXCEPTION WHEN invalid_text_representation THEN
+        RAISE EXCEPTION 'pgaudit.context is not valid JSON: %', pg_catalog.left(p_raw, 200)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Set it to a JSON object, e.g. set_config(''pgaudit.context'', ''{"ticket": "T-1"}'', true).';
+    END;
+    IF pg_catalog.jsonb_typeof(v_context) <> 'object' THEN
+        RAISE EXCEPTION 'pgaudit.context must be a JSON object, not %', pg_catalog.jsonb_typeof(v_context)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Set it to a JSON object, e.g. set_config(''pgaudit.context'', ''{"ticket": "T-1"}'', true).';
+    END IF;
+    RETURN v_context;
+END
+$$;
+
+COMMENT ON FUNCTION audit._context(text) IS
+    'Internal. The value of the setting pgaudit.context as JSONB; raises a clear error unless it is a JSON object.';
+
+
+CREATE OR REPLACE FUNCTION audit._capture_function_sql(p_relid oid, p_layout_check boolean) RETURNS text
 LANGUAGE plpgsql STABLE AS $gen$
 -- Generates the per-table capture trigger function from the registry row of p_relid and the
--- table's current column layout.
+-- table's current column layout. p_layout_check: read the layout at every statement and run the
+-- statement dynamically when ALTER TABLE changed it (without the guard, see audit._guarded).
 DECLARE
     t audit.tracked_table;
     v_attnums int2[];
     v_columns text[];
+    v_check text := '';
 BEGIN
     SELECT * INTO STRICT t FROM audit.tracked_table WHERE relid = p_relid;
     SELECT pg_catalog.array_agg(a.attnum ORDER BY a.attnum), pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
       INTO v_attnums, v_columns
       FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped;
+    IF pg_catalog.array_position(audit._current_columns(p_relid, t.key_attnums), NULL) IS NOT NULL THEN
+        -- A key column was dropped: every write must fail, with a sentence saying why.
+        v_check := pg_catalog.format($chk$
+    RAISE EXCEPTION 'audited table %% lost a key column; capture cannot identify rows', %1$s::oid::regclass
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              HINT = 'Restore the key, or run audit.disable() on the table.';$chk$, p_relid);
+    ELSIF p_layout_check THEN
+        v_check := pg_catalog.format($chk$
+    -- The column layout now (one indexed catalog read). When ALTER TABLE changed it since this
+    -- function was generated, the statement runs dynamically with the current key and excluded
+    -- column names, and the new layout is recorded for reconstruction.
+    SELECT pg_catalog.array_agg(a.attnum ORDER BY a.attnum), pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
+      INTO v_attnums, v_columns
+      FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = %1$s::oid AND a.attnum > 0 AND NOT a.attisdropped;
+    IF v_attnums IS DISTINCT FROM %5$L::int2[] OR v_columns IS DISTINCT FROM %6$L::text[] THEN
+        v_drift := true;
+        v_keys := audit._current_columns(%1$s::oid, %3$L::int2[]);
+        -- Excluded: the excluded columns under their current names, and any column that now
+        -- bears an excluded name (a column dropped and re-added, a type-change migration).
+        v_excluded := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
+                             WHERE a.attrelid = %1$s::oid AND a.attnum > 0 AND NOT a.attisdropped
+                               AND (a.attnum = ANY (%4$L::int2[]) OR a.attname = ANY (%2$L::text[])));
+        IF pg_catalog.array_position(v_keys, NULL) IS NOT NULL THEN
+            RAISE EXCEPTION 'audited table %% lost a key column; capture cannot identify rows', %1$s::oid::regclass
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Restore the key, or run audit.disable() on the table.';
+        END IF;
+        PERFORM audit._record_layout(%1$s::oid, v_clock);
+    END IF;$chk$,
+            p_relid, t.excluded_columns, t.key_attnums, t.excluded_attnums, v_attnums, v_columns);
+    END IF;
     RETURN pg_catalog.format($fn$
 CREATE OR REPLACE FUNCTION audit.%1$I() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     -- Images and keys must not depend on the writer's session: fixed output settings.
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
     SET extra_float_digits = 1 SET bytea_output = 'hex' AS $body$
--- Generated by audit.enable() for %2$s at %3$s. Do not edit: audit.refresh() rewrites it.
+-- Generated for %2$s at %3$s (%8$s). Do not edit: audit.refresh() rewrites it.
 DECLARE
-    v_txid xid8 := pg_catalog.pg_current_xact_id();
+    -- No transaction id yet: the statement changed no row (a TRUNCATE has not happened yet).
+    v_txid xid8 := CASE WHEN TG_OP = 'TRUNCATE' THEN pg_catalog.pg_current_xact_id()
+                        ELSE pg_catalog.pg_current_xact_id_if_assigned() END;
     v_clock timestamptz := pg_catalog.clock_timestamp();
-    v_role text := coalesce(nullif(pg_catalog.current_setting(
-        pg_catalog.concat('pgaudit.role_', pg_catalog.pg_trigger_depth()), true), ''), session_user::text);
+    -- The session's role: SET ROLE's, else the login role. Not current_user, which is the audit
+    -- owner here (SECURITY DEFINER); nothing the statement does can change either.
+    v_role text := CASE pg_catalog.current_setting('role') WHEN 'none' THEN session_user::text
+                        ELSE pg_catalog.current_setting('role') END;
     v_schema text := TG_TABLE_SCHEMA;
     v_table text := TG_TABLE_NAME;
     v_attnums int2[];
@@ -149,37 +197,28 @@ DECLARE
     v_drift boolean := false;
     v_rows bigint;
     v_open boolean;
-BEGIN
-    -- The column layout now (one indexed catalog read). When ALTER TABLE changed it since this
-    -- function was generated, the statement runs dynamically with the current key and excluded
-    -- column names, and the new layout is recorded for reconstruction.
-    SELECT pg_catalog.array_agg(a.attnum ORDER BY a.attnum), pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
-      INTO v_attnums, v_columns
-      FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = %4$s::oid AND a.attnum > 0 AND NOT a.attisdropped;
-    IF v_attnums IS DISTINCT FROM %9$L::int2[] OR v_columns IS DISTINCT FROM %10$L::text[] THEN
-        v_drift := true;
-        v_keys := audit._current_columns(%4$s::oid, %7$L::int2[]);
-        -- Excluded: the excluded columns under their current names, and any column that now
-        -- bears an excluded name (a column dropped and re-added, a type-change migration).
-        v_excluded := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
-                             WHERE a.attrelid = %4$s::oid AND a.attnum > 0 AND NOT a.attisdropped
-                               AND (a.attnum = ANY (%8$L::int2[]) OR a.attname = ANY (%6$L::text[])));
-        IF pg_catalog.array_position(v_keys, NULL) IS NOT NULL THEN
-            RAISE EXCEPTION 'audited table %% lost a key column; capture cannot identify rows', %4$s::oid::regclass
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      HINT = 'Restore the key, or run audit.disable() on the table.';
-        END IF;
-        PERFORM audit._record_layout(%4$s::oid, v_clock);
+BEGIN%9$s
+    IF v_txid IS NULL THEN
+        -- Nothing changed, in this statement or before it in the transaction: nothing to log,
+        -- and no transaction id (with its commit record) forced on a transaction that wrote nothing.
+        RETURN NULL;
     END IF;
     IF TG_RELID <> %4$s::oid THEN
-        -- A statement on a partition: log it under the audited partitioned table.
+        -- A statement on a partition: log it under the audited partitioned table. A table that
+        -- is no partition of it any more (detached) is not audited: nothing is logged (doctor
+        -- reports the triggers left on it).
         SELECT n.nspname, c.relname INTO v_schema, v_table
-          FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-         WHERE c.oid = %4$s::oid;
+          FROM pg_catalog.pg_partition_ancestors(TG_RELID) AS a
+          JOIN pg_catalog.pg_class AS c ON c.oid = a.relid
+          JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+         WHERE a.relid = %4$s::oid;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
     END IF;
 
     IF TG_OP = 'TRUNCATE' THEN
-        IF %11$L::boolean THEN
+        IF %7$L::boolean THEN
             EXECUTE audit._capture_sql('TRUNCATE', %4$s::oid, v_keys, v_excluded, true, TG_RELID::regclass)
               USING v_txid, v_role, v_schema, v_table, v_clock;
         ELSE
@@ -190,19 +229,27 @@ BEGIN
         EXECUTE audit._capture_sql(TG_OP, %4$s::oid, v_keys, v_excluded, true)
           USING v_txid, v_role, v_schema, v_table, v_clock;
     ELSIF TG_OP = 'INSERT' THEN
-        %12$s;
+        %10$s;
     ELSIF TG_OP = 'UPDATE' THEN
-        %13$s;
+        %11$s;
     ELSE
-        %14$s;
+        %12$s;
     END IF;
     GET DIAGNOSTICS v_rows = ROW_COUNT;
     IF v_rows > 0 THEN
-        -- The transaction's context is recorded once: only the first audited statement (or one
-        -- after an early commit marker) calls the writer.
+        -- The transaction's context, recorded once, at its first audited change; its row arms
+        -- the commit marker. A marker fired early (SET CONSTRAINTS ... IMMEDIATE) is re-armed.
         SELECT x.committed_at IS NULL INTO v_open FROM audit.transaction AS x WHERE x.txid = v_txid;
-        IF v_open IS DISTINCT FROM true THEN
-            PERFORM audit._log_transaction(v_txid);
+        IF v_open IS NULL THEN
+            INSERT INTO audit.transaction (txid, started_at, db_user, application_name, client_addr,
+                                           client_port, backend_pid, actor, context)
+            VALUES (v_txid, pg_catalog.now(), session_user,
+                    nullif(pg_catalog.current_setting('application_name'), ''),
+                    pg_catalog.inet_client_addr(), pg_catalog.inet_client_port(), pg_catalog.pg_backend_pid(),
+                    nullif(pg_catalog.current_setting('pgaudit.actor', true), ''),
+                    audit._context(nullif(pg_catalog.current_setting('pgaudit.context', true), '')));
+        ELSIF NOT v_open THEN
+            UPDATE audit.transaction SET committed_at = NULL WHERE txid = v_txid;
         END IF;
     END IF;
     RETURN NULL;
@@ -215,73 +262,21 @@ $fn$,
         p_relid,
         t.key_columns,
         t.excluded_columns,
-        t.key_attnums,
-        t.excluded_attnums,
-        v_attnums,
-        v_columns,
         t.capture_truncate,
+        CASE WHEN p_layout_check THEN 'checks the column layout at every statement'
+             ELSE 'the guard event trigger rewrites it after ALTER TABLE' END,
+        v_check,
         audit._capture_sql('INSERT', p_relid, t.key_columns, t.excluded_columns, false),
         audit._capture_sql('UPDATE', p_relid, t.key_columns, t.excluded_columns, false),
         audit._capture_sql('DELETE', p_relid, t.key_columns, t.excluded_columns, false));
 END
 $gen$;
 
-COMMENT ON FUNCTION audit._capture_function_sql(oid) IS
-    'Internal. CREATE FUNCTION statement of the capture trigger function of an audited table, generated from its audit.tracked_table row.';
+COMMENT ON FUNCTION audit._capture_function_sql(oid, boolean) IS
+    'Internal. CREATE FUNCTION statement of the capture trigger function of an audited table, generated from its audit.tracked_table row; with or without the per-statement column layout check.';
 
 
-CREATE FUNCTION audit._log_transaction(p_txid xid8) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
--- Records the session context of the current transaction, once. Called by capture functions only.
-DECLARE
-    v_raw text;
-    v_context jsonb;
-    v_marked boolean;
-BEGIN
-    SELECT x.committed_at IS NOT NULL INTO v_marked FROM audit.transaction AS x WHERE x.txid = p_txid;
-    IF FOUND THEN
-        IF v_marked THEN
-            -- SET CONSTRAINTS ... IMMEDIATE fired the commit marker early and the transaction
-            -- goes on changing audited rows: re-arm the marker for the real COMMIT.
-            UPDATE audit.transaction SET committed_at = NULL WHERE txid = p_txid;
-        END IF;
-        RETURN;
-    END IF;
-    IF p_txid IS DISTINCT FROM pg_catalog.pg_current_xact_id_if_assigned() THEN
-        RAISE EXCEPTION 'audit._log_transaction is called by capture triggers only'
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    v_raw := nullif(pg_catalog.current_setting('pgaudit.context', true), '');
-    IF v_raw IS NOT NULL THEN
-        BEGIN
-            v_context := v_raw::jsonb;
-        EXCEPTION WHEN invalid_text_representation THEN
-            RAISE EXCEPTION 'pgaudit.context is not valid JSON: %', pg_catalog.left(v_raw, 200)
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Set it to a JSON object, e.g. set_config(''pgaudit.context'', ''{"ticket": "T-1"}'', true).';
-        END;
-        IF pg_catalog.jsonb_typeof(v_context) <> 'object' THEN
-            RAISE EXCEPTION 'pgaudit.context must be a JSON object, not %', pg_catalog.jsonb_typeof(v_context)
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Set it to a JSON object, e.g. set_config(''pgaudit.context'', ''{"ticket": "T-1"}'', true).';
-        END IF;
-    END IF;
-    INSERT INTO audit.transaction (txid, started_at, db_user, application_name, client_addr,
-                                   client_port, backend_pid, actor, context)
-    VALUES (p_txid, pg_catalog.now(), session_user,
-            nullif(pg_catalog.current_setting('application_name'), ''),
-            pg_catalog.inet_client_addr(), pg_catalog.inet_client_port(), pg_catalog.pg_backend_pid(),
-            nullif(pg_catalog.current_setting('pgaudit.actor', true), ''), v_context);
-END
-$$;
-
-COMMENT ON FUNCTION audit._log_transaction(xid8) IS
-    'Internal. Records the session context (user, client, application, actor, context) of the current transaction once, at its first audited change.';
-
-REVOKE ALL ON FUNCTION audit._log_transaction(xid8) FROM PUBLIC;
-
-
-CREATE FUNCTION audit._record_layout(p_relid oid, p_at timestamptz) RETURNS void
+CREATE OR REPLACE FUNCTION audit._record_layout(p_relid oid, p_at timestamptz) RETURNS void
 LANGUAGE plpgsql AS $$
 -- Records the table's current column layout as valid from p_at, unless it is the latest known.
 DECLARE
@@ -308,7 +303,7 @@ COMMENT ON FUNCTION audit._record_layout(oid, timestamptz) IS
 REVOKE ALL ON FUNCTION audit._record_layout(oid, timestamptz) FROM PUBLIC;
 
 
-CREATE FUNCTION audit._mark_commit() RETURNS trigger
+CREATE OR REPLACE FUNCTION audit._mark_commit() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 -- Deferred to COMMIT: stamps the transaction with the clock time of its commit.
 BEGIN
@@ -321,8 +316,3 @@ COMMENT ON FUNCTION audit._mark_commit() IS
     'Internal. Deferred constraint trigger on audit.transaction: writes committed_at as late as possible in the transaction, at COMMIT.';
 
 REVOKE ALL ON FUNCTION audit._mark_commit() FROM PUBLIC;
-
-CREATE CONSTRAINT TRIGGER mark_commit AFTER INSERT OR UPDATE ON audit.transaction
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.committed_at IS NULL)
-    EXECUTE FUNCTION audit._mark_commit();
-ALTER TABLE audit.transaction ENABLE ALWAYS TRIGGER mark_commit;

@@ -1,4 +1,4 @@
--- pgaudit_tool schema, revision 0001: history queries and point-in-time reconstruction.
+-- pgaudit_tool: history queries and point-in-time reconstruction.
 --
 -- "The state at T" is the state every transaction committed at or before T produced
 -- (audit.transaction.committed_at <= T). The past is rebuilt from the live table by undoing,
@@ -20,7 +20,7 @@
 --   audit.history_columns (view)              one row per column changed, for people
 
 
-CREATE FUNCTION audit._qualified(p_table regclass) RETURNS text
+CREATE OR REPLACE FUNCTION audit._qualified(p_table regclass) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
       FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
@@ -31,7 +31,7 @@ COMMENT ON FUNCTION audit._qualified(regclass) IS
     'Internal. The schema-qualified name of a table whatever the search_path, for messages.';
 
 
-CREATE FUNCTION audit._tracked(p_table regclass) RETURNS audit.tracked_table
+CREATE OR REPLACE FUNCTION audit._tracked(p_table regclass) RETURNS audit.tracked_table
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     t audit.tracked_table;
@@ -50,7 +50,7 @@ COMMENT ON FUNCTION audit._tracked(regclass) IS
     'Internal. The registry row of an audited table; raises a clear error for a table that never was.';
 
 
-CREATE FUNCTION audit._check_since(p_table regclass, p_at timestamptz) RETURNS audit.tracked_table
+CREATE OR REPLACE FUNCTION audit._check_since(p_table regclass, p_at timestamptz) RETURNS audit.tracked_table
 LANGUAGE plpgsql STABLE AS $$
 -- Raises unless the state of p_table at p_at can be rebuilt from the live table and the log.
 DECLARE
@@ -88,7 +88,7 @@ COMMENT ON FUNCTION audit._check_since(regclass, timestamptz) IS
     'Internal. Raises a clear error unless the state of a table at an instant can be rebuilt: audited without interruption since then, and no TRUNCATE recorded without content since then.';
 
 
-CREATE FUNCTION audit._renames(p_table regclass)
+CREATE OR REPLACE FUNCTION audit._renames(p_table regclass)
 RETURNS TABLE (valid_from timestamptz, valid_to timestamptz, map jsonb)
 LANGUAGE sql STABLE AS $$
     -- For each recorded layout whose column names differ from today's: {old name: name today}.
@@ -115,7 +115,7 @@ COMMENT ON FUNCTION audit._renames(regclass) IS
     'Internal. Name maps from past column layouts of a table to today''s names (a column dropped since keeps its last name).';
 
 
-CREATE FUNCTION audit._rename_keys(p_image jsonb, p_map jsonb) RETURNS jsonb
+CREATE OR REPLACE FUNCTION audit._rename_keys(p_image jsonb, p_map jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN p_map IS NULL OR p_image IS NULL THEN p_image
                 ELSE coalesce((SELECT pg_catalog.jsonb_object_agg(coalesce(p_map ->> e.key, e.key), e.value)
@@ -129,7 +129,7 @@ COMMENT ON FUNCTION audit._rename_keys(jsonb, jsonb) IS
     'Internal. Renames the keys of a row image by a map {old: new}; keys mapped to null (dropped columns) are removed.';
 
 
-CREATE FUNCTION audit._columns_at(p_table regclass, p_at timestamptz) RETURNS int2[]
+CREATE OR REPLACE FUNCTION audit._columns_at(p_table regclass, p_at timestamptz) RETURNS int2[]
 LANGUAGE sql STABLE AS $$
     -- Attribute numbers of the columns the table had at p_at (its earliest known layout if older).
     SELECT coalesce(
@@ -142,7 +142,7 @@ COMMENT ON FUNCTION audit._columns_at(regclass, timestamptz) IS
     'Internal. The attribute numbers of the columns a table had at an instant, from audit.table_layout.';
 
 
-CREATE FUNCTION audit._key_columns(p_table regclass) RETURNS text[]
+CREATE OR REPLACE FUNCTION audit._key_columns(p_table regclass) RETURNS text[]
 LANGUAGE sql STABLE AS $$
     SELECT audit._current_columns(p_table, t.key_attnums) FROM audit.tracked_table AS t WHERE t.relid = p_table
 $$;
@@ -150,7 +150,7 @@ $$;
 COMMENT ON FUNCTION audit._key_columns(regclass) IS 'Internal. Current names of the key columns of an audited table.';
 
 
-CREATE FUNCTION audit.pk(p_table regclass, p_key text) RETURNS jsonb
+CREATE OR REPLACE FUNCTION audit.pk(p_table regclass, p_key text) RETURNS jsonb
 LANGUAGE plpgsql STABLE
     -- Keys and images are compared as JSON: the same output settings as capture.
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
@@ -195,7 +195,7 @@ COMMENT ON FUNCTION audit.pk(regclass, text) IS
     'The key of a row of an audited table as stored in the log, from a JSON object or (single-column keys) a bare value, typed like the key columns: audit.pk(''sales.orders'', ''7'') = {"id": 7}.';
 
 
-CREATE FUNCTION audit._pk_variants(p_table regclass, p_pk jsonb) RETURNS jsonb[]
+CREATE OR REPLACE FUNCTION audit._pk_variants(p_table regclass, p_pk jsonb) RETURNS jsonb[]
 LANGUAGE sql STABLE AS $$
     -- The key as written under today's names and under the names of every past layout.
     SELECT pg_catalog.array_agg(DISTINCT v)
@@ -211,7 +211,7 @@ COMMENT ON FUNCTION audit._pk_variants(regclass, jsonb) IS
     'Internal. A key under today''s column names and under the names it had in every past layout (key columns renamed).';
 
 
-CREATE FUNCTION audit._renamed_sql(p_table regclass, p_column text) RETURNS text
+CREATE OR REPLACE FUNCTION audit._renamed_sql(p_table regclass, p_column text) RETURNS text
 LANGUAGE sql STABLE AS $$
     -- c.<column> (pk, old or new) under today's column names; plain when nothing was renamed.
     SELECT CASE WHEN EXISTS (SELECT FROM audit._renames(p_table))
@@ -223,7 +223,7 @@ COMMENT ON FUNCTION audit._renamed_sql(regclass, text) IS
     'Internal. SQL expression of a key or image column of audit.change AS c under today''s column names (needs audit._renames_join_sql).';
 
 
-CREATE FUNCTION audit._renames_join_sql(p_table regclass) RETURNS text
+CREATE OR REPLACE FUNCTION audit._renames_join_sql(p_table regclass) RETURNS text
 LANGUAGE sql STABLE AS $$
     -- The join that gives each change c the name map of its time (rn.map); empty when no renames.
     SELECT CASE WHEN EXISTS (SELECT FROM audit._renames(p_table))
@@ -236,7 +236,7 @@ COMMENT ON FUNCTION audit._renames_join_sql(regclass) IS
     'Internal. SQL join giving each change of audit.change AS c the column name map of its time (rn.map).';
 
 
-CREATE FUNCTION audit._first_after_sql(p_table regclass) RETURNS text
+CREATE OR REPLACE FUNCTION audit._first_after_sql(p_table regclass) RETURNS text
 LANGUAGE sql STABLE AS $$
     -- The first change of every key of p_table committed after $1 (or still in progress), with
     -- its key and old image under today's column names. Columns: pk, old. Keys are sorted with
@@ -259,7 +259,7 @@ COMMENT ON FUNCTION audit._first_after_sql(regclass) IS
     'Internal. SQL of the first change of every key committed after the instant $1, key and old image under today''s column names.';
 
 
-CREATE FUNCTION audit._projection_sql(p_table regclass, p_at timestamptz, p_alias text) RETURNS text
+CREATE OR REPLACE FUNCTION audit._projection_sql(p_table regclass, p_at timestamptz, p_alias text) RETURNS text
 LANGUAGE sql STABLE AS $$
     -- The table's columns for a rebuilt row: NULL for excluded columns and columns added after p_at.
     SELECT pg_catalog.string_agg(
@@ -275,7 +275,7 @@ COMMENT ON FUNCTION audit._projection_sql(regclass, timestamptz, text) IS
     'Internal. Select list of a rebuilt row of a table: its columns, with NULL for excluded columns and for columns added after the instant.';
 
 
-CREATE FUNCTION audit._table_at_sql(p_table regclass, p_at timestamptz) RETURNS text
+CREATE OR REPLACE FUNCTION audit._table_at_sql(p_table regclass, p_at timestamptz) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_keys text[] := audit._key_columns(p_table);
@@ -300,7 +300,7 @@ COMMENT ON FUNCTION audit._table_at_sql(regclass, timestamptz) IS
     'Internal. SQL rebuilding a whole table as it was at $1 (rows unchanged since, plus the first old image of every key changed since).';
 
 
-CREATE FUNCTION audit.table_at(p_row anyelement, p_at timestamptz) RETURNS SETOF anyelement
+CREATE OR REPLACE FUNCTION audit.table_at(p_row anyelement, p_at timestamptz) RETURNS SETOF anyelement
 LANGUAGE plpgsql STABLE
     -- Keys and images are compared as JSON: the same output settings as capture.
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
@@ -322,7 +322,7 @@ COMMENT ON FUNCTION audit.table_at(anyelement, timestamptz) IS
     'The whole audited table as it was at an instant, typed: SELECT * FROM audit.table_at(NULL::sales.orders, ''2026-01-31 12:00+00''). Columns added after the instant and excluded columns are NULL. Errors when capture was not on all the time since then.';
 
 
-CREATE FUNCTION audit.row_at(p_table regclass, p_pk jsonb, p_at timestamptz) RETURNS jsonb
+CREATE OR REPLACE FUNCTION audit.row_at(p_table regclass, p_pk jsonb, p_at timestamptz) RETURNS jsonb
 LANGUAGE plpgsql STABLE
     -- Keys and images are compared as JSON: the same output settings as capture.
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
@@ -373,7 +373,7 @@ COMMENT ON FUNCTION audit.row_at(regclass, jsonb, timestamptz) IS
     'One row of an audited table as it was at an instant, as JSONB under today''s column names (null: it did not exist then). p_pk: the key as a JSON object. Excluded columns and columns added since are left out.';
 
 
-CREATE FUNCTION audit.diff(p_table regclass, p_from timestamptz, p_to timestamptz)
+CREATE OR REPLACE FUNCTION audit.diff(p_table regclass, p_from timestamptz, p_to timestamptz)
 RETURNS TABLE (pk jsonb, change text, before jsonb, after jsonb, changed text[])
 LANGUAGE plpgsql STABLE
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
@@ -412,7 +412,7 @@ COMMENT ON FUNCTION audit.diff(regclass, timestamptz, timestamptz) IS
     'Net change of every row of an audited table between two instants, consolidated over all the changes in between: INSERT (before null), DELETE (after null) or UPDATE with the columns that differ. Rows that end as they began are left out.';
 
 
-CREATE FUNCTION audit.blame(p_table regclass, p_pk jsonb)
+CREATE OR REPLACE FUNCTION audit.blame(p_table regclass, p_pk jsonb)
 RETURNS TABLE (column_name text, value jsonb, change_id bigint, op text, at timestamptz, txid xid8,
                actor text, db_user text, role text)
 LANGUAGE plpgsql STABLE
@@ -464,7 +464,7 @@ COMMENT ON FUNCTION audit.blame(regclass, jsonb) IS
     'Who last set each column of a row that exists now, and when (change id, time, transaction, actor, login and role). Columns nobody changed since auditing began have null change columns.';
 
 
-CREATE VIEW audit.history_columns AS
+CREATE OR REPLACE VIEW audit.history_columns AS
 SELECT h.id, h.table_name, h.op, h.pk, k AS column_name, h.old -> k AS before, h.new -> k AS after,
        h.at, h.txid, h.actor, h.db_user, h.role
   FROM audit.history AS h,

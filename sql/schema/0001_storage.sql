@@ -1,9 +1,17 @@
--- pgaudit_tool schema, revision 0001: storage.
+-- pgaudit_tool schema revision 0001: storage. Runs once, when the schema is installed.
 --
--- Three tables:
---   audit.tracked_table  registry of audited tables and their capture settings
---   audit.transaction    one row per audited transaction: who, from where, with what context
---   audit.change         one row per changed row: JSONB before/after images
+-- sql/schema/ holds what must run exactly once, in revision order: tables, indexes and data
+-- changes. Functions, views and triggers live in sql/functions/, which every install or upgrade
+-- re-applies as a whole after the pending revisions (CREATE OR REPLACE), so each function has one
+-- source text whatever revision a database comes from.
+--
+-- Tables:
+--   audit.tracked_table   registry of audited tables and their capture settings
+--   audit.tracked_schema  schemas enabled as a whole
+--   audit.transaction     one row per audited transaction: who, from where, with what context
+--   audit.table_layout    column layouts of audited tables over time
+--   audit.change          one row per changed row: JSONB before/after images
+--   audit.seal            hash chain over the log (tamper evidence, see functions/06_integrity.sql)
 --
 -- The tables are written only by the capture trigger functions, which run as the owner of the
 -- audit schema (SECURITY DEFINER). Nobody else gets any privilege on them here; read access is
@@ -48,6 +56,7 @@ COMMENT ON COLUMN audit.tracked_table.disabled_at IS 'When capture was last disa
 COMMENT ON COLUMN audit.tracked_table.generated_at IS 'When the capture trigger function was last generated.';
 COMMENT ON COLUMN audit.tracked_table.generated_layout IS 'The table''s columns (attnum:name, in order) when the capture function was generated; doctor compares it with the table now.';
 
+
 CREATE TABLE audit.tracked_schema (
     schema_name text        PRIMARY KEY,
     enabled_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
@@ -60,6 +69,7 @@ COMMENT ON COLUMN audit.tracked_schema.schema_name IS 'Name of the schema.';
 COMMENT ON COLUMN audit.tracked_schema.enabled_at IS 'When the schema was enabled.';
 COMMENT ON COLUMN audit.tracked_schema.enabled_by IS 'session_user that enabled it.';
 COMMENT ON COLUMN audit.tracked_table.capture_function IS 'Name of the generated capture trigger function in the audit schema.';
+
 
 CREATE TABLE audit.transaction (
     txid             xid8        PRIMARY KEY,
@@ -87,6 +97,7 @@ COMMENT ON COLUMN audit.transaction.actor IS 'Application user, from set_config(
 COMMENT ON COLUMN audit.transaction.context IS 'Application context, a JSON object from set_config(''pgaudit.context'', ..., true) (null when unset).';
 COMMENT ON COLUMN audit.transaction.committed_at IS 'Clock time at COMMIT (written by a deferred trigger just before the commit record; null while the transaction is in progress). "The state at T" means: every transaction with committed_at <= T applied.';
 
+
 CREATE TABLE audit.table_layout (
     relid      oid         NOT NULL,
     valid_from timestamptz NOT NULL,
@@ -101,6 +112,7 @@ COMMENT ON COLUMN audit.table_layout.relid IS 'OID of the audited table.';
 COMMENT ON COLUMN audit.table_layout.valid_from IS 'Images captured at or after this instant (audit.change.clock_at) use this layout.';
 COMMENT ON COLUMN audit.table_layout.attnums IS 'Attribute numbers of the columns, in order.';
 COMMENT ON COLUMN audit.table_layout.columns IS 'Names of the columns, in the same order.';
+
 
 CREATE TABLE audit.change (
     id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -132,12 +144,44 @@ COMMENT ON COLUMN audit.change.pk IS 'Key of the row as a JSON object {column: v
 COMMENT ON COLUMN audit.change.old IS 'Row before the change as JSONB, without excluded columns; null for INSERT.';
 COMMENT ON COLUMN audit.change.new IS 'Row after the change as JSONB, without excluded columns; null for DELETE and TRUNCATE.';
 
+
 -- Row history (row-at, blame, revert) looks rows up by table and key, in change order.
 CREATE INDEX change_row_idx ON audit.change (relid, pk, id);
+
+
 -- Everything one transaction did (transaction view, revert by txid).
 CREATE INDEX change_txid_idx ON audit.change (txid);
+
+
 -- Time windows: change rows arrive in (nearly) time order, so a BRIN index is tiny and nearly
 -- free to maintain on the write path.
 CREATE INDEX change_clock_brin ON audit.change USING brin (clock_at);
 
+
 REVOKE ALL ON audit.tracked_table, audit.tracked_schema, audit.transaction, audit.table_layout, audit.change FROM PUBLIC;
+
+
+CREATE TABLE audit.seal (
+    seq          bigint      PRIMARY KEY,
+    txid_from    xid8        NOT NULL,
+    txid_to      xid8        NOT NULL,
+    transactions bigint      NOT NULL,
+    changes      bigint      NOT NULL,
+    prev_hash    bytea       NOT NULL,
+    hash         bytea       NOT NULL,
+    sealed_at    timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    CHECK (txid_from < txid_to)
+);
+
+COMMENT ON TABLE audit.seal IS
+    'Hash chain over the audit log, one row per sealed block of transactions [txid_from, txid_to). Written by audit.seal(), checked by audit.verify().';
+COMMENT ON COLUMN audit.seal.seq IS 'Position of the block in the chain, from 1.';
+COMMENT ON COLUMN audit.seal.txid_from IS 'First transaction id covered (the previous block''s txid_to; 0 for the first block).';
+COMMENT ON COLUMN audit.seal.txid_to IS 'Transaction ids below this one are covered (exclusive): the oldest transaction running at sealing.';
+COMMENT ON COLUMN audit.seal.transactions IS 'Number of audit.transaction rows in the block.';
+COMMENT ON COLUMN audit.seal.changes IS 'Number of audit.change rows in the block.';
+COMMENT ON COLUMN audit.seal.prev_hash IS 'Hash of the previous block (32 zero bytes for the first).';
+COMMENT ON COLUMN audit.seal.hash IS 'sha256(prev_hash || digests of the block''s rows in order).';
+COMMENT ON COLUMN audit.seal.sealed_at IS 'When the block was sealed.';
+
+REVOKE ALL ON audit.seal FROM PUBLIC;

@@ -1,4 +1,4 @@
--- pgaudit_tool schema, revision 0001: tamper evidence.
+-- pgaudit_tool: tamper evidence.
 --
 -- The log is sealed in blocks, off the write path: audit.seal() hashes every change and
 -- transaction record of the transactions that finished since the last seal and chains the block
@@ -15,33 +15,7 @@
 -- (pgaudit-tool checkpoint): it proves that nothing before it was changed or removed since,
 -- even by a superuser and even if the whole log was emptied.
 
-CREATE TABLE audit.seal (
-    seq          bigint      PRIMARY KEY,
-    txid_from    xid8        NOT NULL,
-    txid_to      xid8        NOT NULL,
-    transactions bigint      NOT NULL,
-    changes      bigint      NOT NULL,
-    prev_hash    bytea       NOT NULL,
-    hash         bytea       NOT NULL,
-    sealed_at    timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
-    CHECK (txid_from < txid_to)
-);
-
-COMMENT ON TABLE audit.seal IS
-    'Hash chain over the audit log, one row per sealed block of transactions [txid_from, txid_to). Written by audit.seal(), checked by audit.verify().';
-COMMENT ON COLUMN audit.seal.seq IS 'Position of the block in the chain, from 1.';
-COMMENT ON COLUMN audit.seal.txid_from IS 'First transaction id covered (the previous block''s txid_to; 0 for the first block).';
-COMMENT ON COLUMN audit.seal.txid_to IS 'Transaction ids below this one are covered (exclusive): the oldest transaction running at sealing.';
-COMMENT ON COLUMN audit.seal.transactions IS 'Number of audit.transaction rows in the block.';
-COMMENT ON COLUMN audit.seal.changes IS 'Number of audit.change rows in the block.';
-COMMENT ON COLUMN audit.seal.prev_hash IS 'Hash of the previous block (32 zero bytes for the first).';
-COMMENT ON COLUMN audit.seal.hash IS 'sha256(prev_hash || digests of the block''s rows in order).';
-COMMENT ON COLUMN audit.seal.sealed_at IS 'When the block was sealed.';
-
-REVOKE ALL ON audit.seal FROM PUBLIC;
-
-
-CREATE FUNCTION audit._block_digest(p_from xid8, p_to xid8, OUT transactions bigint, OUT changes bigint, OUT digest bytea)
+CREATE OR REPLACE FUNCTION audit._block_digest(p_from xid8, p_to xid8, OUT transactions bigint, OUT changes bigint, OUT digest bytea)
 LANGUAGE sql STABLE
 -- Row texts must not depend on the session: fixed output settings.
 SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
@@ -61,7 +35,7 @@ COMMENT ON FUNCTION audit._block_digest(xid8, xid8) IS
     'Internal. Counts and digest of the transaction and change rows of the transactions in [p_from, p_to), in canonical order and text.';
 
 
-CREATE FUNCTION audit.seal() RETURNS audit.seal
+CREATE OR REPLACE FUNCTION audit.seal() RETURNS audit.seal
 LANGUAGE plpgsql AS $$
 DECLARE
     v_head audit.seal;
@@ -96,7 +70,7 @@ COMMENT ON FUNCTION audit.seal() IS
     'Seals the transactions finished since the last block into a new block of the hash chain and returns the head of the chain. Never blocks writers. Run it regularly (pgaudit-tool checkpoint) and keep the head outside the database.';
 
 
-CREATE FUNCTION audit.verify(p_head_seq bigint DEFAULT NULL, p_head_hash bytea DEFAULT NULL)
+CREATE OR REPLACE FUNCTION audit.verify(p_head_seq bigint DEFAULT NULL, p_head_hash bytea DEFAULT NULL)
 RETURNS TABLE (seq bigint, problem text)
 LANGUAGE plpgsql STABLE AS $$
 -- Recomputes the whole chain. No row: intact. p_head_seq/p_head_hash: a head kept outside the
@@ -158,7 +132,7 @@ COMMENT ON FUNCTION audit.verify(bigint, bytea) IS
     'Recomputes the hash chain of the audit log and returns one row per problem (none: intact): blocks missing, relinked or edited; rows edited, inserted, deleted or reordered. With a checkpoint (seq and hash kept outside the database), also proves that it is still in the chain unchanged.';
 
 
-CREATE FUNCTION audit.unsealed() RETURNS TABLE (transactions bigint, changes bigint)
+CREATE OR REPLACE FUNCTION audit.unsealed() RETURNS TABLE (transactions bigint, changes bigint)
 LANGUAGE sql STABLE AS $$
     SELECT (SELECT pg_catalog.count(*) FROM audit.transaction AS x WHERE x.txid >= h.t),
            (SELECT pg_catalog.count(*) FROM audit.change AS c WHERE c.txid >= h.t)

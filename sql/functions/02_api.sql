@@ -1,11 +1,11 @@
--- pgaudit_tool schema, revision 0001: the SQL API a DBA calls from psql.
+-- pgaudit_tool: the SQL API a DBA calls from psql.
 --   audit.enable(table, exclude, capture_truncate)   start (or reconfigure) capture; idempotent
 --   audit.disable(table)                              stop capture; history stays; idempotent
 --   audit.refresh(table)                              regenerate capture after DDL
 --   audit.status()                                    what is audited and whether capture is intact
 --   audit.set_actor(actor, context)                   name the application user for this transaction
 
-CREATE FUNCTION audit._key_of(p_table regclass, OUT source text, OUT attnums int2[], OUT names text[])
+CREATE OR REPLACE FUNCTION audit._key_of(p_table regclass, OUT source text, OUT attnums int2[], OUT names text[])
 LANGUAGE plpgsql STABLE AS $$
 -- The row key of a table: its primary key, else its replica identity index.
 BEGIN
@@ -34,7 +34,7 @@ COMMENT ON FUNCTION audit._key_of(regclass) IS
     'Internal. The key that identifies rows of a table: its primary key, else its replica identity index; raises an error when it has neither.';
 
 
-CREATE FUNCTION audit._check_auditable(p_table regclass) RETURNS void
+CREATE OR REPLACE FUNCTION audit._check_auditable(p_table regclass) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     c pg_catalog.pg_class;
@@ -67,7 +67,7 @@ COMMENT ON FUNCTION audit._check_auditable(regclass) IS
     'Internal. Raises a clear error unless the relation is an ordinary or partitioned table outside the audit schema.';
 
 
-CREATE FUNCTION audit._members(p_table regclass) RETURNS SETOF regclass
+CREATE OR REPLACE FUNCTION audit._members(p_table regclass) RETURNS SETOF regclass
 LANGUAGE sql STABLE AS $$
     -- The table itself and, for a partitioned table, every partition at any level.
     SELECT p_table
@@ -79,16 +79,16 @@ COMMENT ON FUNCTION audit._members(regclass) IS
     'Internal. The tables that carry capture triggers for an audited table: itself and all its partitions.';
 
 
-CREATE FUNCTION audit._trigger_names() RETURNS text[]
+CREATE OR REPLACE FUNCTION audit._trigger_names() RETURNS text[]
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT '{pgaudit_stamp,pgaudit_truncate,pgaudit_insert,pgaudit_update,pgaudit_delete}'::text[]
+    SELECT '{pgaudit_truncate,pgaudit_insert,pgaudit_update,pgaudit_delete}'::text[]
 $$;
 
 COMMENT ON FUNCTION audit._trigger_names() IS
     'Internal. Names of the capture triggers installed on every audited table (and partition).';
 
 
-CREATE FUNCTION audit._drop_triggers(p_table regclass) RETURNS void
+CREATE OR REPLACE FUNCTION audit._drop_triggers(p_table regclass) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     r record;
@@ -106,28 +106,52 @@ COMMENT ON FUNCTION audit._drop_triggers(regclass) IS
     'Internal. Drops the capture triggers of a table and of its partitions.';
 
 
-CREATE FUNCTION audit._create_triggers(p_table regclass, p_function text) RETURNS void
+CREATE OR REPLACE FUNCTION audit._create_member_triggers(p_member regclass, p_function text) RETURNS void
+LANGUAGE plpgsql AS $$
+-- The capture triggers (audit._trigger_names()), ENABLE ALWAYS, on one table or partition; those
+-- it has already are kept (the guard may have created them meanwhile: ENABLE ALWAYS is an ALTER
+-- TABLE, which fires it).
+DECLARE
+    v_how text[] := ARRAY[
+        'BEFORE TRUNCATE ON %1$s FOR EACH STATEMENT EXECUTE FUNCTION audit.%2$I()',
+        'AFTER INSERT ON %1$s REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION audit.%2$I()',
+        'AFTER UPDATE ON %1$s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION audit.%2$I()',
+        'AFTER DELETE ON %1$s REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION audit.%2$I()'];
+    v_names text[] := audit._trigger_names();
+    v_enable text;
+    i integer;
+BEGIN
+    FOR i IN 1 .. pg_catalog.array_length(v_names, 1) LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger AS g WHERE g.tgrelid = p_member AND g.tgname = v_names[i]) THEN
+            EXECUTE pg_catalog.format('CREATE TRIGGER %I ', v_names[i])
+                 || pg_catalog.format(v_how[i], p_member, p_function);
+        END IF;
+    END LOOP;
+    -- One ALTER TABLE for all of them: the guard it fires must not see some still disabled.
+    SELECT pg_catalog.string_agg(pg_catalog.format('ENABLE ALWAYS TRIGGER %I', g.tgname), ', ')
+      INTO v_enable
+      FROM pg_catalog.pg_trigger AS g
+     WHERE g.tgrelid = p_member AND g.tgname = ANY (v_names) AND g.tgenabled <> 'A';
+    IF v_enable IS NOT NULL THEN
+        EXECUTE pg_catalog.format('ALTER TABLE %s ', p_member) || v_enable;
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION audit._create_member_triggers(regclass, text) IS
+    'Internal. Creates the capture triggers, ENABLE ALWAYS, on one table or partition.';
+
+REVOKE ALL ON FUNCTION audit._create_member_triggers(regclass, text) FROM PUBLIC;
+
+
+CREATE OR REPLACE FUNCTION audit._create_triggers(p_table regclass, p_function text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     m regclass;
-    t text;
 BEGIN
     PERFORM audit._drop_triggers(p_table);
     FOR m IN SELECT audit._members(p_table) LOOP
-        EXECUTE pg_catalog.format('CREATE TRIGGER pgaudit_stamp BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s '
-                                  'FOR EACH STATEMENT EXECUTE FUNCTION audit._stamp()', m);
-        EXECUTE pg_catalog.format('CREATE TRIGGER pgaudit_truncate BEFORE TRUNCATE ON %s '
-                                  'FOR EACH STATEMENT EXECUTE FUNCTION audit.%I()', m, p_function);
-        EXECUTE pg_catalog.format('CREATE TRIGGER pgaudit_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
-                                  'FOR EACH STATEMENT EXECUTE FUNCTION audit.%I()', m, p_function);
-        EXECUTE pg_catalog.format('CREATE TRIGGER pgaudit_update AFTER UPDATE ON %s '
-                                  'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
-                                  'FOR EACH STATEMENT EXECUTE FUNCTION audit.%I()', m, p_function);
-        EXECUTE pg_catalog.format('CREATE TRIGGER pgaudit_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows '
-                                  'FOR EACH STATEMENT EXECUTE FUNCTION audit.%I()', m, p_function);
-        FOREACH t IN ARRAY audit._trigger_names() LOOP
-            EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', m, t);
-        END LOOP;
+        PERFORM audit._create_member_triggers(m, p_function);
     END LOOP;
 END
 $$;
@@ -136,7 +160,7 @@ COMMENT ON FUNCTION audit._create_triggers(regclass, text) IS
     'Internal. (Re)creates the capture triggers, ENABLE ALWAYS, on a table and on each of its partitions.';
 
 
-CREATE FUNCTION audit._layout_now(p_table regclass) RETURNS text[]
+CREATE OR REPLACE FUNCTION audit._layout_now(p_table regclass) RETURNS text[]
 LANGUAGE sql STABLE AS $$
     SELECT pg_catalog.array_agg(a.attnum || ':' || a.attname ORDER BY a.attnum)
       FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
@@ -145,7 +169,25 @@ $$;
 COMMENT ON FUNCTION audit._layout_now(regclass) IS 'Internal. The columns of a table now, as attnum:name in order.';
 
 
-CREATE FUNCTION audit._generate(p_table regclass) RETURNS void
+CREATE OR REPLACE FUNCTION audit._write_capture_function(p_table regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+-- (Re)writes the capture function of an audited table from its registry row (CREATE OR REPLACE:
+-- its triggers, owner and grants stay) and records what it was generated from.
+DECLARE
+    v_check boolean := NOT audit._guarded();
+BEGIN
+    EXECUTE audit._capture_function_sql(p_table, v_check);
+    UPDATE audit.tracked_table
+       SET generated_at = pg_catalog.now(), generated_layout = audit._layout_now(p_table), layout_check = v_check
+     WHERE relid = p_table;
+END
+$$;
+
+COMMENT ON FUNCTION audit._write_capture_function(regclass) IS
+    'Internal. Writes the capture function of an audited table and records its layout and kind in the registry.';
+
+
+CREATE OR REPLACE FUNCTION audit._generate(p_table regclass) RETURNS void
 LANGUAGE plpgsql AS $$
 -- (Re)generates the capture function of an audited table from its registry row, and its triggers.
 DECLARE
@@ -153,7 +195,7 @@ DECLARE
     v_owner regrole;
 BEGIN
     SELECT * INTO STRICT t FROM audit.tracked_table WHERE relid = p_table;
-    EXECUTE audit._capture_function_sql(p_table);
+    PERFORM audit._write_capture_function(p_table);
     EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION audit.%I() FROM PUBLIC', t.capture_function);
     EXECUTE pg_catalog.format('COMMENT ON FUNCTION audit.%I() IS %L', t.capture_function,
         pg_catalog.format('Capture trigger function of %s, generated by audit.enable().', p_table));
@@ -162,9 +204,10 @@ BEGIN
     IF v_owner::oid <> current_user::regrole::oid THEN
         EXECUTE pg_catalog.format('ALTER FUNCTION audit.%I() OWNER TO %s', t.capture_function, v_owner);
     END IF;
+    -- Last: its ALTER TABLE ... ENABLE ALWAYS TRIGGER fires the guard, which finds the layout
+    -- already recorded above (nothing to rewrite) and may create the triggers of partitions not
+    -- reached yet (audit._create_member_triggers keeps those).
     PERFORM audit._create_triggers(p_table, t.capture_function);
-    UPDATE audit.tracked_table SET generated_at = pg_catalog.now(), generated_layout = audit._layout_now(p_table)
-     WHERE relid = p_table;
 END
 $$;
 
@@ -172,7 +215,68 @@ COMMENT ON FUNCTION audit._generate(regclass) IS
     'Internal. Generates the capture function of an audited table and installs its triggers.';
 
 
-CREATE FUNCTION audit._column_attnums(p_table regclass, p_columns text[]) RETURNS int2[]
+CREATE OR REPLACE FUNCTION audit._rewrite_after_ddl(p_table regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+-- After ALTER TABLE changed the columns of an audited table: takes the new column names into the
+-- registry and rewrites the capture function in place. No trigger DDL, so that it can run inside
+-- the guard event trigger. A key that changed is left to audit.refresh() (audit.doctor() reports it).
+DECLARE
+    t audit.tracked_table;
+    v_keys text[];
+    v_excluded int2[];
+BEGIN
+    SELECT * INTO STRICT t FROM audit.tracked_table WHERE relid = p_table;
+    v_keys := audit._current_columns(p_table, t.key_attnums);
+    -- Excluded: the excluded columns (renamed or not), and any column that now bears an excluded
+    -- name (dropped and re-added, e.g. by a type-change migration).
+    v_excluded := ARRAY(
+        SELECT a.attnum FROM pg_catalog.pg_attribute AS a
+         WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
+           AND (a.attnum = ANY (t.excluded_attnums) OR a.attname = ANY (t.excluded_columns))
+         ORDER BY a.attnum);
+    UPDATE audit.tracked_table AS x
+       SET schema_name = n.nspname, table_name = c.relname,
+           key_columns = CASE WHEN pg_catalog.array_position(v_keys, NULL) IS NULL THEN v_keys ELSE x.key_columns END,
+           excluded_attnums = v_excluded,
+           excluded_columns = audit._current_columns(p_table, v_excluded)
+      FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+     WHERE c.oid = p_table AND x.relid = p_table;
+    PERFORM audit._write_capture_function(p_table);
+    PERFORM audit._record_layout(p_table, pg_catalog.clock_timestamp());
+END
+$$;
+
+COMMENT ON FUNCTION audit._rewrite_after_ddl(regclass) IS
+    'Internal. Called by the guard event trigger after ALTER TABLE changed the columns of an audited table: updates the registry''s column names and rewrites the capture function.';
+
+REVOKE ALL ON FUNCTION audit._rewrite_after_ddl(regclass) FROM PUBLIC;
+
+
+CREATE OR REPLACE FUNCTION audit._rewrite_all(p_every boolean DEFAULT false) RETURNS integer
+LANGUAGE plpgsql AS $$
+-- Rewrites the capture function of every audited table whose kind (with or without the layout
+-- check) no longer fits, or whose columns changed since it was generated (after the guards were
+-- (re)installed); p_every: of every audited table (when a revision changes the generated code).
+DECLARE
+    r record;
+    n integer := 0;
+BEGIN
+    FOR r IN SELECT x.relid FROM audit.tracked_table AS x
+              WHERE x.enabled AND EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = x.relid)
+                AND (p_every OR x.layout_check IS DISTINCT FROM (NOT audit._guarded())
+                     OR audit._layout_now(x.relid::regclass) IS DISTINCT FROM x.generated_layout) LOOP
+        PERFORM audit._rewrite_after_ddl(r.relid::regclass);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+COMMENT ON FUNCTION audit._rewrite_all(boolean) IS
+    'Internal. Rewrites the capture functions whose per-statement layout check no longer fits the guards present, or whose table''s columns changed since (p_every: all of them); returns how many.';
+
+
+CREATE OR REPLACE FUNCTION audit._column_attnums(p_table regclass, p_columns text[]) RETURNS int2[]
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_col text;
@@ -198,7 +302,7 @@ COMMENT ON FUNCTION audit._column_attnums(regclass, text[]) IS
     'Internal. Attribute numbers of the named columns (exact, case-sensitive names); raises an error naming any column that does not exist.';
 
 
-CREATE FUNCTION audit.enable(
+CREATE OR REPLACE FUNCTION audit.enable(
     p_table regclass,
     p_exclude text[] DEFAULT NULL,
     p_capture_truncate boolean DEFAULT NULL
@@ -269,7 +373,7 @@ COMMENT ON FUNCTION audit.enable(regclass, text[], boolean) IS
     'Starts capturing every INSERT, UPDATE, DELETE and TRUNCATE of a table (and of all its partitions), or changes the settings of an audited table. p_exclude: columns never stored (NULL keeps the current list); p_capture_truncate: store the rows removed by TRUNCATE (default true). Idempotent. Requires ownership of the table and of the audit schema (or superuser).';
 
 
-CREATE FUNCTION audit.disable(p_table regclass) RETURNS boolean
+CREATE OR REPLACE FUNCTION audit.disable(p_table regclass) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     v_fn text;
@@ -289,7 +393,7 @@ COMMENT ON FUNCTION audit.disable(regclass) IS
     'Stops capturing changes of a table: drops its capture triggers and function. Its history stays in audit.change. Returns false when the table was not being audited. Idempotent.';
 
 
-CREATE FUNCTION audit.refresh(p_table regclass) RETURNS audit.tracked_table
+CREATE OR REPLACE FUNCTION audit.refresh(p_table regclass) RETURNS audit.tracked_table
 LANGUAGE plpgsql AS $$
 DECLARE
     v_row audit.tracked_table;
@@ -309,7 +413,7 @@ COMMENT ON FUNCTION audit.refresh(regclass) IS
     'Regenerates the capture function and triggers of an audited table after DDL (renamed columns or table, new partitions, a new key), keeping its settings.';
 
 
-CREATE FUNCTION audit.status()
+CREATE OR REPLACE FUNCTION audit.status()
 RETURNS TABLE (
     table_name text, relid oid, enabled boolean, state text, key_source text, key_columns text[],
     excluded_columns text[], capture_truncate boolean, partitions integer, triggers_expected integer,
@@ -339,7 +443,7 @@ LANGUAGE sql STABLE AS $$
     SELECT t.qualified, t.relid, t.enabled,
            CASE WHEN NOT t.table_exists THEN 'table dropped'
                 WHEN NOT t.enabled THEN 'disabled'
-                WHEN c.present < c.members * 5 THEN 'triggers missing'
+                WHEN c.present < c.members * pg_catalog.cardinality(audit._trigger_names()) THEN 'triggers missing'
                 WHEN c.always < c.present THEN 'triggers not ENABLE ALWAYS'
                 ELSE 'ok' END,
            t.key_source,
@@ -348,7 +452,7 @@ LANGUAGE sql STABLE AS $$
            CASE WHEN t.table_exists THEN pg_catalog.array_remove(audit._current_columns(t.relid, t.excluded_attnums), NULL)
                 ELSE t.excluded_columns END,
            t.capture_truncate,
-           coalesce(c.members - 1, 0), CASE WHEN t.enabled THEN coalesce(c.members, 0) * 5 ELSE 0 END,
+           coalesce(c.members - 1, 0), CASE WHEN t.enabled THEN coalesce(c.members, 0) * pg_catalog.cardinality(audit._trigger_names()) ELSE 0 END,
            coalesce(c.present, 0), coalesce(c.always, 0), t.history_since, t.enabled_at, t.disabled_at
       FROM t LEFT JOIN counts AS c ON c.relid = t.relid
      ORDER BY t.qualified
@@ -358,7 +462,7 @@ COMMENT ON FUNCTION audit.status() IS
     'What is audited: one row per registered table with its settings and the state of its capture triggers (ok, disabled, triggers missing, triggers not ENABLE ALWAYS, table dropped).';
 
 
-CREATE FUNCTION audit.set_actor(p_actor text, p_context jsonb DEFAULT NULL) RETURNS void
+CREATE OR REPLACE FUNCTION audit.set_actor(p_actor text, p_context jsonb DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF p_context IS NOT NULL AND pg_catalog.jsonb_typeof(p_context) <> 'object' THEN
@@ -374,7 +478,7 @@ COMMENT ON FUNCTION audit.set_actor(text, jsonb) IS
     'Names the application user (and an optional JSON object of context) for the rest of the current transaction; recorded with its changes. Transaction-local: safe behind PgBouncer in transaction mode.';
 
 
-CREATE FUNCTION audit.track_schema(p_schema text) RETURNS void
+CREATE OR REPLACE FUNCTION audit.track_schema(p_schema text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF pg_catalog.to_regnamespace(pg_catalog.quote_ident(p_schema)) IS NULL THEN

@@ -1,4 +1,4 @@
--- pgaudit_tool schema, revision 0001: access model, guards and doctor.
+-- pgaudit_tool: access model, guards and doctor.
 --
 -- Owner: the role that installs the schema owns it and every object in it; the capture
 -- functions run as that role (SECURITY DEFINER, pinned search_path). Nobody else can write the
@@ -12,27 +12,7 @@
 -- the owner role. Without superuser (managed services) there are no guards: audit.doctor() and
 -- audit.status() detect what they would have refused.
 
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'pgaudit_reader')
-       AND (SELECT r.rolsuper OR r.rolcreaterole FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
-        CREATE ROLE pgaudit_reader NOLOGIN;
-        COMMENT ON ROLE pgaudit_reader IS 'Reads the pgaudit_tool audit log (history, reconstruction, verify). Grant it to reviewers.';
-    END IF;
-    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'pgaudit_reader') THEN
-        GRANT USAGE ON SCHEMA audit TO pgaudit_reader;
-        GRANT SELECT ON audit.tracked_table, audit.tracked_schema, audit.transaction, audit.table_layout,
-                        audit.change, audit.seal, audit.history, audit.history_columns TO pgaudit_reader;
-        -- alembic's version table (absent when the SQL is run by hand): readers check it too.
-        IF pg_catalog.to_regclass('audit.schema_version') IS NOT NULL THEN
-            GRANT SELECT ON audit.schema_version TO pgaudit_reader;
-        END IF;
-    END IF;
-END
-$$;
-
-
-CREATE FUNCTION audit._owner() RETURNS regrole
+CREATE OR REPLACE FUNCTION audit._owner() RETURNS regrole
 LANGUAGE sql STABLE AS $$
     SELECT n.nspowner::regrole FROM pg_catalog.pg_namespace AS n WHERE n.nspname = 'audit'
 $$;
@@ -40,7 +20,7 @@ $$;
 COMMENT ON FUNCTION audit._owner() IS 'Internal. The owner role of the audit schema.';
 
 
-CREATE FUNCTION audit._is_owner() RETURNS boolean
+CREATE OR REPLACE FUNCTION audit._is_owner() RETURNS boolean
 LANGUAGE sql STABLE AS $$
     -- The login role: inside the SECURITY DEFINER guards current_user is the owner itself.
     SELECT pg_catalog.pg_has_role(session_user, audit._owner(), 'MEMBER')
@@ -49,20 +29,48 @@ $$;
 COMMENT ON FUNCTION audit._is_owner() IS 'Internal. Whether the login role is a member of the audit owner role.';
 
 
-CREATE FUNCTION audit._guard_ddl() RETURNS event_trigger
+CREATE OR REPLACE FUNCTION audit._guard_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
--- ddl_command_end: after DDL on an audited table (or one of its partitions), refuse capture
--- triggers that are no longer ENABLE ALWAYS, unless the owner of the audit schema did it.
--- (SECURITY DEFINER only to read the registry, which other roles cannot see.)
+-- ddl_command_end of ALTER TABLE and CREATE TABLE: (1) for everyone, rewrite the capture
+-- function of every audited table whose columns the command changed, and give new partitions of
+-- audited tables their capture triggers; (2) unless the owner of the audit schema ran the
+-- command, refuse capture triggers that are no longer ENABLE ALWAYS.
+-- (SECURITY DEFINER: to read the registry and rewrite functions, which other roles cannot.)
 DECLARE
+    v_tables oid[];      -- the relations the command created or altered
+    v_parents oid[];     -- those after which new partitions are looked for
     r record;
 BEGIN
+    -- New partitions are looked for after CREATE TABLE and after ALTER TABLE of a partitioned
+    -- table only: the ALTER TABLE that enables the triggers of a leaf partition fires this guard
+    -- again, which must not recurse from partition to partition.
+    SELECT pg_catalog.array_agg(DISTINCT c.objid),
+           pg_catalog.array_agg(DISTINCT c.objid) FILTER (WHERE c.command_tag = 'CREATE TABLE' OR k.relkind = 'p')
+      INTO v_tables, v_parents
+      FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+      JOIN pg_catalog.pg_class AS k ON k.oid = c.objid
+     WHERE c.classid = 'pg_catalog.pg_class'::regclass;
+    FOR r IN SELECT x.relid
+               FROM audit.tracked_table AS x
+              WHERE x.enabled AND x.relid = ANY (v_tables)
+                AND audit._layout_now(x.relid::regclass) IS DISTINCT FROM x.generated_layout LOOP
+        PERFORM audit._rewrite_after_ddl(r.relid::regclass);
+    END LOOP;
+    -- New partitions of audited tables (CREATE TABLE ... PARTITION OF, ATTACH PARTITION) get
+    -- their capture triggers, so that writes made directly to them are captured too.
+    FOR r IN SELECT m.member, x.capture_function
+               FROM audit.tracked_table AS x, audit._members(x.relid::regclass) AS m(member)
+              WHERE x.enabled
+                AND x.relid IN (SELECT a.relid FROM unnest(v_parents) AS p(objid),
+                                       pg_catalog.pg_partition_ancestors(p.objid) AS a)
+                AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger AS g
+                                 WHERE g.tgrelid = m.member AND g.tgname = ANY (audit._trigger_names())) LOOP
+        PERFORM audit._create_member_triggers(r.member, r.capture_function);
+    END LOOP;
     IF audit._is_owner() THEN
         RETURN;
     END IF;
-    FOR r IN SELECT DISTINCT c.objid
-               FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
-              WHERE c.classid = 'pg_catalog.pg_class'::regclass LOOP
+    FOR r IN SELECT t.objid FROM unnest(v_tables) AS t(objid) LOOP
         IF EXISTS (SELECT FROM pg_catalog.pg_trigger AS g
                     WHERE g.tgrelid = r.objid AND g.tgname = ANY (audit._trigger_names()) AND g.tgenabled <> 'A')
            AND EXISTS (SELECT FROM audit.tracked_table AS x
@@ -77,12 +85,23 @@ END
 $$;
 
 COMMENT ON FUNCTION audit._guard_ddl() IS
-    'Internal. Event trigger (ddl_command_end): refuses, for anyone but the audit owner, DDL that leaves a capture trigger of an audited table disabled or not ENABLE ALWAYS.';
+    'Internal. Event trigger (ddl_command_end of ALTER TABLE and CREATE TABLE): rewrites the capture function of audited tables whose columns changed, creates the capture triggers of their new partitions; refuses, for anyone but the audit owner, DDL that leaves a capture trigger of an audited table disabled or not ENABLE ALWAYS.';
 
 REVOKE ALL ON FUNCTION audit._guard_ddl() FROM PUBLIC;
 
 
-CREATE FUNCTION audit._guard_drop() RETURNS event_trigger
+CREATE OR REPLACE FUNCTION audit._guarded() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger AS e
+                    WHERE e.evtname = 'pgaudit_guard_ddl' AND e.evtenabled = 'A'
+                      AND e.evtfoid = 'audit._guard_ddl()'::pg_catalog.regprocedure)
+$$;
+
+COMMENT ON FUNCTION audit._guarded() IS
+    'Internal. Whether the guard event trigger is installed and ENABLE ALWAYS, so that it rewrites capture functions after ALTER TABLE (otherwise they check the column layout at every statement).';
+
+
+CREATE OR REPLACE FUNCTION audit._guard_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 -- sql_drop: refuse dropping a capture trigger or an audited table, unless the owner does it.
 DECLARE
@@ -113,15 +132,20 @@ COMMENT ON FUNCTION audit._guard_drop() IS
 REVOKE ALL ON FUNCTION audit._guard_drop() FROM PUBLIC;
 
 
-CREATE FUNCTION audit.install_guards() RETURNS boolean
+CREATE OR REPLACE FUNCTION audit.install_guards() RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
         RETURN false;
     END IF;
+    -- A guard of an older version that fired on other commands is replaced.
+    IF EXISTS (SELECT FROM pg_catalog.pg_event_trigger
+                WHERE evtname = 'pgaudit_guard_ddl' AND evttags IS DISTINCT FROM '{ALTER TABLE,CREATE TABLE}') THEN
+        DROP EVENT TRIGGER pgaudit_guard_ddl;
+    END IF;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgaudit_guard_ddl') THEN
         CREATE EVENT TRIGGER pgaudit_guard_ddl ON ddl_command_end
-            WHEN TAG IN ('ALTER TABLE')
+            WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
             EXECUTE FUNCTION audit._guard_ddl();
     END IF;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgaudit_guard_drop') THEN
@@ -129,17 +153,17 @@ BEGIN
     END IF;
     ALTER EVENT TRIGGER pgaudit_guard_ddl ENABLE ALWAYS;
     ALTER EVENT TRIGGER pgaudit_guard_drop ENABLE ALWAYS;
+    -- Capture functions no longer need their per-statement layout check.
+    PERFORM audit._rewrite_all();
     RETURN true;
 END
 $$;
 
 COMMENT ON FUNCTION audit.install_guards() IS
-    'Installs the event triggers that guard capture (needs superuser; returns false without it). Run by install.';
-
-SELECT audit.install_guards();
+    'Installs the event triggers that guard capture and keep capture functions current after ALTER TABLE (needs superuser; returns false without it). Run by install.';
 
 
-CREATE FUNCTION audit.doctor()
+CREATE OR REPLACE FUNCTION audit.doctor()
 RETURNS TABLE (severity text, object text, problem text, fix text)
 LANGUAGE plpgsql STABLE AS $$
 -- Every check; one row per problem found. fix: SQL that repairs it safely, or NULL.
@@ -180,11 +204,37 @@ BEGIN
             RETURN NEXT;
         END IF;
         IF audit._layout_now(t.relid::regclass) IS DISTINCT FROM t.generated_layout THEN
-            severity := 'warning'; object := t.qualified;
-            problem := 'columns changed since capture was generated (capture stays correct, at the cost of dynamic SQL)';
+            object := t.qualified; fix := pg_catalog.format('SELECT audit.refresh(%L)', t.qualified);
+            IF t.layout_check THEN
+                severity := 'warning';
+                problem := 'columns changed since capture was generated (capture stays correct, at the cost of dynamic SQL)';
+            ELSE
+                severity := 'error';
+                problem := 'columns changed but capture was not rewritten (the guard event trigger did not run): excluded columns may be stored under new names, writes may fail';
+            END IF;
+            RETURN NEXT;
+        ELSIF NOT t.layout_check AND NOT audit._guarded() THEN
+            severity := 'error'; object := t.qualified;
+            problem := 'capture relies on the guard event trigger to follow ALTER TABLE, and the guard is missing or disabled';
             fix := pg_catalog.format('SELECT audit.refresh(%L)', t.qualified);
             RETURN NEXT;
         END IF;
+    END LOOP;
+    -- Capture triggers on a table no enabled audited table contains (a detached partition):
+    -- its writes are not recorded, and the triggers only cost time.
+    FOR t IN SELECT g.tgrelid::regclass AS rel,
+                    pg_catalog.string_agg(pg_catalog.format('DROP TRIGGER %I ON %s', g.tgname, g.tgrelid::regclass), '; '
+                                          ORDER BY g.tgname) AS drops
+               FROM pg_catalog.pg_trigger AS g
+              WHERE g.tgname = ANY (audit._trigger_names())
+                AND NOT EXISTS (SELECT FROM audit.tracked_table AS x
+                                 WHERE x.enabled AND EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = x.relid)
+                                   AND g.tgrelid IN (SELECT audit._members(x.relid::regclass)))
+              GROUP BY g.tgrelid LOOP
+        severity := 'warning'; object := t.rel::text;
+        problem := 'capture triggers left on a table that is not audited (a partition detached from an audited table): its changes are not recorded';
+        fix := t.drops;
+        RETURN NEXT;
     END LOOP;
     FOR t IN SELECT s.* FROM audit.status() AS s WHERE s.enabled AND s.state NOT IN ('ok', 'table dropped') LOOP
         severity := 'error'; object := t.table_name; problem := t.state || ': changes may go unrecorded';

@@ -1,6 +1,6 @@
--- pgaudit_tool schema, revision 0001: views for people.
+-- pgaudit_tool: views for people.
 
-CREATE FUNCTION audit.changed_columns(p_old jsonb, p_new jsonb) RETURNS text[]
+CREATE OR REPLACE FUNCTION audit.changed_columns(p_old jsonb, p_new jsonb) RETURNS text[]
 LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY(
         SELECT k FROM (SELECT pg_catalog.jsonb_object_keys(p_old) UNION SELECT pg_catalog.jsonb_object_keys(p_new)) AS u(k)
@@ -10,7 +10,8 @@ $$;
 COMMENT ON FUNCTION audit.changed_columns(jsonb, jsonb) IS
     'The columns whose values differ between two row images (a column present in one image only counts), sorted.';
 
-CREATE VIEW audit.history AS
+
+CREATE OR REPLACE VIEW audit.history AS
 SELECT c.id,
        pg_catalog.format('%I.%I', c.schema_name, c.table_name) AS table_name,
        c.relid,
