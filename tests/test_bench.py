@@ -13,6 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from pgaudit_tool import Audit
 from pgaudit_tool.bench import (
+    FLOOR_KEYS,
     RECONSTRUCTION_KEYS,
     RESULT_KEYS,
     SETTINGS,
@@ -46,6 +47,10 @@ ALWAYS_MEASURED = (
     "insert_floor_ratio",
     "update_floor_ratio",
     "delete_floor_ratio",
+    "single_row_update_floor_tps_ratio",  # the built-in driver measures it too
+    "single_row_plain_tps",
+    "single_row_floor_tps",
+    "single_row_audited_tps",
     "audit_bytes_per_change",
     "image_bytes_per_change",
 )
@@ -132,10 +137,11 @@ def test_bench_reports_every_key_and_cleans_up(
     _check_result(result, config)
     if result["pgbench"] is None:  # no pgbench on this machine
         assert result["single_row_driver"] == "builtin"
-        assert result["tpcb_tps_ratio"] is None
+        assert result["tpcb_tps_ratio"] is None and result["tpcb_floor_tps_ratio"] is None
     else:
         assert result["single_row_driver"] == "pgbench"
-        assert isinstance(result["tpcb_tps_ratio"], float) and result["tpcb_tps_ratio"] > 0
+        for key in ("tpcb_tps_ratio", "tpcb_floor_tps_ratio", "tpcb_floor_tps"):
+            assert isinstance(result[key], float) and result[key] > 0, key
         assert any("pgbench_history" in note for note in result["notes"])
     assert any("bulk statements" in m for m in messages)
     assert any(m.startswith("row-at") for m in messages)
@@ -152,6 +158,7 @@ def test_bench_own_driver_without_pgbench(audit: Audit, dsn: str) -> None:
     assert result["pgbench"] is None
     assert result["tpcb_tps_ratio"] is None
     assert result["tpcb_plain_tps"] is None
+    assert result["tpcb_floor_tps_ratio"] is None and result["tpcb_floor_tps"] is None
     assert any("TPC-B not measured" in note for note in result["notes"])
     assert _leftovers(dsn)["schemas"] == 0
 
@@ -216,9 +223,50 @@ def test_render_table_rows() -> None:
         "status": "ok",
     }
     assert rows["tpcb_tps_ratio"]["status"] == "not measured"
+    assert rows["tpcb_floor_tps_ratio"]["value"] is None
     assert rows["setting fsync"]["value"] == "on"
     assert rows["note"]["value"] == "a note"
     assert set(TARGETS) <= set(rows)
+
+
+def test_render_table_throughput_floors() -> None:
+    """A TPS target above what a bare JSONB log alone keeps is out of reach; one below it is
+    only missed; a floor that was not measured changes nothing."""
+    result: dict[str, Any] = dict.fromkeys(RESULT_KEYS)
+    result.update(
+        single_row_update_tps_ratio=0.55,
+        single_row_update_floor_tps_ratio=0.7,
+        tpcb_tps_ratio=0.8,
+        tpcb_floor_tps_ratio=0.9,
+        update_ratio=2.5,
+        update_floor_ratio=1.9,
+    )
+    rows = {row["metric"]: row for row in render_table(result)}
+    assert rows["single_row_update_tps_ratio"]["status"] == (
+        "missed (out of reach: a bare JSONB log alone is 0.7 of the unaudited TPS)"
+    )
+    assert rows["tpcb_tps_ratio"]["status"] == "missed"
+    assert rows["update_ratio"]["status"] == "missed"
+    assert rows["single_row_update_floor_tps_ratio"]["value"] == 0.7
+    assert rows["tpcb_floor_tps_ratio"]["value"] == 0.9
+    result.update(tpcb_tps_ratio=0.6, tpcb_floor_tps_ratio=0.84, update_floor_ratio=2.1)
+    rows = {row["metric"]: row for row in render_table(result)}
+    assert rows["tpcb_tps_ratio"]["status"] == (
+        "missed (out of reach: a bare JSONB log alone is 0.84 of the unaudited TPS)"
+    )
+    assert rows["update_ratio"]["status"] == (
+        "missed (out of reach: a bare JSONB log alone is 2.1x)"
+    )
+    result.update(single_row_update_tps_ratio=0.85, single_row_update_floor_tps_ratio=None)
+    result.update(tpcb_tps_ratio=0.6, tpcb_floor_tps_ratio=None)
+    rows = {row["metric"]: row for row in render_table(result)}
+    assert rows["single_row_update_tps_ratio"]["status"] == "ok"
+    assert rows["tpcb_tps_ratio"]["status"] == "missed"
+
+
+def test_every_target_has_a_floor() -> None:
+    assert set(FLOOR_KEYS) == set(TARGETS)
+    assert set(FLOOR_KEYS.values()) <= set(RESULT_KEYS)
 
 
 PGBENCH_15 = """\

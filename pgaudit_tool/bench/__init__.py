@@ -30,9 +30,15 @@ repetition), and every ratio is the median of the per-repetition ratios:
   seconds, with pgbench when available, else with threads of this process:
   ``single_row_update_tps_ratio`` (audited TPS / unaudited TPS).
 * pgbench's built-in TPC-B-like workload with its four tables audited: ``tpcb_tps_ratio``.
-  pgbench_history has no key, so it gets ``hid bigserial PRIMARY KEY`` for both runs.
+  pgbench_history has no key, so it gets ``hid bigserial PRIMARY KEY`` for every run.
   Without pgbench both TPS ratios that need it are None (the single-row one falls back to the
   built-in driver, TPC-B is not run).
+* the throughput floors: the same workloads on the unaudited tables, each write also storing
+  the row's JSONB images in ``bare_log`` in the same statement (a CTE: UPDATE old and new,
+  INSERT new; for TPC-B a custom pgbench script equal to the built-in one otherwise), a third
+  series of the same repetitions, always between the unaudited and audited runs.
+  ``single_row_update_floor_tps_ratio``, ``tpcb_floor_tps_ratio``: its TPS / unaudited TPS,
+  the most any capture storing the images can keep (a target above it is out of reach).
 * ``audit_bytes_per_change``: growth of ``audit.change`` + ``audit.transaction`` (heap, indexes,
   TOAST, free space and visibility maps) over the bulk phase / changes recorded;
   ``image_bytes_per_change``: average of ``pg_column_size(old) + pg_column_size(new)`` of
@@ -61,6 +67,8 @@ from __future__ import annotations
 from pgaudit_tool.bench.config import AUDITED as AUDITED
 from pgaudit_tool.bench.config import BARE_LOG as BARE_LOG
 from pgaudit_tool.bench.config import CHURN_EVERY as CHURN_EVERY
+from pgaudit_tool.bench.config import FLOOR as FLOOR
+from pgaudit_tool.bench.config import FLOOR_KEYS as FLOOR_KEYS
 from pgaudit_tool.bench.config import HISTORY as HISTORY
 from pgaudit_tool.bench.config import HISTORY_TRANSACTIONS as HISTORY_TRANSACTIONS
 from pgaudit_tool.bench.config import MIN_HISTORY_TRANSACTIONS as MIN_HISTORY_TRANSACTIONS

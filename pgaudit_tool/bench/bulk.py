@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from psycopg import sql
-
 from pgaudit_tool.bench.config import AUDITED, BARE_LOG, OPERATIONS, PLAIN
 from pgaudit_tool.bench.session import Session, audit_tables, order, timed
 from pgaudit_tool.bench.sql import bare_log_sql, bulk_sql
@@ -42,5 +40,5 @@ def _time_statement(s: Session, op: str, name: str) -> float:
 def _time_bare_log(s: Session, op: str) -> float:
     s.checkpoint()
     elapsed = timed(s.conn, bare_log_sql(op, s.table(BARE_LOG), s.table(PLAIN)))
-    s.conn.execute(sql.SQL("TRUNCATE {}").format(s.table(BARE_LOG)))
+    s.clear_bare_log()
     return elapsed

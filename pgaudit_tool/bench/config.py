@@ -13,6 +13,8 @@ SCRATCH_PREFIX = "pgaudit_bench_"
 PLAIN = "plain"
 AUDITED = "audited"
 BARE_LOG = "bare_log"
+#: The throughput series of the bare JSONB log: the unaudited table plus the images' INSERT.
+FLOOR = "floor"
 HISTORY = "history"
 OPERATIONS = ("insert", "update", "delete")
 TPCB_TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
@@ -60,13 +62,22 @@ RATIO_KEYS = (
     "insert_floor_ratio",
     "update_floor_ratio",
     "delete_floor_ratio",
+    "single_row_update_floor_tps_ratio",
+    "tpcb_floor_tps_ratio",
 )
+#: Ratio with a target -> the ratio a bare JSONB log alone has (see render_table).
+FLOOR_KEYS = {
+    **{f"{op}_ratio": f"{op}_floor_ratio" for op in OPERATIONS},
+    "single_row_update_tps_ratio": "single_row_update_floor_tps_ratio",
+    "tpcb_tps_ratio": "tpcb_floor_tps_ratio",
+}
 RAW_KEYS = (
     *(f"{op}_{what}_ms" for op in OPERATIONS for what in (PLAIN, AUDITED, BARE_LOG)),
-    "single_row_plain_tps",
-    "single_row_audited_tps",
-    "tpcb_plain_tps",
-    "tpcb_audited_tps",
+    *(
+        f"{phase}_{what}_tps"
+        for phase in ("single_row", "tpcb")
+        for what in (PLAIN, AUDITED, FLOOR)
+    ),
 )
 #: Every key of :func:`~pgaudit_tool.bench.run_bench`'s result, in display order.
 RESULT_KEYS = (

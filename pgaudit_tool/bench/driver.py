@@ -15,7 +15,7 @@ def driver_tps(
     conninfo: str, stmt: sql.Composable, rows: int, clients: int, duration: float
 ) -> float:
     """TPS of ``clients`` threads, each on its own autocommit connection, running ``stmt``
-    (one ``%s``: a random id in 1..rows) for ``duration`` seconds."""
+    (``%(id)s``, as often as it needs: a random id in 1..rows) for ``duration`` seconds."""
     stop = threading.Event()
     ready = threading.Barrier(clients + 1)
     counts = [0] * clients
@@ -62,7 +62,7 @@ def _driver_client(
             query = stmt.as_string(conn)
             ready.wait(timeout=60)
             while not stop.is_set():
-                conn.execute(query, (rng.randint(1, rows),), prepare=True)
+                conn.execute(query, {"id": rng.randint(1, rows)}, prepare=True)
                 counts[slot] += 1
     except BaseException as exc:  # reported by driver_tps
         errors.append(exc)

@@ -9,7 +9,7 @@ import psycopg
 from psycopg import sql
 
 from pgaudit_tool import schema
-from pgaudit_tool.bench.config import AUDITED, PLAIN, BenchConfig, Progress
+from pgaudit_tool.bench.config import AUDITED, BARE_LOG, FLOOR, PLAIN, BenchConfig, Progress
 from pgaudit_tool.bench.pgbench import find_pgbench
 from pgaudit_tool.bench.stats import Samples
 from pgaudit_tool.errors import AuditError
@@ -66,6 +66,10 @@ class Session:
         if self.can_checkpoint:
             self.conn.execute("CHECKPOINT")
 
+    def clear_bare_log(self) -> None:
+        """Empty ``bare_log`` after a measurement that wrote into it."""
+        self.conn.execute(sql.SQL("TRUNCATE {}").format(self.table(BARE_LOG)))
+
     def vacuum(self, table: sql.Identifier, analyze: bool = False) -> None:
         command = "VACUUM (ANALYZE) {}" if analyze else "VACUUM {}"
         self.conn.execute(sql.SQL(command).format(table))
@@ -74,6 +78,14 @@ class Session:
 def order(rep: int) -> tuple[str, str]:
     """Which table goes first: flips at every repetition so that neither always goes first."""
     return (PLAIN, AUDITED) if rep % 2 == 0 else (AUDITED, PLAIN)
+
+
+def series(rep: int) -> tuple[str, str, str]:
+    """The three series of a throughput phase: :func:`order`'s two, unaudited and audited
+    swapping first and last place at each repetition, with the bare log's (:data:`FLOOR`) always
+    between them."""
+    first, last = order(rep)
+    return first, FLOOR, last
 
 
 def audit_tables() -> tuple[sql.Identifier, ...]:
