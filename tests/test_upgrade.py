@@ -9,6 +9,8 @@ that is gone, and `install_guards()` / `refresh` bring either kind back.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from typing import Any
 
 import psycopg
@@ -127,6 +129,37 @@ def test_upgrade_from_0002_drops_the_stamp_trigger(
     conn.execute(f"UPDATE shop.items SET name = 'b' WHERE id = 1 + {forge}")
     conn.execute(f"INSERT INTO shop.parts_1 VALUES (1, 1 + {forge})")
     assert [c[5] for c in changes(conn)[len(before) :]] == [conn.info.user] * 2
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not on PATH")
+def test_the_dry_run_upgrade_script_runs_in_psql(
+    dsn: str, conn: psycopg.Connection[Any], items: str
+) -> None:
+    """What ``install --dry-run`` prints for an older database is the upgrade a DBA can review
+    and run with psql: the same result as ``install``."""
+    install_released(dsn, "0002")
+    conn.execute("SELECT audit.enable('shop.items')")
+    conn.execute("INSERT INTO shop.items VALUES (1, 'a', NULL)")
+    before = changes(conn)
+    with Audit.connect(dsn) as audit:
+        script = audit.install_sql()
+    assert "Running upgrade 0002 -> 0003" in script and "Running upgrade 0001" not in script
+    ran = subprocess.run(
+        [str(shutil.which("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn],
+        input=script,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert changes(conn) == before
+    with Audit.connect(dsn) as audit:
+        assert audit.installed_revision() == head_revision()
+        assert audit.install().changed is False
+        assert [s["state"] for s in audit.status()] == ["ok"]
+        assert not [p for p in audit.doctor() if p["severity"] != "info"]
+    conn.execute("UPDATE shop.items SET name = 'b'")
+    assert changes(conn)[-1][5] == conn.info.user
 
 
 def test_without_the_guard_capture_checks_and_doctor_notices(
