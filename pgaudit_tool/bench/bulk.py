@@ -5,18 +5,17 @@ from __future__ import annotations
 from pgaudit_tool.bench.config import AUDITED, BARE_LOG, OPERATIONS, PLAIN
 from pgaudit_tool.bench.session import Session, audit_tables, order, timed
 from pgaudit_tool.bench.sql import bare_log_sql, bulk_sql
-from pgaudit_tool.bench.storage import audit_size, record_storage
+from pgaudit_tool.bench.storage import record_storage
 
 
 def bulk_phase(s: Session) -> None:
     """Each statement on ``plain`` and ``audited`` (and its bare log), then the storage used."""
-    size_before = audit_size(s.conn)
     for rep in range(s.config.repetitions):
         s.progress(f"bulk statements, repetition {rep + 1}/{s.config.repetitions}")
         for op in OPERATIONS:
             for name in order(rep):
                 _bulk_step(s, op, name)
-    record_storage(s, audit_size(s.conn) - size_before)
+    record_storage(s)
 
 
 def _bulk_step(s: Session, op: str, name: str) -> None:

@@ -100,8 +100,10 @@ def _standard_notes(cfg: BenchConfig) -> list[str]:
         "statement (UPDATE: old and new, INSERT: new; a CTE) / unaudited TPS, measured in the "
         "same repetitions (unaudited and audited swapping first and last place, the bare log "
         "between them): the most TPS any capture storing the JSONB images can keep.",
-        "audit_bytes_per_change: growth of audit.change + audit.transaction (heap, indexes, "
-        "TOAST, maps) during the bulk phase / changes recorded then (inserts, updates, deletes).",
+        "audit_bytes_per_change: total size (heap, indexes, TOAST, maps) of copies of "
+        "audit.change and audit.transaction (same columns and indexes) holding only the audit "
+        "rows of the bulk phase / changes recorded then (inserts, updates, deletes); copies, "
+        "because free space left in the audit tables would distort their growth.",
     ]
     if cfg.duration != max(1, round(cfg.duration)):
         notes.append(f"pgbench takes whole seconds: runs lasted {max(1, round(cfg.duration))} s.")
