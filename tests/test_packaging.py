@@ -285,7 +285,8 @@ _CATALOG: dict[str, str] = {
          WHERE c.relnamespace = 'audit'::regnamespace
          ORDER BY 1, 2""",
     # Objects an install could create outside the schema.
-    "event_triggers": "SELECT evtname, evtevent, evtfoid::regproc::text FROM pg_event_trigger",
+    "event_triggers": "SELECT evtname, evtevent, evtfoid::regproc::text, evttags, evtenabled"
+    " FROM pg_event_trigger ORDER BY 1",
     "extensions": "SELECT extname, extversion FROM pg_extension ORDER BY 1",
     "default_acl": "SELECT defaclrole::regrole::text, defaclobjtype, defaclacl::text"
     " FROM pg_default_acl ORDER BY 1, 2",
