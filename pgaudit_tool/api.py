@@ -30,7 +30,7 @@ from pgaudit_tool import revert as _revert
 from pgaudit_tool import schema, tables
 from pgaudit_tool.connection import connect, resolve_conninfo
 from pgaudit_tool.context import audit_context
-from pgaudit_tool.db import resolve_table, translated_errors
+from pgaudit_tool.db import lock_timeout_of, resolve_table, translated_errors
 from pgaudit_tool.errors import InvalidInput, TableNotSuitable
 from pgaudit_tool.reconstruct import normalize_pk
 from pgaudit_tool.timeparse import instant
@@ -64,9 +64,14 @@ class Audit:
         self._conninfo = conninfo
 
     @classmethod
-    def connect(cls, dsn: str | None = None) -> Audit:
-        """Connect by the libpq rules: ``dsn``, else PG* variables / service file, else DATABASE_URL."""
-        return cls(connect(dsn), resolve_conninfo(dsn))
+    def connect(cls, dsn: str | None = None, *, lock_timeout: str | None = None) -> Audit:
+        """Connect by the libpq rules: ``dsn``, else PG* variables / service file, else DATABASE_URL.
+
+        ``lock_timeout`` bounds how long a command waits for a lock on what it changes (``"5s"``,
+        ``"1min"``; ``"0"``: no limit); by default 5 s unless the server, database, role or
+        PGOPTIONS set lock_timeout. A command that times out raises LockTimeout, nothing changed.
+        """
+        return cls(connect(dsn, lock_timeout=lock_timeout), resolve_conninfo(dsn))
 
     def close(self) -> None:
         self.conn.close()
@@ -86,7 +91,7 @@ class Audit:
     def install(self) -> InstallResult:
         """Create or upgrade the audit schema to this tool's revision (idempotent, one transaction)."""
         with translated_errors():
-            before, after = schema.install(self.conninfo)
+            before, after = schema.install(self.conninfo, lock_timeout_of(self.conn))
         return InstallResult(before, after)
 
     def install_sql(self) -> str:

@@ -27,6 +27,7 @@ Exit codes:
   5  permission denied
   6  revert refused: rows changed later would be overwritten (--on-conflict abort); nothing changed
   7  verify found the log tampered with, or doctor found auditing not intact
+  8  a lock was not granted within --lock-timeout; nothing changed
 """
 
 _FORMATS = ("table", "csv", "json", "jsonl")
@@ -60,15 +61,16 @@ def _fail(ctx: click.Context, exc: AuditError) -> None:
 class _State:
     """Per-invocation state: the connection, opened on first use."""
 
-    def __init__(self, dsn: str | None) -> None:
+    def __init__(self, dsn: str | None, lock_timeout: str | None = None) -> None:
         self.dsn = dsn
+        self.lock_timeout = lock_timeout
         self._audit: Any = None
 
     def audit(self) -> Any:
         if self._audit is None:
             from pgaudit_tool.api import Audit
 
-            self._audit = Audit.connect(self.dsn)
+            self._audit = Audit.connect(self.dsn, lock_timeout=self.lock_timeout)
         return self._audit
 
     def close(self) -> None:
@@ -110,11 +112,18 @@ def _info(message: str) -> None:
     help="Connection string (key=value or URI). Default: libpq's PG* variables, service file "
     "and .pgpass; else DATABASE_URL.",
 )
+@click.option(
+    "--lock-timeout",
+    metavar="DURATION",
+    help="How long to wait for a lock on a table a command changes (install, enable, disable, "
+    "refresh, revert, doctor --fix), e.g. 5s, 1min; 0 waits without limit. Default: 5s, unless "
+    "the server, database, role or PGOPTIONS set lock_timeout.",
+)
 @click.version_option(__version__, prog_name="pgaudit-tool")
 @click.pass_context
-def main(ctx: click.Context, dsn: str | None) -> None:
+def main(ctx: click.Context, dsn: str | None, lock_timeout: str | None) -> None:
     """Database-level change capture for PostgreSQL: who changed what, when, from where."""
-    state = _State(dsn)
+    state = _State(dsn, lock_timeout)
     ctx.obj = state
     ctx.call_on_close(state.close)
 

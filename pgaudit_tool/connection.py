@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from pgaudit_tool.db import choose_lock_timeout, translated_errors
 from pgaudit_tool.errors import ConnectionFailed
 
 if TYPE_CHECKING:
@@ -137,11 +138,14 @@ def connect(
     *,
     autocommit: bool = True,
     application_name: str = "pgaudit-tool",
+    lock_timeout: str | None = None,
 ) -> psycopg.Connection[Any]:
     """Open a psycopg connection following :func:`resolve_conninfo`.
 
     ``application_name`` is passed as libpq's ``fallback_application_name``: it applies only
     when neither the conninfo, ``PGAPPNAME`` nor the service file sets ``application_name``.
+    ``lock_timeout``: for the connection's write transactions, see
+    :func:`pgaudit_tool.db.choose_lock_timeout` (a bad value raises InvalidInput).
 
     Raises :class:`~pgaudit_tool.errors.ConnectionFailed` (never a psycopg error) when the
     server cannot be reached, refuses the login, or the connection string is malformed.
@@ -150,9 +154,16 @@ def connect(
     conninfo = resolve_conninfo(dsn)
     try:
         full = make_conninfo(conninfo, fallback_application_name=application_name)
-        return psycopg.connect(full, autocommit=autocommit)
+        conn = psycopg.connect(full, autocommit=autocommit)
     except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
         raise _connection_failed(exc, conninfo) from None
+    try:
+        with translated_errors():
+            choose_lock_timeout(conn, lock_timeout)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _connection_failed(exc: psycopg.Error, conninfo: str) -> ConnectionFailed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pgaudit_tool.errors import (
     AuditError,
     DatabaseError,
     InvalidInput,
+    LockTimeout,
     PermissionDenied,
     TableNotSuitable,
 )
@@ -42,7 +44,13 @@ _BY_SQLSTATE: dict[str, type[AuditError]] = {
     "42809": TableNotSuitable,  # wrong_object_type
     "55000": TableNotSuitable,  # object_not_in_prerequisite_state
     "3F000": InvalidInput,  # invalid_schema_name
+    "55P03": LockTimeout,  # lock_not_available
 }
+
+_LOCK_HINT = (
+    "Another transaction holds a lock on what this command changes; retry when it has ended"
+    " (pg_locks and pg_stat_activity show it), or wait longer with --lock-timeout (0: no limit)."
+)
 
 
 def translate(exc: psycopg.Error) -> AuditError:
@@ -53,6 +61,8 @@ def translate(exc: psycopg.Error) -> AuditError:
     cls = _BY_SQLSTATE.get(sqlstate, DatabaseError)
     if cls is DatabaseError and sqlstate:
         message = f"{message} (SQLSTATE {sqlstate})"
+    if cls is LockTimeout:
+        return cls(f"{message}; nothing was changed", hint=_LOCK_HINT)
     return cls(message, hint=diag.message_hint)
 
 
@@ -65,6 +75,51 @@ def translated_errors() -> Iterator[None]:
         raise
     except psycopg.Error as exc:
         raise translate(exc) from exc
+
+
+#: How long a write transaction waits for a lock unless told otherwise: enable, disable,
+#: refresh, install and revert lock what they change, and a lock request waiting behind a long
+#: transaction makes every later query on that table wait behind it.
+DEFAULT_LOCK_TIMEOUT = "5s"
+
+# The lock_timeout chosen for each connection's write transactions (None: the session's own).
+_LOCK_TIMEOUTS: weakref.WeakKeyDictionary[psycopg.Connection[Any], str | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def choose_lock_timeout(conn: psycopg.Connection[Any], value: str | None) -> None:
+    """Choose the lock_timeout of ``conn``'s write transactions: ``value`` (``"0"``: no limit),
+    else :data:`DEFAULT_LOCK_TIMEOUT` unless the server, database, role or PGOPTIONS set one.
+
+    Applied per transaction (``SET LOCAL``), never to the session, so that behind a transaction
+    pooler it cannot leak into other clients' sessions. A bad value raises InvalidInput here.
+    """
+    if value is None:
+        row = conn.execute(
+            "SELECT source = 'default' FROM pg_settings WHERE name = 'lock_timeout'"
+        ).fetchone()
+        value = DEFAULT_LOCK_TIMEOUT if row is None or row[0] else None
+    if value is not None:
+        with conn.transaction():  # checks the value, without keeping it
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (value,))
+    _LOCK_TIMEOUTS[conn] = value
+
+
+def lock_timeout_of(conn: psycopg.Connection[Any]) -> str | None:
+    """The lock_timeout chosen for ``conn``'s write transactions (None: the session's own)."""
+    return _LOCK_TIMEOUTS.get(conn)
+
+
+@contextmanager
+def write_transaction(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Transaction]:
+    """``conn.transaction()`` waiting for locks no longer than the connection's chosen
+    lock_timeout (transaction-local)."""
+    with conn.transaction() as tx:
+        timeout = _LOCK_TIMEOUTS.get(conn)
+        if timeout is not None:
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
+        yield tx
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,12 @@ class DatabaseError(AuditError):
     exit_code = 1
 
 
+class LockTimeout(AuditError):
+    """A lock the operation needs was not granted within lock_timeout: nothing was changed."""
+
+    exit_code = 8
+
+
 class IntegrityProblem(AuditError):
     """verify found the audit log tampered with, or doctor found auditing not intact."""
 

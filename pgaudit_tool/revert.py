@@ -29,7 +29,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_loads
 
-from pgaudit_tool.db import load_json, translate
+from pgaudit_tool.db import load_json, translate, write_transaction
 from pgaudit_tool.errors import AuditError, InvalidInput, RevertConflict
 
 ON_CONFLICT = ("abort", "skip", "force")
@@ -233,7 +233,7 @@ def run(
         )
     applying = False
     with _revert_errors(lambda: applying):
-        with conn.transaction() as tx:
+        with write_transaction(conn) as tx:
             steps = script_steps(conn, chosen, on_conflict, actor)
             result = _plan(conn, steps, chosen, on_conflict, dry_run)
             if dry_run:

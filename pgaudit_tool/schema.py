@@ -146,18 +146,24 @@ def _run_script(script: str) -> None:
     driver_conn.execute(script)
 
 
-def install(conninfo: str) -> tuple[str | None, str]:
+def install(conninfo: str, lock_timeout: str | None = None) -> tuple[str | None, str]:
     """Install or upgrade the audit schema to the head revision, in one transaction.
 
     Returns (revision before, revision after). Idempotent: nothing runs when already at head.
+    ``lock_timeout``: of the install's transaction (see ``db.choose_lock_timeout``).
     """
     from alembic import command
+    from sqlalchemy import text
 
     from pgaudit_tool.connection import sqlalchemy_engine
 
     engine = sqlalchemy_engine(conninfo)
     try:
         with engine.begin() as connection:
+            if lock_timeout is not None:
+                connection.execute(
+                    text("SELECT set_config('lock_timeout', :v, true)"), {"v": lock_timeout}
+                )
             before = _current_revision(connection)
             refuse_newer(before)
             cfg = alembic_config()

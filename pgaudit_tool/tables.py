@@ -8,7 +8,13 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from pgaudit_tool.db import TableRef, resolve_table, schema_tables, translated_errors
+from pgaudit_tool.db import (
+    TableRef,
+    resolve_table,
+    schema_tables,
+    translated_errors,
+    write_transaction,
+)
 from pgaudit_tool.errors import InvalidInput, TableNotSuitable
 
 STATUS_COLUMNS = (
@@ -71,7 +77,7 @@ def enable(
     ``exclude`` names columns never stored (None keeps each table's current list; a name
     missing from a table is an error). ``capture_truncate`` None keeps the current setting.
     """
-    with conn.transaction(), translated_errors():
+    with write_transaction(conn), translated_errors():
         for schema in schemas:
             conn.execute("SELECT audit.track_schema(%s)", (schema,))
         for ref in refs:
@@ -90,7 +96,7 @@ def disable(
     Returns, per table, whether it was being audited.
     """
     result: dict[str, bool] = {}
-    with conn.transaction(), translated_errors():
+    with write_transaction(conn), translated_errors():
         for schema in schemas:
             conn.execute("DELETE FROM audit.tracked_schema WHERE schema_name = %s", (schema,))
         for ref in refs:
@@ -101,7 +107,7 @@ def disable(
 
 def refresh(conn: psycopg.Connection[Any], refs: Sequence[TableRef]) -> None:
     """Regenerate capture of audited tables after DDL, in one transaction."""
-    with conn.transaction(), translated_errors():
+    with write_transaction(conn), translated_errors():
         for ref in refs:
             conn.execute("SELECT audit.refresh(%s::oid::regclass)", (ref.oid,))
 

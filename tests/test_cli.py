@@ -32,6 +32,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pgaudit_tool import Audit, audit_context
 from pgaudit_tool.cli import main
 from pgaudit_tool.connection import LIBPQ_ENV_VARS
+from pgaudit_tool.db import write_transaction
 from pgaudit_tool.history import HISTORY_COLUMNS
 from pgaudit_tool.schema import head_revision
 from pgaudit_tool.tables import STATUS_COLUMNS
@@ -57,6 +58,7 @@ COMMANDS = (
     "demo",
 )
 EXIT_BAD_INPUT, EXIT_CONNECT, EXIT_NOT_INSTALLED, EXIT_PERMISSION = 2, 3, 4, 5
+EXIT_LOCK_TIMEOUT = 8
 
 
 def _console_script() -> str:
@@ -559,6 +561,43 @@ def test_schema_not_installed(dsn: str, conn: psycopg.Connection[Any]) -> None:
         failed(run_cli("--dsn", dsn, *args), EXIT_NOT_INSTALLED, "not installed", "install")
     assert not has_schema(conn, "audit")
     assert capture_triggers(conn) == 0
+
+
+def test_lock_timeout_changes_nothing(shop: Audit, dsn: str, conn: psycopg.Connection[Any]) -> None:
+    """A transaction holding the table: enable gives up after --lock-timeout, changing nothing,
+    instead of queueing every later query on the table behind its lock request."""
+    with psycopg.connect(dsn) as holder:
+        holder.execute("INSERT INTO sales.orders VALUES (1, 'ann', 1, NULL)")  # open transaction
+        result = invoke(dsn, "--lock-timeout", "200ms", "enable", "sales.orders")
+        err = failed(
+            result, EXIT_LOCK_TIMEOUT, "lock timeout", "nothing was changed", "--lock-timeout"
+        )
+        assert status_json(dsn) == {}
+        assert capture_triggers(conn) == 0
+    ok(invoke(dsn, "enable", "sales.orders"))  # the holder has committed
+    assert "Traceback" not in err and status_json(dsn)["sales.orders"]["state"] == "ok"
+
+
+def test_lock_timeout_setting(shop: Audit, dsn: str) -> None:
+    """The lock timeout applies to write transactions only (SET LOCAL), never to the session: a
+    session setting would leak into other clients' sessions behind a transaction pooler."""
+
+    def setting(audit: Audit) -> tuple[str, str]:
+        with write_transaction(audit.conn):
+            inside = audit.conn.execute("SHOW lock_timeout").fetchone()
+        outside = audit.conn.execute("SHOW lock_timeout").fetchone()
+        assert inside is not None and outside is not None
+        return str(inside[0]), str(outside[0])
+
+    with Audit.connect(dsn) as audit:
+        assert setting(audit) == ("5s", "0")  # the default
+    with Audit.connect(dsn, lock_timeout="0") as audit:
+        assert setting(audit) == ("0", "0")  # no limit, when asked
+    with Audit.connect(dsn, lock_timeout="2min") as audit:
+        assert setting(audit) == ("2min", "0")
+    with Audit.connect(f"{dsn} options='-c lock_timeout=1234ms'") as audit:
+        assert setting(audit) == ("1234ms", "1234ms")  # PGOPTIONS / options set by the user win
+    failed(invoke(dsn, "--lock-timeout", "soon", "status"), EXIT_BAD_INPUT, "lock_timeout")
 
 
 def test_schema_newer_than_the_tool(dsn: str, conn: psycopg.Connection[Any]) -> None:

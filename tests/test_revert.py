@@ -30,6 +30,7 @@ from pgaudit_tool.cli import main
 from pgaudit_tool.errors import (
     DatabaseError,
     InvalidInput,
+    LockTimeout,
     PermissionDenied,
     RevertConflict,
     TableNotSuitable,
@@ -570,6 +571,19 @@ def test_concurrent_change_after_the_plan_changes_nothing(
     audit.conn.execute("UPDATE acct SET owner = 'o3' WHERE id = 3")
     assert_same_rows(audit.conn, "acct", after)
     assert change_count(audit.conn) == changes + 2  # the two updates of row 3, no revert
+
+
+def test_a_locked_row_makes_the_revert_give_up_after_the_lock_timeout(
+    attacked: tuple[Audit, int, str, str], dsn: str
+) -> None:
+    audit, txid, _, after = attacked
+    changes = change_count(audit.conn)
+    with psycopg.connect(dsn) as holder, Audit.connect(dsn, lock_timeout="200ms") as reverter:
+        holder.execute("SELECT * FROM acct WHERE id = 3 FOR UPDATE")  # held until the end
+        with pytest.raises(LockTimeout, match="nothing was changed"):
+            reverter.revert(txids=[txid])
+    assert_same_rows(audit.conn, "acct", after)
+    assert change_count(audit.conn) == changes
 
 
 def test_progress_and_declined_confirmation(attacked: tuple[Audit, int, str, str]) -> None:

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from pgaudit_tool import Audit
+from pgaudit_tool.errors import LockTimeout
 from pgaudit_tool.schema import head_revision
 from tests.released import install_released
 
@@ -129,6 +130,24 @@ def test_upgrade_from_0002_drops_the_stamp_trigger(
     conn.execute(f"UPDATE shop.items SET name = 'b' WHERE id = 1 + {forge}")
     conn.execute(f"INSERT INTO shop.parts_1 VALUES (1, 1 + {forge})")
     assert [c[5] for c in changes(conn)[len(before) :]] == [conn.info.user] * 2
+
+
+def test_upgrade_waits_no_longer_than_the_lock_timeout(
+    dsn: str, conn: psycopg.Connection[Any], items: str
+) -> None:
+    """The upgrade to 0003 drops a trigger on every audited table: behind a transaction that
+    writes one, it gives up after lock_timeout and changes nothing."""
+    install_released(dsn, "0002")
+    conn.execute("SELECT audit.enable('shop.items')")
+    with psycopg.connect(dsn) as holder:
+        holder.execute("INSERT INTO shop.items VALUES (1, 'a', NULL)")  # open transaction
+        with Audit.connect(dsn, lock_timeout="200ms") as audit:
+            with pytest.raises(LockTimeout, match="nothing was changed"):
+                audit.install()
+            assert audit.installed_revision() == "0002"
+    with Audit.connect(dsn) as audit:
+        assert audit.install().before == "0002"
+        assert audit.installed_revision() == head_revision()
 
 
 @pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not on PATH")
