@@ -601,6 +601,13 @@ def _emit_revert(result: Any, fmt: str) -> None:
     help="Alternating repetitions; medians are reported.",
 )
 @click.option(
+    "--scale",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="pgbench's TPC-B scale factor (1: every transaction updates the same branch row).",
+)
+@click.option(
     "--no-pgbench",
     is_flag=True,
     help="Use the built-in driver for single-row updates and skip TPC-B.",
@@ -623,6 +630,7 @@ def bench(
     clients: int,
     duration: float,
     repetitions: int,
+    scale: int,
     no_pgbench: bool,
     history_rows: int,
     no_reconstruction: bool,
@@ -637,6 +645,7 @@ def bench(
         clients=clients,
         duration=duration,
         repetitions=repetitions,
+        scale=scale,
         use_pgbench=not no_pgbench,
         history_rows=history_rows,
         reconstruction=not no_reconstruction,

@@ -337,6 +337,8 @@ def test_bench_command_prints_json_data_and_progress_on_stderr(audit: Audit, dsn
             "1",
             "--repetitions",
             "1",
+            "--scale",
+            "2",
             "--no-pgbench",
             "--format",
             "json",
@@ -347,4 +349,5 @@ def test_bench_command_prints_json_data_and_progress_on_stderr(audit: Audit, dsn
     assert set(RESULT_KEYS) <= set(data)
     assert data["insert_ratio"] > 0 and data["tpcb_tps_ratio"] is None
     assert data["row_at_median_ms"] > 0 and data["table_at_ratio"] > 0
+    assert data["scale"] == 2
     assert result.stderr.strip(), "progress goes to stderr"
