@@ -88,16 +88,20 @@ class Audit:
         self.close()
 
     # -- setup -------------------------------------------------------------------------------
-    def install(self) -> InstallResult:
-        """Create or upgrade the audit schema to this tool's revision (idempotent, one transaction)."""
+    def install(self, *, repair: bool = False) -> InstallResult:
+        """Create or upgrade the audit schema to this tool's revision (idempotent, one transaction).
+
+        ``repair``: also when already at this revision, re-apply its functions, views and
+        triggers (after one was dropped or edited by hand) and regenerate capture functions.
+        """
         with translated_errors():
-            before, after = schema.install(self.conninfo, lock_timeout_of(self.conn))
+            before, after = schema.install(self.conninfo, lock_timeout_of(self.conn), repair=repair)
         return InstallResult(before, after)
 
-    def install_sql(self) -> str:
+    def install_sql(self, *, repair: bool = False) -> str:
         """The SQL :meth:`install` would run on this database (``install --dry-run``)."""
         with translated_errors():
-            return schema.upgrade_sql(schema.installed_revision(self.conn))
+            return schema.upgrade_sql(schema.installed_revision(self.conn), repair=repair)
 
     def installed_revision(self) -> str | None:
         """The installed schema revision, or None."""

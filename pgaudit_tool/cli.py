@@ -130,18 +130,26 @@ def main(ctx: click.Context, dsn: str | None, lock_timeout: str | None) -> None:
 
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Also at the newest revision, re-apply its functions, views and triggers (after one "
+    "was dropped or edited by hand) and regenerate capture functions. History is untouched.",
+)
 @click.pass_obj
-def install(state: _State, dry_run: bool) -> None:
+def install(state: _State, dry_run: bool, repair: bool) -> None:
     """Create or upgrade the audit schema (idempotent, one transaction)."""
     audit = state.audit()
     if dry_run:
-        click.echo(audit.install_sql(), nl=False)
+        click.echo(audit.install_sql(repair=repair), nl=False)
         return
-    result = audit.install()
+    result = audit.install(repair=repair)
     if result.before is None:
         _info(f"installed the audit schema, revision {result.after}")
     elif result.changed:
         _info(f"upgraded the audit schema from revision {result.before} to {result.after}")
+    elif repair:
+        _info(f"re-applied the functions, views and triggers of revision {result.after}")
     else:
         _info(f"the audit schema is up to date (revision {result.after})")
 

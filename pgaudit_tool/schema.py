@@ -140,17 +140,26 @@ def _run_script(script: str) -> None:
     if context.is_offline_mode():
         context.get_context().impl.static_output(script)
         return
-    driver_conn = context.get_bind().connection.driver_connection
+    _psycopg(context.get_bind()).execute(script)
+
+
+def _psycopg(connection: SAConnection) -> psycopg.Connection[Any]:
+    """The psycopg connection under a SQLAlchemy one (SQL scripts go to it as they are)."""
+    driver_conn = connection.connection.driver_connection
     if not isinstance(driver_conn, psycopg.Connection):
         raise AuditError("pgaudit_tool migrations need the psycopg (3) driver")
-    driver_conn.execute(script)
+    return driver_conn
 
 
-def install(conninfo: str, lock_timeout: str | None = None) -> tuple[str | None, str]:
+def install(
+    conninfo: str, lock_timeout: str | None = None, *, repair: bool = False
+) -> tuple[str | None, str]:
     """Install or upgrade the audit schema to the head revision, in one transaction.
 
-    Returns (revision before, revision after). Idempotent: nothing runs when already at head.
-    ``lock_timeout``: of the install's transaction (see ``db.choose_lock_timeout``).
+    Returns (revision before, revision after). Idempotent: nothing runs when already at head,
+    unless ``repair``: then ``sql/functions/`` is re-applied (functions, views and triggers
+    dropped or edited by hand come back as this version has them; capture functions are
+    regenerated). ``lock_timeout``: of the install's transaction (see ``db.choose_lock_timeout``).
     """
     from alembic import command
     from sqlalchemy import text
@@ -170,6 +179,8 @@ def install(conninfo: str, lock_timeout: str | None = None) -> tuple[str | None,
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
             after = _current_revision(connection)
+            if repair and before == after:
+                _psycopg(connection).execute(read_sql(function_files()))
     finally:
         engine.dispose()
     return before, after or head_revision()
@@ -184,7 +195,7 @@ def _current_revision(connection: SAConnection) -> str | None:
     return ctx.get_current_revision()
 
 
-def upgrade_sql(from_revision: str | None) -> str:
+def upgrade_sql(from_revision: str | None, *, repair: bool = False) -> str:
     """The SQL that :func:`install` would run on a database at ``from_revision``."""
     from alembic import command
 
@@ -194,6 +205,8 @@ def upgrade_sql(from_revision: str | None) -> str:
     cfg.output_buffer = buffer
     target = "head" if from_revision is None else f"{from_revision}:head"
     if from_revision is not None and from_revision == head_revision():
+        if repair:
+            return f"BEGIN;\n\n{read_sql(function_files())}\nCOMMIT;\n"
         return "-- the audit schema is already at the newest revision; nothing to do\n"
     command.upgrade(cfg, target, sql=True)
     return buffer.getvalue()

@@ -600,6 +600,19 @@ def test_lock_timeout_setting(shop: Audit, dsn: str) -> None:
     failed(invoke(dsn, "--lock-timeout", "soon", "status"), EXIT_BAD_INPUT, "lock_timeout")
 
 
+def test_install_repair(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    ok(invoke(dsn, "install"))
+    conn.execute("DROP FUNCTION audit.unsealed()")
+    exists = "SELECT to_regprocedure('audit.unsealed()') IS NOT NULL"
+    assert "CREATE OR REPLACE FUNCTION audit.unsealed()" in ok(
+        invoke(dsn, "install", "--repair", "--dry-run")
+    )
+    assert conn.execute(exists).fetchone() == (False,)
+    result = invoke(dsn, "install", "--repair")
+    assert ok(result) == "" and "re-applied" in result.stderr
+    assert conn.execute(exists).fetchone() == (True,)
+
+
 def test_schema_newer_than_the_tool(dsn: str, conn: psycopg.Connection[Any]) -> None:
     """A database a newer pgaudit_tool upgraded: every command refuses, install changes nothing."""
     assert run_cli("--dsn", dsn, "install").returncode == 0

@@ -377,3 +377,31 @@ def test_upgraded_equals_installed(
     dumped = _pg_dump(pg_server, dsn)
     if dumped is not None:
         assert dumped == _pg_dump(pg_server, hand_dsn)
+
+
+def test_repair_restores_what_was_dropped_or_edited(
+    pg_server: PgServer, dsn: str, hand_dsn: str
+) -> None:
+    """At the newest revision, ``install`` changes nothing; ``install(repair=True)`` re-applies
+    the functions, views and triggers: the catalog is again that of a fresh install."""
+    with Audit.connect(dsn) as audit:
+        audit.install()
+    with Audit.connect(hand_dsn) as audit:
+        audit.install()
+        audit.conn.execute(
+            "DROP FUNCTION audit.unsealed();"
+            "DROP VIEW audit.history_columns;"
+            "CREATE OR REPLACE FUNCTION audit._context(p_raw text) RETURNS jsonb"
+            " LANGUAGE sql IMMUTABLE AS 'SELECT NULL::jsonb';"
+            "ALTER TABLE audit.transaction DISABLE TRIGGER mark_commit;"
+            "DROP EVENT TRIGGER pgaudit_guard_drop;"
+        )
+        assert audit.install().changed is False
+        assert _catalog(hand_dsn) != _catalog(dsn)
+        script = audit.install_sql(repair=True)
+        assert "CREATE OR REPLACE FUNCTION audit.unsealed()" in script
+        assert _catalog(hand_dsn) != _catalog(dsn)  # the dry run changed nothing
+        audit.install(repair=True)
+    fresh, repaired = _catalog(dsn), _catalog(hand_dsn)
+    for name in _CATALOG:
+        assert fresh[name] == repaired[name], f"{name} differ"

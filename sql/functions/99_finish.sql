@@ -31,9 +31,14 @@ BEGIN
             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.committed_at IS NULL)
             EXECUTE FUNCTION audit._mark_commit();
     END IF;
+    -- Only when needed: ALTER TABLE would make every capture wait for this transaction.
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                    WHERE tgrelid = 'audit.transaction'::regclass AND tgname = 'mark_commit'
+                      AND tgenabled = 'A') THEN
+        ALTER TABLE audit.transaction ENABLE ALWAYS TRIGGER mark_commit;
+    END IF;
 END
 $$;
-ALTER TABLE audit.transaction ENABLE ALWAYS TRIGGER mark_commit;
 
 -- The guard event triggers, when the installer is a superuser (re-created when their definition
 -- changed); then every capture function in this version's form, with or without the layout check.
