@@ -154,12 +154,13 @@ def connect(
     conninfo = resolve_conninfo(dsn)
     try:
         full = make_conninfo(conninfo, fallback_application_name=application_name)
-        conn = psycopg.connect(full, autocommit=autocommit)
+        conn = psycopg.connect(full, autocommit=True)
     except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
         raise _connection_failed(exc, conninfo) from None
     try:
         with translated_errors():
-            choose_lock_timeout(conn, lock_timeout)
+            choose_lock_timeout(conn, lock_timeout)  # in autocommit mode: see there
+        conn.autocommit = autocommit
     except BaseException:
         conn.close()
         raise

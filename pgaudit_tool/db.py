@@ -95,15 +95,17 @@ def choose_lock_timeout(conn: psycopg.Connection[Any], value: str | None) -> Non
     Applied per transaction (``SET LOCAL``), never to the session, so that behind a transaction
     pooler it cannot leak into other clients' sessions. A bad value raises InvalidInput here.
     """
-    if value is None:
-        row = conn.execute(
-            "SELECT source = 'default' FROM pg_settings WHERE name = 'lock_timeout'"
-        ).fetchone()
-        value = DEFAULT_LOCK_TIMEOUT if row is None or row[0] else None
-    if value is not None:
-        with conn.transaction():  # checks the value, without keeping it
-            conn.execute("SELECT set_config('lock_timeout', %s, true)", (value,))
-    _LOCK_TIMEOUTS[conn] = value
+    # One round trip: whether lock_timeout is configured, and the value checked by setting it
+    # for this statement's own transaction only (the connection is in autocommit mode).
+    row = conn.execute(
+        "SELECT source = 'default', set_config('lock_timeout', %s, true)"
+        " FROM pg_settings WHERE name = 'lock_timeout'",
+        (value or DEFAULT_LOCK_TIMEOUT,),
+    ).fetchone()
+    if value is None and row is not None and not row[0]:
+        _LOCK_TIMEOUTS[conn] = None  # configured by the server, database, role or PGOPTIONS
+    else:
+        _LOCK_TIMEOUTS[conn] = value or DEFAULT_LOCK_TIMEOUT
 
 
 def lock_timeout_of(conn: psycopg.Connection[Any]) -> str | None:
