@@ -87,6 +87,9 @@ def _standard_notes(cfg: BenchConfig) -> list[str]:
     notes = [
         "Ratios are medians of per-repetition ratios; unaudited and audited runs alternate, "
         "the order flipping at each repetition.",
+        "pgbench runs use prepared statements (-M prepared) in every series, so that each "
+        "statement is planned once per connection, as capture's own statements are; the "
+        "built-in driver prepares its statements too.",
         "Bulk statements: each timed alone (autocommit) right after a CHECKPOINT; the table, and "
         "after audited statements audit.change and audit.transaction, are vacuumed afterwards, "
         "outside the timing.",

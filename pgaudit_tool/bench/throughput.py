@@ -116,7 +116,9 @@ def _pgbench_tps(s: Session, args: list[str], search_path: bool = False) -> floa
     assert s.pgbench is not None
     seconds = max(1, round(s.config.duration))
     clients = str(s.config.clients)
-    command = ["-n", "-c", clients, "-j", clients, "-T", str(seconds), *args]
+    # Prepared statements in every series: the bare log's CTE is then planned once per
+    # connection, as capture's own statements are (and as most drivers do).
+    command = ["-n", "-M", "prepared", "-c", clients, "-j", clients, "-T", str(seconds), *args]
     output = run_pgbench(s.pgbench, command, _target(s, search_path), seconds + 300)
     return parse_tps(output)
 
