@@ -126,6 +126,16 @@ COMMENT ON FUNCTION audit._context(text) IS
     'Internal. The value of the setting pgaudit.context as JSONB; raises a clear error unless it is a JSON object.';
 
 
+CREATE OR REPLACE FUNCTION audit._columns_now(p_relid oid, OUT attnums int2[], OUT columns text[])
+LANGUAGE sql STABLE AS $$
+    SELECT pg_catalog.array_agg(a.attnum ORDER BY a.attnum), pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
+      FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+COMMENT ON FUNCTION audit._columns_now(oid) IS
+    'Internal. The attribute numbers and names of a table''s columns now, in order. (Generated capture functions that check the layout inline the same query.)';
+
+
 CREATE OR REPLACE FUNCTION audit._capture_function_sql(p_relid oid, p_layout_check boolean) RETURNS text
 LANGUAGE plpgsql STABLE AS $gen$
 -- Generates the per-table capture trigger function from the registry row of p_relid and the
@@ -138,9 +148,6 @@ DECLARE
     v_check text := '';
 BEGIN
     SELECT * INTO STRICT t FROM audit.tracked_table WHERE relid = p_relid;
-    SELECT pg_catalog.array_agg(a.attnum ORDER BY a.attnum), pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
-      INTO v_attnums, v_columns
-      FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped;
     IF pg_catalog.array_position(audit._current_columns(p_relid, t.key_attnums), NULL) IS NOT NULL THEN
         -- A key column was dropped: every write must fail, with a sentence saying why.
         v_check := pg_catalog.format($chk$
@@ -148,6 +155,7 @@ BEGIN
         USING ERRCODE = 'object_not_in_prerequisite_state',
               HINT = 'Restore the key, or run audit.disable() on the table.';$chk$, p_relid);
     ELSIF p_layout_check THEN
+        SELECT c.attnums, c.columns INTO v_attnums, v_columns FROM audit._columns_now(p_relid) AS c;
         v_check := pg_catalog.format($chk$
     -- The column layout now (one indexed catalog read). When ALTER TABLE changed it since this
     -- function was generated, the statement runs dynamically with the current key and excluded
@@ -186,8 +194,7 @@ DECLARE
     v_clock timestamptz := pg_catalog.clock_timestamp();
     -- The session's role: SET ROLE's, else the login role. Not current_user, which is the audit
     -- owner here (SECURITY DEFINER); nothing the statement does can change either.
-    v_role text := CASE pg_catalog.current_setting('role') WHEN 'none' THEN session_user::text
-                        ELSE pg_catalog.current_setting('role') END;
+    v_role text := coalesce(nullif(pg_catalog.current_setting('role'), 'none'), session_user::text);
     v_schema text := TG_TABLE_SCHEMA;
     v_table text := TG_TABLE_NAME;
     v_attnums int2[];
@@ -284,9 +291,7 @@ DECLARE
     v_columns text[];
     l audit.table_layout;
 BEGIN
-    SELECT pg_catalog.array_agg(a.attnum ORDER BY a.attnum), pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
-      INTO v_attnums, v_columns
-      FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT c.attnums, c.columns INTO v_attnums, v_columns FROM audit._columns_now(p_relid) AS c;
     SELECT * INTO l FROM audit.table_layout WHERE relid = p_relid ORDER BY valid_from DESC LIMIT 1;
     IF l.attnums IS NOT DISTINCT FROM v_attnums AND l.columns IS NOT DISTINCT FROM v_columns THEN
         RETURN;
