@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
+from psycopg.types.json import set_json_loads
 
 from pgaudit_tool import history as _history
 from pgaudit_tool import integrity as _integrity
@@ -30,7 +31,7 @@ from pgaudit_tool import revert as _revert
 from pgaudit_tool import schema, tables
 from pgaudit_tool.connection import connect, resolve_conninfo
 from pgaudit_tool.context import audit_context
-from pgaudit_tool.db import lock_timeout_of, resolve_table, translated_errors
+from pgaudit_tool.db import load_json, lock_timeout_of, resolve_table, translated_errors
 from pgaudit_tool.errors import InvalidInput, TableNotSuitable
 from pgaudit_tool.reconstruct import normalize_pk
 from pgaudit_tool.timeparse import instant
@@ -61,6 +62,8 @@ class Audit:
 
     def __init__(self, conn: psycopg.Connection[Any], conninfo: str | None = None) -> None:
         self.conn = conn
+        # Row images are a writer's data: read them however deeply nested (see jsonsafe).
+        set_json_loads(load_json, conn)
         self._conninfo = conninfo
 
     @classmethod
@@ -257,6 +260,9 @@ class Audit:
         revert itself. ``dry_run``: plan only. ``confirm(result)`` is asked before changing data.
         """
         self._require_installed()
+        ref = None if table is None else resolve_table(self.conn, table)
+        if ref is not None and pk is not None:
+            normalize_pk(self.conn, ref, pk)  # InvalidInput for a value the key cannot hold
         chosen = _revert.selection(
             changes=changes,
             txids=txids,
@@ -264,7 +270,7 @@ class Audit:
             db_user=db_user,
             since=self._instant(since),
             until=self._instant(until),
-            table=None if table is None else resolve_table(self.conn, table).name,
+            table=None if ref is None else ref.name,
             pk=pk,
             to=self._instant(to),
         )

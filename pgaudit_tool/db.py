@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from decimal import Decimal
-from functools import partial
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
-from psycopg.types.json import set_json_loads
+from psycopg.types.json import Jsonb, set_json_loads
 
+from pgaudit_tool import jsonsafe
 from pgaudit_tool.errors import (
     AuditError,
     DatabaseError,
@@ -25,8 +23,9 @@ from pgaudit_tool.errors import (
     TableNotSuitable,
 )
 
-# JSON numbers in row images are read as Decimal, so numeric values keep their exact digits.
-load_json = partial(json.loads, parse_float=Decimal)
+# JSON numbers in row images are read as Decimal, so numeric values keep their exact digits;
+# values nested too deeply for Python's recursive json module stay JSON text (jsonsafe.RawJson).
+load_json = jsonsafe.loads
 
 # Rows fetched per round trip by the server-side cursors of stream().
 STREAM_ROWS = 2000
@@ -64,6 +63,14 @@ def translate(exc: psycopg.Error) -> AuditError:
     if cls is LockTimeout:
         return cls(f"{message}; nothing was changed", hint=_LOCK_HINT)
     return cls(message, hint=diag.message_hint)
+
+
+def jsonb(value: Any) -> Jsonb:
+    """``value`` as a jsonb parameter, written as the output formats write JSON: exact decimals,
+    RawJson verbatim (a key read back from the log may hold either)."""
+    from pgaudit_tool.output import to_json_text
+
+    return Jsonb(value, dumps=to_json_text)
 
 
 @contextmanager

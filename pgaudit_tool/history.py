@@ -9,9 +9,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
-from pgaudit_tool.db import TableRef, stream, translated_errors
+from pgaudit_tool.db import TableRef, jsonb, stream, translated_errors
 from pgaudit_tool.errors import InvalidInput
 
 HISTORY_COLUMNS = (
@@ -75,7 +74,7 @@ def _where(flt: HistoryFilter) -> tuple[sql.Composable, list[Any]]:
         params.append(flt.table.oid)
     if flt.pk is not None and flt.table is not None:
         clauses.append(sql.SQL("h.pk = ANY (audit._pk_variants(%s::oid::regclass, %s))"))
-        params.extend([flt.table.oid, Jsonb(flt.pk)])
+        params.extend([flt.table.oid, jsonb(flt.pk)])
     for column, value in (("actor", flt.actor), ("db_user", flt.db_user)):
         if value is not None:
             clauses.append(sql.SQL("h.{} = %s").format(sql.Identifier(column)))

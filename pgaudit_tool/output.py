@@ -21,6 +21,11 @@ Value conversions (see :func:`to_json_value`), identical in every format:
   ``Enum`` -> its value.
 * sets -> sorted lists (when sortable); tuples -> lists; dicts and lists are converted
   recursively, non-string dict keys become strings.
+* :class:`~pgaudit_tool.jsonsafe.RawJson` (a JSON value read from the database nested too
+  deeply to decode) -> its JSON text, verbatim, in every format.
+* A value nested too deeply to convert (deeper than Python's recursion allows) raises
+  :class:`~pgaudit_tool.errors.InvalidInput`, never RecursionError; values read from the
+  database never are (see :mod:`pgaudit_tool.jsonsafe`).
 
 Per format:
 
@@ -53,6 +58,7 @@ from itertools import chain, islice
 from typing import Any, TextIO
 
 from pgaudit_tool.errors import InvalidInput
+from pgaudit_tool.jsonsafe import RawJson
 
 __all__ = [
     "FORMATS",
@@ -98,6 +104,8 @@ def to_json_value(v: Any) -> Any:
     """Convert ``v`` to plain JSON-compatible Python data (see the module docstring)."""
     if isinstance(v, Enum):
         return to_json_value(v.value)
+    if isinstance(v, RawJson):
+        return v
     if v is None or isinstance(v, str | bool | int):
         return v
     if isinstance(v, float):
@@ -175,13 +183,21 @@ def to_json_text(v: Any) -> str:
 
 def _dumps(v: Any, *, compact: bool = False) -> str:
     """Serialize to JSON text; decimals as exact numbers, never NaN/Infinity literals."""
-    return _encode(to_json_value(v), (",", ":") if compact else (", ", ": "))
+    try:
+        return _encode(to_json_value(v), (",", ":") if compact else (", ", ": "))
+    except RecursionError:
+        raise InvalidInput(
+            "a value is nested too deeply to write as JSON",
+            hint="Wrap it in pgaudit_tool.jsonsafe.RawJson (its JSON text), written verbatim.",
+        ) from None
 
 
 def _encode(v: Any, seps: tuple[str, str]) -> str:
     """JSON text of converted data (see :func:`to_json_value`), writing Decimal digits as is."""
     if isinstance(v, Decimal):
         return str(v)
+    if isinstance(v, RawJson):
+        return v.text
     if isinstance(v, dict):
         items = (
             json.dumps(k, ensure_ascii=False) + seps[1] + _encode(x, seps) for k, x in v.items()

@@ -14,10 +14,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb, set_json_loads
+from psycopg.types.json import set_json_loads
 
-from pgaudit_tool.db import TableRef, load_json, stream, translated_errors
-from pgaudit_tool.errors import InvalidInput
+from pgaudit_tool.db import TableRef, jsonb, load_json, stream, translated_errors
+from pgaudit_tool.errors import DatabaseError, InvalidInput
 
 DIFF_COLUMNS = ("pk", "change", "changed", "before", "after")
 BLAME_COLUMNS = (
@@ -36,13 +36,34 @@ BLAME_COLUMNS = (
 def normalize_pk(
     conn: psycopg.Connection[Any], table: TableRef, key: str | int | dict[str, Any]
 ) -> Any:
-    """The key as the log stores it, typed (``audit.pk``): ``7``, ``'{"id": "7"}'`` -> ``{"id": 7}``."""
+    """The key as the log stores it, typed (``audit.pk``): ``7``, ``'{"id": "7"}'`` -> ``{"id": 7}``.
+
+    A value the server cannot convert to the key column's type (out of range, malformed, too
+    deeply nested) raises InvalidInput.
+    """
     text = json.dumps(key) if isinstance(key, dict) else str(key)
-    with translated_errors(), conn.cursor() as cur:
-        set_json_loads(load_json, cur)
-        row = cur.execute("SELECT audit.pk(%s::oid::regclass, %s)", (table.oid, text)).fetchone()
+    try:
+        with translated_errors(), conn.cursor() as cur:
+            set_json_loads(load_json, cur)
+            row = cur.execute(
+                "SELECT audit.pk(%s::oid::regclass, %s)", (table.oid, text)
+            ).fetchone()
+    except DatabaseError as exc:
+        cause = exc.__cause__
+        if not isinstance(cause, psycopg.DataError | psycopg.errors.ProgramLimitExceeded):
+            raise
+        reason = _cut(cause.diag.message_primary or str(cause), 200)
+        raise InvalidInput(
+            f"{_cut(text, 60)!r} is not a key of {table.name}: {reason}",
+            hint="Give a value of the key column's type, or a JSON object of the key columns.",
+        ) from exc
     assert row is not None
     return row[0]
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters for a message."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def row_at(conn: psycopg.Connection[Any], table: TableRef, pk: Any, at: datetime) -> Any:
@@ -50,7 +71,7 @@ def row_at(conn: psycopg.Connection[Any], table: TableRef, pk: Any, at: datetime
     with translated_errors(), conn.cursor() as cur:
         set_json_loads(load_json, cur)
         row = cur.execute(
-            "SELECT audit.row_at(%s::oid::regclass, %s, %s)", (table.oid, Jsonb(pk), at)
+            "SELECT audit.row_at(%s::oid::regclass, %s, %s)", (table.oid, jsonb(pk), at)
         ).fetchone()
     assert row is not None
     return row[0]
@@ -68,10 +89,12 @@ def table_at_into(conn: psycopg.Connection[Any], table: TableRef, at: datetime, 
     """Materialize the table as it was at ``at`` as a new table ``target``; returns its row count.
 
     The new table has the original column types (no constraints, indexes or defaults). An
-    existing ``target`` is an error: nothing is overwritten.
+    existing ``target``, or one in the audit schema or a system schema, is an error: nothing is
+    overwritten or created.
     """
     with translated_errors(), conn.transaction():
         parts = _parse_qualified(conn, target)
+        _refuse_reserved_schema(conn, parts, target)
         if conn.execute("SELECT to_regclass(%s)", (target,)).fetchone() != (None,):
             raise InvalidInput(
                 f"{target} already exists", hint="Name a new table; nothing is overwritten."
@@ -83,6 +106,27 @@ def table_at_into(conn: psycopg.Connection[Any], table: TableRef, at: datetime, 
             (at,),
         )
         return cur.rowcount
+
+
+#: Schemas --into never creates a table in: the log's own, and the system's.
+RESERVED_SCHEMAS = ("audit", "pg_catalog", "information_schema")
+
+
+def _refuse_reserved_schema(conn: psycopg.Connection[Any], parts: list[str], target: str) -> None:
+    """InvalidInput when the new table would go into the audit schema or a system schema
+    (``pg_toast`` and every other ``pg_`` schema but the session's temporary one)."""
+    if len(parts) == 2:
+        schema = parts[0]
+    else:  # where CREATE TABLE puts an unqualified name: the first schema of the search_path
+        row = conn.execute("SELECT current_schema()").fetchone()
+        schema = "" if row is None or row[0] is None else str(row[0])
+    temporary = schema == "pg_temp" or schema.startswith("pg_temp_")
+    if schema in RESERVED_SCHEMAS or (schema.startswith("pg_") and not temporary):
+        raise InvalidInput(
+            f"refusing to create {target} in schema {schema!r}: it belongs to"
+            f" {'the audit log' if schema == 'audit' else 'the system'}; nothing was created",
+            hint="Name a table in one of your own schemas: --into SCHEMA.TABLE.",
+        )
 
 
 def _parse_qualified(conn: psycopg.Connection[Any], name: str) -> list[str]:
@@ -118,6 +162,6 @@ def blame(conn: psycopg.Connection[Any], table: TableRef, pk: Any) -> list[dict[
         cur.execute(
             "SELECT column_name, value, change_id, op, at, txid::text::bigint AS txid, actor, db_user, role"
             " FROM audit.blame(%s::oid::regclass, %s)",
-            (table.oid, Jsonb(pk)),
+            (table.oid, jsonb(pk)),
         )
         return cur.fetchall()

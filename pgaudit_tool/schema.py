@@ -9,12 +9,14 @@ views and triggers of ``sql/functions/`` are re-applied as a whole. The version 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
-from pgaudit_tool.errors import AuditError, NotInstalled
+from pgaudit_tool.errors import AuditError, LockTimeout, NotInstalled
 from pgaudit_tool.resources import data_dir, function_files, read_sql, schema_file
 
 if TYPE_CHECKING:
@@ -23,8 +25,16 @@ if TYPE_CHECKING:
 
 SCHEMA = "audit"
 VERSION_TABLE = "schema_version"
-# Serialises concurrent installs of the same database (pg_advisory_xact_lock key).
+# Serialises concurrent installs of the same database (pg_advisory_xact_lock key). Advisory
+# locks need no privilege: any role can hold this one and make installs wait, then fail with
+# LockTimeout after the lock timeout, changing nothing (see _INSTALL_LOCK_HINT).
 _INSTALL_LOCK_KEY = 0x70676175646974  # "pgaudit"
+_INSTALL_LOCK_HINT = (
+    "Wait for the other install to finish and retry. To see who holds the lock (the key's two"
+    " halves): SELECT pid, usename, application_name, state FROM pg_locks JOIN pg_stat_activity"
+    " USING (pid) WHERE locktype = 'advisory' AND classid = 7366497 AND objid = 1969514868;"
+    " or wait longer with --lock-timeout (0: no limit)."
+)
 
 
 def alembic_config() -> Config:
@@ -103,8 +113,19 @@ def require_installed(conn: psycopg.Connection[Any]) -> str:
 def prepare_schema(connection: SAConnection) -> None:
     """Lock against concurrent installs and create the audit schema, refusing a foreign one."""
     from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
 
-    connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _INSTALL_LOCK_KEY})
+    try:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _INSTALL_LOCK_KEY})
+    except DBAPIError as exc:
+        if not isinstance(exc.orig, psycopg.errors.LockNotAvailable):
+            raise
+        raise LockTimeout(
+            "another install of the audit schema is running in this database, or another session"
+            f" holds its advisory lock (key {_INSTALL_LOCK_KEY}), and the lock timeout passed;"
+            " nothing was changed",
+            hint=_INSTALL_LOCK_HINT,
+        ) from None
     foreign = connection.execute(
         text(
             "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = :s)"
@@ -163,12 +184,13 @@ def install(
     """
     from alembic import command
     from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
 
     from pgaudit_tool.connection import sqlalchemy_engine
 
     engine = sqlalchemy_engine(conninfo)
     try:
-        with engine.begin() as connection:
+        with _driver_errors(DBAPIError), engine.begin() as connection:
             if lock_timeout is not None:
                 connection.execute(
                     text("SELECT set_config('lock_timeout', :v, true)"), {"v": lock_timeout}
@@ -184,6 +206,18 @@ def install(
     finally:
         engine.dispose()
     return before, after or head_revision()
+
+
+@contextmanager
+def _driver_errors(wrapper: type[Exception]) -> Iterator[None]:
+    """Re-raise the psycopg error inside SQLAlchemy's wrapper, for the caller to translate."""
+    try:
+        yield
+    except wrapper as exc:
+        orig = getattr(exc, "orig", None)
+        if isinstance(orig, psycopg.Error):
+            raise orig from None
+        raise
 
 
 def _current_revision(connection: SAConnection) -> str | None:

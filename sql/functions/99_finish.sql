@@ -1,8 +1,31 @@
 -- pgaudit_tool: last step of every install and upgrade, after the functions above.
 
+-- Functions: every role may name the application user of its own transaction
+-- (audit.set_actor, which only sets two transaction-local settings), and nothing else. USAGE on
+-- the schema lets every role reach that function; every other function of the schema is taken
+-- from PUBLIC here, after the files above (re)created them, so that a function added by any
+-- version is covered. The log's tables and views grant nothing to PUBLIC. Capture functions,
+-- generated later by audit.enable(), revoke PUBLIC themselves. (Default privileges cannot do
+-- this: per-schema defaults only add to the global ones, and a global default would change the
+-- installing role's functions in every schema.)
+GRANT USAGE ON SCHEMA audit TO PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA audit FROM PUBLIC;
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_catalog.pg_proc AS p
+              WHERE p.pronamespace = 'audit'::regnamespace AND p.proname = 'set_actor' AND NOT p.prosecdef LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC', f);
+    END LOOP;
+END
+$$;
+
 -- Readers: the NOLOGIN role pgaudit_reader (created when the installer may create roles) may
 -- read the log and call the query functions; grant it to the people who review history.
 DO $$
+DECLARE
+    f regprocedure;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'pgaudit_reader')
        AND (SELECT r.rolsuper OR r.rolcreaterole FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
@@ -17,6 +40,15 @@ BEGIN
         IF pg_catalog.to_regclass('audit.schema_version') IS NOT NULL THEN
             GRANT SELECT ON audit.schema_version TO pgaudit_reader;
         END IF;
+        -- The query functions (history's changed_columns, pk, row_at, table_at, diff, blame,
+        -- status, verify, unsealed, doctor and their helpers): every function that runs with
+        -- its caller's privileges (not SECURITY DEFINER, not a trigger function), so a reader
+        -- can read through them only what it may SELECT, and write nothing.
+        FOR f IN SELECT p.oid FROM pg_catalog.pg_proc AS p
+                  WHERE p.pronamespace = 'audit'::regnamespace AND p.prokind = 'f' AND NOT p.prosecdef
+                    AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype) LOOP
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO pgaudit_reader', f);
+        END LOOP;
     END IF;
 END
 $$;
