@@ -270,7 +270,8 @@ def without_guards(audit: Audit) -> None:
     """Drop the guard event triggers, as on a server where the installer is no superuser, and
     regenerate capture: the functions then check the column layout at every statement."""
     audit.conn.execute(
-        "DROP EVENT TRIGGER pgaudit_guard_ddl; DROP EVENT TRIGGER pgaudit_guard_drop"
+        "DROP EVENT TRIGGER pgaudit_guard_ddl; DROP EVENT TRIGGER pgaudit_guard_drop;"
+        " DROP EVENT TRIGGER pgaudit_guard_rewrite"
     )
     for row in audit.status():
         audit.refresh(row["table"])
@@ -290,6 +291,11 @@ def test_alter_table_keeps_capture_correct(orders: Audit, guards: bool) -> None:
     assert layout_checks(conn) == [not guards]
     conn.execute("INSERT INTO sales.orders VALUES (1, 'ann', 1, 'SENTINEL')")
     conn.execute("ALTER TABLE sales.orders ADD COLUMN note text DEFAULT 'n'")
+    # On a table with excluded columns a new column is held back until the exclusions are set
+    # again (it could receive a copy of a secret): note is captured from then on.
+    if guards:
+        assert orders.status()[0]["excluded_columns"] == ["password_hash", "note"]
+    orders.enable("sales.orders", exclude=["password_hash"])
     conn.execute("UPDATE sales.orders SET amount = 2")
     conn.execute("ALTER TABLE sales.orders DROP COLUMN customer")
     conn.execute("UPDATE sales.orders SET amount = 3")
@@ -337,6 +343,13 @@ def test_dropping_the_key_column_blocks_writes_with_a_clear_error(
     conn = orders.conn
     if not guards:
         without_guards(orders)
+    if guards:
+        # The guard refuses to leave an audited table without a key.
+        with pytest.raises(
+            psycopg.errors.ObjectNotInPrerequisiteState, match="must keep a primary key"
+        ):
+            conn.execute("ALTER TABLE sales.orders DROP COLUMN id")
+        return
     conn.execute("ALTER TABLE sales.orders DROP COLUMN id")
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="lost a key column"):
         conn.execute("INSERT INTO sales.orders VALUES ('ann', 1, NULL)")
@@ -444,8 +457,15 @@ def test_partitions_added_after_enable(audit: Audit, guards: bool) -> None:
     conn.execute("INSERT INTO m_as VALUES ('as', 3, 3)")
     assert len(changes(conn)) == 2
     left = [p for p in audit.doctor() if p["object"] == "m_as"]
-    assert [p["severity"] for p in left] == ["warning"] and "detached" in left[0]["problem"]
-    audit.apply_fixes([left[0]["fix"]])
+    if guards:
+        # The guard dropped its triggers, and recorded the rows that left m as a break in history.
+        assert left == []
+        breaks = [p for p in audit.doctor() if "history broken" in p["problem"]]
+        assert [(p["object"], p["severity"]) for p in breaks] == [("public.m", "info")]
+        assert "m_as was detached with rows" in breaks[0]["problem"]
+    else:
+        assert [p["severity"] for p in left] == ["warning"] and "detached" in left[0]["problem"]
+        audit.apply_fixes([left[0]["fix"]])
     assert count(conn, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'm_as'::regclass") == 0
     assert not [p for p in audit.doctor() if p["severity"] != "info"]
 
@@ -497,7 +517,14 @@ def test_table_without_key_is_refused_and_nothing_changes(audit: Audit) -> None:
     with pytest.raises(TableNotSuitable, match="vw is not a table"):
         audit.enable("vw")
     assert count(conn, "SELECT count(*) FROM audit.tracked_table") == 0
-    assert count(conn, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgaudit%'") == 0
+    assert (
+        count(
+            conn,
+            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgaudit%'"
+            " AND tgrelid::regclass::text NOT LIKE 'audit.%'",
+        )
+        == 0
+    )
     assert [s["table"] for s in audit.enable("ok", "k", skip_unsuitable=True)] == ["public.ok"]
 
 
@@ -519,7 +546,14 @@ def test_enable_schema_and_idempotence(audit: Audit) -> None:
     first = audit.enable(schemas=["s"])
     again = audit.enable(schemas=["s"])
     assert [r["table"] for r in first] == [r["table"] for r in again] == ["s.a", "s.b"]
-    assert count(conn, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgaudit%'") == 8
+    assert (
+        count(
+            conn,
+            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgaudit%'"
+            " AND tgrelid::regclass::text NOT LIKE 'audit.%'",
+        )
+        == 8
+    )
     conn.execute("INSERT INTO s.a VALUES (1)")
     assert count(conn, "SELECT count(*) FROM audit.change") == 1  # not twice
     assert audit.disable("s.a") == {"s.a": True}

@@ -14,30 +14,163 @@
 -- acting role it records is the session's role: the role set by SET ROLE, else the login role
 -- (session_user); statements cannot forge it.
 
-CREATE OR REPLACE FUNCTION audit._key_sql(p_alias text, p_keys text[]) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT AS $$
-    SELECT pg_catalog.concat('pg_catalog.jsonb_build_object(',
-        pg_catalog.string_agg(pg_catalog.format('%L, %s.%I', k, p_alias, k), ', ' ORDER BY o),
-        ')')
-    FROM unnest(p_keys) WITH ORDINALITY AS u(k, o)
+CREATE OR REPLACE FUNCTION audit._base_type(p_type oid) RETURNS oid
+LANGUAGE plpgsql STABLE STRICT AS $$
+-- The type itself, or for a domain the type it is based on (through domains over domains).
+DECLARE
+    v_type oid := p_type;
+    v_base oid;
+BEGIN
+    LOOP
+        SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype END INTO v_base FROM pg_catalog.pg_type AS t WHERE t.oid = v_type;
+        EXIT WHEN v_base IS NULL;
+        v_type := v_base;
+    END LOOP;
+    RETURN v_type;
+END
 $$;
 
-COMMENT ON FUNCTION audit._key_sql(text, text[]) IS
+COMMENT ON FUNCTION audit._base_type(oid) IS 'Internal. A type, or the base type of a domain.';
+
+
+CREATE OR REPLACE FUNCTION audit._type_is_safe(p_type oid) RETURNS boolean
+LANGUAGE plpgsql STABLE STRICT AS $$
+-- Whether pg_catalog.to_jsonb may convert values of p_type with the audit owner's rights.
+-- to_jsonb converts a value whose type is not built in, and is neither an array nor a composite,
+-- through a cast to json when one exists; and whoever owns a type may create that cast (a
+-- function of their own). Domains convert as their base type, arrays element by element,
+-- composites field by field. So a type is safe when it is built in, or when every type it is
+-- made of is owned by a superuser or the audit owner (no other role can create or replace a
+-- cast from it, nor alter it).
+DECLARE
+    ty pg_catalog.pg_type;
+    v_trusted boolean;
+BEGIN
+    SELECT * INTO ty FROM pg_catalog.pg_type WHERE oid = p_type;
+    WHILE ty.typtype = 'd' LOOP
+        SELECT * INTO ty FROM pg_catalog.pg_type WHERE oid = ty.typbasetype;
+    END LOOP;
+    IF ty.oid < 16384 THEN            -- FirstNormalObjectId: built in
+        RETURN true;
+    END IF;
+    IF ty.typelem <> 0 AND ty.typsubscript = 'pg_catalog.array_subscript_handler'::regproc THEN
+        RETURN audit._type_is_safe(ty.typelem);
+    END IF;
+    SELECT r.rolsuper OR r.oid = audit._owner()::oid INTO v_trusted
+      FROM pg_catalog.pg_roles AS r WHERE r.oid = ty.typowner;
+    IF NOT coalesce(v_trusted, false) THEN
+        RETURN false;
+    END IF;
+    IF ty.typtype = 'c' THEN
+        RETURN NOT EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
+                            WHERE a.attrelid = ty.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+                              AND NOT audit._type_is_safe(a.atttypid));
+    END IF;
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION audit._type_is_safe(oid) IS
+    'Internal. Whether to_jsonb can convert values of a type without running code a role other than a superuser or the audit owner wrote (a cast to json from a type it owns).';
+
+
+CREATE OR REPLACE FUNCTION audit._value_sql(p_expr text, p_type oid) RETURNS text
+LANGUAGE plpgsql STABLE STRICT AS $$
+-- SQL of a value that jsonb_build_object or to_jsonb may convert safely: the expression itself
+-- for a safe type (audit._type_is_safe); otherwise its text, produced by the type's output
+-- function (format's %s never looks up a cast): a JSON string, as to_jsonb gives for such a type
+-- when it has no cast to json; an array of scalars as an array of such strings; a composite (or
+-- an array of composites) as its text, which jsonb_populate_record reads back.
+DECLARE
+    v_base oid := p_type;
+    v_elem oid;
+    v_kind "char";
+BEGIN
+    IF audit._type_is_safe(p_type) THEN
+        RETURN p_expr;
+    END IF;
+    WHILE (SELECT t.typtype = 'd' FROM pg_catalog.pg_type AS t WHERE t.oid = v_base) LOOP
+        SELECT t.typbasetype INTO v_base FROM pg_catalog.pg_type AS t WHERE t.oid = v_base;
+    END LOOP;
+    SELECT CASE WHEN t.typsubscript = 'pg_catalog.array_subscript_handler'::regproc THEN t.typelem END
+      INTO v_elem FROM pg_catalog.pg_type AS t WHERE t.oid = v_base;
+    IF v_elem IS NOT NULL THEN
+        WHILE (SELECT t.typtype = 'd' FROM pg_catalog.pg_type AS t WHERE t.oid = v_elem) LOOP
+            SELECT t.typbasetype INTO v_elem FROM pg_catalog.pg_type AS t WHERE t.oid = v_elem;
+        END LOOP;
+        SELECT t.typtype INTO v_kind FROM pg_catalog.pg_type AS t WHERE t.oid = v_elem;
+        IF v_kind <> 'c' THEN
+            RETURN pg_catalog.format(
+                'CASE WHEN pg_catalog.num_nulls(%1$s) = 0 THEN pg_catalog.format(''%%s'', %1$s)::text[] END', p_expr);
+        END IF;
+    END IF;
+    RETURN pg_catalog.format('CASE WHEN pg_catalog.num_nulls(%1$s) = 0 THEN pg_catalog.format(''%%s'', %1$s) END', p_expr);
+END
+$$;
+
+COMMENT ON FUNCTION audit._value_sql(text, oid) IS
+    'Internal. SQL converting a value of a type for a JSON image without running code a table owner wrote: the value itself when to_jsonb is safe for its type, else its text from the type''s output function.';
+
+
+CREATE OR REPLACE FUNCTION audit._columns_sql(p_alias text, p_relid oid, p_columns text[]) RETURNS text
+LANGUAGE sql STABLE STRICT AS $$
+    -- jsonb_build_object over the named columns (in attnum order), in blocks of 50 pairs joined
+    -- by ||: a function takes at most 100 arguments.
+    SELECT coalesce(pg_catalog.string_agg(b.sql, ' OPERATOR(pg_catalog.||) ' ORDER BY b.block), '''{}''::jsonb')
+      FROM (SELECT (c.n - 1) / 50 AS block,
+                   pg_catalog.concat('pg_catalog.jsonb_build_object(',
+                       pg_catalog.string_agg(pg_catalog.format('%L, %s', c.name, c.value), ', ' ORDER BY c.n), ')') AS sql
+              FROM (SELECT a.attname::text AS name,
+                           audit._value_sql(pg_catalog.format('%s.%I', p_alias, a.attname), a.atttypid) AS value,
+                           pg_catalog.row_number() OVER (ORDER BY a.attnum) AS n
+                      FROM pg_catalog.pg_attribute AS a
+                     WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped
+                       AND a.attname::text = ANY (p_columns)) AS c
+             GROUP BY 1) AS b
+$$;
+
+COMMENT ON FUNCTION audit._columns_sql(text, oid, text[]) IS
+    'Internal. SQL expression building the JSON object {column: value} of the named columns of the row alias p_alias, converted by audit._value_sql.';
+
+
+CREATE OR REPLACE FUNCTION audit._all_safe(p_relid oid) RETURNS boolean
+LANGUAGE sql STABLE STRICT AS $$
+    SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
+                        WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped
+                          AND NOT audit._type_is_safe(a.atttypid))
+$$;
+
+COMMENT ON FUNCTION audit._all_safe(oid) IS
+    'Internal. Whether to_jsonb of a whole row of the table is safe (audit._type_is_safe for every column).';
+
+
+CREATE OR REPLACE FUNCTION audit._key_sql(p_alias text, p_keys text[], p_relid oid) RETURNS text
+LANGUAGE sql STABLE STRICT AS $$
+    SELECT audit._columns_sql(p_alias, p_relid, p_keys)
+$$;
+
+COMMENT ON FUNCTION audit._key_sql(text, text[], oid) IS
     'Internal. SQL expression building the JSON key object of the row alias p_alias.';
 
 
-CREATE OR REPLACE FUNCTION audit._image_sql(p_alias text, p_excluded text[]) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT AS $$
+CREATE OR REPLACE FUNCTION audit._image_sql(p_alias text, p_relid oid, p_excluded text[]) RETURNS text
+LANGUAGE sql STABLE STRICT AS $$
     -- "alias.*", not "alias": a column named like the alias would be taken for the whole row.
-    SELECT CASE WHEN pg_catalog.cardinality(p_excluded) = 0
+    -- A row of safe types is converted whole; otherwise column by column (audit._value_sql).
+    SELECT CASE WHEN NOT audit._all_safe(p_relid)
+                THEN audit._columns_sql(p_alias, p_relid, ARRAY(
+                         SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
+                          WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped
+                            AND a.attname::text <> ALL (p_excluded)))
+                WHEN pg_catalog.cardinality(p_excluded) = 0
                 THEN pg_catalog.format('pg_catalog.to_jsonb(%s.*)', p_alias)
                 ELSE pg_catalog.format('(pg_catalog.to_jsonb(%s.*) OPERATOR(pg_catalog.-) %L::text[])',
                                        p_alias, p_excluded)
            END
 $$;
 
-COMMENT ON FUNCTION audit._image_sql(text, text[]) IS
-    'Internal. SQL expression giving the JSONB image of the row alias p_alias without the excluded columns.';
+COMMENT ON FUNCTION audit._image_sql(text, oid, text[]) IS
+    'Internal. SQL expression giving the JSONB image of the row alias p_alias of a table without the excluded columns, never running code a table owner wrote (see audit._type_is_safe).';
 
 
 CREATE OR REPLACE FUNCTION audit._capture_sql(
@@ -48,11 +181,13 @@ LANGUAGE plpgsql STABLE AS $$
 -- The INSERT ... SELECT that logs one statement's rows. Values known once per statement are
 -- plpgsql variables (v_txid, v_role, v_schema, v_table, v_clock) in the generated function, or
 -- parameters $1..$5 when p_dynamic (EXECUTE ... USING, after a column rename or for TRUNCATE).
+-- Every name is quoted (format %I, %L); no value is converted by code a table owner wrote.
 DECLARE
     v_vals text;
     v_head text := 'INSERT INTO audit.change (txid, relid, schema_name, table_name, op, role, '
                    'statement_at, clock_at, pk, old, new) ';
     v_join text;
+    v_typed boolean;
 BEGIN
     v_vals := CASE WHEN p_dynamic
         THEN pg_catalog.format('$1, %s::oid, $3, $4, %%L, $2, pg_catalog.statement_timestamp(), $5', p_relid)
@@ -60,25 +195,38 @@ BEGIN
     END;
     IF p_op = 'INSERT' THEN
         RETURN v_head || pg_catalog.format('SELECT ' || v_vals || ', %s, NULL, %s FROM new_rows AS n',
-            'I', audit._key_sql('n', p_keys), audit._image_sql('n', p_excluded));
+            'I', audit._key_sql('n', p_keys, p_relid), audit._image_sql('n', p_relid, p_excluded));
     ELSIF p_op = 'DELETE' THEN
         RETURN v_head || pg_catalog.format('SELECT ' || v_vals || ', %s, %s, NULL FROM old_rows AS o',
-            'D', audit._key_sql('o', p_keys), audit._image_sql('o', p_excluded));
+            'D', audit._key_sql('o', p_keys, p_relid), audit._image_sql('o', p_relid, p_excluded));
     ELSIF p_op = 'TRUNCATE' THEN
         RETURN v_head || pg_catalog.format('SELECT ' || v_vals || ', %s, %s, NULL FROM ONLY %s AS o',
-            'T', audit._key_sql('o', p_keys), audit._image_sql('o', p_excluded), p_source);
-    ELSIF p_op = 'UPDATE' THEN
-        -- Old and new rows are paired by key. A row whose key changed has no partner: it is
-        -- logged under its old key with new = NULL and under its new key with old = NULL.
+            'T', audit._key_sql('o', p_keys, p_relid), audit._image_sql('o', p_relid, p_excluded), p_source);
+    ELSIF p_op <> 'UPDATE' THEN
+        RAISE EXCEPTION 'unknown operation %', p_op USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- UPDATE: old and new rows are paired by key. A row whose key changed has no partner: it is
+    -- logged under its old key with new = NULL and under its new key with old = NULL. Keys of
+    -- built-in types (domains over them included) are compared with their own = (an exact match
+    -- in pg_catalog, which no cast can displace); other keys as their JSON form.
+    v_typed := NOT EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
+                            WHERE a.attrelid = p_relid AND a.attname::text = ANY (p_keys)
+                              AND audit._base_type(a.atttypid) >= 16384);
+    IF v_typed THEN
         SELECT pg_catalog.string_agg(pg_catalog.format('o.%1$I OPERATOR(pg_catalog.=) n.%1$I', k), ' AND ')
           INTO v_join FROM unnest(p_keys) AS k;
         RETURN v_head || pg_catalog.format(
             'SELECT ' || v_vals || ', CASE WHEN n.%I IS NULL THEN %s ELSE %s END, %s, %s '
             'FROM old_rows AS o FULL JOIN new_rows AS n ON %s',
-            'U', p_keys[1], audit._key_sql('o', p_keys), audit._key_sql('n', p_keys),
-            audit._image_sql('o', p_excluded), audit._image_sql('n', p_excluded), v_join);
+            'U', p_keys[1], audit._key_sql('o', p_keys, p_relid), audit._key_sql('n', p_keys, p_relid),
+            audit._image_sql('o', p_relid, p_excluded), audit._image_sql('n', p_relid, p_excluded), v_join);
     END IF;
-    RAISE EXCEPTION 'unknown operation %', p_op USING ERRCODE = 'invalid_parameter_value';
+    RETURN v_head || pg_catalog.format(
+        'SELECT ' || v_vals || ', COALESCE(n.k, o.k), o.i, n.i '
+        'FROM (SELECT %s AS k, %s AS i FROM old_rows AS o) AS o '
+        'FULL JOIN (SELECT %s AS k, %s AS i FROM new_rows AS n) AS n ON o.k OPERATOR(pg_catalog.=) n.k',
+        'U', audit._key_sql('o', p_keys, p_relid), audit._image_sql('o', p_relid, p_excluded),
+        audit._key_sql('n', p_keys, p_relid), audit._image_sql('n', p_relid, p_excluded));
 END
 $$;
 
@@ -126,14 +274,48 @@ COMMENT ON FUNCTION audit._context(text) IS
     'Internal. The value of the setting pgaudit.context as JSONB; raises a clear error unless it is a JSON object.';
 
 
-CREATE OR REPLACE FUNCTION audit._columns_now(p_relid oid, OUT attnums int2[], OUT columns text[])
+CREATE OR REPLACE FUNCTION audit._columns_now(p_relid oid, OUT attnums int2[], OUT columns text[], OUT types oid[])
 LANGUAGE sql STABLE AS $$
-    SELECT pg_catalog.array_agg(a.attnum ORDER BY a.attnum), pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
+    SELECT pg_catalog.array_agg(a.attnum ORDER BY a.attnum), pg_catalog.array_agg(a.attname::text ORDER BY a.attnum),
+           pg_catalog.array_agg(a.atttypid ORDER BY a.attnum)
       FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped
 $$;
 
 COMMENT ON FUNCTION audit._columns_now(oid) IS
-    'Internal. The attribute numbers and names of a table''s columns now, in order. (Generated capture functions that check the layout inline the same query.)';
+    'Internal. The attribute numbers, names and types of a table''s columns now, in order. (Generated capture functions that check the layout inline the same query.)';
+
+
+CREATE OR REPLACE FUNCTION audit._excluded_now(p_relid oid, p_attnums int2[], p_names text[], p_known int2[])
+RETURNS int2[]
+LANGUAGE sql STABLE AS $$
+    -- The columns of a table to leave out of images now: those excluded (p_attnums, renamed or
+    -- not), any column that now bears a name an excluded column ever had (p_names: dropped and
+    -- re-added, copied and renamed), and, on a table with excluded columns, every column added
+    -- since the capture function was generated (not in p_known), until the exclusions are set
+    -- again: a column added to receive a copy of a secret must not leak it.
+    SELECT coalesce(pg_catalog.array_agg(a.attnum ORDER BY a.attnum), '{}')
+      FROM pg_catalog.pg_attribute AS a
+     WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped
+       AND (a.attnum = ANY (p_attnums) OR a.attname::text = ANY (p_names)
+            OR (pg_catalog.cardinality(p_names) > 0 AND NOT a.attnum = ANY (p_known)))
+$$;
+
+COMMENT ON FUNCTION audit._excluded_now(oid, int2[], text[], int2[]) IS
+    'Internal. Attribute numbers of the columns to exclude now: the excluded ones, any bearing a name an excluded column had, and on a table with exclusions any column added since the known layout.';
+
+
+CREATE OR REPLACE FUNCTION audit._capture_create_sql(p_name text, p_body text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    -- Images and keys must not depend on the writer's session: fixed output settings.
+    SELECT pg_catalog.format(
+        'CREATE OR REPLACE FUNCTION audit.%I() RETURNS trigger'
+        ' LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp'
+        ' SET timezone = ''UTC'' SET datestyle = ''ISO, YMD'' SET intervalstyle = ''postgres'''
+        ' SET extra_float_digits = 1 SET bytea_output = ''hex'' AS %L', p_name, p_body)
+$$;
+
+COMMENT ON FUNCTION audit._capture_create_sql(text, text) IS
+    'Internal. The CREATE FUNCTION statement of a capture function from its name and body (the body is a quoted literal).';
 
 
 CREATE OR REPLACE FUNCTION audit._capture_function_sql(p_relid oid, p_layout_check boolean) RETURNS text
@@ -141,11 +323,16 @@ LANGUAGE plpgsql STABLE AS $gen$
 -- Generates the per-table capture trigger function from the registry row of p_relid and the
 -- table's current column layout. p_layout_check: read the layout at every statement and run the
 -- statement dynamically when ALTER TABLE changed it (without the guard, see audit._guarded).
+-- Names never reach the text raw: identifiers are quoted (%I), names and lists are literals (%L),
+-- and the body is itself a quoted literal (AS %L), so that no name can end a comment, a string
+-- or the body. The text depends on the registry and the layout only (audit.doctor() compares).
 DECLARE
     t audit.tracked_table;
     v_attnums int2[];
     v_columns text[];
+    v_types oid[];
     v_check text := '';
+    v_body text;
 BEGIN
     SELECT * INTO STRICT t FROM audit.tracked_table WHERE relid = p_relid;
     IF pg_catalog.array_position(audit._current_columns(p_relid, t.key_attnums), NULL) IS NOT NULL THEN
@@ -155,22 +342,20 @@ BEGIN
         USING ERRCODE = 'object_not_in_prerequisite_state',
               HINT = 'Restore the key, or run audit.disable() on the table.';$chk$, p_relid);
     ELSIF p_layout_check THEN
-        SELECT c.attnums, c.columns INTO v_attnums, v_columns FROM audit._columns_now(p_relid) AS c;
+        SELECT c.attnums, c.columns, c.types INTO v_attnums, v_columns, v_types FROM audit._columns_now(p_relid) AS c;
         v_check := pg_catalog.format($chk$
     -- The column layout now (one indexed catalog read). When ALTER TABLE changed it since this
     -- function was generated, the statement runs dynamically with the current key and excluded
     -- column names, and the new layout is recorded for reconstruction.
-    SELECT pg_catalog.array_agg(a.attnum ORDER BY a.attnum), pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
-      INTO v_attnums, v_columns
+    SELECT pg_catalog.array_agg(a.attnum ORDER BY a.attnum), pg_catalog.array_agg(a.attname::text ORDER BY a.attnum),
+           pg_catalog.array_agg(a.atttypid ORDER BY a.attnum)
+      INTO v_attnums, v_columns, v_types
       FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = %1$s::oid AND a.attnum > 0 AND NOT a.attisdropped;
-    IF v_attnums IS DISTINCT FROM %5$L::int2[] OR v_columns IS DISTINCT FROM %6$L::text[] THEN
+    IF v_attnums IS DISTINCT FROM %5$L::int2[] OR v_columns IS DISTINCT FROM %6$L::text[]
+       OR v_types IS DISTINCT FROM %7$L::oid[] THEN
         v_drift := true;
         v_keys := audit._current_columns(%1$s::oid, %3$L::int2[]);
-        -- Excluded: the excluded columns under their current names, and any column that now
-        -- bears an excluded name (a column dropped and re-added, a type-change migration).
-        v_excluded := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
-                             WHERE a.attrelid = %1$s::oid AND a.attnum > 0 AND NOT a.attisdropped
-                               AND (a.attnum = ANY (%4$L::int2[]) OR a.attname = ANY (%2$L::text[])));
+        v_excluded := audit._current_columns(%1$s::oid, audit._excluded_now(%1$s::oid, %4$L::int2[], %2$L::text[], %5$L::int2[]));
         IF pg_catalog.array_position(v_keys, NULL) IS NOT NULL THEN
             RAISE EXCEPTION 'audited table %% lost a key column; capture cannot identify rows', %1$s::oid::regclass
                 USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -178,15 +363,11 @@ BEGIN
         END IF;
         PERFORM audit._record_layout(%1$s::oid, v_clock);
     END IF;$chk$,
-            p_relid, t.excluded_columns, t.key_attnums, t.excluded_attnums, v_attnums, v_columns);
+            p_relid, t.excluded_names, t.key_attnums, t.excluded_attnums, v_attnums, v_columns, v_types);
     END IF;
-    RETURN pg_catalog.format($fn$
-CREATE OR REPLACE FUNCTION audit.%1$I() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    -- Images and keys must not depend on the writer's session: fixed output settings.
-    SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
-    SET extra_float_digits = 1 SET bytea_output = 'hex' AS $body$
--- Generated for %2$s at %3$s (%8$s). Do not edit: audit.refresh() rewrites it.
+    v_body := pg_catalog.format($fn$
+-- Capture function generated by audit._capture_function_sql for the table of OID %1$s
+-- (%5$s). Do not edit: audit.refresh() rewrites it.
 DECLARE
     -- No transaction id yet: the statement changed no row (a TRUNCATE has not happened yet).
     v_txid xid8 := CASE WHEN TG_OP = 'TRUNCATE' THEN pg_catalog.pg_current_xact_id()
@@ -199,18 +380,20 @@ DECLARE
     v_table text := TG_TABLE_NAME;
     v_attnums int2[];
     v_columns text[];
-    v_keys text[] := %5$L::text[];
-    v_excluded text[] := %6$L::text[];
+    v_types oid[];
+    v_keys text[] := %2$L::text[];
+    v_excluded text[] := %3$L::text[];
     v_drift boolean := false;
     v_rows bigint;
     v_open boolean;
-BEGIN%9$s
+    v_rls text;
+BEGIN%6$s
     IF v_txid IS NULL THEN
         -- Nothing changed, in this statement or before it in the transaction: nothing to log,
         -- and no transaction id (with its commit record) forced on a transaction that wrote nothing.
         RETURN NULL;
     END IF;
-    IF TG_RELID <> %4$s::oid THEN
+    IF TG_RELID <> %1$s::oid THEN
         -- A statement on a partition: log it under the audited partitioned table. A table that
         -- is no partition of it any more (detached) is not audited: nothing is logged (doctor
         -- reports the triggers left on it).
@@ -218,29 +401,34 @@ BEGIN%9$s
           FROM pg_catalog.pg_partition_ancestors(TG_RELID) AS a
           JOIN pg_catalog.pg_class AS c ON c.oid = a.relid
           JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-         WHERE a.relid = %4$s::oid;
+         WHERE a.relid = %1$s::oid;
         IF NOT FOUND THEN
             RETURN NULL;
         END IF;
     END IF;
 
     IF TG_OP = 'TRUNCATE' THEN
-        IF %7$L::boolean THEN
-            EXECUTE audit._capture_sql('TRUNCATE', %4$s::oid, v_keys, v_excluded, true, TG_RELID::regclass)
+        IF %4$L::boolean THEN
+            -- The rows are read as the audit owner: with row_security off, a row-level security
+            -- policy (code the table owner wrote) makes the read fail instead of running.
+            v_rls := pg_catalog.current_setting('row_security');
+            PERFORM pg_catalog.set_config('row_security', 'off', true);
+            EXECUTE audit._capture_sql('TRUNCATE', %1$s::oid, v_keys, v_excluded, true, TG_RELID::regclass)
               USING v_txid, v_role, v_schema, v_table, v_clock;
+            PERFORM pg_catalog.set_config('row_security', v_rls, true);
         ELSE
             INSERT INTO audit.change (txid, relid, schema_name, table_name, op, role, statement_at, clock_at)
-            VALUES (v_txid, %4$s::oid, v_schema, v_table, 'T', v_role, pg_catalog.statement_timestamp(), v_clock);
+            VALUES (v_txid, %1$s::oid, v_schema, v_table, 'T', v_role, pg_catalog.statement_timestamp(), v_clock);
         END IF;
     ELSIF v_drift THEN
-        EXECUTE audit._capture_sql(TG_OP, %4$s::oid, v_keys, v_excluded, true)
+        EXECUTE audit._capture_sql(TG_OP, %1$s::oid, v_keys, v_excluded, true)
           USING v_txid, v_role, v_schema, v_table, v_clock;
     ELSIF TG_OP = 'INSERT' THEN
-        %10$s;
+        %7$s;
     ELSIF TG_OP = 'UPDATE' THEN
-        %11$s;
+        %8$s;
     ELSE
-        %12$s;
+        %9$s;
     END IF;
     GET DIAGNOSTICS v_rows = ROW_COUNT;
     IF v_rows > 0 THEN
@@ -261,11 +449,7 @@ BEGIN%9$s
     END IF;
     RETURN NULL;
 END
-$body$;
 $fn$,
-        t.capture_function,
-        pg_catalog.format('%I.%I', t.schema_name, t.table_name),
-        pg_catalog.now(),
         p_relid,
         t.key_columns,
         t.excluded_columns,
@@ -276,29 +460,71 @@ $fn$,
         audit._capture_sql('INSERT', p_relid, t.key_columns, t.excluded_columns, false),
         audit._capture_sql('UPDATE', p_relid, t.key_columns, t.excluded_columns, false),
         audit._capture_sql('DELETE', p_relid, t.key_columns, t.excluded_columns, false));
+    RETURN audit._capture_create_sql(t.capture_function, v_body);
 END
 $gen$;
 
 COMMENT ON FUNCTION audit._capture_function_sql(oid, boolean) IS
-    'Internal. CREATE FUNCTION statement of the capture trigger function of an audited table, generated from its audit.tracked_table row; with or without the per-statement column layout check.';
+    'Internal. CREATE FUNCTION statement of the capture trigger function of an audited table, generated from its audit.tracked_table row; with or without the per-statement column layout check. Every name in it is quoted; the text depends on the registry row and the table''s columns only.';
+
+
+CREATE OR REPLACE FUNCTION audit._record_break(p_relid oid, p_reason text) RETURNS void
+LANGUAGE plpgsql AS $$
+-- Records that the current transaction broke the history of an audited table (once per table
+-- and transaction), and the transaction's record, whose commit time bounds the break.
+BEGIN
+    IF EXISTS (SELECT FROM audit.history_break AS b
+                WHERE b.relid = p_relid AND b.txid = pg_catalog.pg_current_xact_id()) THEN
+        RETURN;
+    END IF;
+    INSERT INTO audit.history_break (relid, reason) VALUES (p_relid, p_reason);
+    INSERT INTO audit.transaction (txid, started_at, db_user, application_name, client_addr,
+                                   client_port, backend_pid, actor, context)
+    VALUES (pg_catalog.pg_current_xact_id(), pg_catalog.now(), session_user,
+            nullif(pg_catalog.current_setting('application_name'), ''),
+            pg_catalog.inet_client_addr(), pg_catalog.inet_client_port(), pg_catalog.pg_backend_pid(),
+            nullif(pg_catalog.current_setting('pgaudit.actor', true), ''), NULL)
+    ON CONFLICT (txid) DO NOTHING;
+END
+$$;
+
+COMMENT ON FUNCTION audit._record_break(oid, text) IS
+    'Internal. Records a break in the history of an audited table (audit.history_break) made by the current transaction.';
+
+REVOKE ALL ON FUNCTION audit._record_break(oid, text) FROM PUBLIC;
 
 
 CREATE OR REPLACE FUNCTION audit._record_layout(p_relid oid, p_at timestamptz) RETURNS void
 LANGUAGE plpgsql AS $$
 -- Records the table's current column layout as valid from p_at, unless it is the latest known.
+-- A column whose type changed since the latest layout breaks history: its older images may not
+-- read back as the new type, and the change of type may have rewritten its values unlogged.
 DECLARE
     v_attnums int2[];
     v_columns text[];
+    v_types oid[];
+    v_changed text;
     l audit.table_layout;
 BEGIN
-    SELECT c.attnums, c.columns INTO v_attnums, v_columns FROM audit._columns_now(p_relid) AS c;
+    SELECT c.attnums, c.columns, c.types INTO v_attnums, v_columns, v_types FROM audit._columns_now(p_relid) AS c;
     SELECT * INTO l FROM audit.table_layout WHERE relid = p_relid ORDER BY valid_from DESC LIMIT 1;
-    IF l.attnums IS NOT DISTINCT FROM v_attnums AND l.columns IS NOT DISTINCT FROM v_columns THEN
+    IF l.attnums IS NOT DISTINCT FROM v_attnums AND l.columns IS NOT DISTINCT FROM v_columns
+       AND l.types IS NOT DISTINCT FROM v_types THEN
         RETURN;
     END IF;
-    INSERT INTO audit.table_layout (relid, valid_from, attnums, columns)
-    VALUES (p_relid, p_at, v_attnums, v_columns)
-    ON CONFLICT (relid, valid_from) DO UPDATE SET attnums = excluded.attnums, columns = excluded.columns;
+    IF l.types IS NOT NULL THEN
+        SELECT pg_catalog.string_agg(pg_catalog.format('%I (%s to %s)', n.name, o.typid::regtype, n.typid::regtype), ', ')
+          INTO v_changed
+          FROM unnest(l.attnums, l.types) AS o(attnum, typid)
+          JOIN unnest(v_attnums, v_types, v_columns) AS n(attnum, typid, name) ON n.attnum = o.attnum
+         WHERE n.typid <> o.typid;
+        IF v_changed IS NOT NULL THEN
+            PERFORM audit._record_break(p_relid, pg_catalog.format('the type of column %s changed', v_changed));
+        END IF;
+    END IF;
+    INSERT INTO audit.table_layout (relid, valid_from, attnums, columns, types)
+    VALUES (p_relid, p_at, v_attnums, v_columns, v_types)
+    ON CONFLICT (relid, valid_from) DO UPDATE SET attnums = excluded.attnums, columns = excluded.columns, types = excluded.types;
 END
 $$;
 

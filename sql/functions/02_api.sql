@@ -39,6 +39,7 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
     c pg_catalog.pg_class;
     v_parent regclass;
+    v_other text;
 BEGIN
     SELECT * INTO STRICT c FROM pg_catalog.pg_class WHERE oid = p_table;
     IF c.relkind NOT IN ('r', 'p') THEN
@@ -52,6 +53,21 @@ BEGIN
     IF c.relnamespace = 'audit'::regnamespace THEN
         RAISE EXCEPTION '% belongs to the audit schema and cannot be audited', p_table
             USING ERRCODE = 'wrong_object_type';
+    END IF;
+    SELECT pg_catalog.max(i.inhparent::regclass::text) INTO v_other
+      FROM pg_catalog.pg_inherits AS i WHERE i.inhrelid = p_table AND NOT c.relispartition;
+    IF v_other IS NOT NULL THEN
+        RAISE EXCEPTION '% inherits from %: changes made through the parent would not be captured', p_table, v_other
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'Inheritance (INHERITS) is not supported; declarative partitions are.';
+    END IF;
+    SELECT pg_catalog.max(i.inhrelid::regclass::text) INTO v_other
+      FROM pg_catalog.pg_inherits AS i JOIN pg_catalog.pg_class AS k ON k.oid = i.inhrelid
+     WHERE i.inhparent = p_table AND NOT k.relispartition;
+    IF v_other IS NOT NULL THEN
+        RAISE EXCEPTION '% has an inheritance child, %, whose rows its statements change too and that its key does not cover', p_table, v_other
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'Inheritance (INHERITS) is not supported; declarative partitions are.';
     END IF;
     IF c.relispartition THEN
         SELECT pg_catalog.max(a.relid::oid)::regclass INTO v_parent
@@ -88,50 +104,110 @@ COMMENT ON FUNCTION audit._trigger_names() IS
     'Internal. Names of the capture triggers installed on every audited table (and partition).';
 
 
+CREATE OR REPLACE FUNCTION audit._trigger_spec()
+RETURNS TABLE (name text, tgtype int2, old_table text, new_table text, definition text)
+LANGUAGE sql IMMUTABLE AS $$
+    -- The capture triggers as enable creates them: name, pg_trigger.tgtype (statement level;
+    -- 2 = BEFORE, 4 = INSERT, 8 = DELETE, 16 = UPDATE, 32 = TRUNCATE), transition tables, and
+    -- the CREATE TRIGGER text after the name (%1$s: the table, %2$I: the capture function).
+    VALUES ('pgaudit_truncate', 34::int2, NULL, NULL,
+            'BEFORE TRUNCATE ON %1$s FOR EACH STATEMENT EXECUTE FUNCTION audit.%2$I()'),
+           ('pgaudit_insert', 4::int2, NULL, 'new_rows',
+            'AFTER INSERT ON %1$s REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION audit.%2$I()'),
+           ('pgaudit_update', 16::int2, 'old_rows', 'new_rows',
+            'AFTER UPDATE ON %1$s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION audit.%2$I()'),
+           ('pgaudit_delete', 8::int2, 'old_rows', NULL,
+            'AFTER DELETE ON %1$s REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION audit.%2$I()')
+$$;
+
+COMMENT ON FUNCTION audit._trigger_spec() IS
+    'Internal. The definition of each capture trigger: what audit.enable() creates and audit.status() checks.';
+
+
+CREATE OR REPLACE FUNCTION audit._trigger_problems(p_table regclass)
+RETURNS TABLE (member regclass, trigger_name text, problem text)
+LANGUAGE sql STABLE AS $$
+    -- Every way the capture triggers of an audited table (and of its partitions) differ from
+    -- what enable created: missing, not ENABLE ALWAYS, another function, other events, level or
+    -- timing, other transition tables, a WHEN condition, a column list, arguments, a constraint
+    -- trigger, an extension dependency (dropped with it); and triggers under other names that
+    -- run the capture function (renamed: logging twice once refreshed).
+    WITH fn AS (
+        SELECT p.oid FROM audit.tracked_table AS x
+          JOIN pg_catalog.pg_proc AS p ON p.proname = x.capture_function AND p.pronamespace = 'audit'::regnamespace
+         WHERE x.relid = p_table
+    ), m AS (
+        SELECT audit._members(p_table) AS member
+    )
+    SELECT m.member, s.name,
+           CASE WHEN g.oid IS NULL THEN 'missing'
+                WHEN g.tgfoid IS DISTINCT FROM (SELECT fn.oid FROM fn) THEN
+                     pg_catalog.format('runs %s instead of the capture function', g.tgfoid::regprocedure)
+                WHEN g.tgtype <> s.tgtype THEN 'fires on other events, at another time or level'
+                WHEN g.tgoldtable IS DISTINCT FROM s.old_table OR g.tgnewtable IS DISTINCT FROM s.new_table THEN 'other transition tables'
+                WHEN g.tgqual IS NOT NULL THEN 'has a WHEN condition'
+                WHEN pg_catalog.cardinality(g.tgattr::int2[]) > 0 THEN 'fires for some columns only'
+                WHEN g.tgnargs <> 0 THEN 'has arguments'
+                WHEN g.tgconstraint <> 0 OR g.tgdeferrable THEN 'is a constraint trigger'
+                WHEN EXISTS (SELECT FROM pg_catalog.pg_depend AS d
+                              WHERE d.classid = 'pg_catalog.pg_trigger'::regclass AND d.objid = g.oid AND d.deptype = 'x')
+                     THEN 'depends on an extension'
+                WHEN g.tgenabled <> 'A' THEN 'not ENABLE ALWAYS'
+           END
+      FROM m CROSS JOIN audit._trigger_spec() AS s
+      LEFT JOIN pg_catalog.pg_trigger AS g ON g.tgrelid = m.member AND g.tgname = s.name
+    UNION ALL
+    SELECT g.tgrelid::regclass, g.tgname::text, 'runs the capture function under another name'
+      FROM pg_catalog.pg_trigger AS g
+     WHERE g.tgfoid IN (SELECT fn.oid FROM fn) AND NOT g.tgname::text = ANY (audit._trigger_names())
+$$;
+
+COMMENT ON FUNCTION audit._trigger_problems(regclass) IS
+    'Internal. One row per capture trigger of an audited table or partition that is not exactly as audit.enable() created it (problem null: intact), plus any other trigger running its capture function.';
+
+
 CREATE OR REPLACE FUNCTION audit._drop_triggers(p_table regclass) RETURNS void
 LANGUAGE plpgsql AS $$
+-- The capture triggers of a table and its partitions, and any trigger that runs its capture
+-- function under another name.
 DECLARE
     r record;
 BEGIN
     FOR r IN SELECT tg.tgname, tg.tgrelid::regclass AS rel
                FROM pg_catalog.pg_trigger AS tg
-              WHERE tg.tgrelid IN (SELECT audit._members(p_table))
-                AND tg.tgname = ANY (audit._trigger_names()) LOOP
+              WHERE (tg.tgrelid IN (SELECT audit._members(p_table)) AND tg.tgname = ANY (audit._trigger_names()))
+                 OR tg.tgfoid IN (SELECT p.oid FROM audit.tracked_table AS x
+                                    JOIN pg_catalog.pg_proc AS p
+                                      ON p.proname = x.capture_function AND p.pronamespace = 'audit'::regnamespace
+                                   WHERE x.relid = p_table) LOOP
         EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', r.tgname, r.rel);
     END LOOP;
 END
 $$;
 
 COMMENT ON FUNCTION audit._drop_triggers(regclass) IS
-    'Internal. Drops the capture triggers of a table and of its partitions.';
+    'Internal. Drops the capture triggers of a table and of its partitions, and any trigger running its capture function.';
 
 
 CREATE OR REPLACE FUNCTION audit._create_member_triggers(p_member regclass, p_function text) RETURNS void
 LANGUAGE plpgsql AS $$
--- The capture triggers (audit._trigger_names()), ENABLE ALWAYS, on one table or partition; those
+-- The capture triggers (audit._trigger_spec()), ENABLE ALWAYS, on one table or partition; those
 -- it has already are kept (the guard may have created them meanwhile: ENABLE ALWAYS is an ALTER
 -- TABLE, which fires it).
 DECLARE
-    v_how text[] := ARRAY[
-        'BEFORE TRUNCATE ON %1$s FOR EACH STATEMENT EXECUTE FUNCTION audit.%2$I()',
-        'AFTER INSERT ON %1$s REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION audit.%2$I()',
-        'AFTER UPDATE ON %1$s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION audit.%2$I()',
-        'AFTER DELETE ON %1$s REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION audit.%2$I()'];
-    v_names text[] := audit._trigger_names();
+    s record;
     v_enable text;
-    i integer;
 BEGIN
-    FOR i IN 1 .. pg_catalog.array_length(v_names, 1) LOOP
-        IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger AS g WHERE g.tgrelid = p_member AND g.tgname = v_names[i]) THEN
-            EXECUTE pg_catalog.format('CREATE TRIGGER %I ', v_names[i])
-                 || pg_catalog.format(v_how[i], p_member, p_function);
+    FOR s IN SELECT * FROM audit._trigger_spec() LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger AS g WHERE g.tgrelid = p_member AND g.tgname = s.name) THEN
+            EXECUTE pg_catalog.format('CREATE TRIGGER %I ', s.name) || pg_catalog.format(s.definition, p_member, p_function);
         END IF;
     END LOOP;
     -- One ALTER TABLE for all of them: the guard it fires must not see some still disabled.
     SELECT pg_catalog.string_agg(pg_catalog.format('ENABLE ALWAYS TRIGGER %I', g.tgname), ', ')
       INTO v_enable
       FROM pg_catalog.pg_trigger AS g
-     WHERE g.tgrelid = p_member AND g.tgname = ANY (v_names) AND g.tgenabled <> 'A';
+     WHERE g.tgrelid = p_member AND g.tgname = ANY (audit._trigger_names()) AND g.tgenabled <> 'A';
     IF v_enable IS NOT NULL THEN
         EXECUTE pg_catalog.format('ALTER TABLE %s ', p_member) || v_enable;
     END IF;
@@ -162,11 +238,11 @@ COMMENT ON FUNCTION audit._create_triggers(regclass, text) IS
 
 CREATE OR REPLACE FUNCTION audit._layout_now(p_table regclass) RETURNS text[]
 LANGUAGE sql STABLE AS $$
-    SELECT pg_catalog.array_agg(a.attnum || ':' || a.attname ORDER BY a.attnum)
+    SELECT pg_catalog.array_agg(a.attnum || ':' || a.atttypid || ':' || a.attname ORDER BY a.attnum)
       FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
 $$;
 
-COMMENT ON FUNCTION audit._layout_now(regclass) IS 'Internal. The columns of a table now, as attnum:name in order.';
+COMMENT ON FUNCTION audit._layout_now(regclass) IS 'Internal. The columns of a table now, as attnum:type oid:name in order.';
 
 
 CREATE OR REPLACE FUNCTION audit._write_capture_function(p_table regclass) RETURNS void
@@ -215,30 +291,83 @@ COMMENT ON FUNCTION audit._generate(regclass) IS
     'Internal. Generates the capture function of an audited table and installs its triggers.';
 
 
+CREATE OR REPLACE FUNCTION audit._known_attnums(p_layout text[]) RETURNS int2[]
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    -- The attribute numbers of a generated layout (attnum:type:name, or attnum:name before 0004).
+    SELECT ARRAY(SELECT pg_catalog.split_part(e, ':', 1)::int2 FROM unnest(p_layout) AS e)
+$$;
+
+COMMENT ON FUNCTION audit._known_attnums(text[]) IS
+    'Internal. The attribute numbers of the columns of a layout recorded in audit.tracked_table.generated_layout.';
+
+
+CREATE OR REPLACE FUNCTION audit._follow_key(p_table regclass) RETURNS boolean
+LANGUAGE plpgsql AS $$
+-- After DDL on an audited table: a table left without a key is refused (its rows could no longer
+-- be told apart); a key replaced by another breaks history (rows of the past were paired by the
+-- old key) and capture follows the new key from now on.
+DECLARE
+    t audit.tracked_table;
+    k record;
+BEGIN
+    SELECT * INTO STRICT t FROM audit.tracked_table WHERE relid = p_table;
+    BEGIN
+        k := audit._key_of(p_table);
+    EXCEPTION WHEN object_not_in_prerequisite_state THEN
+        RAISE EXCEPTION 'audited table % must keep a primary key or a replica identity index: without one its rows cannot be told apart in the history', audit._qualified(p_table)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Replace the key in the same ALTER TABLE (DROP CONSTRAINT ..., ADD PRIMARY KEY ...), or have the audit owner disable auditing of the table first.';
+    END;
+    IF k.attnums IS NOT DISTINCT FROM t.key_attnums THEN
+        RETURN false;
+    END IF;
+    IF k.attnums && t.excluded_attnums THEN
+        RAISE EXCEPTION 'the new key of audited table % includes an excluded column, which would then be stored in the log', audit._qualified(p_table)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Choose a key without excluded columns, or change the exclusions first (audit.enable).';
+    END IF;
+    PERFORM audit._record_break(p_table, pg_catalog.format('the key changed from (%s) to (%s)',
+        pg_catalog.array_to_string(t.key_columns, ', '), pg_catalog.array_to_string(k.names, ', ')));
+    UPDATE audit.tracked_table
+       SET key_source = k.source, key_attnums = k.attnums, key_columns = k.names
+     WHERE relid = p_table;
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION audit._follow_key(regclass) IS
+    'Internal. After DDL: refuses an audited table left without a key; records a break in history and follows the new key when it was replaced (returns true then).';
+
+REVOKE ALL ON FUNCTION audit._follow_key(regclass) FROM PUBLIC;
+
+
 CREATE OR REPLACE FUNCTION audit._rewrite_after_ddl(p_table regclass) RETURNS void
 LANGUAGE plpgsql AS $$
 -- After ALTER TABLE changed the columns of an audited table: takes the new column names into the
 -- registry and rewrites the capture function in place. No trigger DDL, so that it can run inside
--- the guard event trigger. A key that changed is left to audit.refresh() (audit.doctor() reports it).
+-- the guard event trigger.
 DECLARE
     t audit.tracked_table;
     v_keys text[];
     v_excluded int2[];
+    v_names text[];
 BEGIN
     SELECT * INTO STRICT t FROM audit.tracked_table WHERE relid = p_table;
     v_keys := audit._current_columns(p_table, t.key_attnums);
-    -- Excluded: the excluded columns (renamed or not), and any column that now bears an excluded
-    -- name (dropped and re-added, e.g. by a type-change migration).
-    v_excluded := ARRAY(
-        SELECT a.attnum FROM pg_catalog.pg_attribute AS a
-         WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
-           AND (a.attnum = ANY (t.excluded_attnums) OR a.attname = ANY (t.excluded_columns))
-         ORDER BY a.attnum);
+    v_excluded := audit._excluded_now(p_table, t.excluded_attnums, t.excluded_names,
+        coalesce(audit._known_attnums(t.generated_layout), (audit._columns_now(p_table)).attnums));
+    v_names := ARRAY(SELECT DISTINCT n FROM unnest(t.excluded_names || pg_catalog.array_remove(
+                         audit._current_columns(p_table, v_excluded), NULL)) AS n ORDER BY n);
     UPDATE audit.tracked_table AS x
        SET schema_name = n.nspname, table_name = c.relname,
            key_columns = CASE WHEN pg_catalog.array_position(v_keys, NULL) IS NULL THEN v_keys ELSE x.key_columns END,
            excluded_attnums = v_excluded,
-           excluded_columns = audit._current_columns(p_table, v_excluded)
+           excluded_columns = audit._current_columns(p_table, v_excluded),
+           excluded_names = v_names,
+           held_attnums = ARRAY(SELECT h FROM unnest(v_excluded) AS h
+                                 WHERE h = ANY (t.held_attnums)
+                                    OR NOT (h = ANY (t.excluded_attnums) OR audit._current_columns(p_table, ARRAY[h])
+                                            && t.excluded_names))
       FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
      WHERE c.oid = p_table AND x.relid = p_table;
     PERFORM audit._write_capture_function(p_table);
@@ -247,7 +376,7 @@ END
 $$;
 
 COMMENT ON FUNCTION audit._rewrite_after_ddl(regclass) IS
-    'Internal. Called by the guard event trigger after ALTER TABLE changed the columns of an audited table: updates the registry''s column names and rewrites the capture function.';
+    'Internal. Called by the guard event trigger after ALTER TABLE changed the columns of an audited table: updates the registry''s column names and exclusions and rewrites the capture function.';
 
 REVOKE ALL ON FUNCTION audit._rewrite_after_ddl(regclass) FROM PUBLIC;
 
@@ -311,6 +440,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     k record;
     v_excluded int2[];
+    v_names text[];
+    v_held int2[] := '{}';
     v_old audit.tracked_table;
     v_row audit.tracked_table;
 BEGIN
@@ -318,15 +449,19 @@ BEGIN
     k := audit._key_of(p_table);
     SELECT * INTO v_old FROM audit.tracked_table WHERE relid = p_table;
     IF p_exclude IS NULL AND v_old.relid IS NOT NULL THEN
-        -- Keep the current setting: the excluded columns (renamed or not), and any column that
-        -- now bears an excluded name (dropped and re-added, e.g. by a type-change migration).
-        v_excluded := ARRAY(
-            SELECT a.attnum FROM pg_catalog.pg_attribute AS a
-             WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
-               AND (a.attnum = ANY (v_old.excluded_attnums) OR a.attname = ANY (v_old.excluded_columns))
-             ORDER BY a.attnum);
+        -- Keep the current setting (audit._excluded_now): the excluded columns, any column that
+        -- bears a name they had, and on a table with exclusions the columns added since.
+        v_excluded := audit._excluded_now(p_table, v_old.excluded_attnums, v_old.excluded_names,
+            coalesce(audit._known_attnums(v_old.generated_layout), (audit._columns_now(p_table)).attnums));
+        v_names := ARRAY(SELECT DISTINCT n FROM unnest(v_old.excluded_names || pg_catalog.array_remove(
+                             audit._current_columns(p_table, v_excluded), NULL)) AS n ORDER BY n);
+        v_held := ARRAY(SELECT h FROM unnest(v_excluded) AS h
+                         WHERE h = ANY (v_old.held_attnums)
+                            OR NOT (h = ANY (v_old.excluded_attnums) OR audit._current_columns(p_table, ARRAY[h])
+                                    && v_old.excluded_names));
     ELSE
         v_excluded := audit._column_attnums(p_table, p_exclude);
+        v_names := ARRAY(SELECT DISTINCT n FROM unnest(audit._current_columns(p_table, v_excluded)) AS n ORDER BY n);
     END IF;
     IF v_excluded && k.attnums THEN
         RAISE EXCEPTION 'cannot exclude key column(s) % of table %',
@@ -336,10 +471,15 @@ BEGIN
                   HINT = 'Key columns identify rows in the history; they are always stored.';
     END IF;
 
+    IF v_old.relid IS NOT NULL AND v_old.key_attnums IS DISTINCT FROM k.attnums THEN
+        PERFORM audit._record_break(p_table, pg_catalog.format('the key changed from (%s) to (%s)',
+            pg_catalog.array_to_string(v_old.key_columns, ', '), pg_catalog.array_to_string(k.names, ', ')));
+    END IF;
+
     INSERT INTO audit.tracked_table AS t (relid, schema_name, table_name, key_source, key_attnums,
-        key_columns, excluded_attnums, excluded_columns, capture_truncate, capture_function)
+        key_columns, excluded_attnums, excluded_columns, excluded_names, held_attnums, capture_truncate, capture_function)
     SELECT p_table, n.nspname, c.relname, k.source, k.attnums, k.names, v_excluded,
-           audit._current_columns(p_table, v_excluded), coalesce(p_capture_truncate, true),
+           audit._current_columns(p_table, v_excluded), v_names, v_held, coalesce(p_capture_truncate, true),
            pg_catalog.format('capture_%s', p_table::oid)
       FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
      WHERE c.oid = p_table
@@ -351,6 +491,8 @@ BEGIN
         key_columns = excluded.key_columns,
         excluded_attnums = excluded.excluded_attnums,
         excluded_columns = excluded.excluded_columns,
+        excluded_names = excluded.excluded_names,
+        held_attnums = excluded.held_attnums,
         capture_truncate = coalesce(p_capture_truncate, t.capture_truncate),
         enabled = true,
         enabled_at = CASE WHEN t.enabled THEN t.enabled_at ELSE pg_catalog.now() END,
@@ -431,19 +573,21 @@ LANGUAGE sql STABLE AS $$
     ), counts AS (
         SELECT t.relid,
                (SELECT pg_catalog.count(*)::int FROM audit._members(t.relid::regclass) m) AS members,
-               pg_catalog.count(tg.oid)::int AS present,
-               pg_catalog.count(tg.oid) FILTER (WHERE tg.tgenabled = 'A')::int AS always
+               pg_catalog.count(p.trigger_name) FILTER (WHERE p.problem IS DISTINCT FROM 'missing'
+                                                          AND p.problem IS DISTINCT FROM 'runs the capture function under another name')::int AS present,
+               pg_catalog.count(p.trigger_name) FILTER (WHERE p.problem IS NULL)::int AS always,
+               pg_catalog.bool_or(p.problem = 'missing') AS missing,
+               pg_catalog.bool_or(p.problem NOT IN ('missing', 'not ENABLE ALWAYS')) AS altered
           FROM t
-          LEFT JOIN pg_catalog.pg_trigger AS tg
-            ON tg.tgrelid IN (SELECT audit._members(t.relid::regclass))
-           AND tg.tgname = ANY (audit._trigger_names())
-         WHERE t.table_exists
+          LEFT JOIN LATERAL audit._trigger_problems(t.relid::regclass) AS p ON true
+         WHERE t.table_exists AND t.enabled
          GROUP BY t.relid
     )
     SELECT t.qualified, t.relid, t.enabled,
            CASE WHEN NOT t.table_exists THEN 'table dropped'
                 WHEN NOT t.enabled THEN 'disabled'
-                WHEN c.present < c.members * pg_catalog.cardinality(audit._trigger_names()) THEN 'triggers missing'
+                WHEN c.altered THEN 'triggers altered'
+                WHEN c.missing THEN 'triggers missing'
                 WHEN c.always < c.present THEN 'triggers not ENABLE ALWAYS'
                 ELSE 'ok' END,
            t.key_source,
@@ -459,7 +603,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 COMMENT ON FUNCTION audit.status() IS
-    'What is audited: one row per registered table with its settings and the state of its capture triggers (ok, disabled, triggers missing, triggers not ENABLE ALWAYS, table dropped).';
+    'What is audited: one row per registered table with its settings and the state of its capture triggers (ok; disabled; triggers altered: one runs another function, fires on other events or under a condition, or the capture function runs under another trigger name; triggers missing; triggers not ENABLE ALWAYS; table dropped).';
 
 
 CREATE OR REPLACE FUNCTION audit.set_actor(p_actor text, p_context jsonb DEFAULT NULL) RETURNS void

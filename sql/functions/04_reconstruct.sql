@@ -50,6 +50,42 @@ COMMENT ON FUNCTION audit._tracked(regclass) IS
     'Internal. The registry row of an audited table; raises a clear error for a table that never was.';
 
 
+CREATE OR REPLACE FUNCTION audit._check_unbroken(p_table regclass, p_at timestamptz) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+-- Raises when the history of p_table was broken after p_at (audit.history_break: committed after
+-- it), or its key is no longer the one capture pairs rows by: the live table then cannot be
+-- rolled back to p_at by undoing logged changes.
+DECLARE
+    b record;
+    t audit.tracked_table := audit._tracked(p_table);
+    k record;
+BEGIN
+    SELECT h.at, h.reason INTO b
+      FROM audit.history_break AS h LEFT JOIN audit.transaction AS x ON x.txid = h.txid
+     WHERE h.relid = p_table AND (x.committed_at > p_at OR x.committed_at IS NULL OR h.at > p_at)
+     ORDER BY h.at DESC LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'the history of % is broken at %: %; its state at % cannot be rebuilt from the live table', audit._qualified(p_table), b.at, b.reason, p_at
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = pg_catalog.format('States from %s on can be rebuilt and reverted to; older changes are still listed by history.', b.at);
+    END IF;
+    BEGIN
+        k := audit._key_of(p_table);
+    EXCEPTION WHEN object_not_in_prerequisite_state THEN
+        k := NULL;
+    END;
+    IF k.attnums IS DISTINCT FROM t.key_attnums THEN
+        RAISE EXCEPTION 'the key of % is no longer (%), the key its history pairs rows by', audit._qualified(p_table), pg_catalog.array_to_string(t.key_columns, ', ')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = pg_catalog.format('Run audit.refresh(%L) (pgaudit-tool refresh): it records the change of key as a break in history.', p_table::text);
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION audit._check_unbroken(regclass, timestamptz) IS
+    'Internal. Raises a clear error when the history of a table was broken after an instant (audit.history_break), or its key changed since capture was generated.';
+
+
 CREATE OR REPLACE FUNCTION audit._check_since(p_table regclass, p_at timestamptz) RETURNS audit.tracked_table
 LANGUAGE plpgsql STABLE AS $$
 -- Raises unless the state of p_table at p_at can be rebuilt from the live table and the log.
@@ -72,6 +108,7 @@ BEGIN
                               THEN pg_catalog.format('Capture was off before %s (first enabled %s).', t.enabled_at, t.history_since)
                               ELSE 'Changes made before capture was enabled were not recorded.' END;
     END IF;
+    PERFORM audit._check_unbroken(p_table, p_at);
     SELECT pg_catalog.min(c.clock_at) INTO v_marker
       FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid
      WHERE c.relid = p_table AND c.op = 'T' AND c.pk IS NULL AND (x.committed_at > p_at OR x.committed_at IS NULL);
@@ -185,7 +222,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     EXECUTE pg_catalog.format('SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
-                              audit._key_sql('r', v_keys), p_table)
+                              audit._key_sql('r', v_keys, p_table), p_table)
        INTO v_result USING v_obj;
     RETURN v_result;
 END
@@ -291,7 +328,7 @@ BEGIN
         ') AS p',
         audit._first_after_sql(p_table),
         audit._projection_sql(p_table, p_at, 'p'),
-        v_only, p_table, audit._key_sql('r', v_keys),
+        v_only, p_table, audit._key_sql('r', v_keys, p_table),
         p_table);
 END
 $$;
@@ -352,8 +389,8 @@ BEGIN
         v_row := audit._rename_keys(v_old, v_map);
     ELSE
         EXECUTE pg_catalog.format(
-            'SELECT pg_catalog.to_jsonb(r.*) FROM %s AS r, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
-            p_table, p_table,
+            'SELECT %s FROM %s AS r, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
+            audit._image_sql('r', p_table, '{}'), p_table, p_table,
             (SELECT pg_catalog.string_agg(pg_catalog.format('r.%1$I = k.%1$I', c), ' AND ') FROM unnest(v_keys) AS c))
            INTO v_row USING v_pk;
     END IF;
@@ -426,8 +463,8 @@ DECLARE
     v_live jsonb;
 BEGIN
     EXECUTE pg_catalog.format(
-        'SELECT pg_catalog.to_jsonb(r.*) FROM %s AS r, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
-        p_table, p_table,
+        'SELECT %s FROM %s AS r, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
+        audit._image_sql('r', p_table, '{}'), p_table, p_table,
         (SELECT pg_catalog.string_agg(pg_catalog.format('r.%1$I = k.%1$I', c), ' AND ') FROM unnest(v_keys) AS c))
        INTO v_live USING v_pk;
     IF v_live IS NULL THEN

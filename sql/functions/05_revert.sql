@@ -264,15 +264,17 @@ BEGIN
     SELECT pg_catalog.string_agg(pg_catalog.format(
                'CASE WHEN k.target ? %1$L AND k.target -> %1$L IS DISTINCT FROM lv.j -> %1$L%2$s THEN %1$L END', c.name,
                CASE WHEN NOT c.stable THEN pg_catalog.format(
-                   ' AND pg_catalog.to_jsonb((pg_catalog.jsonb_populate_record(NULL::%s, k.target)).%I) IS DISTINCT FROM lv.j -> %L',
-                   p_table, c.name, c.name) ELSE '' END), ', ' ORDER BY c.attnum),
+                   ' AND pg_catalog.to_jsonb(%s) IS DISTINCT FROM lv.j -> %L',
+                   audit._value_sql(pg_catalog.format('(pg_catalog.jsonb_populate_record(NULL::%s, k.target)).%I', p_table, c.name), c.typid),
+                   c.name) ELSE '' END), ', ' ORDER BY c.attnum),
            pg_catalog.string_agg(pg_catalog.format(
                'CASE WHEN k.expected ? %1$L AND k.expected -> %1$L IS DISTINCT FROM lv.j -> %1$L%2$s THEN %1$L END', c.name,
                CASE WHEN NOT c.stable THEN pg_catalog.format(
-                   ' AND pg_catalog.to_jsonb((pg_catalog.jsonb_populate_record(NULL::%s, k.expected)).%I) IS DISTINCT FROM lv.j -> %L',
-                   p_table, c.name, c.name) ELSE '' END), ', ' ORDER BY c.attnum)
+                   ' AND pg_catalog.to_jsonb(%s) IS DISTINCT FROM lv.j -> %L',
+                   audit._value_sql(pg_catalog.format('(pg_catalog.jsonb_populate_record(NULL::%s, k.expected)).%I', p_table, c.name), c.typid),
+                   c.name) ELSE '' END), ', ' ORDER BY c.attnum)
       INTO v_diff_target, v_diff_expected
-      FROM (SELECT a.attnum, a.attname::text AS name,
+      FROM (SELECT a.attnum, a.attname::text AS name, a.atttypid AS typid,
                    ty.typtype = 'e' OR CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END IN (
                        'int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'numeric'::regtype, 'text'::regtype,
                        'varchar'::regtype, 'bpchar'::regtype, 'bool'::regtype, 'uuid'::regtype, 'jsonb'::regtype,
@@ -335,7 +337,7 @@ SELECT %3$s::oid::regclass, %10$L::text, k.pk, a.action,
   LEFT JOIN later AS lt ON lt.pk = k.pk
   LEFT JOIN %11$s%12$s AS r ON %13$s
   -- OFFSET 0: each evaluated once per row, not inlined into every reference.
-  CROSS JOIN LATERAL (SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) %6$L::text[] AS j OFFSET 0) AS lv
+  CROSS JOIN LATERAL (SELECT %16$s AS j OFFSET 0) AS lv
   CROSS JOIN LATERAL (SELECT %14$s AS set_cols, %15$s AS exp_cols OFFSET 0) AS d
   CROSS JOIN LATERAL (SELECT
         CASE WHEN k.target IS NULL AND r.ctid IS NULL THEN 'NONE'
@@ -367,7 +369,8 @@ $q$,
         (SELECT pg_catalog.string_agg(pg_catalog.format('r.%1$I = (pg_catalog.jsonb_populate_record(NULL::%2$s, k.pk)).%1$I', c, p_table), ' AND ')
            FROM unnest(v_keys) AS c),
         v_diff_target,
-        v_diff_expected);
+        v_diff_expected,
+        audit._image_sql('r', v_oid, v_excluded));
 END
 $$;
 
@@ -404,6 +407,10 @@ BEGIN
                LEFT JOIN k ON k.relid = c.relid
               GROUP BY c.relid ORDER BY c.relid LOOP
         v_table := audit._revert_check_table(r.relid);
+        -- Undoing a change needs an unbroken history from just before it until now.
+        PERFORM audit._check_unbroken(v_table, (SELECT pg_catalog.min(c.clock_at) - '1 microsecond'::interval
+                                                  FROM pg_catalog.unnest(p_changes) AS s(id)
+                                                  JOIN audit.change AS c ON c.id = s.id WHERE c.relid = r.relid));
         IF r.marker IS NOT NULL THEN
             SELECT c.id, c.clock_at INTO v_marker FROM audit.change AS c WHERE c.id = r.marker;
             RAISE EXCEPTION 'change % is a TRUNCATE of % at % recorded without its rows, so the rows it removed cannot be put back', v_marker.id, audit._qualified(v_table), v_marker.clock_at

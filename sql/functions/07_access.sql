@@ -29,65 +29,201 @@ $$;
 COMMENT ON FUNCTION audit._is_owner() IS 'Internal. Whether the login role is a member of the audit owner role.';
 
 
+CREATE OR REPLACE FUNCTION audit._type_users(p_type oid) RETURNS SETOF oid
+LANGUAGE sql STABLE AS $$
+    -- The audited tables with a column of this type, or of a type made of it (array, domain,
+    -- composite, range), at any depth.
+    WITH RECURSIVE dep(classid, objid) AS (
+        SELECT 'pg_catalog.pg_type'::regclass::oid, p_type
+        UNION
+        SELECT d.classid, d.objid
+          FROM dep JOIN pg_catalog.pg_depend AS d ON d.refclassid = dep.classid AND d.refobjid = dep.objid
+         WHERE d.classid IN ('pg_catalog.pg_type'::regclass, 'pg_catalog.pg_class'::regclass)
+    )
+    SELECT x.relid FROM audit.tracked_table AS x
+     WHERE x.enabled AND x.relid IN (SELECT dep.objid FROM dep WHERE dep.classid = 'pg_catalog.pg_class'::regclass)
+$$;
+
+COMMENT ON FUNCTION audit._type_users(oid) IS
+    'Internal. The audited tables that have a column of a type or of a type built on it (array, domain, composite, range).';
+
+
+CREATE OR REPLACE FUNCTION audit._audited_of(p_rel oid) RETURNS oid
+LANGUAGE sql STABLE AS $$
+    -- The enabled audited table that is p_rel or a partitioned ancestor of it, if any.
+    SELECT x.relid FROM audit.tracked_table AS x
+     WHERE x.enabled AND (x.relid = p_rel OR x.relid IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors(p_rel) AS a))
+     LIMIT 1
+$$;
+
+COMMENT ON FUNCTION audit._audited_of(oid) IS 'Internal. The enabled audited table a table belongs to (itself or a partitioned ancestor).';
+
+
+CREATE OR REPLACE FUNCTION audit._has_rows(p_rel regclass) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_found boolean;
+BEGIN
+    -- Only the guards call it, as a superuser: row-level security policies are not applied.
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM ONLY %s)', p_rel) INTO v_found;
+    RETURN v_found;
+END
+$$;
+
+COMMENT ON FUNCTION audit._has_rows(regclass) IS 'Internal. Whether a table holds rows of its own (partitions not counted).';
+
+
 CREATE OR REPLACE FUNCTION audit._guard_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
--- ddl_command_end of ALTER TABLE and CREATE TABLE: (1) for everyone, rewrite the capture
--- function of every audited table whose columns the command changed, and give new partitions of
--- audited tables their capture triggers; (2) unless the owner of the audit schema ran the
--- command, refuse capture triggers that are no longer ENABLE ALWAYS.
+-- ddl_command_end of ALTER TABLE, CREATE TABLE, CREATE TRIGGER, ALTER TRIGGER and ALTER TYPE.
+-- For everyone: follow a replaced key (refuse a table left without one), rewrite the capture
+-- function of every audited table whose columns, or whose columns' types, the command changed;
+-- refuse inheritance involving an audited table; give new partitions of audited tables their
+-- capture triggers and record a break in history when a partition with rows was attached or
+-- detached. Unless the audit owner ran the command: refuse any capture trigger left other than
+-- as enable created it (another function, events, condition, columns, renamed, not ENABLE ALWAYS).
 -- (SECURITY DEFINER: to read the registry and rewrite functions, which other roles cannot.)
 DECLARE
-    v_tables oid[];      -- the relations the command created or altered
+    v_tables oid[];      -- the relations the command created or altered, or whose triggers it did
     v_parents oid[];     -- those after which new partitions are looked for
+    v_created oid[];     -- the relations one of whose triggers it created or replaced
+    v_typed oid[];       -- audited tables using a type the command altered
     r record;
 BEGIN
-    -- New partitions are looked for after CREATE TABLE and after ALTER TABLE of a partitioned
-    -- table only: the ALTER TABLE that enables the triggers of a leaf partition fires this guard
-    -- again, which must not recurse from partition to partition.
-    SELECT pg_catalog.array_agg(DISTINCT c.objid),
-           pg_catalog.array_agg(DISTINCT c.objid) FILTER (WHERE c.command_tag = 'CREATE TABLE' OR k.relkind = 'p')
-      INTO v_tables, v_parents
-      FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
-      JOIN pg_catalog.pg_class AS k ON k.oid = c.objid
-     WHERE c.classid = 'pg_catalog.pg_class'::regclass;
-    FOR r IN SELECT x.relid
-               FROM audit.tracked_table AS x
-              WHERE x.enabled AND x.relid = ANY (v_tables)
-                AND audit._layout_now(x.relid::regclass) IS DISTINCT FROM x.generated_layout LOOP
-        PERFORM audit._rewrite_after_ddl(r.relid::regclass);
+    SELECT pg_catalog.array_agg(DISTINCT d.rel),
+           pg_catalog.array_agg(DISTINCT d.rel) FILTER (WHERE d.tag = 'CREATE TABLE' OR k.relkind = 'p'),
+           pg_catalog.array_agg(DISTINCT d.rel) FILTER (WHERE d.tag = 'CREATE TRIGGER')
+      INTO v_tables, v_parents, v_created
+      FROM (SELECT CASE WHEN c.classid = 'pg_catalog.pg_class'::regclass THEN c.objid ELSE g.tgrelid END AS rel,
+                   c.command_tag AS tag
+              FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+              LEFT JOIN pg_catalog.pg_trigger AS g
+                ON c.classid = 'pg_catalog.pg_trigger'::regclass AND g.oid = c.objid
+             WHERE c.classid IN ('pg_catalog.pg_class'::regclass, 'pg_catalog.pg_trigger'::regclass)) AS d
+      JOIN pg_catalog.pg_class AS k ON k.oid = d.rel;
+    SELECT pg_catalog.array_agg(DISTINCT u)
+      INTO v_typed
+      FROM pg_catalog.pg_event_trigger_ddl_commands() AS c, audit._type_users(c.objid) AS u
+     WHERE c.classid = 'pg_catalog.pg_type'::regclass;
+
+    -- Inheritance (not partitioning) with an audited table, either way: statements on the
+    -- parent change the child's rows, which neither the child's triggers nor the key cover.
+    FOR r IN SELECT i.inhrelid::regclass AS child, i.inhparent::regclass AS parent
+               FROM pg_catalog.pg_inherits AS i JOIN pg_catalog.pg_class AS k ON k.oid = i.inhrelid
+              WHERE NOT k.relispartition AND (i.inhrelid = ANY (v_tables) OR i.inhparent = ANY (v_tables))
+                AND EXISTS (SELECT FROM audit.tracked_table AS x WHERE x.enabled AND x.relid IN (i.inhrelid, i.inhparent)) LOOP
+        RAISE EXCEPTION 'table % cannot inherit from % while either is audited', r.child, r.parent
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Statements on the parent change the child''s rows, which capture would pair by a key that does not cover them. Use declarative partitioning.';
     END LOOP;
+
+    FOR r IN SELECT x.relid, x.generated_layout
+               FROM audit.tracked_table AS x
+              WHERE x.enabled AND (x.relid = ANY (v_tables) OR x.relid = ANY (v_typed))
+                AND EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = x.relid) LOOP
+        IF audit._follow_key(r.relid::regclass)
+           OR r.relid = ANY (v_typed)
+           OR audit._layout_now(r.relid::regclass) IS DISTINCT FROM r.generated_layout THEN
+            PERFORM audit._rewrite_after_ddl(r.relid::regclass);
+        END IF;
+    END LOOP;
+
     -- New partitions of audited tables (CREATE TABLE ... PARTITION OF, ATTACH PARTITION) get
-    -- their capture triggers, so that writes made directly to them are captured too.
-    FOR r IN SELECT m.member, x.capture_function
+    -- their capture triggers, so that writes made directly to them are captured too; rows a
+    -- partition brought along appear in the table without having been logged: a break.
+    FOR r IN SELECT m.member, x.relid, x.capture_function
                FROM audit.tracked_table AS x, audit._members(x.relid::regclass) AS m(member)
               WHERE x.enabled
                 AND x.relid IN (SELECT a.relid FROM unnest(v_parents) AS p(objid),
                                        pg_catalog.pg_partition_ancestors(p.objid) AS a)
                 AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger AS g
                                  WHERE g.tgrelid = m.member AND g.tgname = ANY (audit._trigger_names())) LOOP
+        IF audit._has_rows(r.member) THEN
+            PERFORM audit._record_break(r.relid, pg_catalog.format('partition %s was attached with rows', r.member));
+        END IF;
         PERFORM audit._create_member_triggers(r.member, r.capture_function);
     END LOOP;
+    -- Partitions detached from an audited table: their rows leave it unlogged (a break), and
+    -- their capture triggers go.
+    FOR r IN SELECT g.tgrelid::regclass AS member, x.relid
+               FROM audit.tracked_table AS x
+               JOIN pg_catalog.pg_proc AS p ON p.proname = x.capture_function AND p.pronamespace = 'audit'::regnamespace
+               JOIN pg_catalog.pg_trigger AS g ON g.tgfoid = p.oid AND g.tgname = 'pgaudit_insert'
+              WHERE x.enabled AND x.relid = ANY (v_parents)
+                AND g.tgrelid NOT IN (SELECT audit._members(x.relid::regclass)) LOOP
+        IF audit._has_rows(r.member) THEN
+            PERFORM audit._record_break(r.relid, pg_catalog.format('partition %s was detached with rows', r.member));
+        END IF;
+        PERFORM audit._drop_member_triggers(r.member);
+    END LOOP;
+
     IF audit._is_owner() THEN
         RETURN;
     END IF;
-    FOR r IN SELECT t.objid FROM unnest(v_tables) AS t(objid) LOOP
-        IF EXISTS (SELECT FROM pg_catalog.pg_trigger AS g
-                    WHERE g.tgrelid = r.objid AND g.tgname = ANY (audit._trigger_names()) AND g.tgenabled <> 'A')
-           AND EXISTS (SELECT FROM audit.tracked_table AS x
-                        WHERE x.enabled AND x.relid IN (SELECT r.objid UNION ALL
-                              SELECT a.relid FROM pg_catalog.pg_partition_ancestors(r.objid) AS a)) THEN
-            RAISE EXCEPTION 'capture triggers of audited table % cannot be disabled', r.objid::regclass
-                USING ERRCODE = 'insufficient_privilege',
-                      HINT = 'Only the owner of the audit schema can stop auditing (pgaudit-tool disable).';
+    FOR r IN SELECT p.member, p.trigger_name, p.problem, (p.member::oid = ANY (coalesce(v_created, '{}'))) AS created
+               FROM unnest(v_tables) AS t(objid),
+                    LATERAL (SELECT audit._audited_of(t.objid) AS relid) AS a,
+                    LATERAL audit._trigger_problems(a.relid::regclass) AS p
+              WHERE a.relid IS NOT NULL AND p.member::oid = t.objid
+                AND p.problem IS NOT NULL AND p.problem <> 'missing' LOOP
+        IF r.problem = 'not ENABLE ALWAYS' AND r.created THEN
+            -- Created or replaced as it should be, but CREATE TRIGGER cannot say ALWAYS.
+            EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', r.member, r.trigger_name);
+            CONTINUE;
         END IF;
+        RAISE EXCEPTION 'capture trigger % of audited table % cannot be changed: it would %', r.trigger_name, r.member,
+                CASE r.problem WHEN 'not ENABLE ALWAYS' THEN 'no longer be ENABLE ALWAYS'
+                               WHEN 'runs the capture function under another name' THEN 'be renamed'
+                               ELSE r.problem END
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Only the owner of the audit schema can change or stop auditing (pgaudit-tool disable).';
     END LOOP;
 END
 $$;
 
 COMMENT ON FUNCTION audit._guard_ddl() IS
-    'Internal. Event trigger (ddl_command_end of ALTER TABLE and CREATE TABLE): rewrites the capture function of audited tables whose columns changed, creates the capture triggers of their new partitions; refuses, for anyone but the audit owner, DDL that leaves a capture trigger of an audited table disabled or not ENABLE ALWAYS.';
+    'Internal. Event trigger (ddl_command_end of ALTER TABLE, CREATE TABLE, CREATE TRIGGER, ALTER TRIGGER, ALTER TYPE): follows keys and columns of audited tables into their capture functions, refuses inheritance with audited tables, gives new partitions their capture triggers and records breaks in history for partitions attached or detached with rows; refuses, for anyone but the audit owner, DDL that leaves a capture trigger other than as enable created it.';
 
 REVOKE ALL ON FUNCTION audit._guard_ddl() FROM PUBLIC;
+
+
+CREATE OR REPLACE FUNCTION audit._drop_member_triggers(p_member regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT g.tgname FROM pg_catalog.pg_trigger AS g
+              WHERE g.tgrelid = p_member AND g.tgname = ANY (audit._trigger_names()) LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', r.tgname, p_member);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION audit._drop_member_triggers(regclass) IS 'Internal. Drops the capture triggers of one table (a partition detached from an audited table).';
+
+
+CREATE OR REPLACE FUNCTION audit._guard_rewrite() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- table_rewrite: ALTER TABLE rewrites a table. When it rewrites column values (ALTER COLUMN ...
+-- TYPE, with or without USING), the values change without an UPDATE for capture to see: the
+-- audited table's history is broken there.
+DECLARE
+    v_audited oid;
+BEGIN
+    IF pg_catalog.pg_event_trigger_table_rewrite_reason() & 4 = 0 THEN   -- AT_REWRITE_COLUMN_REWRITE
+        RETURN;
+    END IF;
+    v_audited := audit._audited_of(pg_catalog.pg_event_trigger_table_rewrite_oid());
+    IF v_audited IS NOT NULL THEN
+        PERFORM audit._record_break(v_audited, 'ALTER TABLE rewrote column values (ALTER COLUMN ... TYPE)');
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION audit._guard_rewrite() IS
+    'Internal. Event trigger (table_rewrite): records a break in the history of an audited table whose column values ALTER TABLE rewrites.';
+
+REVOKE ALL ON FUNCTION audit._guard_rewrite() FROM PUBLIC;
 
 
 CREATE OR REPLACE FUNCTION audit._guarded() RETURNS boolean
@@ -103,10 +239,24 @@ COMMENT ON FUNCTION audit._guarded() IS
 
 CREATE OR REPLACE FUNCTION audit._guard_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
--- sql_drop: refuse dropping a capture trigger or an audited table, unless the owner does it.
+-- sql_drop. For everyone: after an index, a column or a type went, follow the keys and columns of
+-- audited tables (refuse a table left without a key). Unless the audit owner does it: refuse
+-- dropping an audited table, or a capture trigger of a table that an audited table contains.
 DECLARE
     o record;
+    r record;
+    v_table regclass;
 BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_event_trigger_dropped_objects() AS d
+                WHERE d.object_type IN ('index', 'table column', 'type', 'domain', 'table constraint')) THEN
+        FOR r IN SELECT x.relid, x.generated_layout FROM audit.tracked_table AS x
+                  WHERE x.enabled AND EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = x.relid) LOOP
+            IF audit._follow_key(r.relid::regclass)
+               OR audit._layout_now(r.relid::regclass) IS DISTINCT FROM r.generated_layout THEN
+                PERFORM audit._rewrite_after_ddl(r.relid::regclass);
+            END IF;
+        END LOOP;
+    END IF;
     IF audit._is_owner() THEN
         RETURN;
     END IF;
@@ -116,18 +266,21 @@ BEGIN
                 USING ERRCODE = 'insufficient_privilege',
                       HINT = 'The owner of the audit schema must disable auditing first (pgaudit-tool disable).';
         END IF;
-        IF o.object_type = 'trigger'
-           AND pg_catalog.split_part(o.object_identity, ' on ', 1) = ANY (audit._trigger_names()) THEN
-            RAISE EXCEPTION 'capture trigger % cannot be dropped', o.object_identity
-                USING ERRCODE = 'insufficient_privilege',
-                      HINT = 'Only the owner of the audit schema can stop auditing (pgaudit-tool disable).';
+        IF o.object_type = 'trigger' AND o.address_names[3] = ANY (audit._trigger_names()) THEN
+            -- The capture triggers of a table no audited table contains (detached) may go.
+            v_table := pg_catalog.to_regclass(pg_catalog.format('%I.%I', o.address_names[1], o.address_names[2]));
+            IF v_table IS NULL OR audit._audited_of(v_table) IS NOT NULL THEN
+                RAISE EXCEPTION 'capture trigger % cannot be dropped', o.object_identity
+                    USING ERRCODE = 'insufficient_privilege',
+                          HINT = 'Only the owner of the audit schema can stop auditing (pgaudit-tool disable).';
+            END IF;
         END IF;
     END LOOP;
 END
 $$;
 
 COMMENT ON FUNCTION audit._guard_drop() IS
-    'Internal. Event trigger (sql_drop): refuses dropping capture triggers or audited tables for non-owners.';
+    'Internal. Event trigger (sql_drop): follows the keys and columns of audited tables after indexes, columns or types are dropped (refusing a table left without a key); refuses dropping capture triggers or audited tables for non-owners.';
 
 REVOKE ALL ON FUNCTION audit._guard_drop() FROM PUBLIC;
 
@@ -140,17 +293,22 @@ BEGIN
     END IF;
     -- A guard of an older version that fired on other commands is replaced.
     IF EXISTS (SELECT FROM pg_catalog.pg_event_trigger
-                WHERE evtname = 'pgaudit_guard_ddl' AND evttags IS DISTINCT FROM '{ALTER TABLE,CREATE TABLE}') THEN
+                WHERE evtname = 'pgaudit_guard_ddl'
+                  AND evttags IS DISTINCT FROM '{ALTER TABLE,CREATE TABLE,CREATE TRIGGER,ALTER TRIGGER,ALTER TYPE}') THEN
         DROP EVENT TRIGGER pgaudit_guard_ddl;
     END IF;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgaudit_guard_ddl') THEN
         CREATE EVENT TRIGGER pgaudit_guard_ddl ON ddl_command_end
-            WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
+            WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER', 'ALTER TYPE')
             EXECUTE FUNCTION audit._guard_ddl();
     END IF;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgaudit_guard_drop') THEN
         CREATE EVENT TRIGGER pgaudit_guard_drop ON sql_drop EXECUTE FUNCTION audit._guard_drop();
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgaudit_guard_rewrite') THEN
+        CREATE EVENT TRIGGER pgaudit_guard_rewrite ON table_rewrite EXECUTE FUNCTION audit._guard_rewrite();
+    END IF;
+    ALTER EVENT TRIGGER pgaudit_guard_rewrite ENABLE ALWAYS;
     ALTER EVENT TRIGGER pgaudit_guard_ddl ENABLE ALWAYS;
     ALTER EVENT TRIGGER pgaudit_guard_drop ENABLE ALWAYS;
     -- Capture functions no longer need their per-statement layout check.
@@ -236,11 +394,73 @@ BEGIN
         fix := t.drops;
         RETURN NEXT;
     END LOOP;
-    FOR t IN SELECT s.* FROM audit.status() AS s WHERE s.enabled AND s.state NOT IN ('ok', 'table dropped') LOOP
-        severity := 'error'; object := t.table_name; problem := t.state || ': changes may go unrecorded';
-        fix := pg_catalog.format('SELECT audit.refresh(%L)', t.table_name);
+    -- Each capture trigger exactly as enable created it, and each capture function exactly as
+    -- the generator writes it from the registry (not replaced by hand), run as the audit owner.
+    FOR t IN SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS qualified, p.member, p.trigger_name, p.problem
+               FROM audit.tracked_table AS x
+               JOIN pg_catalog.pg_class AS c ON c.oid = x.relid
+               JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace,
+                    LATERAL audit._trigger_problems(x.relid::regclass) AS p
+              WHERE x.enabled AND p.problem IS NOT NULL LOOP
+        severity := 'error'; object := t.qualified;
+        problem := pg_catalog.format('capture trigger %s on %s: %s: changes may go unrecorded', t.trigger_name, t.member, t.problem);
+        fix := pg_catalog.format('SELECT audit.refresh(%L)', t.qualified);
         RETURN NEXT;
     END LOOP;
+    FOR t IN SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS qualified, x.capture_function, p.oid AS fn,
+                    p.prosrc, p.prosecdef, p.proowner, x.relid, x.layout_check
+               FROM audit.tracked_table AS x
+               JOIN pg_catalog.pg_class AS c ON c.oid = x.relid
+               JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+               LEFT JOIN pg_catalog.pg_proc AS p ON p.proname = x.capture_function AND p.pronamespace = 'audit'::regnamespace
+              WHERE x.enabled AND audit._layout_now(x.relid::regclass) IS NOT DISTINCT FROM x.generated_layout LOOP
+        -- (After ALTER TABLE without the guard, the layout warning above stands for this check.)
+        IF t.fn IS NULL OR NOT t.prosecdef OR t.proowner <> audit._owner()::oid
+           OR audit._capture_create_sql(t.capture_function, t.prosrc)
+              IS DISTINCT FROM audit._capture_function_sql(t.relid, t.layout_check) THEN
+            severity := 'error'; object := t.qualified;
+            problem := pg_catalog.format('capture function audit.%I is missing or differs from what pgaudit_tool generates (replaced or edited by hand)', t.capture_function);
+            fix := pg_catalog.format('SELECT audit.refresh(%L)', t.qualified);
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+    -- Columns not captured because they were added to a table with excluded columns.
+    FOR t IN SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS qualified, a.attname::text AS col
+               FROM audit.tracked_table AS x
+               JOIN pg_catalog.pg_class AS c ON c.oid = x.relid
+               JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+               JOIN pg_catalog.pg_attribute AS a ON a.attrelid = x.relid AND a.attnum = ANY (x.held_attnums) AND NOT a.attisdropped
+              WHERE x.enabled LOOP
+        severity := 'warning'; object := t.qualified;
+        problem := pg_catalog.format('column %I was added after columns of the table were excluded, and is not captured until the exclusions are set again', t.col);
+        fix := NULL;
+        RETURN NEXT;
+    END LOOP;
+    -- Inheritance with an audited table (refused by the guard; possible without it).
+    FOR t IN SELECT i.inhrelid::regclass AS child, i.inhparent::regclass AS parent
+               FROM pg_catalog.pg_inherits AS i JOIN pg_catalog.pg_class AS k ON k.oid = i.inhrelid
+              WHERE NOT k.relispartition
+                AND EXISTS (SELECT FROM audit.tracked_table AS x WHERE x.enabled AND x.relid IN (i.inhrelid, i.inhparent)) LOOP
+        severity := 'error'; object := t.child::text;
+        problem := pg_catalog.format('inherits from %s while one of them is audited: changes made through the parent are not captured exactly', t.parent);
+        fix := NULL;
+        RETURN NEXT;
+    END LOOP;
+    -- Breaks in history: states before them cannot be rebuilt.
+    FOR t IN SELECT b.*, coalesce(audit._qualified(b.relid::regclass), b.relid::text) AS qualified
+               FROM audit.history_break AS b
+               JOIN audit.tracked_table AS x ON x.relid = b.relid AND x.enabled ORDER BY b.at LOOP
+        severity := 'info'; object := t.qualified;
+        problem := pg_catalog.format('history broken at %s: %s (no state before it can be rebuilt or reverted to)', t.at, t.reason);
+        fix := NULL;
+        RETURN NEXT;
+    END LOOP;
+    IF NOT pg_catalog.current_setting('track_commit_timestamp')::boolean THEN
+        severity := 'info'; object := 'track_commit_timestamp';
+        problem := 'off: commit times are taken by a deferred trigger, which a transaction can fire before it commits (see the README, "Time")';
+        fix := NULL;
+        RETURN NEXT;
+    END IF;
     FOR t IN SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS qualified
                FROM audit.tracked_schema AS s
                JOIN pg_catalog.pg_namespace AS n ON n.nspname = s.schema_name
