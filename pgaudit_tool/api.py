@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import set_json_loads
 
+from pgaudit_tool import chain as _chain
 from pgaudit_tool import history as _history
 from pgaudit_tool import integrity as _integrity
 from pgaudit_tool import reconstruct as _reconstruct
@@ -289,15 +291,24 @@ class Audit:
         return instant(self.conn, text)
 
     # -- integrity -----------------------------------------------------------------------------
-    def checkpoint(self) -> dict[str, Any]:
-        """Seal the finished transactions into the hash chain; the head to keep outside the database."""
+    def checkpoint(self, output: Path | None = None) -> dict[str, Any]:
+        """Seal the finished transactions into the hash chain; the head to keep outside the database.
+
+        ``output``: also write the head to this file, flushed to disk before the block is
+        committed (InvalidInput, nothing sealed, when it cannot be written).
+        """
         self._require_installed()
-        return _integrity.checkpoint(self.conn)
+        return _integrity.checkpoint(self.conn, output)
 
     def verify(self, against: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Problems in the hash chain (empty: intact), also against a kept checkpoint."""
+        """Problems in the hash chain and the registry (empty: intact), recomputed in the client
+        from the raw rows; also against a kept checkpoint (InvalidInput if it is malformed)."""
+        return self.verify_report(against).problems
+
+    def verify_report(self, against: dict[str, Any] | None = None) -> _chain.Report:
+        """:meth:`verify`'s problems, and how many rows are not sealed yet, per table."""
         self._require_installed()
-        return _integrity.verify(self.conn, against)
+        return _integrity.verify_report(self.conn, against)
 
     def doctor(self) -> list[dict[str, Any]]:
         """Problems with auditing: triggers, drift after DDL, keys, privileges, guards, chain."""

@@ -346,20 +346,19 @@ def _confirm(question: str, yes: bool) -> None:
 @click.option(
     "--output",
     "-o",
-    type=click.Path(dir_okay=False, writable=True),
-    help="Write the head here (default: stdout).",
+    type=click.Path(),
+    help="Write the head to this file (default: stdout). It is written and flushed before the"
+    " new block is committed: if it cannot be written, nothing is sealed (exit 2).",
 )
 @click.pass_obj
 def checkpoint(state: _State, output: str | None) -> None:
     """Seal finished transactions into the hash chain and print its head, to keep outside the database."""
     from pgaudit_tool.output import to_json_text
 
-    head = state.audit().checkpoint()
-    text = to_json_text(head) + "\n"
+    head = state.audit().checkpoint(output=None if output is None else Path(output))
     if output is None:
-        click.echo(text, nl=False)
+        click.echo(to_json_text(head) + "\n", nl=False)
     else:
-        Path(output).write_text(text, encoding="utf-8")
         _info(f"checkpoint written to {output}")
     if head.get("seq") is not None:
         _info(f"chain head: block {head['seq']}, {head['changes']} change(s) sealed in it")
@@ -368,25 +367,31 @@ def checkpoint(state: _State, output: str | None) -> None:
 @main.command()
 @click.option(
     "--against",
-    type=click.Path(exists=True, dir_okay=False),
-    help="A checkpoint file kept outside the database.",
+    type=click.Path(),
+    help="A checkpoint file kept outside the database: the chain is then recomputed here, in"
+    " the client, from the raw rows, and must still contain that head.",
 )
 @_format_option
 @click.pass_obj
 def verify(state: _State, against: str | None, fmt: str) -> None:
-    """Recompute the hash chain; exit 0 only when no audit row was edited, deleted, inserted or reordered."""
-    from pgaudit_tool.integrity import VERIFY_COLUMNS, read_checkpoint, unsealed
+    """Recompute the hash chain in the client; exit 0 only when no audit row (changes,
+    transactions, registry, layouts, history breaks) was edited, deleted, inserted or reordered."""
+    from pgaudit_tool.integrity import VERIFY_COLUMNS, read_checkpoint
 
+    head = None if against is None else read_checkpoint(Path(against))
     audit = state.audit()
-    problems = audit.verify(None if against is None else read_checkpoint(Path(against)))
-    _emit(problems, fmt, VERIFY_COLUMNS)
-    transactions, changes = unsealed(audit.conn)
-    if changes:
+    report = audit.verify_report(head)
+    _emit(report.problems, fmt, VERIFY_COLUMNS)
+    transactions = report.unsealed.get("transaction", 0)
+    changes = report.unsealed.get("change", 0)
+    journal = report.unsealed.get("journal", 0)
+    if changes or journal:
         _info(
-            f"{changes} change(s) of {transactions} transaction(s) are newer than the chain (not sealed yet)"
+            f"{changes} change(s) of {transactions} transaction(s) and {journal} registry"
+            " change(s) are newer than the chain (not sealed yet)"
         )
-    if problems:
-        raise IntegrityProblem(f"the audit log is NOT intact: {len(problems)} problem(s)")
+    if report.problems:
+        raise IntegrityProblem(f"the audit log is NOT intact: {len(report.problems)} problem(s)")
     _info("the audit log is intact")
 
 

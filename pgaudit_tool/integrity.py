@@ -1,70 +1,182 @@
 """Tamper evidence and health: seal the log into a hash chain, verify it, check auditing.
 
-See ``sql/v0001/07_integrity.sql`` (the chain) and ``08_access.sql`` (doctor).
+See ``sql/functions/06_integrity.sql`` (sealing), ``pgaudit_tool/chain.py`` (verification in the
+client) and ``07_access.sql`` (doctor).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
+from pgaudit_tool import chain
 from pgaudit_tool.db import translated_errors, write_transaction
 from pgaudit_tool.errors import InvalidInput
 
 CHECKPOINT_FORMAT = "pgaudit-tool checkpoint 1"
 DOCTOR_COLUMNS = ("severity", "object", "problem", "fix")
 VERIFY_COLUMNS = ("seq", "problem")
+_HASH = re.compile(r"[0-9a-f]{64}")
 
 
-def checkpoint(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    """Seal what finished since the last block and return the head of the chain, to keep outside."""
-    with translated_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        head = cur.execute(
+def checkpoint(conn: psycopg.Connection[Any], output: Path | None = None) -> dict[str, Any]:
+    """Seal what finished since the last block and return the head of the chain, to keep outside.
+
+    With ``output``, the head is written there (and flushed to disk) before the new block is
+    committed: when the file cannot be written, nothing is sealed (InvalidInput).
+    """
+    if output is not None:
+        _check_output(output)
+    staged: Path | None = None
+    try:
+        with translated_errors(), conn.transaction():
+            head = _seal(conn)
+            staged = None if output is None else _stage(output, head)
+    except BaseException:
+        if staged is not None:  # the commit failed: no block, so no head either
+            staged.unlink(missing_ok=True)
+        raise
+    # Committed: the block and its head exist together; the head takes its final name.
+    if staged is not None and output is not None:
+        _publish(staged, output)
+    return head
+
+
+def _seal(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """Seal a new block (in the caller's transaction) and return the head of the chain."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
             "SELECT s.seq, s.txid_to::text AS txid_to, encode(s.hash, 'hex') AS hash, s.sealed_at,"
-            " s.changes, s.transactions, current_database() AS database,"
+            " s.changes, s.transactions, s.journal, current_database() AS database,"
             " (SELECT oid FROM pg_database WHERE datname = current_database()) AS database_oid"
             " FROM audit.seal() AS s"
         ).fetchone()
-    if head is None or head["seq"] is None:
+    if row is None or row["seq"] is None:
         return {"format": CHECKPOINT_FORMAT, "seq": None, "note": "nothing to seal yet"}
-    return {"format": CHECKPOINT_FORMAT, **head}
+    return {"format": CHECKPOINT_FORMAT, **row}
+
+
+def _check_output(output: Path) -> None:
+    """Refuse, before sealing, a checkpoint path that cannot be a regular file we write."""
+    if output.exists() and not output.is_file():
+        raise InvalidInput(f"cannot write the checkpoint to {output}: not a regular file")
+    if not output.parent.is_dir():
+        why = "is not a directory" if output.parent.exists() else "does not exist"
+        raise InvalidInput(
+            f"cannot write the checkpoint to {output}: {output.parent} {why}; nothing was sealed"
+        )
+
+
+def _stage(output: Path, head: dict[str, Any]) -> Path:
+    """Write the head next to ``output`` under a temporary name and flush it to disk."""
+    from pgaudit_tool.output import to_json_text
+
+    text = (to_json_text(head) + "\n").encode("utf-8")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    except OSError as exc:
+        raise _unwritable(output, exc) from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        Path(name).unlink(missing_ok=True)
+        raise _unwritable(output, exc) from exc
+    return Path(name)
+
+
+def _publish(staged: Path, output: Path) -> None:
+    """Give the staged head its final name (atomic within the directory) and flush that."""
+    try:
+        os.replace(staged, output)
+        dir_fd = os.open(output.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise InvalidInput(
+            f"the block was sealed but its head could not be renamed to {output}:"
+            f" {exc.strerror}; it is in {staged}"
+        ) from exc
+
+
+def _unwritable(output: Path, exc: OSError) -> InvalidInput:
+    return InvalidInput(
+        f"cannot write the checkpoint to {output}: {exc.strerror or exc}; nothing was sealed"
+    )
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint file written by ``pgaudit-tool checkpoint``."""
+    """A checkpoint file written by ``pgaudit-tool checkpoint``, checked (InvalidInput if bad)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise InvalidInput(f"cannot read checkpoint {path}: {exc.strerror}") from exc
+        raise InvalidInput(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path} is not a checkpoint: not UTF-8 text") from exc
     except json.JSONDecodeError as exc:
-        raise InvalidInput(f"{path} is not a checkpoint: {exc.msg}") from exc
+        raise InvalidInput(f"{path} is not a checkpoint: {exc.msg} (line {exc.lineno})") from exc
+    parse_head(data, str(path))
+    return dict(data)
+
+
+def parse_head(data: Any, source: str = "the checkpoint") -> chain.Head:
+    """Check a checkpoint's content (a dict as ``checkpoint()`` returns it); InvalidInput if bad."""
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise InvalidInput(f"{path} is not a pgaudit-tool checkpoint")
-    if data.get("seq") is None or not isinstance(data.get("hash"), str):
-        raise InvalidInput(f"{path} holds no sealed block to verify against")
-    return data
+        raise InvalidInput(
+            f'{source} is not a pgaudit-tool checkpoint (no "format": {CHECKPOINT_FORMAT!r})'
+        )
+    seq, digest, txid_to = data.get("seq"), data.get("hash"), data.get("txid_to")
+    if seq is None:
+        raise InvalidInput(f"{source} holds no sealed block to verify against")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise InvalidInput(f'{source}: "seq" must be a block number (an integer from 1)')
+    if not isinstance(digest, str) or not _HASH.fullmatch(digest):
+        raise InvalidInput(f'{source}: "hash" must be 64 lowercase hexadecimal digits')
+    if txid_to is not None and not (isinstance(txid_to, str) and txid_to.isdigit()):
+        raise InvalidInput(f'{source}: "txid_to" must be a transaction id (digits)')
+    database = data.get("database")
+    if database is not None and not isinstance(database, str):
+        raise InvalidInput(f'{source}: "database" must be a string')
+    return chain.Head(seq, bytes.fromhex(digest), None if txid_to is None else int(txid_to))
+
+
+def verify_report(
+    conn: psycopg.Connection[Any], against: dict[str, Any] | None = None
+) -> chain.Report:
+    """Recompute the chain in the client from the raw rows (no function of the audit schema is
+    trusted), check the registry against its journal, and check a kept checkpoint."""
+    head = None if against is None else parse_head(against)
+    problems: list[dict[str, Any]] = []
+    if against is not None and against.get("database") not in (None, conn.info.dbname):
+        problems.append(
+            {
+                "seq": head and head.seq,
+                "problem": f"the checkpoint is of database {against['database']!r}",
+            }
+        )
+    with translated_errors():
+        report = chain.verify(conn, head)
+    report.problems[:0] = problems
+    return report
 
 
 def verify(
     conn: psycopg.Connection[Any], against: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """Every problem in the hash chain (empty: intact), also against a kept checkpoint."""
-    seq = None if against is None else int(against["seq"])
-    digest = None if against is None else bytes.fromhex(str(against["hash"]))
-    problems: list[dict[str, Any]] = []
-    if against is not None and against.get("database") not in (None, conn.info.dbname):
-        problems.append(
-            {"seq": seq, "problem": f"the checkpoint is of database {against['database']!r}"}
-        )
-    with translated_errors(), conn.cursor(row_factory=dict_row) as cur:
-        problems += cur.execute(
-            "SELECT seq, problem FROM audit.verify(%s, %s)", (seq, digest)
-        ).fetchall()
-    return problems
+    """Every problem in the hash chain and the registry (empty: intact), also against a kept
+    checkpoint (a dict as ``checkpoint()`` returns it, or as read from its file)."""
+    return verify_report(conn, against).problems
 
 
 def unsealed(conn: psycopg.Connection[Any]) -> tuple[int, int]:

@@ -1,21 +1,27 @@
 -- pgaudit_tool: tamper evidence.
 --
--- The log is sealed in blocks, off the write path: audit.seal() hashes every change and
--- transaction record of the transactions that finished since the last seal and chains the block
+-- The log is sealed in blocks, off the write path: audit.seal() hashes every change, transaction
+-- and journal record of the transactions that finished since the last seal and chains the block
 -- to the previous one. A block covers a contiguous range of transaction ids, [txid_from, txid_to),
 -- where txid_to is the oldest transaction still running when the block was sealed: every
 -- transaction below it has finished, so its rows can never change again, and concurrent writers
 -- never wait for sealing (no hot row, no lock on the write path).
 --
---   hash(block) = sha256(prev_hash || sha256(row_1) || ... || sha256(row_n))
+--   hash(block) = sha256(prev_hash || sha256(D(T_1) || ... || D(C_1) || ... || D(J_1) || ...))
+--   D(row)      = sha256(utf8(letter || record text of the row's columns))
 --
--- with rows in (txid, id) order, transaction records first, each as its canonical text.
--- audit.verify() recomputes every block and reports any edited, deleted, inserted or reordered
--- row, and any edited, deleted or inserted seal. Keep the head of the chain outside the database
--- (pgaudit-tool checkpoint): it proves that nothing before it was changed or removed since,
--- even by a superuser and even if the whole log was emptied.
+-- with transaction records (T) in txid order, then change records (C) in (txid, id) order, then
+-- journal records (J) in (txid, id) order; the columns and the text settings are fixed
+-- (docs/chain.md). The journal (audit.journal, written by the trigger audit._journal on
+-- the registry, layout and history-break tables) carries every version of those rows, so the
+-- chain covers what gives history its meaning, while those tables stay updatable in place.
+--
+-- audit.verify() recomputes every block inside the database; it is a convenience, not a proof
+-- against whoever controls the database (a superuser can replace it). `pgaudit-tool verify
+-- --against` recomputes the chain in the client from the raw rows (pgaudit_tool/chain.py) and
+-- checks it against a head kept outside the database (pgaudit-tool checkpoint).
 
-CREATE OR REPLACE FUNCTION audit._block_digest(p_from xid8, p_to xid8, OUT transactions bigint, OUT changes bigint, OUT digest bytea)
+CREATE OR REPLACE FUNCTION audit._block_digest(p_from xid8, p_to xid8, OUT transactions bigint, OUT changes bigint, OUT journal bigint, OUT digest bytea)
 LANGUAGE sql STABLE
 -- Row texts must not depend on the session: fixed output settings.
 SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
@@ -23,16 +29,87 @@ SET extra_float_digits = 1 SET bytea_output = 'hex'
 AS $$
     SELECT (SELECT pg_catalog.count(*) FROM audit.transaction AS x WHERE x.txid >= p_from AND x.txid < p_to),
            (SELECT pg_catalog.count(*) FROM audit.change AS c WHERE c.txid >= p_from AND c.txid < p_to),
+           (SELECT pg_catalog.count(*) FROM audit.journal AS j WHERE j.txid >= p_from AND j.txid < p_to),
            pg_catalog.sha256(coalesce(
-               (SELECT pg_catalog.string_agg(pg_catalog.sha256(pg_catalog.convert_to('T' || x::text, 'UTF8')), ''::bytea ORDER BY x.txid)
+               (SELECT pg_catalog.string_agg(pg_catalog.sha256(pg_catalog.convert_to('T' || ROW(
+                           x.txid, x.started_at, x.db_user, x.application_name, x.client_addr,
+                           x.client_port, x.backend_pid, x.actor, x.context, x.committed_at)::text, 'UTF8')),
+                       ''::bytea ORDER BY x.txid)
                   FROM audit.transaction AS x WHERE x.txid >= p_from AND x.txid < p_to), ''::bytea)
              || coalesce(
-               (SELECT pg_catalog.string_agg(pg_catalog.sha256(pg_catalog.convert_to('C' || c::text, 'UTF8')), ''::bytea ORDER BY c.txid, c.id)
-                  FROM audit.change AS c WHERE c.txid >= p_from AND c.txid < p_to), ''::bytea))
+               (SELECT pg_catalog.string_agg(pg_catalog.sha256(pg_catalog.convert_to('C' || ROW(
+                           c.id, c.txid, c.relid, c.schema_name, c.table_name, c.op, c.role,
+                           c.statement_at, c.clock_at, c.pk, c.old, c.new)::text, 'UTF8')),
+                       ''::bytea ORDER BY c.txid, c.id)
+                  FROM audit.change AS c WHERE c.txid >= p_from AND c.txid < p_to), ''::bytea)
+             || coalesce(
+               (SELECT pg_catalog.string_agg(pg_catalog.sha256(pg_catalog.convert_to('J' || ROW(
+                           j.id, j.txid, j.relation, j.op, j.written_at, j.old, j.new)::text, 'UTF8')),
+                       ''::bytea ORDER BY j.txid, j.id)
+                  FROM audit.journal AS j WHERE j.txid >= p_from AND j.txid < p_to), ''::bytea))
 $$;
 
 COMMENT ON FUNCTION audit._block_digest(xid8, xid8) IS
-    'Internal. Counts and digest of the transaction and change rows of the transactions in [p_from, p_to), in canonical order and text.';
+    'Internal. Counts and digest of the transaction, change and journal rows of the transactions in [p_from, p_to), in canonical order and text (docs/chain.md).';
+
+
+CREATE OR REPLACE FUNCTION audit._journal() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- Images must not depend on the session (to_jsonb renders timestamptz in the session's zone).
+SET timezone = 'UTC' SET intervalstyle = 'postgres' SET extra_float_digits = 1 AS $$
+-- Appends the row version just written to a registry, layout or history-break table to
+-- audit.journal, with the writing transaction's id. Rare writes only: never on the capture path.
+BEGIN
+    IF TG_OP = 'UPDATE' AND OLD IS NOT DISTINCT FROM NEW THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO audit.journal (relation, op, old, new)
+    VALUES (TG_TABLE_NAME,
+            CASE TG_OP WHEN 'INSERT' THEN 'I' WHEN 'UPDATE' THEN 'U' ELSE 'D' END,
+            CASE WHEN TG_OP <> 'INSERT' THEN pg_catalog.to_jsonb(OLD) END,
+            CASE WHEN TG_OP <> 'DELETE' THEN pg_catalog.to_jsonb(NEW) END);
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION audit._journal() IS
+    'Internal. Row trigger on audit.tracked_table, audit.table_layout and audit.history_break: appends each row version written to audit.journal, which the hash chain covers.';
+
+REVOKE ALL ON FUNCTION audit._journal() FROM PUBLIC;
+
+
+-- The journal triggers, ENABLE ALWAYS (session_replication_role cannot skip them); only altered
+-- when needed, since ALTER TABLE would lock the table.
+DO $$
+DECLARE
+    v_table text;
+    v_rel regclass;
+BEGIN
+    FOREACH v_table IN ARRAY ARRAY['tracked_table', 'table_layout', 'history_break'] LOOP
+        v_rel := pg_catalog.to_regclass(pg_catalog.format('audit.%I', v_table));
+        CONTINUE WHEN v_rel IS NULL;
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgrelid = v_rel AND tgname = 'pgaudit_journal') THEN
+            EXECUTE pg_catalog.format('CREATE TRIGGER pgaudit_journal AFTER INSERT OR UPDATE OR DELETE ON %s'
+                                      ' FOR EACH ROW EXECUTE FUNCTION audit._journal()', v_rel);
+        END IF;
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                        WHERE tgrelid = v_rel AND tgname = 'pgaudit_journal' AND tgenabled = 'A') THEN
+            EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER pgaudit_journal', v_rel);
+        END IF;
+    END LOOP;
+END
+$$;
+
+
+-- Readers verify the chain, so they read the journal too (when the role exists already; a
+-- role created by functions/99_finish.sql gets it from there).
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'pgaudit_reader') THEN
+        GRANT SELECT ON audit.journal TO pgaudit_reader;
+    END IF;
+END
+$$;
 
 
 CREATE OR REPLACE FUNCTION audit.seal() RETURNS audit.seal
@@ -55,11 +132,11 @@ BEGIN
         RETURN v_head;
     END IF;
     d := audit._block_digest(v_from, v_to);
-    IF d.transactions = 0 AND d.changes = 0 AND v_head.seq IS NOT NULL THEN
+    IF d.transactions = 0 AND d.changes = 0 AND d.journal = 0 AND v_head.seq IS NOT NULL THEN
         RETURN v_head;   -- nothing new has finished since the last block
     END IF;
-    INSERT INTO audit.seal (seq, txid_from, txid_to, transactions, changes, prev_hash, hash)
-    VALUES (coalesce(v_head.seq, 0) + 1, v_from, v_to, d.transactions, d.changes, v_prev,
+    INSERT INTO audit.seal (seq, txid_from, txid_to, transactions, changes, journal, prev_hash, hash)
+    VALUES (coalesce(v_head.seq, 0) + 1, v_from, v_to, d.transactions, d.changes, d.journal, v_prev,
             pg_catalog.sha256(v_prev || d.digest))
     RETURNING * INTO v_head;
     RETURN v_head;
@@ -98,9 +175,9 @@ BEGIN
             RETURN NEXT;
         END IF;
         d := audit._block_digest(s.txid_from, s.txid_to);
-        IF d.transactions <> s.transactions OR d.changes <> s.changes THEN
-            seq := s.seq; problem := pg_catalog.format('rows inserted or deleted: %s transactions and %s changes now, %s and %s when sealed',
-                                                      d.transactions, d.changes, s.transactions, s.changes);
+        IF d.transactions <> s.transactions OR d.changes <> s.changes OR d.journal <> s.journal THEN
+            seq := s.seq; problem := pg_catalog.format('rows inserted or deleted: %s transactions, %s changes and %s journal rows now, %s, %s and %s when sealed',
+                                                      d.transactions, d.changes, d.journal, s.transactions, s.changes, s.journal);
             RETURN NEXT;
         ELSIF pg_catalog.sha256(s.prev_hash || d.digest) <> s.hash THEN
             seq := s.seq; problem := 'rows edited or reordered: the block''s hash does not match its rows';

@@ -1,0 +1,511 @@
+"""Verify the hash chain in the client, from the raw rows, trusting no function of the database.
+
+``audit.verify()`` runs inside the database, where a superuser can replace it (or
+``audit._block_digest``) by a function that says "intact". This module recomputes every block
+from the rows themselves: it reads the columns' text output under fixed settings, builds each
+row's record text, hashes and chains in Python, and calls no function of the audit schema. The
+format is specified in ``docs/chain.md`` so that anyone can write their own
+verifier; this is the reference implementation.
+
+It also checks the registry, layout and history-break tables against the journal that the chain
+covers: each must equal the replay of its journal (a row changed without a journal entry, with
+the journal trigger disabled or by TRUNCATE, is caught), and the journal must not show a layout
+or history break rewritten after the fact, or a registry row's history start moved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from bisect import bisect_right
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import pq, sql
+
+ZERO_HASH = bytes(32)
+FETCH_ROWS = 2000
+
+# Session settings under which the rows' text is read (the same as audit._block_digest's).
+TEXT_SETTINGS = (
+    ("timezone", "UTC"),
+    ("datestyle", "ISO, YMD"),
+    ("intervalstyle", "postgres"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+    ("client_encoding", "UTF8"),
+    ("search_path", "pg_catalog, pg_temp"),
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One kind of sealed row: its letter in the digest, table, columns (in order) and order."""
+
+    letter: bytes
+    table: str
+    columns: tuple[str, ...]
+    order: tuple[str, ...]
+
+
+SOURCES = (
+    Source(
+        b"T",
+        "transaction",
+        (
+            "txid",
+            "started_at",
+            "db_user",
+            "application_name",
+            "client_addr",
+            "client_port",
+            "backend_pid",
+            "actor",
+            "context",
+            "committed_at",
+        ),
+        ("txid",),
+    ),
+    Source(
+        b"C",
+        "change",
+        (
+            "id",
+            "txid",
+            "relid",
+            "schema_name",
+            "table_name",
+            "op",
+            "role",
+            "statement_at",
+            "clock_at",
+            "pk",
+            "old",
+            "new",
+        ),
+        ("txid", "id"),
+    ),
+    Source(
+        b"J",
+        "journal",
+        ("id", "txid", "relation", "op", "written_at", "old", "new"),
+        ("txid", "id"),
+    ),
+)
+
+# The journaled tables; for each, its key in the row image (for readable messages), the column
+# saying from when a row applies, and whether its rows are append-only (never rewritten by a
+# later transaction, never deleted).
+JOURNALED = ("tracked_table", "table_layout", "history_break")
+KEYS = {
+    "tracked_table": ("relid",),
+    "table_layout": ("relid", "valid_from"),
+    "history_break": ("id",),
+}
+EFFECTIVE_FROM = {
+    "tracked_table": "history_since",
+    "table_layout": "valid_from",
+    "history_break": "at",
+}
+APPEND_ONLY = frozenset({"table_layout", "history_break"})
+
+_NEEDS_QUOTES = re.compile(rb'["\\(),\s]')
+
+
+def record_text(values: Sequence[bytes | None]) -> bytes:
+    """PostgreSQL's text form of a row value (record_out) from its columns' text forms."""
+    parts = []
+    for value in values:
+        if value is None:
+            parts.append(b"")
+        elif value == b"" or _NEEDS_QUOTES.search(value):
+            parts.append(b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'""') + b'"')
+        else:
+            parts.append(value)
+    return b"(" + b",".join(parts) + b")"
+
+
+def row_digest(letter: bytes, values: Sequence[bytes | None]) -> bytes:
+    """D(row) = sha256(letter || record text), UTF-8."""
+    return hashlib.sha256(letter + record_text(values)).digest()
+
+
+@dataclass
+class Block:
+    """A row of audit.seal and what the client recomputed for it."""
+
+    seq: int
+    txid_from: int
+    txid_to: int
+    counts: dict[bytes, int]
+    prev_hash: bytes
+    hash: bytes
+    inner: Any = field(default_factory=hashlib.sha256)
+    found: dict[bytes, int] = field(default_factory=lambda: defaultdict(int))
+
+    def recomputed(self) -> bytes:
+        """sha256(prev_hash || sha256(row digests))."""
+        return hashlib.sha256(self.prev_hash + self.inner.digest()).digest()
+
+
+@dataclass
+class JournalEntry:
+    """One audit.journal row, for the replay."""
+
+    id: int
+    txid: int
+    relation: str
+    op: str
+    written_at: str
+    old: str | None
+    new: str | None
+
+
+@dataclass
+class Report:
+    """Result of a client-side verification: problems (empty: intact) and what is not sealed."""
+
+    problems: list[dict[str, Any]]
+    unsealed: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Head:
+    """The head of the chain kept outside the database (a checkpoint)."""
+
+    seq: int
+    hash: bytes
+    txid_to: int | None = None
+
+
+def verify(conn: psycopg.Connection[Any], head: Head | None = None) -> Report:
+    """Recompute the whole chain from the raw rows in one snapshot; check the registry."""
+    fresh = conn.info.transaction_status == pq.TransactionStatus.IDLE
+    unsealed: dict[str, int] = {}
+    orphans: dict[str, int] = {}
+    journal: list[JournalEntry] = []
+    with conn.transaction():
+        _fixed_session(conn, fresh)
+        blocks = _read_blocks(conn)
+        for source in SOURCES:
+            unsealed[source.table], orphans[source.table] = _hash_rows(
+                conn, source, blocks, journal
+            )
+        current = {name: _current_rows(conn, name) for name in JOURNALED}
+        # Read only: rolling back also undoes the settings in a caller's transaction.
+        raise psycopg.Rollback()
+    problems = _chain_problems(blocks, head)
+    problems += [
+        {
+            "seq": None,
+            "problem": f"{n} audit.{table} row(s) below the sealed horizon are in no block",
+        }
+        for table, n in orphans.items()
+        if n
+    ]
+    problems += _journal_problems(journal, current, blocks)
+    return Report(problems, unsealed)
+
+
+def _fixed_session(conn: psycopg.Connection[Any], fresh: bool) -> None:
+    """One consistent snapshot (when we opened the transaction), and fixed text settings."""
+    if fresh:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    for name, value in TEXT_SETTINGS:
+        conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, value))
+
+
+def _read_blocks(conn: psycopg.Connection[Any]) -> list[Block]:
+    cur = conn.execute(
+        "SELECT s.seq, s.txid_from::pg_catalog.text, s.txid_to::pg_catalog.text,"
+        " s.transactions, s.changes, s.journal, s.prev_hash, s.hash"
+        " FROM audit.seal AS s ORDER BY s.seq"
+    )
+    return [
+        Block(
+            seq=int(r[0]),
+            txid_from=int(r[1]),
+            txid_to=int(r[2]),
+            counts={b"T": int(r[3]), b"C": int(r[4]), b"J": int(r[5])},
+            prev_hash=bytes(r[6]),
+            hash=bytes(r[7]),
+        )
+        for r in cur.fetchall()
+    ]
+
+
+def _raw_rows(
+    conn: psycopg.Connection[Any], query: sql.Composable, name: str
+) -> Iterator[list[bytes | None]]:
+    """The rows of ``query`` as the server's text output of each column, bytes, streamed."""
+    cursor = sql.Identifier(name)
+    conn.execute(sql.SQL("DECLARE {} NO SCROLL CURSOR FOR {}").format(cursor, query))
+    fetch = sql.SQL("FETCH FORWARD {} FROM {}").format(sql.Literal(FETCH_ROWS), cursor)
+    while True:
+        cur = conn.execute(fetch)
+        res = cur.pgresult
+        if res is None or res.ntuples == 0:
+            break
+        for r in range(res.ntuples):
+            yield [res.get_value(r, c) for c in range(res.nfields)]
+    conn.execute(sql.SQL("CLOSE {}").format(cursor))
+
+
+def _hash_rows(
+    conn: psycopg.Connection[Any],
+    source: Source,
+    blocks: list[Block],
+    journal: list[JournalEntry],
+) -> tuple[int, int]:
+    """Feed each row's digest to the block whose range holds its txid; count the rows not
+    sealed yet (at or above the last block's txid_to) and those below it in no block."""
+    query = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+        sql.SQL(", ").join(sql.Identifier("r", c) for c in source.columns),
+        sql.SQL("{} AS r").format(sql.Identifier("audit", source.table)),
+        sql.SQL(", ").join(sql.Identifier("r", c) for c in source.order),
+    )
+    starts = sorted((b.txid_from, i) for i, b in enumerate(blocks))
+    keys = [s[0] for s in starts]
+    txid_at = source.columns.index("txid")
+    horizon = max((b.txid_to for b in blocks), default=0)
+    unsealed = orphans = 0
+    for values in _raw_rows(conn, query, f"pgaudit_verify_{source.table}"):
+        txid = int(values[txid_at] or b"0")
+        if source.letter == b"J":
+            journal.append(_journal_entry(values, txid))
+        pos = bisect_right(keys, txid) - 1
+        block = blocks[starts[pos][1]] if pos >= 0 else None
+        if block is None or txid >= block.txid_to:
+            if txid >= horizon:
+                unsealed += 1
+            else:
+                orphans += 1
+            continue
+        block.inner.update(row_digest(source.letter, values))
+        block.found[source.letter] += 1
+    return unsealed, orphans
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8")
+
+
+def _journal_entry(values: list[bytes | None], txid: int) -> JournalEntry:
+    return JournalEntry(
+        id=int(values[0] or b"0"),
+        txid=txid,
+        relation=_text(values[2]) or "",
+        op=_text(values[3]) or "",
+        written_at=_text(values[4]) or "",
+        old=_text(values[5]),
+        new=_text(values[6]),
+    )
+
+
+def _current_rows(conn: psycopg.Connection[Any], name: str) -> list[str] | None:
+    """The rows of a journaled table now, as jsonb text (None: the table does not exist)."""
+    found = conn.execute(
+        "SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (f"audit.{name}",)
+    ).fetchone()
+    if not found or not found[0]:
+        return None
+    query = sql.SQL("SELECT pg_catalog.to_jsonb(r) FROM {} AS r").format(
+        sql.Identifier("audit", name)
+    )
+    return [_text(v[0]) or "" for v in _raw_rows(conn, query, f"pgaudit_verify_{name}")]
+
+
+# -- the chain ---------------------------------------------------------------------------------
+
+
+def _chain_problems(blocks: list[Block], head: Head | None) -> list[dict[str, Any]]:
+    problems: list[dict[str, Any]] = []
+
+    def report(seq: int, text: str) -> None:
+        problems.append({"seq": seq, "problem": text})
+
+    expect_seq, expect_from, prev = 1, 0, ZERO_HASH
+    for block in blocks:
+        if block.seq != expect_seq:
+            report(block.seq, f"block {expect_seq} is missing (found {block.seq} next)")
+        if block.txid_from != expect_from:
+            report(
+                block.seq,
+                f"block covers transactions from {block.txid_from}, expected from {expect_from}",
+            )
+        if block.prev_hash != prev:
+            report(block.seq, "previous-hash link broken: a block before it was changed or removed")
+        found = [block.found.get(k, 0) for k in (b"T", b"C", b"J")]
+        sealed = [block.counts[k] for k in (b"T", b"C", b"J")]
+        if found != sealed:
+            report(
+                block.seq,
+                "rows inserted or deleted: {} transactions, {} changes and {} journal rows now,"
+                " {}, {} and {} when sealed".format(*found, *sealed),
+            )
+        elif block.recomputed() != block.hash:
+            report(block.seq, "rows edited or reordered: the block's hash does not match its rows")
+        expect_seq, expect_from, prev = block.seq + 1, block.txid_to, block.hash
+    if head is not None:
+        problems += _head_problems(blocks, head)
+    return problems
+
+
+def _head_problems(blocks: list[Block], head: Head) -> list[dict[str, Any]]:
+    kept = next((b for b in blocks if b.seq == head.seq), None)
+    if kept is None:
+        text = (
+            "the checkpointed block is no longer in the chain: the log was truncated or rewritten"
+        )
+        return [{"seq": head.seq, "problem": text}]
+    if kept.hash != head.hash or head.txid_to not in (None, kept.txid_to):
+        text = "the block differs from the checkpoint kept outside the database"
+        return [{"seq": head.seq, "problem": text}]
+    return []
+
+
+# -- the registry against its journal ----------------------------------------------------------
+
+
+def _journal_problems(
+    journal: list[JournalEntry],
+    current: dict[str, list[str] | None],
+    blocks: list[Block],
+) -> list[dict[str, Any]]:
+    """Replay the journal in write order; compare with the tables now; flag rewrites."""
+    problems: list[dict[str, Any]] = []
+    state: dict[str, dict[str, list[JournalEntry]]] = {
+        name: defaultdict(list) for name in JOURNALED
+    }
+    for entry in sorted(journal, key=lambda e: e.id):
+        rows = state.setdefault(entry.relation, defaultdict(list))
+        if entry.old is not None:
+            writers = rows.get(entry.old)
+            if not writers:
+                problems.append(_at(entry, blocks, "its previous version is not in the journal"))
+            else:
+                previous = writers.pop()
+                problems += _rewrite_problems(entry, previous, blocks)
+        if entry.new is not None:
+            problems += _retroactive_problems(entry, blocks)
+            rows[entry.new].append(entry)
+    for name in JOURNALED:
+        problems += _compare(name, state.get(name, {}), current.get(name))
+    return problems
+
+
+def _seq_of(txid: int, blocks: list[Block]) -> int | None:
+    return next((b.seq for b in blocks if b.txid_from <= txid < b.txid_to), None)
+
+
+def _at(entry: JournalEntry, blocks: list[Block], text: str) -> dict[str, Any]:
+    return {
+        "seq": _seq_of(entry.txid, blocks),
+        "problem": f"journal entry {entry.id} ({entry.op} audit.{entry.relation},"
+        f" transaction {entry.txid}): {text}",
+    }
+
+
+def _rewrite_problems(
+    entry: JournalEntry, previous: JournalEntry, blocks: list[Block]
+) -> list[dict[str, Any]]:
+    """A later transaction rewrote or deleted an append-only row, or moved a history start."""
+    if previous.txid == entry.txid:
+        return []
+    if entry.relation in APPEND_ONLY:
+        what = "deleted" if entry.op == "D" else "rewritten"
+        return [_at(entry, blocks, f"a row written by transaction {previous.txid} was {what}")]
+    if entry.op == "D":
+        return [_at(entry, blocks, "a registry row was deleted (rows are kept after disable)")]
+    column = EFFECTIVE_FROM.get(entry.relation)
+    if column and _field(entry.old, column) != _field(entry.new, column):
+        return [_at(entry, blocks, f"{column} of an existing row was changed")]
+    return []
+
+
+def _retroactive_problems(entry: JournalEntry, blocks: list[Block]) -> list[dict[str, Any]]:
+    """A row version made to apply from before the transaction that wrote it started."""
+    column = EFFECTIVE_FROM.get(entry.relation)
+    if entry.op == "B" or column is None:
+        return []
+    value = _field(entry.new, column)
+    if entry.op == "U" and value == _field(entry.old, column):
+        return []
+    if not isinstance(value, str):
+        return []
+    if _instant(value) < _instant(entry.written_at):
+        return [_at(entry, blocks, f"{column} {value} is before the writing transaction started")]
+    return []
+
+
+def _field(image: str | None, column: str) -> Any:
+    if image is None:
+        return None
+    data = json.loads(image)
+    return data.get(column) if isinstance(data, dict) else None
+
+
+def _instant(text: str) -> datetime:
+    """A timestamptz from jsonb (ISO 8601) or from its ISO text output ('+00' offset)."""
+    value = text.replace(" ", "T", 1)
+    if re.search(r"[+-]\d\d$", value):
+        value += ":00"
+    return datetime.fromisoformat(value)
+
+
+def _compare(
+    name: str, replayed: dict[str, list[JournalEntry]], now: list[str] | None
+) -> list[dict[str, Any]]:
+    """Rows of the table now that the journal does not end with, and the reverse; a row of
+    each with the same key is reported once, with the columns that differ."""
+    expected: dict[str, int] = {k: len(v) for k, v in replayed.items() if v}
+    seen: dict[str, int] = defaultdict(int)
+    for image in now or []:
+        seen[image] += 1
+    extra: dict[str, list[str]] = defaultdict(list)
+    missing: dict[str, list[str]] = defaultdict(list)
+    for image in sorted(set(expected) | set(seen)):
+        diff = seen.get(image, 0) - expected.get(image, 0)
+        target = extra if diff > 0 else missing
+        target[_describe(name, image)] += [image] * abs(diff)
+    problems = []
+    for key in sorted(set(extra) | set(missing)):
+        for new, old in zip(extra[key], missing[key], strict=False):
+            text = (
+                f"audit.{name} row {key} differs from its journaled version (journal entry"
+                f" {replayed[old][-1].id}) in {', '.join(_differing(old, new))}: changed"
+                " without a journal entry"
+            )
+            problems.append({"seq": None, "problem": text})
+        pairs = min(len(extra[key]), len(missing[key]))
+        for _ in extra[key][pairs:]:
+            text = f"audit.{name} row {key} was written without a journal entry"
+            problems.append({"seq": None, "problem": text})
+        for old in missing[key][pairs:]:
+            text = (
+                f"audit.{name} row {key} (journal entry {replayed[old][-1].id}) was deleted"
+                " without a journal entry"
+            )
+            problems.append({"seq": None, "problem": text})
+    return problems
+
+
+def _differing(old: str, new: str) -> list[str]:
+    """Names of the columns whose values differ between two row images."""
+    a, b = json.loads(old), json.loads(new)
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return ["the whole row"]
+    return sorted(k for k in set(a) | set(b) if a.get(k, a) != b.get(k, b)) or ["no column"]
+
+
+def _describe(name: str, image: str) -> str:
+    data = json.loads(image)
+    keys = KEYS.get(name)
+    if not isinstance(data, dict) or keys is None:
+        return image if len(image) <= 200 else image[:200] + "..."
+    return ", ".join(f"{k}={data.get(k)}" for k in keys)
