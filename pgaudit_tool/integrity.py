@@ -66,7 +66,9 @@ def _seal(conn: psycopg.Connection[Any]) -> dict[str, Any]:
 def _check_output(output: Path) -> None:
     """Refuse, before sealing, a checkpoint path that cannot be a regular file we write."""
     if output.exists() and not output.is_file():
-        raise InvalidInput(f"cannot write the checkpoint to {output}: not a regular file")
+        raise InvalidInput(
+            f"cannot write the checkpoint to {output}: not a regular file; nothing was sealed"
+        )
     if not output.parent.is_dir():
         why = "is not a directory" if output.parent.exists() else "does not exist"
         raise InvalidInput(

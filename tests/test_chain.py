@@ -137,6 +137,20 @@ def test_legitimate_registry_and_layout_changes_verify_clean(
     assert {("table_layout", "I"), ("tracked_table", "U"), ("history_break", "I")} <= set(relations)
 
 
+def test_a_reader_verifies_against_a_checkpoint(
+    sealed: tuple[Audit, Path], pg_server: PgServer, make_role: Callable[..., str]
+) -> None:
+    """pgaudit_reader may read every table the client-side check reads (the journal too)."""
+    audit, kept = sealed
+    reader = make_role("reviewer")
+    audit.conn.execute(sql.SQL("GRANT pgaudit_reader TO {}").format(sql.Identifier(reader)))
+    dsn = pg_server.dsn_for(audit.conn.info.dbname, user=reader)
+    result = cli(dsn, "verify", "--against", str(kept))
+    assert result.exit_code == 0, result.output
+    audit.conn.execute("UPDATE audit.transaction SET actor = 'mallory' WHERE actor = 'alice'")
+    assert cli(dsn, "verify", "--against", str(kept)).exit_code == 7
+
+
 def test_verify_leaves_the_callers_transaction_as_it_was(audit: Audit, dsn: str) -> None:
     audit.conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
     audit.enable("t")
@@ -412,7 +426,9 @@ def unsealed_state(conn: Conn) -> tuple[Any, ...]:
     return tuple(row)
 
 
-@pytest.mark.parametrize("where", ["missing directory", "under a regular file", "in /proc"])
+@pytest.mark.parametrize(
+    "where", ["missing directory", "under a regular file", "in /proc", "a directory"]
+)
 def test_checkpoint_to_an_unwritable_path_seals_nothing(
     audit: Audit, tmp_path: Path, where: str
 ) -> None:
@@ -425,6 +441,7 @@ def test_checkpoint_to_an_unwritable_path_seals_nothing(
         "missing directory": tmp_path / "nowhere" / "head.json",
         "under a regular file": tmp_path / "file" / "head.json",
         "in /proc": Path("/proc/pgaudit-head.json"),
+        "a directory": tmp_path,
     }[where]
     before = unsealed_state(conn)
     assert before[1] == 1
@@ -436,7 +453,7 @@ def test_checkpoint_to_an_unwritable_path_seals_nothing(
     with pytest.raises(InvalidInput):
         audit.checkpoint(output=target)
     assert unsealed_state(conn) == before
-    assert not target.exists()
+    assert target.is_dir() if where == "a directory" else not target.exists()
     assert list(tmp_path.iterdir()) == [tmp_path / "file"]  # no temporary file left behind
     # A good path seals and saves together.
     good = tmp_path / "head.json"
