@@ -327,7 +327,8 @@ def test_works_without_superuser(
         ]
         assert audit.checkpoint()["changes"] == 1 and audit.verify() == []
         assert [(p["severity"], p["object"]) for p in audit.doctor()] == [
-            ("info", "event triggers")
+            ("info", "track_commit_timestamp"),
+            ("info", "event triggers"),
         ]
         owner = audit.conn.execute(
             "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'audit'"

@@ -58,7 +58,7 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
     b record;
     t audit.tracked_table := audit._tracked(p_table);
-    k record;
+    v_attnums int2[];
 BEGIN
     SELECT h.at, h.reason INTO b
       FROM audit.history_break AS h LEFT JOIN audit.transaction AS x ON x.txid = h.txid
@@ -70,11 +70,11 @@ BEGIN
                   HINT = pg_catalog.format('States from %s on can be rebuilt and reverted to; older changes are still listed by history.', b.at);
     END IF;
     BEGIN
-        k := audit._key_of(p_table);
+        v_attnums := (audit._key_of(p_table)).attnums;
     EXCEPTION WHEN object_not_in_prerequisite_state THEN
-        k := NULL;
+        v_attnums := NULL;
     END;
-    IF k.attnums IS DISTINCT FROM t.key_attnums THEN
+    IF v_attnums IS DISTINCT FROM t.key_attnums THEN
         RAISE EXCEPTION 'the key of % is no longer (%), the key its history pairs rows by', audit._qualified(p_table), pg_catalog.array_to_string(t.key_columns, ', ')
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = pg_catalog.format('Run audit.refresh(%L) (pgaudit-tool refresh): it records the change of key as a break in history.', p_table::text);

@@ -1,0 +1,447 @@
+"""Attacks by a hostile tenant: a role that owns an audited table (issue 11).
+
+Each test is one class of attack, tried in several variants, as the owner of an audited table
+against a schema installed by a superuser (``installed`` = "superuser") and, where the class
+applies without guards, by an ordinary role (``installed`` = "owner", as on a managed service).
+Every attack must be refused, or detected by status/doctor; none may make the attacker a
+superuser, run its code with the audit owner's rights, or change history silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgaudit_tool import Audit
+from pgaudit_tool.errors import AuditError
+from tests.conftest import PgServer
+
+Conn = psycopg.Connection[Any]
+
+
+class Tenant:
+    """The audit handle (its owner), the attacker's connection and name."""
+
+    def __init__(self, audit: Audit, conn: Conn, role: str) -> None:
+        self.audit, self.conn, self.role = audit, conn, role
+
+    def is_superuser(self) -> bool:
+        row = self.audit.conn.execute(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = %s", (self.role,)
+        ).fetchone()
+        return bool(row and row[0])
+
+    def changes(self) -> list[dict[str, Any]]:
+        return list(self.audit.history())
+
+    def owner_changes_intact(self) -> int:
+        row = self.audit.conn.execute("SELECT count(*) FROM audit.change").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+@pytest.fixture(params=["superuser", "owner"])
+def tenant(
+    request: pytest.FixtureRequest,
+    pg_server: PgServer,
+    conn: Conn,
+    make_role: Callable[..., str],
+) -> Iterator[Tenant]:
+    """Schema ``app`` owned by the attacker, table ``app.t`` audited."""
+    attacker = make_role("app")
+    dbname = conn.info.dbname
+    conn.execute(
+        sql.SQL("CREATE SCHEMA app AUTHORIZATION {0}; GRANT CREATE ON DATABASE {1} TO {0}").format(
+            sql.Identifier(attacker), sql.Identifier(dbname)
+        )
+    )
+    if request.param == "superuser":
+        admin_dsn = pg_server.dsn_for(dbname)
+    else:
+        admin = make_role("admin")
+        conn.execute(
+            # As on a managed service: the admin is a member of the application's role.
+            sql.SQL("GRANT CREATE ON DATABASE {0} TO {1}; GRANT {2} TO {1}").format(
+                sql.Identifier(dbname), sql.Identifier(admin), sql.Identifier(attacker)
+            )
+        )
+        admin_dsn = pg_server.dsn_for(dbname, user=admin)
+    attack = psycopg.connect(pg_server.dsn_for(dbname, user=attacker), autocommit=True)
+    attack.execute("CREATE TABLE app.t (id int PRIMARY KEY, v text)")
+    attack.execute("INSERT INTO app.t VALUES (1, 'a')")
+    with Audit.connect(admin_dsn) as audit:
+        audit.install()
+        if request.param == "owner":
+            # The audit owner needs to read the table (TRUNCATE content) and to add triggers.
+            attack.execute(
+                sql.SQL("GRANT SELECT, TRIGGER ON app.t TO {}").format(
+                    sql.Identifier(audit.conn.info.user)
+                )
+            )
+        audit.enable("app.t")
+        try:
+            yield Tenant(audit, attack, attacker)
+        finally:
+            attack.close()
+
+
+def superuser_tenant(tenant: Tenant) -> bool:
+    """Whether the audit schema was installed by a superuser (with the guard event triggers)."""
+    row = tenant.audit.conn.execute(
+        "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    return row == (True,)
+
+
+# ----------------------------------------------------------------- 1: names
+
+HOSTILE_NAMES = [
+    "x\nBEGIN END$body$;ALTER ROLE {role} SUPERUSER;SELECT $body$",
+    "x\nBEGIN RETURN NULL;END$body$ LANGUAGE plpgsql; SELECT $body$",
+    "x$fn$; ALTER ROLE {role} SUPERUSER; --",
+    "x'; ALTER ROLE {role} SUPERUSER; --",
+    'x"; ALTER ROLE {role} SUPERUSER; --',
+    "x*/ ALTER ROLE {role} SUPERUSER; /*",
+    "Ünïcode täble ✓ $$ %s %I %L",
+]
+
+
+@pytest.mark.parametrize("position", ["table", "column", "key column", "schema"])
+@pytest.mark.parametrize("template", HOSTILE_NAMES, ids=range(len(HOSTILE_NAMES)))
+def test_hostile_names_never_run_as_code(tenant: Tenant, position: str, template: str) -> None:
+    name = template.format(role=tenant.role)[:63]
+    ident = sql.Identifier(name)
+    before = len(tenant.changes())
+    stmt = {
+        "table": sql.SQL("ALTER TABLE app.t RENAME TO {}"),
+        "column": sql.SQL("ALTER TABLE app.t RENAME COLUMN v TO {}"),
+        "key column": sql.SQL("ALTER TABLE app.t RENAME COLUMN id TO {}"),
+        "schema": sql.SQL("ALTER SCHEMA app RENAME TO {}"),
+    }[position].format(ident)
+    tenant.conn.execute(stmt)
+    table = sql.Identifier(name) if position == "table" else sql.Identifier("t")
+    schema = sql.Identifier(name) if position == "schema" else sql.Identifier("app")
+    qualified = sql.SQL("{}.{}").format(schema, table)
+    # Any ALTER TABLE makes the guard regenerate capture; refresh does it without guards.
+    tenant.conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN extra int").format(qualified))
+    regclass = tenant.conn.execute(
+        sql.SQL("SELECT {}::regclass::oid").format(sql.Literal(qualified.as_string(tenant.conn)))
+    ).fetchone()
+    assert regclass is not None
+    tenant.audit.conn.execute("SELECT audit.refresh(%s::oid::regclass)", (regclass[0],))
+    tenant.conn.execute(sql.SQL("UPDATE {} SET extra = 7").format(qualified))
+    assert not tenant.is_superuser()
+    after = tenant.changes()
+    assert len(after) == before + 1  # capture still works: not a no-op
+    assert after[-1]["new"]["extra"] == 7
+    assert [s["state"] for s in tenant.audit.status()] == ["ok"]
+    assert not [p for p in tenant.audit.doctor() if p["severity"] == "error"]
+
+
+# ----------------------------------------------------------------- 2: user code
+
+
+CAST_TYPES = {
+    "enum": ("CREATE TYPE app.mood AS ENUM ('ok', 'sad')", "app.mood", "'ok'", "ok"),
+    "array of enum": (
+        "CREATE TYPE app.mood AS ENUM ('ok', 'sad')",
+        "app.mood[]",
+        "ARRAY['ok', NULL, 'sad']::app.mood[]",
+        ["ok", None, "sad"],
+    ),
+    "domain over enum": (
+        "CREATE TYPE app.mood AS ENUM ('ok', 'sad'); CREATE DOMAIN app.dmood AS app.mood",
+        "app.dmood",
+        "'sad'",
+        "sad",
+    ),
+    "composite with enum": (
+        "CREATE TYPE app.mood AS ENUM ('ok', 'sad'); CREATE TYPE app.pair AS (m app.mood, n int)",
+        "app.pair",
+        "ROW('ok', 2)::app.pair",
+        "(ok,2)",
+    ),
+    "range": (
+        "CREATE TYPE app.mood AS RANGE (subtype = int4)",
+        "app.mood",
+        "app.mood(1, 5)",
+        "[1,5)",
+    ),
+}
+
+
+def _evil_cast(tenant: Tenant, source: str, target: str = "json") -> None:
+    """A cast from a type the attacker owns, whose function tries to escalate, wipe the log,
+    and leaves a trace in app.ran (writable by anyone) each time it runs."""
+    tenant.conn.execute(
+        "CREATE TABLE IF NOT EXISTS app.ran (who text); GRANT INSERT ON app.ran TO PUBLIC;"
+        f"CREATE FUNCTION app.evil_{target}({source}) RETURNS {target} LANGUAGE plpgsql AS $f$"
+        " BEGIN"
+        f"  BEGIN EXECUTE 'ALTER ROLE {tenant.role} SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;"
+        "  BEGIN DELETE FROM audit.change; EXCEPTION WHEN OTHERS THEN NULL; END;"
+        "  INSERT INTO app.ran VALUES (current_user);"
+        f"  RETURN '\"hijacked\"'::{target};"
+        " END $f$;"
+        f"CREATE CAST ({source} AS {target}) WITH FUNCTION app.evil_{target}({source})"
+    )
+
+
+def _cast_ran(tenant: Tenant) -> int:
+    row = tenant.audit.conn.execute("SELECT count(*) FROM app.ran").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("kind", list(CAST_TYPES))
+def test_casts_a_table_owner_writes_never_run_as_the_audit_owner(tenant: Tenant, kind: str) -> None:
+    create, column_type, value, expected = CAST_TYPES[kind]
+    tenant.conn.execute(create)
+    _evil_cast(tenant, "app.mood")
+    if kind == "enum":
+        _evil_cast(tenant, "app.mood", "text")
+    tenant.conn.execute(f"ALTER TABLE app.t ADD COLUMN m {column_type}")
+    tenant.audit.refresh("app.t")
+    kept = tenant.owner_changes_intact()
+    tenant.conn.execute(f"UPDATE app.t SET m = {value}")
+    tenant.conn.execute(f"INSERT INTO app.t VALUES (2, 'b', {value})")
+    tenant.conn.execute("DELETE FROM app.t WHERE id = 2")
+    assert not tenant.is_superuser()
+    assert tenant.owner_changes_intact() == kept + 3
+    assert _cast_ran(tenant) == 0
+    last = tenant.changes()[-3:]
+    assert [c["new"]["m"] if c["new"] else c["old"]["m"] for c in last] == [expected] * 3
+
+
+def test_an_enum_key_with_casts_is_paired_without_them(tenant: Tenant) -> None:
+    tenant.conn.execute(
+        "CREATE TYPE app.mood AS ENUM ('ok', 'sad');"
+        "CREATE TABLE app.k (m app.mood PRIMARY KEY, v int)"
+    )
+    _evil_cast(tenant, "app.mood")
+    _evil_cast(tenant, "app.mood", "text")
+    tenant.audit.enable("app.k")
+    tenant.conn.execute("INSERT INTO app.k VALUES ('ok', 1), ('sad', 2)")
+    tenant.conn.execute("UPDATE app.k SET v = v + 10")
+    updates = [c for c in tenant.changes() if c["op"] == "UPDATE"]
+    assert sorted((c["pk"]["m"], c["old"]["v"], c["new"]["v"]) for c in updates) == [
+        ("ok", 1, 11),
+        ("sad", 2, 12),
+    ]
+    assert not tenant.is_superuser()
+    assert _cast_ran(tenant) == 0
+
+
+def test_row_level_security_policies_never_run_as_the_audit_owner(tenant: Tenant) -> None:
+    tenant.conn.execute(
+        "CREATE FUNCTION app.spy() RETURNS boolean LANGUAGE plpgsql AS $f$ BEGIN"
+        f" BEGIN EXECUTE 'ALTER ROLE {tenant.role} SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;"
+        " RETURN true; END $f$;"
+        "ALTER TABLE app.t ENABLE ROW LEVEL SECURITY; ALTER TABLE app.t FORCE ROW LEVEL SECURITY;"
+        "CREATE POLICY p ON app.t USING (app.spy())"
+    )
+    # A non-superuser audit owner cannot read past the policy: TRUNCATE is refused then.
+    with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+        tenant.conn.execute("TRUNCATE app.t")
+    assert not tenant.is_superuser()
+
+
+# ----------------------------------------------------------------- 3: triggers
+
+TRIGGER_ATTACKS = [
+    "CREATE OR REPLACE TRIGGER pgaudit_update AFTER UPDATE ON app.t FOR EACH STATEMENT"
+    " EXECUTE FUNCTION app.noop()",
+    "CREATE OR REPLACE TRIGGER pgaudit_update AFTER INSERT ON app.t FOR EACH STATEMENT"
+    " EXECUTE FUNCTION app.noop()",
+    "ALTER TRIGGER pgaudit_update ON app.t RENAME TO renamed",
+    "ALTER TRIGGER pgaudit_delete ON app.t RENAME TO pgaudit_delete2",
+    "ALTER TABLE app.t DISABLE TRIGGER pgaudit_update",
+    "ALTER TABLE app.t ENABLE REPLICA TRIGGER pgaudit_insert",
+    "DROP TRIGGER pgaudit_truncate ON app.t",
+]
+
+
+@pytest.mark.parametrize("attack", TRIGGER_ATTACKS, ids=range(len(TRIGGER_ATTACKS)))
+def test_capture_triggers_cannot_be_replaced_renamed_or_weakened(
+    tenant: Tenant, attack: str
+) -> None:
+    tenant.conn.execute(
+        "CREATE FUNCTION app.noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$"
+    )
+    guarded = superuser_tenant(tenant)
+    if guarded:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            tenant.conn.execute(attack)
+        assert [s["state"] for s in tenant.audit.status()] == ["ok"]
+        tenant.conn.execute("UPDATE app.t SET v = 'after'")
+        assert tenant.changes()[-1]["new"]["v"] == "after"
+        return
+    # Without guards (no superuser): the attack works, and status and doctor see it.
+    try:
+        tenant.conn.execute(attack)
+    except psycopg.errors.InsufficientPrivilege:
+        pytest.skip("refused by PostgreSQL itself")
+    assert [s["state"] for s in tenant.audit.status()] != ["ok"]
+    assert [
+        p
+        for p in tenant.audit.doctor()
+        if p["severity"] == "error" and "capture trigger" in p["problem"]
+    ]
+
+
+def test_a_trigger_cannot_be_replaced_even_by_its_own_definition(tenant: Tenant) -> None:
+    """CREATE OR REPLACE TRIGGER would leave it not ENABLE ALWAYS; the capture function is not
+    executable by the table owner, so PostgreSQL refuses it before the guard has to."""
+    relid = tenant.audit.status()[0]["relid"]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        tenant.conn.execute(
+            "CREATE OR REPLACE TRIGGER pgaudit_update AFTER UPDATE ON app.t"
+            " REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT"
+            f" EXECUTE FUNCTION audit.capture_{relid}()"
+        )
+    assert [s["state"] for s in tenant.audit.status()] == ["ok"]
+
+
+# ----------------------------------------------------------------- 4: DDL that changes data
+
+
+def _instant(tenant: Tenant) -> datetime:
+    row = tenant.audit.conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+def test_a_rewriting_alter_column_breaks_history(tenant: Tenant) -> None:
+    tenant.conn.execute("UPDATE app.t SET v = 'before'")
+    t0 = _instant(tenant)
+    assert tenant.audit.row_at("app.t", {"id": 1}, t0)["v"] == "before"  # type: ignore[index]
+    tenant.conn.execute("ALTER TABLE app.t ALTER COLUMN v TYPE text USING 'rewritten'")
+    if not superuser_tenant(tenant):
+        # Without the table_rewrite guard a same-type rewrite is invisible: documented.
+        return
+    with pytest.raises(AuditError, match="broken"):
+        tenant.audit.row_at("app.t", {"id": 1}, t0)
+    with pytest.raises(AuditError, match="broken"):
+        list(tenant.audit.table_at("app.t", t0))
+    assert any("history broken" in p["problem"] for p in tenant.audit.doctor())
+
+
+def test_a_type_change_breaks_history_with_or_without_guards(tenant: Tenant) -> None:
+    t0 = _instant(tenant)
+    tenant.conn.execute("ALTER TABLE app.t ALTER COLUMN v TYPE int USING length(v)")
+    tenant.conn.execute("UPDATE app.t SET v = 5")  # without guards, capture notices here
+    with pytest.raises(AuditError, match="broken"):
+        list(tenant.audit.table_at("app.t", t0))
+
+
+def test_inheritance_with_an_audited_table_is_refused(tenant: Tenant) -> None:
+    if not superuser_tenant(tenant):
+        tenant.conn.execute("CREATE TABLE app.child () INHERITS (app.t)")
+        assert any("inherits" in p["problem"] for p in tenant.audit.doctor())
+        return
+    with pytest.raises(psycopg.errors.FeatureNotSupported):
+        tenant.conn.execute("CREATE TABLE app.child () INHERITS (app.t)")
+    tenant.conn.execute("CREATE TABLE app.other (id int PRIMARY KEY, v text)")
+    with pytest.raises(psycopg.errors.FeatureNotSupported):
+        tenant.conn.execute("ALTER TABLE app.other INHERIT app.t")
+
+
+def test_partitions_attached_or_detached_with_rows_break_history(tenant: Tenant) -> None:
+    if not superuser_tenant(tenant):
+        pytest.skip("needs the guards")
+    tenant.conn.execute(
+        "CREATE TABLE app.p (id int, k int, PRIMARY KEY (id, k)) PARTITION BY LIST (k);"
+        "CREATE TABLE app.p1 PARTITION OF app.p FOR VALUES IN (1);"
+        "CREATE TABLE app.p2 (id int, k int, PRIMARY KEY (id, k));"
+        "INSERT INTO app.p2 VALUES (9, 2)"
+    )
+    tenant.audit.enable("app.p")
+    t0 = _instant(tenant)
+    tenant.conn.execute("ALTER TABLE app.p ATTACH PARTITION app.p2 FOR VALUES IN (2)")
+    with pytest.raises(AuditError, match="attached with rows"):
+        list(tenant.audit.table_at("app.p", t0))
+    t1 = _instant(tenant)
+    assert len(list(tenant.audit.table_at("app.p", t1))) == 1
+    tenant.conn.execute("ALTER TABLE app.p DETACH PARTITION app.p2")
+    with pytest.raises(AuditError, match="detached with rows"):
+        list(tenant.audit.table_at("app.p", t1))
+
+
+# ----------------------------------------------------------------- 5: excluded columns
+
+MIGRATIONS = {
+    "drop and add": [
+        "ALTER TABLE app.s DROP COLUMN secret",
+        "ALTER TABLE app.s ADD COLUMN secret text",
+        "UPDATE app.s SET secret = 'SENTINEL'",
+    ],
+    "copy, drop, rename": [
+        "ALTER TABLE app.s ADD COLUMN secret_new text",
+        "UPDATE app.s SET secret_new = secret",
+        "ALTER TABLE app.s DROP COLUMN secret",
+        "ALTER TABLE app.s RENAME COLUMN secret_new TO secret",
+        "UPDATE app.s SET secret = secret || '!'",
+    ],
+    "rename away and add": [
+        "ALTER TABLE app.s RENAME COLUMN secret TO old_secret",
+        "ALTER TABLE app.s ADD COLUMN secret text",
+        "UPDATE app.s SET secret = old_secret",
+        "ALTER TABLE app.s DROP COLUMN old_secret",
+        "UPDATE app.s SET v = 'x'",
+    ],
+    "type change": [
+        "ALTER TABLE app.s ALTER COLUMN secret TYPE varchar(100)",
+        "UPDATE app.s SET v = 'y'",
+    ],
+}
+
+
+@pytest.mark.parametrize("migration", list(MIGRATIONS))
+def test_excluded_columns_never_leak_through_migrations(tenant: Tenant, migration: str) -> None:
+    tenant.conn.execute(
+        "CREATE TABLE app.s (id int PRIMARY KEY, v text, secret text);"
+        "INSERT INTO app.s VALUES (1, 'a', 'SENTINEL')"
+    )
+    tenant.audit.enable("app.s", exclude=["secret"])
+    for statement in MIGRATIONS[migration]:
+        tenant.conn.execute(statement)
+    leaked = tenant.audit.conn.execute(
+        "SELECT count(*) FROM audit.change c WHERE c::text LIKE '%SENTINEL%'"
+    ).fetchone()
+    assert leaked == (0,)
+
+
+# ----------------------------------------------------------------- 9: keys
+
+
+def test_a_table_cannot_be_left_without_its_key(tenant: Tenant) -> None:
+    if not superuser_tenant(tenant):
+        tenant.conn.execute("ALTER TABLE app.t DROP CONSTRAINT t_pkey")
+        with pytest.raises(AuditError, match="key"):
+            list(tenant.audit.table_at("app.t", _instant(tenant)))
+        assert any("key" in p["problem"] for p in tenant.audit.doctor() if p["severity"] == "error")
+        return
+    with pytest.raises(
+        psycopg.errors.ObjectNotInPrerequisiteState, match="must keep a primary key"
+    ):
+        tenant.conn.execute("ALTER TABLE app.t DROP CONSTRAINT t_pkey")
+
+
+def test_a_replaced_key_breaks_history(tenant: Tenant) -> None:
+    t0 = _instant(tenant)
+    tenant.conn.execute(
+        "ALTER TABLE app.t ADD COLUMN b int NOT NULL DEFAULT 0;"
+        "ALTER TABLE app.t DROP CONSTRAINT t_pkey, ADD PRIMARY KEY (id, b)"
+    )
+    tenant.audit.refresh("app.t")
+    tenant.conn.execute("INSERT INTO app.t VALUES (1, 'dup', 1)")
+    with pytest.raises(AuditError, match="broken|key"):
+        list(tenant.audit.table_at("app.t", t0))
+    with pytest.raises(AuditError, match="broken|key"):
+        tenant.audit.row_at("app.t", {"id": 1, "b": 0}, t0)
+    assert len(list(tenant.audit.table_at("app.t", _instant(tenant)))) == 2
