@@ -323,7 +323,7 @@ COMMENT ON FUNCTION audit.install_guards() IS
 
 CREATE OR REPLACE FUNCTION audit.doctor()
 RETURNS TABLE (severity text, object text, problem text, fix text)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET jit = off AS $$
 -- Every check; one row per problem found. fix: SQL that repairs it safely, or NULL.
 DECLARE
     t record;
