@@ -159,7 +159,11 @@ def _count(conn: psycopg.Connection[Any], query: str, params: Sequence[Any] = ()
 
 
 def capture_triggers(conn: psycopg.Connection[Any]) -> int:
-    return _count(conn, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgaudit\\_%'")
+    return _count(
+        conn,
+        "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgaudit\\_%'"
+        " AND tgrelid::regclass::text NOT LIKE 'audit.%'",  # not the journal's own triggers
+    )
 
 
 def registered(conn: psycopg.Connection[Any]) -> int:

@@ -222,11 +222,13 @@ def test_editable_install_uses_the_checkout() -> None:
 _NOT_VERSION = "NOT IN ('schema_version', 'schema_version_pkc', '_schema_version')"
 _CATALOG: dict[str, str] = {
     "schema": """
-        SELECT n.nspname, pg_get_userbyid(n.nspowner), n.nspacl::text,
+        SELECT n.nspname, pg_get_userbyid(n.nspowner),
+               (SELECT array_agg(a::text ORDER BY a::text) FROM unnest(n.nspacl) AS a)::text,
                obj_description(n.oid, 'pg_namespace')
           FROM pg_namespace n WHERE n.nspname = 'audit'""",
     "relations": f"""
-        SELECT c.relname, c.relkind, c.relpersistence, c.reloptions::text, c.relacl::text,
+        SELECT c.relname, c.relkind, c.relpersistence, c.reloptions::text,
+               (SELECT array_agg(a::text ORDER BY a::text) FROM unnest(c.relacl) AS a)::text,
                pg_get_userbyid(c.relowner), obj_description(c.oid, 'pg_class'),
                c.relreplident, c.relrowsecurity
           FROM pg_class c
@@ -259,7 +261,8 @@ _CATALOG: dict[str, str] = {
          WHERE c.relnamespace = 'audit'::regnamespace
          ORDER BY 1""",
     "functions": """
-        SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid), p.proacl::text,
+        SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid),
+               (SELECT array_agg(a::text ORDER BY a::text) FROM unnest(p.proacl) AS a)::text,
                pg_get_userbyid(p.proowner), obj_description(p.oid, 'pg_proc'),
                p.prosecdef, p.proconfig::text, p.provolatile, p.proparallel
           FROM pg_proc p WHERE p.pronamespace = 'audit'::regnamespace

@@ -8,6 +8,15 @@
 -- generated later by audit.enable(), revoke PUBLIC themselves. (Default privileges cannot do
 -- this: per-schema defaults only add to the global ones, and a global default would change the
 -- installing role's functions in every schema.)
+-- (The reader's grant is taken back and given again below, so that the schema's privileges are
+-- listed in the same order whatever revision a database comes from.)
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'pgaudit_reader') THEN
+        REVOKE USAGE ON SCHEMA audit FROM pgaudit_reader;
+    END IF;
+END
+$$;
 GRANT USAGE ON SCHEMA audit TO PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA audit FROM PUBLIC;
 DO $$
