@@ -81,8 +81,12 @@ def table_at(
     conn: psycopg.Connection[Any], table: TableRef, at: datetime
 ) -> Iterator[dict[str, Any]]:
     """Every row of the table as it was at ``at``, with its column types, streamed."""
-    query = sql.SQL("SELECT * FROM audit.table_at(NULL::{}, %s)").format(table.ident)
-    return stream(conn, "pgaudit_table_at", query, (at,))
+    # The instant is a literal, not a parameter: psycopg would read a "%" in a composed name
+    # as a placeholder when parameters are passed.
+    query = sql.SQL("SELECT * FROM audit.table_at(NULL::{}, {})").format(
+        table.ident, sql.Literal(at)
+    )
+    return stream(conn, "pgaudit_table_at", query)
 
 
 def table_at_into(conn: psycopg.Connection[Any], table: TableRef, at: datetime, target: str) -> int:
@@ -100,10 +104,9 @@ def table_at_into(conn: psycopg.Connection[Any], table: TableRef, at: datetime, 
                 f"{target} already exists", hint="Name a new table; nothing is overwritten."
             )
         cur = conn.execute(
-            sql.SQL("CREATE TABLE {} AS SELECT * FROM audit.table_at(NULL::{}, %s)").format(
-                sql.Identifier(*parts), table.ident
-            ),
-            (at,),
+            sql.SQL("CREATE TABLE {} AS SELECT * FROM audit.table_at(NULL::{}, {})").format(
+                sql.Identifier(*parts), table.ident, sql.Literal(at)
+            )
         )
         return cur.rowcount
 

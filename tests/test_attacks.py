@@ -144,6 +144,87 @@ def test_hostile_names_never_run_as_code(tenant: Tenant, position: str, template
     assert not [p for p in tenant.audit.doctor() if p["severity"] == "error"]
 
 
+def _hostile(template: str, role: str, tag: str) -> str:
+    """A hostile name, distinct per position (``tag``), at most 63 bytes."""
+    name = tag + template.format(role=role)
+    while len(name.encode()) > 63:
+        name = name[:-1]
+    return name
+
+
+@pytest.mark.parametrize("template", HOSTILE_NAMES[:4] + HOSTILE_NAMES[6:], ids=range(5))
+def test_hostile_names_everywhere_in_one_table(tenant: Tenant, template: str) -> None:
+    """Every name a table owner chooses that the tool handles: table, key column, excluded column,
+    other columns (some named like the capture function's variables), PK constraint, enum type
+    and label, composite type and attribute, partition; through capture, reconstruction and
+    revert."""
+    names = {
+        k: _hostile(template, tenant.role, k)
+        for k in ("t", "k", "s", "c", "pk", "e", "l", "a", "y", "p")
+    }
+    q = {k: sql.Identifier(v) for k, v in names.items()}
+    tenant.conn.execute(
+        sql.SQL(
+            "CREATE TYPE app.{e} AS ENUM ({l}, 'plain');"
+            " CREATE TYPE app.{y} AS ({a} int, b text);"
+            " CREATE TABLE app.{t} ({k} int, k2 int, {c} app.{e}, {s} text, v_txid int, v_table text,"
+            " tg_op text, new_rows text, comp app.{y}, CONSTRAINT {pk} PRIMARY KEY ({k}, k2))"
+            " PARTITION BY LIST (k2);"
+            " CREATE TABLE app.{part} PARTITION OF app.{t} FOR VALUES IN (1)"
+        ).format(
+            e=q["e"],
+            l=sql.Literal(names["l"]),
+            y=q["y"],
+            a=q["a"],
+            t=q["t"],
+            k=q["k"],
+            c=q["c"],
+            s=q["s"],
+            pk=q["pk"],
+            part=q["p"],
+        )
+    )
+    table = sql.SQL("app.{}").format(q["t"]).as_string(tenant.conn)
+    tenant.audit.enable(table, exclude=[names["s"]])
+    t0 = _instant(tenant)
+    ins = sql.SQL(
+        "INSERT INTO app.{t} VALUES (1, 1, {l}, 'SENTINEL', 1, 'x', 'y', 'z', ROW(1, 'b')),"
+        " (2, 1, 'plain', 'SENTINEL', 2, 'x', 'y', 'z', NULL)"
+    ).format(t=q["t"], l=sql.Literal(names["l"]))
+    tenant.conn.execute(ins)
+    t1 = _instant(tenant)
+    tenant.conn.execute(
+        sql.SQL("UPDATE app.{t} SET v_txid = v_txid + 10, {c} = 'plain' WHERE {k} = 1").format(
+            t=q["t"], c=q["c"], k=q["k"]
+        )
+    )
+    tenant.conn.execute(sql.SQL("DELETE FROM app.{t} WHERE {k} = 2").format(t=q["t"], k=q["k"]))
+    assert not tenant.is_superuser()
+    ops = [c["op"] for c in tenant.changes()[-4:]]
+    assert ops == ["INSERT", "INSERT", "UPDATE", "DELETE"]
+    first = tenant.changes()[-4]
+    assert first["new"][names["c"]] == names["l"] and first["new"]["v_txid"] == 1
+    assert names["s"] not in first["new"]
+    leaked = tenant.audit.conn.execute(
+        "SELECT count(*) FROM audit.change c WHERE c::text LIKE '%SENTINEL%'"
+    ).fetchone()
+    assert leaked == (0,)
+    assert len(list(tenant.audit.table_at(table, t0))) == 0
+    assert len(list(tenant.audit.table_at(table, t1))) == 2
+    row = tenant.audit.row_at(table, {names["k"]: 1, "k2": 1}, t1)
+    assert row is not None and row[names["c"]] == names["l"]
+    # Revert the table to t1: the update undone, the deleted row back, exactly.
+    tenant.audit.revert(table=table, to=t1)
+    now = sorted(
+        (r[names["k"]], r["v_txid"], r[names["c"]])
+        for r in tenant.audit.table_at(table, _instant(tenant))
+    )
+    assert now == [(1, 1, names["l"]), (2, 2, "plain")]
+    assert not tenant.is_superuser()
+    assert {s["state"] for s in tenant.audit.status()} == {"ok"}
+    assert not [p for p in tenant.audit.doctor() if p["severity"] == "error"]
+
+
 # ----------------------------------------------------------------- 2: user code
 
 
@@ -445,3 +526,67 @@ def test_a_replaced_key_breaks_history(tenant: Tenant) -> None:
     with pytest.raises(AuditError, match="broken|key"):
         tenant.audit.row_at("app.t", {"id": 1, "b": 0}, t0)
     assert len(list(tenant.audit.table_at("app.t", _instant(tenant)))) == 2
+
+
+# ----------------------------------------------------------------- again: partitions, operators
+
+
+def test_a_partition_cannot_bring_its_own_capture_triggers(tenant: Tenant) -> None:
+    """A table prepared with no-op triggers under the capture triggers' names, then attached:
+    writes made directly to it would go unlogged."""
+    tenant.conn.execute(
+        "CREATE FUNCTION app.noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;"
+        "CREATE TABLE app.p (id int, k int, PRIMARY KEY (id, k)) PARTITION BY LIST (k);"
+        "CREATE TABLE app.p1 PARTITION OF app.p FOR VALUES IN (1);"
+        "CREATE TABLE app.p2 (id int, k int, PRIMARY KEY (id, k));"
+        "CREATE TRIGGER pgaudit_insert AFTER INSERT ON app.p2 FOR EACH STATEMENT EXECUTE FUNCTION app.noop();"
+        "CREATE TRIGGER pgaudit_update AFTER UPDATE ON app.p2 FOR EACH STATEMENT EXECUTE FUNCTION app.noop();"
+        "CREATE TRIGGER pgaudit_delete AFTER DELETE ON app.p2 FOR EACH STATEMENT EXECUTE FUNCTION app.noop();"
+        "CREATE TRIGGER pgaudit_truncate BEFORE TRUNCATE ON app.p2 FOR EACH STATEMENT EXECUTE FUNCTION app.noop()"
+    )
+    tenant.audit.enable("app.p")
+    if superuser_tenant(tenant):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            tenant.conn.execute("ALTER TABLE app.p ATTACH PARTITION app.p2 FOR VALUES IN (2)")
+        tenant.conn.execute("CREATE TABLE app.p3 PARTITION OF app.p FOR VALUES IN (3)")
+        tenant.conn.execute("INSERT INTO app.p3 VALUES (1, 3)")
+        assert tenant.changes()[-1]["new"] == {"id": 1, "k": 3}
+        return
+    tenant.conn.execute("ALTER TABLE app.p ATTACH PARTITION app.p2 FOR VALUES IN (2)")
+    assert {s["state"] for s in tenant.audit.status()} != {"ok"}
+    assert [
+        p for p in tenant.audit.doctor() if "app.p2" in p["problem"] and p["severity"] == "error"
+    ]
+
+
+def test_operators_on_the_owners_types_never_run_for_a_reviewer(tenant: Tenant) -> None:
+    """An = operator for the table owner's enum, found first on a reviewer's search_path, must
+    not be what reconstruction, blame or revert compare keys with."""
+    tenant.conn.execute(
+        "CREATE TYPE app.mood AS ENUM ('ok', 'sad');"
+        "CREATE TABLE app.k (m app.mood PRIMARY KEY, v int);"
+        "CREATE TABLE app.ran (who text); GRANT INSERT ON app.ran TO PUBLIC;"
+        "CREATE FUNCTION app.eq(app.mood, app.mood) RETURNS boolean LANGUAGE plpgsql AS $f$ BEGIN"
+        f" BEGIN EXECUTE 'ALTER ROLE {tenant.role} SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;"
+        " INSERT INTO app.ran VALUES (current_user); RETURN $1::text = $2::text; END $f$;"
+        "CREATE OPERATOR app.= (LEFTARG = app.mood, RIGHTARG = app.mood, FUNCTION = app.eq)"
+    )
+    tenant.audit.enable("app.k")
+    tenant.conn.execute("INSERT INTO app.k VALUES ('ok', 1), ('sad', 2)")
+    t1 = _instant(tenant)
+    tenant.conn.execute("UPDATE app.k SET v = v + 10")
+    tenant.audit.conn.execute("SET search_path = app, public")
+    try:
+        assert tenant.audit.row_at("app.k", {"m": "ok"}, t1) == {"m": "ok", "v": 1}
+        assert tenant.audit.row_at("app.k", {"m": "ok"}, _instant(tenant)) == {"m": "ok", "v": 11}
+        assert len(list(tenant.audit.table_at("app.k", t1))) == 2
+        assert [r["column_name"] for r in tenant.audit.blame("app.k", {"m": "sad"})] == ["m", "v"]
+        tenant.audit.revert(table="app.k", to=t1)
+    finally:
+        tenant.audit.conn.execute("RESET search_path")
+    assert not tenant.is_superuser()
+    assert tenant.audit.conn.execute("SELECT count(*) FROM app.ran").fetchone() == (0,)
+    assert sorted(tenant.conn.execute("SELECT m::text, v FROM app.k").fetchall()) == [
+        ("ok", 1),
+        ("sad", 2),
+    ]

@@ -947,9 +947,15 @@ def test_replay_across_schema_changes(audit: Audit, conn: Conn, rnd: random.Rand
         conn.execute(sql.SQL(statement).format(*(sql.Identifier(a) for a in args)))
         return boundary
 
+    def release() -> None:
+        """Set the exclusions again: columns added since then are captured (they are held
+        back on a table with excluded columns until the DBA does so)."""
+        audit.enable(state["table"], exclude=[state["secret"]])
+
     history: list[tuple[int, str, str | None]] = []  # (boundary, column, new name / None)
     writes(6)
     alter("ALTER TABLE {} ADD COLUMN e int DEFAULT 7", state["table"])
+    release()
     state["cols"] = ["a", "b", "d", "e"]
     writes(4)
     history.append((alter("ALTER TABLE {} DROP COLUMN b", state["table"]), "b", None))
@@ -971,11 +977,13 @@ def test_replay_across_schema_changes(audit: Audit, conn: Conn, rnd: random.Rand
     state["table"] = name + "_renamed"
     writes(4)
     alter("ALTER TABLE {} ADD COLUMN f text", state["table"])
+    release()
     state["cols"] = ["a2", "d", "e", "f"]
     writes(4)
     # Same name, another column: old images' "d" (numbers) must not land in the new "d".
     history.append((alter("ALTER TABLE {} DROP COLUMN d", state["table"]), "d", None))
     alter("ALTER TABLE {} ADD COLUMN d text", state["table"])
+    release()
     state["text"].add("d")
     writes(4)
 

@@ -326,10 +326,12 @@ def test_works_without_superuser(
             ("INSERT", "carol", admin)
         ]
         assert audit.checkpoint()["changes"] == 1 and audit.verify() == []
-        assert [(p["severity"], p["object"]) for p in audit.doctor()] == [
-            ("info", "track_commit_timestamp"),
-            ("info", "event triggers"),
-        ]
+        # (Whether track_commit_timestamp is on depends on the server: not judged here.)
+        assert [
+            (p["severity"], p["object"])
+            for p in audit.doctor()
+            if p["object"] != "track_commit_timestamp"
+        ] == [("info", "event triggers")]
         owner = audit.conn.execute(
             "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'audit'"
         ).fetchone()

@@ -173,6 +173,38 @@ COMMENT ON FUNCTION audit._image_sql(text, oid, text[]) IS
     'Internal. SQL expression giving the JSONB image of the row alias p_alias of a table without the excluded columns, never running code a table owner wrote (see audit._type_is_safe).';
 
 
+CREATE OR REPLACE FUNCTION audit._typed_keys(p_relid oid, p_keys text[]) RETURNS boolean
+LANGUAGE sql STABLE STRICT AS $$
+    -- Whether every key column is of a built-in type (or a domain over one): then its own =
+    -- from pg_catalog is an exact match that no operator or cast a table owner creates can
+    -- displace, and an index on the key serves comparisons.
+    SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
+                        WHERE a.attrelid = p_relid AND a.attname::text = ANY (p_keys)
+                          AND audit._base_type(a.atttypid) >= 16384)
+$$;
+
+COMMENT ON FUNCTION audit._typed_keys(oid, text[]) IS
+    'Internal. Whether the key columns of a table are all of built-in types, so that they may be compared with pg_catalog''s own = operators.';
+
+
+CREATE OR REPLACE FUNCTION audit._keys_equal_sql(p_left text, p_right text, p_keys text[], p_relid oid) RETURNS text
+LANGUAGE sql STABLE STRICT AS $$
+    -- SQL condition: the rows p_left and p_right (aliases of rows of the table) have the same key.
+    -- Keys of built-in types are compared column by column with pg_catalog's =; other keys as
+    -- their JSON form (audit._key_sql), so that no operator or cast of the table owner's runs.
+    SELECT CASE WHEN audit._typed_keys(p_relid, p_keys)
+                THEN (SELECT pg_catalog.string_agg(
+                          pg_catalog.format('%s.%I OPERATOR(pg_catalog.=) %s.%I', p_left, k, p_right, k), ' AND ')
+                        FROM unnest(p_keys) AS k)
+                ELSE pg_catalog.format('%s OPERATOR(pg_catalog.=) %s',
+                                       audit._key_sql(p_left, p_keys, p_relid), audit._key_sql(p_right, p_keys, p_relid))
+           END
+$$;
+
+COMMENT ON FUNCTION audit._keys_equal_sql(text, text, text[], oid) IS
+    'Internal. SQL condition comparing the keys of two row aliases of a table, never with an operator or cast a table owner wrote.';
+
+
 CREATE OR REPLACE FUNCTION audit._capture_sql(
     p_op text, p_relid oid, p_keys text[], p_excluded text[], p_dynamic boolean,
     p_source regclass DEFAULT NULL
@@ -186,8 +218,6 @@ DECLARE
     v_vals text;
     v_head text := 'INSERT INTO audit.change (txid, relid, schema_name, table_name, op, role, '
                    'statement_at, clock_at, pk, old, new) ';
-    v_join text;
-    v_typed boolean;
 BEGIN
     v_vals := CASE WHEN p_dynamic
         THEN pg_catalog.format('$1, %s::oid, $3, $4, %%L, $2, pg_catalog.statement_timestamp(), $5', p_relid)
@@ -205,22 +235,18 @@ BEGIN
     ELSIF p_op <> 'UPDATE' THEN
         RAISE EXCEPTION 'unknown operation %', p_op USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- UPDATE: old and new rows are paired by key. A row whose key changed has no partner: it is
-    -- logged under its old key with new = NULL and under its new key with old = NULL. Keys of
-    -- built-in types (domains over them included) are compared with their own = (an exact match
-    -- in pg_catalog, which no cast can displace); other keys as their JSON form.
-    v_typed := NOT EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
-                            WHERE a.attrelid = p_relid AND a.attname::text = ANY (p_keys)
-                              AND audit._base_type(a.atttypid) >= 16384);
-    IF v_typed THEN
-        SELECT pg_catalog.string_agg(pg_catalog.format('o.%1$I OPERATOR(pg_catalog.=) n.%1$I', k), ' AND ')
-          INTO v_join FROM unnest(p_keys) AS k;
+    -- UPDATE: old and new rows are paired by key (audit._keys_equal_sql). A row whose key
+    -- changed has no partner: it is logged under its old key with new = NULL and under its new
+    -- key with old = NULL.
+    IF audit._typed_keys(p_relid, p_keys) THEN
         RETURN v_head || pg_catalog.format(
             'SELECT ' || v_vals || ', CASE WHEN n.%I IS NULL THEN %s ELSE %s END, %s, %s '
             'FROM old_rows AS o FULL JOIN new_rows AS n ON %s',
             'U', p_keys[1], audit._key_sql('o', p_keys, p_relid), audit._key_sql('n', p_keys, p_relid),
-            audit._image_sql('o', p_relid, p_excluded), audit._image_sql('n', p_relid, p_excluded), v_join);
+            audit._image_sql('o', p_relid, p_excluded), audit._image_sql('n', p_relid, p_excluded),
+            audit._keys_equal_sql('o', 'n', p_keys, p_relid));
     END IF;
+    -- Other keys: each side's key computed once, in a subquery, and compared as JSON.
     RETURN v_head || pg_catalog.format(
         'SELECT ' || v_vals || ', COALESCE(n.k, o.k), o.i, n.i '
         'FROM (SELECT %s AS k, %s AS i FROM old_rows AS o) AS o '
@@ -365,9 +391,10 @@ BEGIN
     END IF;$chk$,
             p_relid, t.excluded_names, t.key_attnums, t.excluded_attnums, v_attnums, v_columns, v_types);
     END IF;
-    v_body := pg_catalog.format($fn$
+    v_body := pg_catalog.format($fn$#variable_conflict use_variable
 -- Capture function generated by audit._capture_function_sql for the table of OID %1$s
--- (%5$s). Do not edit: audit.refresh() rewrites it.
+-- (%5$s). Do not edit: audit.refresh() rewrites it. Columns are always qualified (n., o.):
+-- a bare name is one of the variables below, even where a column bears the same name.
 DECLARE
     -- No transaction id yet: the statement changed no row (a TRUNCATE has not happened yet).
     v_txid xid8 := CASE WHEN TG_OP = 'TRUNCATE' THEN pg_catalog.pg_current_xact_id()

@@ -124,24 +124,25 @@ COMMENT ON FUNCTION audit._trigger_spec() IS
     'Internal. The definition of each capture trigger: what audit.enable() creates and audit.status() checks.';
 
 
-CREATE OR REPLACE FUNCTION audit._trigger_problems(p_table regclass)
-RETURNS TABLE (member regclass, trigger_name text, problem text)
+CREATE OR REPLACE FUNCTION audit._capture_fn(p_relid oid) RETURNS regprocedure
+LANGUAGE sql STABLE STRICT AS $$
+    SELECT pg_catalog.to_regprocedure(pg_catalog.format('audit.%I()', x.capture_function))
+      FROM audit.tracked_table AS x WHERE x.relid = p_relid
+$$;
+
+COMMENT ON FUNCTION audit._capture_fn(oid) IS 'Internal. The capture function of an audited table (null when it is missing).';
+
+
+CREATE OR REPLACE FUNCTION audit._member_trigger_problems(p_member regclass, p_function regprocedure)
+RETURNS TABLE (trigger_name text, problem text)
 LANGUAGE sql STABLE AS $$
-    -- Every way the capture triggers of an audited table (and of its partitions) differ from
-    -- what enable created: missing, not ENABLE ALWAYS, another function, other events, level or
-    -- timing, other transition tables, a WHEN condition, a column list, arguments, a constraint
-    -- trigger, an extension dependency (dropped with it); and triggers under other names that
-    -- run the capture function (renamed: logging twice once refreshed).
-    WITH fn AS (
-        SELECT p.oid FROM audit.tracked_table AS x
-          JOIN pg_catalog.pg_proc AS p ON p.proname = x.capture_function AND p.pronamespace = 'audit'::regnamespace
-         WHERE x.relid = p_table
-    ), m AS (
-        SELECT audit._members(p_table) AS member
-    )
-    SELECT m.member, s.name,
+    -- How each capture trigger of one table or partition differs from what enable creates
+    -- (null: intact): missing, another function, other events, level or timing, other
+    -- transition tables, a WHEN condition, a column list, arguments, a constraint trigger, an
+    -- extension dependency (dropped with it), not ENABLE ALWAYS.
+    SELECT s.name,
            CASE WHEN g.oid IS NULL THEN 'missing'
-                WHEN g.tgfoid IS DISTINCT FROM (SELECT fn.oid FROM fn) THEN
+                WHEN g.tgfoid IS DISTINCT FROM p_function::oid THEN
                      pg_catalog.format('runs %s instead of the capture function', g.tgfoid::regprocedure)
                 WHEN g.tgtype <> s.tgtype THEN 'fires on other events, at another time or level'
                 WHEN g.tgoldtable IS DISTINCT FROM s.old_table OR g.tgnewtable IS DISTINCT FROM s.new_table THEN 'other transition tables'
@@ -154,12 +155,26 @@ LANGUAGE sql STABLE AS $$
                      THEN 'depends on an extension'
                 WHEN g.tgenabled <> 'A' THEN 'not ENABLE ALWAYS'
            END
-      FROM m CROSS JOIN audit._trigger_spec() AS s
-      LEFT JOIN pg_catalog.pg_trigger AS g ON g.tgrelid = m.member AND g.tgname = s.name
+      FROM audit._trigger_spec() AS s
+      LEFT JOIN pg_catalog.pg_trigger AS g ON g.tgrelid = p_member AND g.tgname = s.name
+$$;
+
+COMMENT ON FUNCTION audit._member_trigger_problems(regclass, regprocedure) IS
+    'Internal. One row per capture trigger of one table or partition: how it differs from what audit.enable() creates (null: intact).';
+
+
+CREATE OR REPLACE FUNCTION audit._trigger_problems(p_table regclass)
+RETURNS TABLE (member regclass, trigger_name text, problem text)
+LANGUAGE sql STABLE AS $$
+    -- audit._member_trigger_problems for the table and each of its partitions, and triggers
+    -- under other names that run its capture function (renamed: logging twice once refreshed).
+    SELECT m.member, p.trigger_name, p.problem
+      FROM audit._members(p_table) AS m(member),
+           audit._member_trigger_problems(m.member, audit._capture_fn(p_table)) AS p
     UNION ALL
     SELECT g.tgrelid::regclass, g.tgname::text, 'runs the capture function under another name'
       FROM pg_catalog.pg_trigger AS g
-     WHERE g.tgfoid IN (SELECT fn.oid FROM fn) AND NOT g.tgname::text = ANY (audit._trigger_names())
+     WHERE g.tgfoid = audit._capture_fn(p_table) AND NOT g.tgname::text = ANY (audit._trigger_names())
 $$;
 
 COMMENT ON FUNCTION audit._trigger_problems(regclass) IS
@@ -176,10 +191,7 @@ BEGIN
     FOR r IN SELECT tg.tgname, tg.tgrelid::regclass AS rel
                FROM pg_catalog.pg_trigger AS tg
               WHERE (tg.tgrelid IN (SELECT audit._members(p_table)) AND tg.tgname = ANY (audit._trigger_names()))
-                 OR tg.tgfoid IN (SELECT p.oid FROM audit.tracked_table AS x
-                                    JOIN pg_catalog.pg_proc AS p
-                                      ON p.proname = x.capture_function AND p.pronamespace = 'audit'::regnamespace
-                                   WHERE x.relid = p_table) LOOP
+                 OR tg.tgfoid = audit._capture_fn(p_table) LOOP
         EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', r.tgname, r.rel);
     END LOOP;
 END
@@ -191,17 +203,25 @@ COMMENT ON FUNCTION audit._drop_triggers(regclass) IS
 
 CREATE OR REPLACE FUNCTION audit._create_member_triggers(p_member regclass, p_function text) RETURNS void
 LANGUAGE plpgsql AS $$
--- The capture triggers (audit._trigger_spec()), ENABLE ALWAYS, on one table or partition; those
--- it has already are kept (the guard may have created them meanwhile: ENABLE ALWAYS is an ALTER
--- TABLE, which fires it).
+-- The capture triggers (audit._trigger_spec()), ENABLE ALWAYS, on one table or partition. Those
+-- it has already are kept when intact (the guard may have created them meanwhile: ENABLE ALWAYS
+-- is an ALTER TABLE, which fires it); one under a capture trigger's name that is not (a table
+-- attached with triggers of its own) is replaced.
 DECLARE
     s record;
+    v_problem text;
     v_enable text;
 BEGIN
     FOR s IN SELECT * FROM audit._trigger_spec() LOOP
-        IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger AS g WHERE g.tgrelid = p_member AND g.tgname = s.name) THEN
-            EXECUTE pg_catalog.format('CREATE TRIGGER %I ', s.name) || pg_catalog.format(s.definition, p_member, p_function);
+        -- Read again for each: the guard fired by the previous CREATE TRIGGER may have made it.
+        SELECT p.problem INTO v_problem
+          FROM audit._member_trigger_problems(p_member, pg_catalog.to_regprocedure(pg_catalog.format('audit.%I()', p_function))) AS p
+         WHERE p.trigger_name = s.name;
+        CONTINUE WHEN v_problem IS NULL OR v_problem = 'not ENABLE ALWAYS';
+        IF v_problem <> 'missing' THEN
+            EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', s.name, p_member);
         END IF;
+        EXECUTE pg_catalog.format('CREATE TRIGGER %I ', s.name) || pg_catalog.format(s.definition, p_member, p_function);
     END LOOP;
     -- One ALTER TABLE for all of them: the guard it fires must not see some still disabled.
     SELECT pg_catalog.string_agg(pg_catalog.format('ENABLE ALWAYS TRIGGER %I', g.tgname), ', ')
@@ -215,7 +235,7 @@ END
 $$;
 
 COMMENT ON FUNCTION audit._create_member_triggers(regclass, text) IS
-    'Internal. Creates the capture triggers, ENABLE ALWAYS, on one table or partition.';
+    'Internal. Creates the capture triggers, ENABLE ALWAYS, on one table or partition, replacing any trigger under their names that is not as enable creates it.';
 
 REVOKE ALL ON FUNCTION audit._create_member_triggers(regclass, text) FROM PUBLIC;
 

@@ -189,6 +189,8 @@ COMMENT ON FUNCTION audit._key_columns(regclass) IS 'Internal. Current names of 
 
 CREATE OR REPLACE FUNCTION audit.pk(p_table regclass, p_key text) RETURNS jsonb
 LANGUAGE plpgsql STABLE
+    -- Generated SQL compares values of the table's types: only pg_catalog's operators.
+    SET search_path = pg_catalog, pg_temp
     -- Keys and images are compared as JSON: the same output settings as capture.
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
     SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
@@ -339,6 +341,8 @@ COMMENT ON FUNCTION audit._table_at_sql(regclass, timestamptz) IS
 
 CREATE OR REPLACE FUNCTION audit.table_at(p_row anyelement, p_at timestamptz) RETURNS SETOF anyelement
 LANGUAGE plpgsql STABLE
+    -- Generated SQL compares values of the table's types: only pg_catalog's operators.
+    SET search_path = pg_catalog, pg_temp
     -- Keys and images are compared as JSON: the same output settings as capture.
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
     SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
@@ -361,6 +365,8 @@ COMMENT ON FUNCTION audit.table_at(anyelement, timestamptz) IS
 
 CREATE OR REPLACE FUNCTION audit.row_at(p_table regclass, p_pk jsonb, p_at timestamptz) RETURNS jsonb
 LANGUAGE plpgsql STABLE
+    -- Generated SQL compares values of the table's types: only pg_catalog's operators.
+    SET search_path = pg_catalog, pg_temp
     -- Keys and images are compared as JSON: the same output settings as capture.
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
     SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
@@ -391,7 +397,7 @@ BEGIN
         EXECUTE pg_catalog.format(
             'SELECT %s FROM %s AS r, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
             audit._image_sql('r', p_table, '{}'), p_table, p_table,
-            (SELECT pg_catalog.string_agg(pg_catalog.format('r.%1$I = k.%1$I', c), ' AND ') FROM unnest(v_keys) AS c))
+            audit._keys_equal_sql('r', 'k', v_keys, p_table))
            INTO v_row USING v_pk;
     END IF;
     IF v_row IS NULL THEN
@@ -413,6 +419,7 @@ COMMENT ON FUNCTION audit.row_at(regclass, jsonb, timestamptz) IS
 CREATE OR REPLACE FUNCTION audit.diff(p_table regclass, p_from timestamptz, p_to timestamptz)
 RETURNS TABLE (pk jsonb, change text, before jsonb, after jsonb, changed text[])
 LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
     SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
 DECLARE
@@ -453,6 +460,7 @@ CREATE OR REPLACE FUNCTION audit.blame(p_table regclass, p_pk jsonb)
 RETURNS TABLE (column_name text, value jsonb, change_id bigint, op text, at timestamptz, txid xid8,
                actor text, db_user text, role text)
 LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
     SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
 DECLARE
@@ -465,7 +473,7 @@ BEGIN
     EXECUTE pg_catalog.format(
         'SELECT %s FROM %s AS r, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
         audit._image_sql('r', p_table, '{}'), p_table, p_table,
-        (SELECT pg_catalog.string_agg(pg_catalog.format('r.%1$I = k.%1$I', c), ' AND ') FROM unnest(v_keys) AS c))
+        audit._keys_equal_sql('r', 'k', v_keys, p_table))
        INTO v_live USING v_pk;
     IF v_live IS NULL THEN
         RAISE EXCEPTION 'table % has no row with key % now', audit._qualified(p_table), v_pk

@@ -335,6 +335,7 @@ SELECT %3$s::oid::regclass, %10$L::text, k.pk, a.action,
        r.xmin, k.first_id, k.last_id, k.n, lt.later
   FROM k
   LEFT JOIN later AS lt ON lt.pk = k.pk
+  CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::%12$s, k.pk) AS kp
   LEFT JOIN %11$s%12$s AS r ON %13$s
   -- OFFSET 0: each evaluated once per row, not inlined into every reference.
   CROSS JOIN LATERAL (SELECT %16$s AS j OFFSET 0) AS lv
@@ -366,8 +367,7 @@ $q$,
         audit._qualified(p_table),
         v_only,
         p_table,
-        (SELECT pg_catalog.string_agg(pg_catalog.format('r.%1$I = (pg_catalog.jsonb_populate_record(NULL::%2$s, k.pk)).%1$I', c, p_table), ' AND ')
-           FROM unnest(v_keys) AS c),
+        audit._keys_equal_sql('r', 'kp', v_keys, p_table),
         v_diff_target,
         v_diff_expected,
         audit._image_sql('r', v_oid, v_excluded));
@@ -383,7 +383,7 @@ RETURNS TABLE (relid regclass, table_name text, pk jsonb, action text, apply boo
                reason text, set_columns text[], conflict_columns text[], target jsonb, expected jsonb,
                live jsonb, live_xmin xid, first_change bigint, last_change bigint, changes bigint,
                later jsonb)
-LANGUAGE plpgsql STABLE SET jit = off AS $$
+LANGUAGE plpgsql STABLE SET jit = off SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     r record;
@@ -507,7 +507,7 @@ BEGIN
              '     WHERE %3$s\n'
              '       AND %4$s AND r.xmin = p.live_xmin',
             v_only, v_name, v_plan,
-            (SELECT pg_catalog.string_agg(pg_catalog.format('r.%1$I = k.%1$I', c), ' AND ') FROM unnest(v_keys) AS c));
+            audit._keys_equal_sql('r', 'k', v_keys, p_table));
     ELSIF p_action = 'UPDATE' THEN
         -- Only the columns that differ (p.set_columns); never key, excluded, generated or
         -- GENERATED ALWAYS identity columns.
@@ -527,7 +527,7 @@ BEGIN
              '     WHERE %4$s\n'
              '       AND %5$s AND r.xmin = p.live_xmin',
             v_only, v_name, v_list, v_plan,
-            (SELECT pg_catalog.string_agg(pg_catalog.format('r.%1$I = v.%1$I', c), ' AND ') FROM unnest(v_keys) AS c));
+            audit._keys_equal_sql('r', 'v', v_keys, p_table));
     ELSIF p_action = 'INSERT' THEN
         -- Every column but generated ones: the image's value, else the column's default
         -- (always the default for excluded columns, whose values were never recorded).
@@ -623,6 +623,8 @@ CREATE OR REPLACE FUNCTION audit.revert_script(
 LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_column
 DECLARE
+    -- The table named as the caller's search_path finds it: the script runs with another.
+    v_table regclass := pg_catalog.to_regclass(p_selection ->> 'table');
     v_ids bigint[] := audit.revert_selection(p_selection);
     v_tables regclass[];
     v_step integer := 0;
@@ -632,6 +634,9 @@ BEGIN
         RAISE EXCEPTION 'on_conflict is abort, skip or force, not %', coalesce(p_on_conflict, 'null')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF v_table IS NOT NULL THEN
+        p_selection := pg_catalog.jsonb_set(p_selection, '{table}', pg_catalog.to_jsonb(audit._qualified(v_table)));
+    END IF;
     v_tables := ARRAY(SELECT audit._revert_check_table(d.relid)
                         FROM (SELECT DISTINCT c.relid FROM pg_catalog.unnest(v_ids) AS s(id)
                                 JOIN audit.change AS c ON c.id = s.id) AS d);
@@ -640,18 +645,21 @@ BEGIN
             (1, 'begin', 'BEGIN'),
             (2, 'setup', 'SET CONSTRAINTS ALL DEFERRED'),
             (3, 'setup', 'SET LOCAL jit = off'),
-            (4, 'select', pg_catalog.format(
+            -- Every statement names its tables and functions in full: operators (and functions)
+            -- a table owner put on the reviewer's search_path must not be chosen.
+            (4, 'setup', 'SET LOCAL search_path = pg_catalog, pg_temp'),
+            (5, 'select', pg_catalog.format(
                 E'CREATE TEMP TABLE pg_temp.pgaudit_revert_changes ON COMMIT DROP AS\n'
                  '    SELECT pg_catalog.unnest(audit.revert_selection(%L::jsonb)) AS id', p_selection)),
-            (5, 'plan', pg_catalog.format(
+            (6, 'plan', pg_catalog.format(
                 E'CREATE TEMP TABLE pg_temp.pgaudit_revert_plan ON COMMIT DROP AS\n'
                  '    SELECT * FROM audit.revert_plan(ARRAY(SELECT c.id FROM pg_temp.pgaudit_revert_changes AS c), %L)', p_on_conflict)),
-            (6, 'plan', 'ANALYZE pg_temp.pgaudit_revert_plan (relid, action, apply, conflict)'),
-            (7, 'guard', CASE WHEN p_on_conflict = 'abort' THEN
+            (7, 'plan', 'ANALYZE pg_temp.pgaudit_revert_plan (relid, action, apply, conflict)'),
+            (8, 'guard', CASE WHEN p_on_conflict = 'abort' THEN
                 E'SELECT audit._revert_refuse(pg_catalog.count(*),\n'
                  '       pg_catalog.array_agg(pg_catalog.format(''%s %s (%s)'', p.table_name, p.pk, p.reason) ORDER BY p.table_name, p.pk))\n'
                  '  FROM pg_temp.pgaudit_revert_plan AS p WHERE p.conflict' END),
-            (8, 'label', pg_catalog.format(
+            (9, 'label', pg_catalog.format(
                 E'SELECT audit.set_actor(%L, audit._revert_context(%L::jsonb,\n'
                  '       ARRAY(SELECT c.id FROM pg_temp.pgaudit_revert_changes AS c)))', p_actor, p_selection))
         ) AS v(n, kind, statement)
@@ -692,6 +700,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     s record;
     v_rows bigint;
+    -- The script pins search_path (SET LOCAL); the caller's is given back at the end.
+    v_path text := pg_catalog.current_setting('search_path');
 BEGIN
     FOR s IN SELECT * FROM audit.revert_script(p_selection, p_on_conflict, p_actor) AS x ORDER BY x.step LOOP
         CONTINUE WHEN s.kind IN ('begin', 'commit');
@@ -704,6 +714,7 @@ BEGIN
             EXECUTE s.statement;
         END IF;
     END LOOP;
+    PERFORM pg_catalog.set_config('search_path', v_path, true);
 END
 $$;
 

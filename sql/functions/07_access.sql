@@ -91,7 +91,7 @@ DECLARE
     r record;
 BEGIN
     SELECT pg_catalog.array_agg(DISTINCT d.rel),
-           pg_catalog.array_agg(DISTINCT d.rel) FILTER (WHERE d.tag = 'CREATE TABLE' OR k.relkind = 'p'),
+           pg_catalog.array_agg(DISTINCT d.rel) FILTER (WHERE d.tag = 'CREATE TABLE' OR (d.tag = 'ALTER TABLE' AND k.relkind = 'p')),
            pg_catalog.array_agg(DISTINCT d.rel) FILTER (WHERE d.tag = 'CREATE TRIGGER')
       INTO v_tables, v_parents, v_created
       FROM (SELECT CASE WHEN c.classid = 'pg_catalog.pg_class'::regclass THEN c.objid ELSE g.tgrelid END AS rel,
@@ -129,26 +129,34 @@ BEGIN
     END LOOP;
 
     -- New partitions of audited tables (CREATE TABLE ... PARTITION OF, ATTACH PARTITION) get
-    -- their capture triggers, so that writes made directly to them are captured too; rows a
+    -- their capture triggers, so that writes made directly to them are captured too; one that
+    -- brings triggers of its own under their names is refused (the owner's are replaced). Rows a
     -- partition brought along appear in the table without having been logged: a break.
-    FOR r IN SELECT m.member, x.relid, x.capture_function
-               FROM audit.tracked_table AS x, audit._members(x.relid::regclass) AS m(member)
+    FOR r IN SELECT m.member, x.relid, x.capture_function,
+                    pg_catalog.bool_or(p.problem NOT IN ('missing', 'not ENABLE ALWAYS')) AS altered,
+                    NOT pg_catalog.bool_or(p.problem IS NULL OR p.problem = 'not ENABLE ALWAYS') AS fresh
+               FROM audit.tracked_table AS x, audit._members(x.relid::regclass) AS m(member),
+                    audit._member_trigger_problems(m.member, audit._capture_fn(x.relid)) AS p
               WHERE x.enabled
                 AND x.relid IN (SELECT a.relid FROM unnest(v_parents) AS p(objid),
                                        pg_catalog.pg_partition_ancestors(p.objid) AS a)
-                AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger AS g
-                                 WHERE g.tgrelid = m.member AND g.tgname = ANY (audit._trigger_names())) LOOP
-        IF audit._has_rows(r.member) THEN
-            PERFORM audit._record_break(r.relid, pg_catalog.format('partition %s was attached with rows', r.member));
+              GROUP BY m.member, x.relid, x.capture_function
+             HAVING pg_catalog.bool_or(p.problem IS NOT NULL AND p.problem <> 'not ENABLE ALWAYS') LOOP
+        IF r.altered AND NOT audit._is_owner() THEN
+            RAISE EXCEPTION 'partition % of audited table % has triggers of its own under the names of the capture triggers', r.member, r.relid::regclass
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Drop them before attaching it: capture installs its own.';
         END IF;
         PERFORM audit._create_member_triggers(r.member, r.capture_function);
+        IF r.fresh AND audit._has_rows(r.member) THEN
+            PERFORM audit._record_break(r.relid, pg_catalog.format('partition %s was attached with rows', r.member));
+        END IF;
     END LOOP;
     -- Partitions detached from an audited table: their rows leave it unlogged (a break), and
     -- their capture triggers go.
     FOR r IN SELECT g.tgrelid::regclass AS member, x.relid
                FROM audit.tracked_table AS x
-               JOIN pg_catalog.pg_proc AS p ON p.proname = x.capture_function AND p.pronamespace = 'audit'::regnamespace
-               JOIN pg_catalog.pg_trigger AS g ON g.tgfoid = p.oid AND g.tgname = 'pgaudit_insert'
+               JOIN pg_catalog.pg_trigger AS g ON g.tgfoid = audit._capture_fn(x.relid) AND g.tgname = 'pgaudit_insert'
               WHERE x.enabled AND x.relid = ANY (v_parents)
                 AND g.tgrelid NOT IN (SELECT audit._members(x.relid::regclass)) LOOP
         IF audit._has_rows(r.member) THEN
@@ -160,12 +168,12 @@ BEGIN
     IF audit._is_owner() THEN
         RETURN;
     END IF;
+    -- Every member of every audited table the command touched (a partition attached with
+    -- triggers of its own is one the command did not name).
     FOR r IN SELECT p.member, p.trigger_name, p.problem, (p.member::oid = ANY (coalesce(v_created, '{}'))) AS created
-               FROM unnest(v_tables) AS t(objid),
-                    LATERAL (SELECT audit._audited_of(t.objid) AS relid) AS a,
+               FROM (SELECT DISTINCT audit._audited_of(t.objid) AS relid FROM unnest(v_tables) AS t(objid)) AS a,
                     LATERAL audit._trigger_problems(a.relid::regclass) AS p
-              WHERE a.relid IS NOT NULL AND p.member::oid = t.objid
-                AND p.problem IS NOT NULL AND p.problem <> 'missing' LOOP
+              WHERE a.relid IS NOT NULL AND p.problem IS NOT NULL AND p.problem <> 'missing' LOOP
         IF r.problem = 'not ENABLE ALWAYS' AND r.created THEN
             -- Created or replaced as it should be, but CREATE TRIGGER cannot say ALWAYS.
             EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', r.member, r.trigger_name);
