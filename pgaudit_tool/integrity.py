@@ -173,22 +173,6 @@ def verify_report(
     return report
 
 
-def verify(
-    conn: psycopg.Connection[Any], against: dict[str, Any] | None = None
-) -> list[dict[str, Any]]:
-    """Every problem in the hash chain and the registry (empty: intact), also against a kept
-    checkpoint (a dict as ``checkpoint()`` returns it, or as read from its file)."""
-    return verify_report(conn, against).problems
-
-
-def unsealed(conn: psycopg.Connection[Any]) -> tuple[int, int]:
-    """Transactions and changes newer than the head of the chain (not protected yet)."""
-    with translated_errors():
-        row = conn.execute("SELECT transactions, changes FROM audit.unsealed()").fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
-
-
 def doctor(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     """Every problem with auditing (see ``audit.doctor()``)."""
     with translated_errors(), conn.cursor(row_factory=dict_row) as cur:

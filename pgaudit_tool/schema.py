@@ -184,13 +184,12 @@ def install(
     """
     from alembic import command
     from sqlalchemy import text
-    from sqlalchemy.exc import DBAPIError
 
     from pgaudit_tool.connection import sqlalchemy_engine
 
     engine = sqlalchemy_engine(conninfo)
     try:
-        with _driver_errors(DBAPIError), engine.begin() as connection:
+        with _driver_errors(), engine.begin() as connection:
             if lock_timeout is not None:
                 connection.execute(
                     text("SELECT set_config('lock_timeout', :v, true)"), {"v": lock_timeout}
@@ -209,14 +208,15 @@ def install(
 
 
 @contextmanager
-def _driver_errors(wrapper: type[Exception]) -> Iterator[None]:
+def _driver_errors() -> Iterator[None]:
     """Re-raise the psycopg error inside SQLAlchemy's wrapper, for the caller to translate."""
+    from sqlalchemy.exc import DBAPIError
+
     try:
         yield
-    except wrapper as exc:
-        orig = getattr(exc, "orig", None)
-        if isinstance(orig, psycopg.Error):
-            raise orig from None
+    except DBAPIError as exc:
+        if isinstance(exc.orig, psycopg.Error):
+            raise exc.orig from None
         raise
 
 

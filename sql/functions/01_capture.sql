@@ -33,6 +33,16 @@ $$;
 COMMENT ON FUNCTION audit._base_type(oid) IS 'Internal. A type, or the base type of a domain.';
 
 
+CREATE OR REPLACE FUNCTION audit._array_element(p_type oid) RETURNS oid
+LANGUAGE sql STABLE STRICT AS $$
+    -- The element type of an array type, else null.
+    SELECT t.typelem FROM pg_catalog.pg_type AS t
+     WHERE t.oid = p_type AND t.typelem <> 0 AND t.typsubscript = 'pg_catalog.array_subscript_handler'::regproc
+$$;
+
+COMMENT ON FUNCTION audit._array_element(oid) IS 'Internal. The element type of an array type (null for any other type).';
+
+
 CREATE OR REPLACE FUNCTION audit._type_is_safe(p_type oid) RETURNS boolean
 LANGUAGE plpgsql STABLE STRICT AS $$
 -- Whether pg_catalog.to_jsonb may convert values of p_type with the audit owner's rights.
@@ -46,15 +56,12 @@ DECLARE
     ty pg_catalog.pg_type;
     v_trusted boolean;
 BEGIN
-    SELECT * INTO ty FROM pg_catalog.pg_type WHERE oid = p_type;
-    WHILE ty.typtype = 'd' LOOP
-        SELECT * INTO ty FROM pg_catalog.pg_type WHERE oid = ty.typbasetype;
-    END LOOP;
+    SELECT * INTO ty FROM pg_catalog.pg_type WHERE oid = audit._base_type(p_type);
     IF ty.oid < 16384 THEN            -- FirstNormalObjectId: built in
         RETURN true;
     END IF;
-    IF ty.typelem <> 0 AND ty.typsubscript = 'pg_catalog.array_subscript_handler'::regproc THEN
-        RETURN audit._type_is_safe(ty.typelem);
+    IF audit._array_element(ty.oid) IS NOT NULL THEN
+        RETURN audit._type_is_safe(audit._array_element(ty.oid));
     END IF;
     SELECT r.rolsuper OR r.oid = audit._owner()::oid INTO v_trusted
       FROM pg_catalog.pg_roles AS r WHERE r.oid = ty.typowner;
@@ -82,27 +89,13 @@ LANGUAGE plpgsql STABLE STRICT AS $$
 -- when it has no cast to json; an array of scalars as an array of such strings; a composite (or
 -- an array of composites) as its text, which jsonb_populate_record reads back.
 DECLARE
-    v_base oid := p_type;
-    v_elem oid;
-    v_kind "char";
+    v_elem oid := audit._base_type(audit._array_element(audit._base_type(p_type)));
 BEGIN
     IF audit._type_is_safe(p_type) THEN
         RETURN p_expr;
-    END IF;
-    WHILE (SELECT t.typtype = 'd' FROM pg_catalog.pg_type AS t WHERE t.oid = v_base) LOOP
-        SELECT t.typbasetype INTO v_base FROM pg_catalog.pg_type AS t WHERE t.oid = v_base;
-    END LOOP;
-    SELECT CASE WHEN t.typsubscript = 'pg_catalog.array_subscript_handler'::regproc THEN t.typelem END
-      INTO v_elem FROM pg_catalog.pg_type AS t WHERE t.oid = v_base;
-    IF v_elem IS NOT NULL THEN
-        WHILE (SELECT t.typtype = 'd' FROM pg_catalog.pg_type AS t WHERE t.oid = v_elem) LOOP
-            SELECT t.typbasetype INTO v_elem FROM pg_catalog.pg_type AS t WHERE t.oid = v_elem;
-        END LOOP;
-        SELECT t.typtype INTO v_kind FROM pg_catalog.pg_type AS t WHERE t.oid = v_elem;
-        IF v_kind <> 'c' THEN
-            RETURN pg_catalog.format(
-                'CASE WHEN pg_catalog.num_nulls(%1$s) = 0 THEN pg_catalog.format(''%%s'', %1$s)::text[] END', p_expr);
-        END IF;
+    ELSIF v_elem IS NOT NULL AND (SELECT t.typtype FROM pg_catalog.pg_type AS t WHERE t.oid = v_elem) <> 'c' THEN
+        RETURN pg_catalog.format(
+            'CASE WHEN pg_catalog.num_nulls(%1$s) = 0 THEN pg_catalog.format(''%%s'', %1$s)::text[] END', p_expr);
     END IF;
     RETURN pg_catalog.format('CASE WHEN pg_catalog.num_nulls(%1$s) = 0 THEN pg_catalog.format(''%%s'', %1$s) END', p_expr);
 END

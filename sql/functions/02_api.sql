@@ -361,6 +361,28 @@ COMMENT ON FUNCTION audit._follow_key(regclass) IS
 REVOKE ALL ON FUNCTION audit._follow_key(regclass) FROM PUBLIC;
 
 
+CREATE OR REPLACE FUNCTION audit._exclusions_kept(t audit.tracked_table, OUT attnums int2[], OUT names text[], OUT held int2[])
+LANGUAGE sql STABLE AS $$
+    -- The exclusions of an audited table after DDL, its settings kept (audit._excluded_now):
+    -- the columns excluded now, every name an excluded column has had, and the columns held
+    -- back because they were added after the exclusions were set.
+    WITH e AS (
+        SELECT audit._excluded_now(t.relid, t.excluded_attnums, t.excluded_names,
+                   coalesce(audit._known_attnums(t.generated_layout), (audit._columns_now(t.relid)).attnums)) AS attnums
+    )
+    SELECT e.attnums,
+           ARRAY(SELECT DISTINCT n FROM unnest(t.excluded_names || pg_catalog.array_remove(
+                     audit._current_columns(t.relid, e.attnums), NULL)) AS n ORDER BY n),
+           ARRAY(SELECT h FROM unnest(e.attnums) AS h
+                  WHERE h = ANY (t.held_attnums)
+                     OR NOT (h = ANY (t.excluded_attnums) OR audit._current_columns(t.relid, ARRAY[h]) && t.excluded_names))
+      FROM e
+$$;
+
+COMMENT ON FUNCTION audit._exclusions_kept(audit.tracked_table) IS
+    'Internal. The excluded columns, excluded names and held columns of an audited table after DDL, its exclusion settings kept.';
+
+
 CREATE OR REPLACE FUNCTION audit._rewrite_after_ddl(p_table regclass) RETURNS void
 LANGUAGE plpgsql AS $$
 -- After ALTER TABLE changed the columns of an audited table: takes the new column names into the
@@ -369,25 +391,18 @@ LANGUAGE plpgsql AS $$
 DECLARE
     t audit.tracked_table;
     v_keys text[];
-    v_excluded int2[];
-    v_names text[];
+    e record;
 BEGIN
     SELECT * INTO STRICT t FROM audit.tracked_table WHERE relid = p_table;
     v_keys := audit._current_columns(p_table, t.key_attnums);
-    v_excluded := audit._excluded_now(p_table, t.excluded_attnums, t.excluded_names,
-        coalesce(audit._known_attnums(t.generated_layout), (audit._columns_now(p_table)).attnums));
-    v_names := ARRAY(SELECT DISTINCT n FROM unnest(t.excluded_names || pg_catalog.array_remove(
-                         audit._current_columns(p_table, v_excluded), NULL)) AS n ORDER BY n);
+    e := audit._exclusions_kept(t);
     UPDATE audit.tracked_table AS x
        SET schema_name = n.nspname, table_name = c.relname,
            key_columns = CASE WHEN pg_catalog.array_position(v_keys, NULL) IS NULL THEN v_keys ELSE x.key_columns END,
-           excluded_attnums = v_excluded,
-           excluded_columns = audit._current_columns(p_table, v_excluded),
-           excluded_names = v_names,
-           held_attnums = ARRAY(SELECT h FROM unnest(v_excluded) AS h
-                                 WHERE h = ANY (t.held_attnums)
-                                    OR NOT (h = ANY (t.excluded_attnums) OR audit._current_columns(p_table, ARRAY[h])
-                                            && t.excluded_names))
+           excluded_attnums = e.attnums,
+           excluded_columns = audit._current_columns(p_table, e.attnums),
+           excluded_names = e.names,
+           held_attnums = e.held
       FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
      WHERE c.oid = p_table AND x.relid = p_table;
     PERFORM audit._write_capture_function(p_table);
@@ -469,16 +484,8 @@ BEGIN
     k := audit._key_of(p_table);
     SELECT * INTO v_old FROM audit.tracked_table WHERE relid = p_table;
     IF p_exclude IS NULL AND v_old.relid IS NOT NULL THEN
-        -- Keep the current setting (audit._excluded_now): the excluded columns, any column that
-        -- bears a name they had, and on a table with exclusions the columns added since.
-        v_excluded := audit._excluded_now(p_table, v_old.excluded_attnums, v_old.excluded_names,
-            coalesce(audit._known_attnums(v_old.generated_layout), (audit._columns_now(p_table)).attnums));
-        v_names := ARRAY(SELECT DISTINCT n FROM unnest(v_old.excluded_names || pg_catalog.array_remove(
-                             audit._current_columns(p_table, v_excluded), NULL)) AS n ORDER BY n);
-        v_held := ARRAY(SELECT h FROM unnest(v_excluded) AS h
-                         WHERE h = ANY (v_old.held_attnums)
-                            OR NOT (h = ANY (v_old.excluded_attnums) OR audit._current_columns(p_table, ARRAY[h])
-                                    && v_old.excluded_names));
+        -- Keep the current setting.
+        SELECT e.attnums, e.names, e.held INTO v_excluded, v_names, v_held FROM audit._exclusions_kept(v_old) AS e;
     ELSE
         v_excluded := audit._column_attnums(p_table, p_exclude);
         v_names := ARRAY(SELECT DISTINCT n FROM unnest(audit._current_columns(p_table, v_excluded)) AS n ORDER BY n);

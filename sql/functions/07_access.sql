@@ -73,6 +73,20 @@ $$;
 COMMENT ON FUNCTION audit._has_rows(regclass) IS 'Internal. Whether a table holds rows of its own (partitions not counted).';
 
 
+CREATE OR REPLACE FUNCTION audit._inheritance() RETURNS TABLE (child regclass, parent regclass)
+LANGUAGE sql STABLE AS $$
+    -- Inheritance (INHERITS, not partitioning) of which one side is an enabled audited table:
+    -- statements on the parent change the child's rows, which neither the child's triggers nor
+    -- the key cover.
+    SELECT i.inhrelid::regclass, i.inhparent::regclass
+      FROM pg_catalog.pg_inherits AS i JOIN pg_catalog.pg_class AS k ON k.oid = i.inhrelid
+     WHERE NOT k.relispartition
+       AND EXISTS (SELECT FROM audit.tracked_table AS x WHERE x.enabled AND x.relid IN (i.inhrelid, i.inhparent))
+$$;
+
+COMMENT ON FUNCTION audit._inheritance() IS 'Internal. Inheritance (not partitioning) between tables of which one is audited.';
+
+
 CREATE OR REPLACE FUNCTION audit._guard_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 -- ddl_command_end of ALTER TABLE, CREATE TABLE, CREATE TRIGGER, ALTER TRIGGER and ALTER TYPE.
@@ -106,12 +120,9 @@ BEGIN
       FROM pg_catalog.pg_event_trigger_ddl_commands() AS c, audit._type_users(c.objid) AS u
      WHERE c.classid = 'pg_catalog.pg_type'::regclass;
 
-    -- Inheritance (not partitioning) with an audited table, either way: statements on the
-    -- parent change the child's rows, which neither the child's triggers nor the key cover.
-    FOR r IN SELECT i.inhrelid::regclass AS child, i.inhparent::regclass AS parent
-               FROM pg_catalog.pg_inherits AS i JOIN pg_catalog.pg_class AS k ON k.oid = i.inhrelid
-              WHERE NOT k.relispartition AND (i.inhrelid = ANY (v_tables) OR i.inhparent = ANY (v_tables))
-                AND EXISTS (SELECT FROM audit.tracked_table AS x WHERE x.enabled AND x.relid IN (i.inhrelid, i.inhparent)) LOOP
+    -- Inheritance (not partitioning) with an audited table, either way.
+    FOR r IN SELECT i.child, i.parent FROM audit._inheritance() AS i
+              WHERE i.child::oid = ANY (v_tables) OR i.parent::oid = ANY (v_tables) LOOP
         RAISE EXCEPTION 'table % cannot inherit from % while either is audited', r.child, r.parent
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'Statements on the parent change the child''s rows, which capture would pair by a key that does not cover them. Use declarative partitioning.';
@@ -247,16 +258,17 @@ COMMENT ON FUNCTION audit._guarded() IS
 
 CREATE OR REPLACE FUNCTION audit._guard_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
--- sql_drop. For everyone: after an index, a column or a type went, follow the keys and columns of
--- audited tables (refuse a table left without a key). Unless the audit owner does it: refuse
--- dropping an audited table, or a capture trigger of a table that an audited table contains.
+-- sql_drop. For everyone: after an index, a column or a constraint went (DROP TYPE ... CASCADE
+-- drops columns too), follow the keys and columns of audited tables (refuse a table left
+-- without a key). Unless the audit owner does it: refuse dropping an audited table, or a
+-- capture trigger of a table that an audited table contains.
 DECLARE
     o record;
     r record;
     v_table regclass;
 BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_event_trigger_dropped_objects() AS d
-                WHERE d.object_type IN ('index', 'table column', 'type', 'domain', 'table constraint')) THEN
+                WHERE d.object_type IN ('index', 'table column', 'table constraint')) THEN
         FOR r IN SELECT x.relid, x.generated_layout FROM audit.tracked_table AS x
                   WHERE x.enabled AND EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = x.relid) LOOP
             IF audit._follow_key(r.relid::regclass)
@@ -420,7 +432,7 @@ BEGIN
                FROM audit.tracked_table AS x
                JOIN pg_catalog.pg_class AS c ON c.oid = x.relid
                JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-               LEFT JOIN pg_catalog.pg_proc AS p ON p.proname = x.capture_function AND p.pronamespace = 'audit'::regnamespace
+               LEFT JOIN pg_catalog.pg_proc AS p ON p.oid = audit._capture_fn(x.relid)
               WHERE x.enabled AND audit._layout_now(x.relid::regclass) IS NOT DISTINCT FROM x.generated_layout LOOP
         -- (After ALTER TABLE without the guard, the layout warning above stands for this check.)
         IF t.fn IS NULL OR NOT t.prosecdef OR t.proowner <> audit._owner()::oid
@@ -445,10 +457,7 @@ BEGIN
         RETURN NEXT;
     END LOOP;
     -- Inheritance with an audited table (refused by the guard; possible without it).
-    FOR t IN SELECT i.inhrelid::regclass AS child, i.inhparent::regclass AS parent
-               FROM pg_catalog.pg_inherits AS i JOIN pg_catalog.pg_class AS k ON k.oid = i.inhrelid
-              WHERE NOT k.relispartition
-                AND EXISTS (SELECT FROM audit.tracked_table AS x WHERE x.enabled AND x.relid IN (i.inhrelid, i.inhparent)) LOOP
+    FOR t IN SELECT i.child, i.parent FROM audit._inheritance() AS i LOOP
         severity := 'error'; object := t.child::text;
         problem := pg_catalog.format('inherits from %s while one of them is audited: changes made through the parent are not captured exactly', t.parent);
         fix := NULL;

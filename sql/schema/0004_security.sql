@@ -112,10 +112,6 @@ BEGIN
     SELECT 'tracked_table', 'B', pg_catalog.to_jsonb(t) FROM audit.tracked_table AS t ORDER BY t.relid;
     INSERT INTO audit.journal (relation, op, new)
     SELECT 'table_layout', 'B', pg_catalog.to_jsonb(l) FROM audit.table_layout AS l ORDER BY l.relid, l.valid_from;
-    IF pg_catalog.to_regclass('audit.history_break') IS NOT NULL THEN
-        INSERT INTO audit.journal (relation, op, new)
-        SELECT 'history_break', 'B', pg_catalog.to_jsonb(b) FROM audit.history_break AS b;
-    END IF;
     PERFORM pg_catalog.set_config('timezone', v_zone, true);
 END
 $$;
