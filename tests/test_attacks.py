@@ -10,6 +10,7 @@ superuser, run its code with the audit owner's rights, or change history silentl
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
@@ -590,3 +591,30 @@ def test_operators_on_the_owners_types_never_run_for_a_reviewer(tenant: Tenant) 
         ("ok", 1),
         ("sad", 2),
     ]
+
+
+# ----------------------------------------------------------------- 7: commit times
+
+
+def test_a_commit_time_cannot_stay_backdated(tenant: Tenant) -> None:
+    """The commit marker runs early under SET CONSTRAINTS ALL IMMEDIATE; sealing gives the
+    transaction the server's own commit time (track_commit_timestamp), so the change is not
+    visible at an instant before its commit, and a window after that instant finds it."""
+    if tenant.audit.conn.execute("SHOW track_commit_timestamp").fetchone() != ("on",):
+        pytest.skip("needs track_commit_timestamp")
+    with tenant.conn.transaction():
+        tenant.conn.execute("UPDATE app.t SET v = 'late'")
+        tenant.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # the marker runs now
+        time.sleep(0.3)
+        between = _instant(tenant)
+        time.sleep(0.3)
+    tenant.audit.checkpoint()
+    assert tenant.audit.row_at("app.t", {"id": 1}, between) == {"id": 1, "v": "a"}
+    assert [d["pk"] for d in tenant.audit.diff("app.t", between, "now")] == [{"id": 1}]
+    committed = tenant.changes()[-1]
+    row = tenant.audit.conn.execute(
+        "SELECT committed_at FROM audit.transaction WHERE txid = %s::text::xid8",
+        (str(committed["txid"]),),
+    ).fetchone()
+    assert row is not None and row[0] > between
+    assert tenant.audit.verify() == []

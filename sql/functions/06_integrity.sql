@@ -112,6 +112,38 @@ END
 $$;
 
 
+CREATE OR REPLACE FUNCTION audit._settle_commit_times(p_from xid8, p_to xid8) RETURNS bigint
+LANGUAGE plpgsql AS $$
+-- The commit marker (audit._mark_commit) stamps a transaction when its deferred trigger runs:
+-- at COMMIT, or earlier when the transaction ran SET CONSTRAINTS ALL IMMEDIATE after its last
+-- audited change, or PREPARE TRANSACTION (two-phase commit). With track_commit_timestamp on,
+-- the server knows the real commit time: before the transactions of [p_from, p_to) are sealed,
+-- their committed_at is moved to it (never earlier: a marker never runs after its commit).
+-- Returns how many were moved.
+DECLARE
+    v_moved bigint;
+BEGIN
+    IF NOT pg_catalog.current_setting('track_commit_timestamp')::boolean THEN
+        RETURN 0;
+    END IF;
+    UPDATE audit.transaction AS x SET committed_at = c.at
+      FROM (SELECT y.txid, pg_catalog.pg_xact_commit_timestamp(pg_catalog.xid(y.txid)) AS at
+              FROM audit.transaction AS y
+             WHERE y.txid >= p_from AND y.txid < p_to
+               -- Only ids of this xid epoch's half: an older 32-bit id may name a newer transaction.
+               AND y.txid::text::numeric > pg_catalog.pg_current_xact_id()::text::numeric - 2147483648) AS c
+     WHERE x.txid = c.txid AND c.at > x.committed_at;
+    GET DIAGNOSTICS v_moved = ROW_COUNT;
+    RETURN v_moved;
+END
+$$;
+
+COMMENT ON FUNCTION audit._settle_commit_times(xid8, xid8) IS
+    'Internal. Before sealing: with track_commit_timestamp on, moves the committed_at of the transactions of a txid range to the server''s own commit time where the commit marker ran early (SET CONSTRAINTS ALL IMMEDIATE, PREPARE TRANSACTION).';
+
+REVOKE ALL ON FUNCTION audit._settle_commit_times(xid8, xid8) FROM PUBLIC;
+
+
 CREATE OR REPLACE FUNCTION audit.seal() RETURNS audit.seal
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -131,6 +163,7 @@ BEGIN
     IF v_to <= v_from THEN
         RETURN v_head;
     END IF;
+    PERFORM audit._settle_commit_times(v_from, v_to);
     d := audit._block_digest(v_from, v_to);
     IF d.transactions = 0 AND d.changes = 0 AND d.journal = 0 AND v_head.seq IS NOT NULL THEN
         RETURN v_head;   -- nothing new has finished since the last block
@@ -144,7 +177,7 @@ END
 $$;
 
 COMMENT ON FUNCTION audit.seal() IS
-    'Seals the transactions finished since the last block into a new block of the hash chain and returns the head of the chain. Never blocks writers. Run it regularly (pgaudit-tool checkpoint) and keep the head outside the database.';
+    'Seals the transactions finished since the last block into a new block of the hash chain and returns the head of the chain; first, with track_commit_timestamp on, gives them the server''s own commit times (audit._settle_commit_times). Never blocks writers. Run it regularly (pgaudit-tool checkpoint) and keep the head outside the database.';
 
 
 CREATE OR REPLACE FUNCTION audit.verify(p_head_seq bigint DEFAULT NULL, p_head_hash bytea DEFAULT NULL)

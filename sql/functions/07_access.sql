@@ -474,7 +474,7 @@ BEGIN
     END LOOP;
     IF NOT pg_catalog.current_setting('track_commit_timestamp')::boolean THEN
         severity := 'info'; object := 'track_commit_timestamp';
-        problem := 'off: commit times are taken by a deferred trigger, which a transaction can fire before it commits (see the README, "Time")';
+        problem := 'off: commit times are taken by a deferred trigger, which a transaction can fire before it commits, and checkpoint cannot correct them (see the README, "Time")';
         fix := NULL;
         RETURN NEXT;
     END IF;
