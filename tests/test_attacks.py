@@ -404,7 +404,9 @@ def test_a_rewriting_alter_column_breaks_history(tenant: Tenant) -> None:
     assert tenant.audit.row_at("app.t", {"id": 1}, t0)["v"] == "before"  # type: ignore[index]
     tenant.conn.execute("ALTER TABLE app.t ALTER COLUMN v TYPE text USING 'rewritten'")
     if not superuser_tenant(tenant):
-        # Without the table_rewrite guard a same-type rewrite is invisible: documented.
+        # Without the table_rewrite guard a same-type rewrite is invisible (README, Known
+        # limits): the past reads back rewritten. Pinned, so that a fix shows.
+        assert tenant.audit.row_at("app.t", {"id": 1}, t0) == {"id": 1, "v": "rewritten"}
         return
     with pytest.raises(AuditError, match="broken"):
         tenant.audit.row_at("app.t", {"id": 1}, t0)
@@ -618,3 +620,22 @@ def test_a_commit_time_cannot_stay_backdated(tenant: Tenant) -> None:
     ).fetchone()
     assert row is not None and row[0] > between
     assert tenant.audit.verify() == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a partition dropped by the audit owner takes its rows out of history unrecorded"
+    " (README, Known limits)",
+)
+def test_a_partition_dropped_by_the_audit_owner_breaks_history(tenant: Tenant) -> None:
+    tenant.conn.execute(
+        "CREATE TABLE app.p (id int, k int, PRIMARY KEY (id, k)) PARTITION BY LIST (k);"
+        "CREATE TABLE app.p1 PARTITION OF app.p FOR VALUES IN (1);"
+        "CREATE TABLE app.p2 PARTITION OF app.p FOR VALUES IN (2)"
+    )
+    tenant.audit.enable("app.p")
+    tenant.conn.execute("INSERT INTO app.p VALUES (1, 1), (2, 2)")
+    t0 = _instant(tenant)
+    tenant.audit.conn.execute("DROP TABLE app.p2")
+    with pytest.raises(AuditError, match="broken"):
+        list(tenant.audit.table_at("app.p", t0))

@@ -643,3 +643,41 @@ def test_generated_capture_function_is_private(
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute(stmt)
+
+
+@pytest.mark.parametrize("partitioned", [False, True], ids=["table", "partitioned"])
+def test_writable_ctes_log_each_key_in_order(audit: Audit, partitioned: bool) -> None:
+    """Issue 11, item 8: a key deleted (or re-keyed) in a data-modifying CTE and inserted again
+    by the main statement must be logged removal first, or every earlier table-at is wrong."""
+    conn = audit.conn
+    if partitioned:
+        conn.execute(
+            "CREATE TABLE s (id int, k int DEFAULT 1, v text, PRIMARY KEY (id, k)) PARTITION BY LIST (k);"
+            "CREATE TABLE s1 PARTITION OF s FOR VALUES IN (1)"
+        )
+    else:
+        conn.execute("CREATE TABLE s (id int, k int DEFAULT 1, v text, PRIMARY KEY (id, k))")
+    audit.enable("s")
+    conn.execute("INSERT INTO s (id, v) VALUES (12, 'a'), (13, 'b')")
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    t0 = row[0]
+    statements = [
+        "WITH d AS (DELETE FROM s WHERE id = 12 RETURNING id) INSERT INTO s (id, v) SELECT id, 'reborn' FROM d",
+        "WITH d AS (DELETE FROM s WHERE id = 13 RETURNING id),"
+        " i AS (INSERT INTO s (id, v) SELECT id, 'x' FROM d RETURNING id) SELECT count(*) FROM i",
+        "WITH u AS (UPDATE s SET id = 20 WHERE id = 12 RETURNING id) INSERT INTO s (id, v) SELECT 12, 'again' FROM u",
+    ]
+    for statement in statements:
+        conn.execute(statement)
+    ops = [(op, pk["id"]) for op, pk, *_ in brief(conn)][2:]
+    assert ops == [
+        ("DELETE", 12),
+        ("INSERT", 12),
+        ("DELETE", 13),
+        ("INSERT", 13),
+        ("UPDATE", 12),
+        ("UPDATE", 20),
+        ("INSERT", 12),
+    ]
+    assert sorted((r["id"], r["v"]) for r in audit.table_at("s", t0)) == [(12, "a"), (13, "b")]
