@@ -13,6 +13,7 @@ with Audit.connect("postgresql://dba@db/shop") as audit:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -31,11 +32,13 @@ from pgaudit_tool import integrity as _integrity
 from pgaudit_tool import reconstruct as _reconstruct
 from pgaudit_tool import revert as _revert
 from pgaudit_tool import schema, tables
+from pgaudit_tool import watch as _watch
 from pgaudit_tool.connection import connect, resolve_conninfo
 from pgaudit_tool.context import audit_context
 from pgaudit_tool.db import load_json, lock_timeout_of, resolve_table, translated_errors
 from pgaudit_tool.errors import InvalidInput, TableNotSuitable
 from pgaudit_tool.reconstruct import normalize_pk
+from pgaudit_tool.rules import Rules, load_rules
 from pgaudit_tool.timeparse import instant
 
 if TYPE_CHECKING:
@@ -319,6 +322,143 @@ class Audit:
         """Run the fix statements :meth:`doctor` proposed, in one transaction."""
         self._require_installed()
         _integrity.apply_fixes(self.conn, fixes)
+
+    # -- watching ------------------------------------------------------------------------------
+    def rules(self, path: Path | str | None = None) -> Rules:
+        """The watcher's rules from a TOML file (None: the built-in defaults), checked against
+        this database (InvalidInput naming the line and key of a mistake)."""
+        self._require_installed()
+        return _watch.resolve_rules(self.conn, load_rules(path))
+
+    def anomalies(
+        self,
+        since: When | None = None,
+        until: When | None = None,
+        rules: Rules | Path | str | None = None,
+    ) -> list[dict[str, Any]]:
+        """What the detectors find in the transactions committed in [since, until) (default: the
+        last 24 hours), judged against the baseline window before ``since``; changes nothing."""
+        self._require_installed()
+        chosen = rules if isinstance(rules, Rules) else self.rules(rules)
+        start = self._instant(since) or self._at("24 hours ago")
+        end = self._instant(until) or self._at("now")
+        return [f.record() for f in _watch.anomalies(self.conn, chosen, start, end)]
+
+    def watch(
+        self,
+        rules: Rules | Path | str | None = None,
+        *,
+        once: bool = False,
+        interval: float = 1.0,
+        emit: Callable[[dict[str, Any]], None] | None = None,
+        info: Callable[[str], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> int:
+        """Evaluate newly committed changes, store each finding as an alert and pass it to
+        ``emit``; until ``stop`` is set, or once (``once``). Runs on a connection of its own,
+        holding the one-watcher-per-database lock (WatcherBusy when another watcher runs).
+        Returns the number of alerts stored."""
+        self._require_installed()
+        if interval <= 0:
+            raise InvalidInput("--interval must be above 0 seconds")
+        chosen = rules if isinstance(rules, Rules) else self.rules(rules)
+        with connect(self.conninfo) as conn:
+            if chosen.guards:
+                from pgaudit_tool import guard as _guard
+
+                _guard.apply_specs(conn, chosen)
+            watcher = _watch.Watcher(
+                conn,
+                chosen,
+                emit=(lambda f: emit(f.record())) if emit else (lambda _f: None),
+                info=info or (lambda _m: None),
+                stop=stop,
+            )
+            return watcher.run(once=once, interval=interval)
+
+    def alerts(
+        self,
+        *,
+        since: When | None = None,
+        severity: str | None = None,
+        rule: str | None = None,
+        open_only: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Stored alerts, oldest first; ``severity``: that level and above."""
+        self._require_installed()
+        return _watch.alerts(
+            self.conn, since=self._instant(since), severity=severity, rule=rule, open_only=open_only
+        )
+
+    def ack_alerts(self, ids: Sequence[int], by: str | None = None) -> list[int]:
+        """Acknowledge alerts (recorded with who, default the login role, and when)."""
+        self._require_installed()
+        return _watch.ack(self.conn, ids, by)
+
+    def tail(
+        self,
+        table: str | None = None,
+        *,
+        actor: str | None = None,
+        db_user: str | None = None,
+        last: int = 10,
+        follow: bool = False,
+        interval: float = 1.0,
+        stop: threading.Event | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """The last ``last`` committed changes, newest last; with ``follow``, every change as it
+        commits, until ``stop`` is set."""
+        self._require_installed()
+        ref = None if table is None else resolve_table(self.conn, table)
+        return _watch.tail(
+            self.conn,
+            table=ref,
+            actor=actor,
+            db_user=db_user,
+            last=last,
+            follow=follow,
+            interval=interval,
+            stop=stop,
+        )
+
+    # -- guards --------------------------------------------------------------------------------
+    def guard(
+        self,
+        table: str,
+        *,
+        max_rows: int,
+        ops: Sequence[str] = ("UPDATE", "DELETE"),
+        except_roles: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Refuse, before it commits, any single statement changing more than ``max_rows`` rows
+        of ``table`` (or of any of its partitions) for the operations ``ops`` (INSERT, UPDATE,
+        DELETE; a guarded TRUNCATE is refused whole), unless the login role is a member of one
+        of ``except_roles`` (exact role names). Sets or changes the guard; returns its
+        :meth:`guard_list` record. Only the audit owner may (PermissionDenied). A refused
+        statement raises SQLSTATE PGA01 (:class:`~pgaudit_tool.errors.GuardRefused` when
+        translated). See :mod:`pgaudit_tool.guard`."""
+        from pgaudit_tool import guard as _guard
+
+        self._require_installed()
+        return _guard.set_guard(
+            self.conn, table, max_rows=max_rows, ops=ops, except_roles=except_roles
+        )
+
+    def guard_remove(self, table: str) -> bool:
+        """Remove the guard of ``table``; False when it had none."""
+        from pgaudit_tool import guard as _guard
+
+        self._require_installed()
+        return _guard.remove_guard(self.conn, table)
+
+    def guard_list(self, table: str | None = None) -> list[dict[str, Any]]:
+        """Every guard (or the guard of ``table``): table, ops, max_rows, except_roles, blocked
+        (statements refused, a count that survives their rollback), state of its triggers, when
+        and by whom it was set."""
+        from pgaudit_tool import guard as _guard
+
+        self._require_installed()
+        return _guard.list_guards(self.conn, table)
 
     # -- measurement ---------------------------------------------------------------------------
     def bench(

@@ -28,6 +28,7 @@ Exit codes:
   6  revert refused: rows changed later would be overwritten (--on-conflict abort); nothing changed
   7  verify found the log tampered with, or doctor found auditing not intact
   8  a lock was not granted within --lock-timeout; nothing changed
+  9  watch: another watcher is already running on this database
 """
 
 _FORMATS = ("table", "csv", "json", "jsonl")
@@ -429,6 +430,79 @@ def doctor(state: _State, fix: bool, yes: bool, dry_run: bool, fmt: str) -> None
 
 
 @main.command()
+@click.argument("table", required=False)
+@click.option(
+    "--max-rows",
+    type=int,
+    metavar="N",
+    help="Most rows one statement may change (each guarded operation counted on its own).",
+)
+@click.option(
+    "--ops",
+    "ops",
+    multiple=True,
+    metavar="OPS",
+    help="Operations to guard, comma-separated: INSERT, UPDATE, DELETE, TRUNCATE (a guarded "
+    "TRUNCATE is refused whatever it removes). Default: UPDATE,DELETE.",
+)
+@click.option(
+    "--except-role",
+    "except_roles",
+    multiple=True,
+    metavar="ROLE",
+    help="Login roles that are members of ROLE (exact name) are not limited (repeatable).",
+)
+@click.option("--remove", is_flag=True, help="Remove the guard of TABLE.")
+@click.option("--list", "list_", is_flag=True, help="List the guards (of TABLE, if given).")
+@_format_option
+@click.pass_obj
+def guard(
+    state: _State,
+    table: str | None,
+    max_rows: int | None,
+    ops: tuple[str, ...],
+    except_roles: tuple[str, ...],
+    remove: bool,
+    list_: bool,
+    fmt: str,
+) -> None:
+    """Refuse, before it commits, any single statement that changes more than N rows of TABLE.
+
+    The statement fails with SQLSTATE PGA01 and changes nothing, unless the login role is a
+    member of an excepted role; each refusal is counted (--list: blocked) and written to the
+    server log ('pgaudit_tool guard: ...'). Setting a guard again changes it. Only the owner of
+    the audit schema sets or removes guards.
+    """
+    from pgaudit_tool.guard import DEFAULT_OPS, GUARD_COLUMNS, describe
+
+    settings = max_rows is not None or ops or except_roles
+    if list_:
+        if remove or settings:
+            raise InvalidInput("--list takes no --remove, --max-rows, --ops or --except-role")
+        _emit(state.audit().guard_list(table), fmt, GUARD_COLUMNS)
+        return
+    if table is None:
+        raise InvalidInput(
+            "a table is required",
+            hint="pgaudit-tool guard TABLE --max-rows N, guard --remove TABLE or guard --list",
+        )
+    if remove:
+        if settings:
+            raise InvalidInput("--remove takes no --max-rows, --ops or --except-role")
+        removed = state.audit().guard_remove(table)
+        _info(f"{table}: guard removed" if removed else f"{table}: had no guard")
+        return
+    if max_rows is None:
+        raise InvalidInput(
+            "--max-rows is required to set a guard", hint=f"pgaudit-tool guard {table} --max-rows N"
+        )
+    record = state.audit().guard(
+        table, max_rows=max_rows, ops=ops or DEFAULT_OPS, except_roles=except_roles
+    )
+    _info(describe(record))
+
+
+@main.command()
 @click.argument("ids", nargs=-1, type=int, metavar="[ID]...")
 @click.option(
     "--change",
@@ -634,6 +708,14 @@ def _emit_revert(result: Any, fmt: str) -> None:
 )
 @click.option("--no-reconstruction", is_flag=True, help="Skip the row-at / table-at measurements.")
 @click.option(
+    "--watch-changes",
+    type=click.IntRange(min=1),
+    default=1_000_000,
+    show_default=True,
+    help="Changes the watcher evaluates in one pass (watch_changes_per_s).",
+)
+@click.option("--no-watch", is_flag=True, help="Skip the watcher and guard measurements.")
+@click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 @click.pass_obj
@@ -647,6 +729,8 @@ def bench(
     no_pgbench: bool,
     history_rows: int,
     no_reconstruction: bool,
+    watch_changes: int,
+    no_watch: bool,
     fmt: str,
 ) -> None:
     """Measure capture overhead: unaudited vs audited, in a scratch schema removed afterwards."""
@@ -662,6 +746,8 @@ def bench(
         use_pgbench=not no_pgbench,
         history_rows=history_rows,
         reconstruction=not no_reconstruction,
+        watch_changes=watch_changes,
+        watching=not no_watch,
     )
     result = state.audit().bench(config, progress=_info)
     if fmt == "json":
@@ -685,3 +771,223 @@ def demo(state: _State, keep: bool, fmt: str) -> None:
     from pgaudit_tool.demo import run_demo
 
     run_demo(state.dsn, fmt=fmt, keep=keep, out=sys.stdout, log=_info)
+
+
+# --------------------------------------------------------------------------- watching
+
+_RULES_HELP = (
+    "TOML rules file (detectors, rules, guards; see the README, 'Watching'). Default: built-in."
+)
+
+
+def _stop_on_signals() -> Any:
+    """An event set by SIGTERM or SIGINT: long commands finish their step and exit 0."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set():  # a second signal: leave now
+            raise SystemExit(128 + signum)
+        _info(f"{signal.Signals(signum).name.lower()}: stopping after the current step")
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+    return stop
+
+
+def _alert_line(record: Mapping[str, Any]) -> str:
+    """One alert for a person: severity, id, rule, summary, then the revert command."""
+    from pgaudit_tool.output import printable
+
+    ident = f"#{record['id']} " if record.get("id") is not None else ""
+    line = printable(f"[{record['severity']}] {ident}{record['rule']}: {record['summary']}")
+    if record.get("revert"):
+        line += "\n    undo: " + printable(record["revert"])
+    return line
+
+
+@main.command()
+@click.option(
+    "--since", metavar="TIME", help="Start of the window (default: 24 hours ago). " + _TIME_HELP
+)
+@click.option("--until", metavar="TIME", help="End of the window (default: now).")
+@click.option(
+    "--rules", "rules_file", metavar="FILE", type=click.Path(dir_okay=False), help=_RULES_HELP
+)
+@_format_option
+@click.pass_obj
+def anomalies(
+    state: _State, since: str | None, until: str | None, rules_file: str | None, fmt: str
+) -> None:
+    """Scan a window of history with the detectors; change nothing.
+
+    Findings are judged against the baseline window before --since. Exit 0 whether or not
+    anything is found; the findings are the output.
+    """
+    found = state.audit().anomalies(since, until, rules_file)
+    if fmt == "table":
+        for record in found:
+            click.echo(_alert_line(record))
+        _info(f"{len(found)} finding(s)")
+        return
+    _emit(found, fmt)
+
+
+@main.command()
+@click.option(
+    "--rules", "rules_file", metavar="FILE", type=click.Path(dir_okay=False), help=_RULES_HELP
+)
+@click.option("--once", is_flag=True, help="Process what is pending, then exit (for cron).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often to look for newly committed changes.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "jsonl"]),
+    default="table",
+    show_default=True,
+    help="Output format: one line per alert, or one JSON object per line.",
+)
+@click.pass_obj
+def watch(state: _State, rules_file: str | None, once: bool, interval: float, fmt: str) -> None:
+    """Evaluate newly committed changes continuously; store and print each alert.
+
+    The position is kept in the database (audit.watch_cursor): after a restart, even after
+    kill -9, no committed change is skipped and no alert is raised twice. One watcher per
+    database (exit 9 when another runs). SIGTERM or SIGINT: stop after the current pass.
+    """
+    from pgaudit_tool.output import to_json_text
+
+    def emit(record: Mapping[str, Any]) -> None:
+        click.echo(to_json_text(record) if fmt == "jsonl" else _alert_line(record))
+        sys.stdout.flush()
+
+    stop = _stop_on_signals()
+    if not once:
+        _info(f"watch: watching every {interval:g} s; stop with Ctrl-C or SIGTERM")
+    raised = state.audit().watch(
+        rules_file, once=once, interval=interval, emit=emit, info=_info, stop=stop
+    )
+    _info(f"watch: {raised} alert(s) raised")
+
+
+@main.command()
+@click.option("--since", metavar="TIME", help="Only alerts raised at or after TIME. " + _TIME_HELP)
+@click.option(
+    "--severity", type=click.Choice(["info", "warning", "critical"]), help="This level and above."
+)
+@click.option("--rule", metavar="NAME", help="Only alerts of this rule.")
+@click.option("--open", "open_only", is_flag=True, help="Only alerts not acknowledged yet.")
+@click.option(
+    "--ack",
+    "ack_ids",
+    multiple=True,
+    type=int,
+    metavar="ID",
+    help="Acknowledge these alerts (more IDs may follow as arguments).",
+)
+@click.option(
+    "--by", metavar="NAME", help="With --ack: who acknowledges (default: the login role)."
+)
+@click.argument("ids", nargs=-1, type=int, metavar="[ID]...")
+@_format_option
+@click.pass_obj
+def alerts(
+    state: _State,
+    /,
+    since: str | None,
+    severity: str | None,
+    rule: str | None,
+    open_only: bool,
+    ack_ids: tuple[int, ...],
+    by: str | None,
+    ids: tuple[int, ...],
+    fmt: str,
+) -> None:
+    """List stored alerts, or acknowledge them (--ack ID...)."""
+    if ack_ids:
+        done = state.audit().ack_alerts([*ack_ids, *ids], by)
+        _info(
+            f"acknowledged {len(done)} alert(s)"
+            + (f": {', '.join(map(str, done))}" if done else "")
+        )
+        return
+    if ids:
+        raise InvalidInput("alert IDs need --ack", hint="pgaudit-tool alerts --ack 12 13")
+    from pgaudit_tool.watch import ALERT_COLUMNS
+
+    found = state.audit().alerts(since=since, severity=severity, rule=rule, open_only=open_only)
+    _emit(found, fmt, (*ALERT_COLUMNS, "acked_by") if fmt in ("table", "csv") else None)
+
+
+@main.command()
+@click.argument("table", required=False)
+@click.option("--actor", help="Only changes made by this application user.")
+@click.option("--db-user", help="Only changes made by this login role.")
+@click.option(
+    "-n",
+    "last",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="How many of the last committed changes to show first.",
+)
+@click.option(
+    "--follow", "-f", is_flag=True, help="Then show every change as it commits, until Ctrl-C."
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --follow: how often to look for new commits.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "jsonl"]),
+    default="table",
+    show_default=True,
+    help="Output format: one line per change, or one JSON object per line.",
+)
+@click.pass_obj
+def tail(
+    state: _State,
+    table: str | None,
+    actor: str | None,
+    db_user: str | None,
+    last: int,
+    follow: bool,
+    interval: float,
+    fmt: str,
+) -> None:
+    """The last committed changes, newest last; with --follow, every change as it commits."""
+    from pgaudit_tool.output import to_json_text
+
+    stop = _stop_on_signals() if follow else None
+    changes = state.audit().tail(
+        table, actor=actor, db_user=db_user, last=last, follow=follow, interval=interval, stop=stop
+    )
+    for change in changes:
+        click.echo(to_json_text(change) if fmt == "jsonl" else _change_line(change))
+        sys.stdout.flush()
+
+
+def _change_line(c: Mapping[str, Any]) -> str:
+    from pgaudit_tool.output import printable, to_json_text
+
+    when = c["committed_at"].astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
+    who = c["actor"] if c["actor"] is not None else f"login {c['db_user']}"
+    what = f" {','.join(c['changed'])}" if c.get("changed") else ""
+    line = f"{when}  {c['op']:<8} {c['table']} {to_json_text(c['pk'])}{what}  by {who}  txid {c['txid']}"
+    return printable(line)

@@ -17,6 +17,7 @@ from pgaudit_tool import jsonsafe
 from pgaudit_tool.errors import (
     AuditError,
     DatabaseError,
+    GuardRefused,
     InvalidInput,
     LockTimeout,
     PermissionDenied,
@@ -44,6 +45,7 @@ _BY_SQLSTATE: dict[str, type[AuditError]] = {
     "55000": TableNotSuitable,  # object_not_in_prerequisite_state
     "3F000": InvalidInput,  # invalid_schema_name
     "55P03": LockTimeout,  # lock_not_available
+    "PGA01": GuardRefused,  # refused by a guard (audit.guard, sql/functions/09_guard.sql)
 }
 
 _LOCK_HINT = (
@@ -58,7 +60,7 @@ def translate(exc: psycopg.Error) -> AuditError:
     message = diag.message_primary or str(exc).strip() or type(exc).__name__
     sqlstate = diag.sqlstate or ""
     cls = _BY_SQLSTATE.get(sqlstate, DatabaseError)
-    if cls is DatabaseError and sqlstate:
+    if issubclass(cls, DatabaseError) and sqlstate:
         message = f"{message} (SQLSTATE {sqlstate})"
     if cls is LockTimeout:
         return cls(f"{message}; nothing was changed", hint=_LOCK_HINT)

@@ -82,3 +82,16 @@ class RevertConflict(AuditError):
     ) -> None:
         super().__init__(message, hint)
         self.conflicts = conflicts or []
+
+
+class WatcherBusy(AuditError):
+    """Another watcher already watches this database (one watcher per database)."""
+
+    exit_code = 9
+
+
+class GuardRefused(DatabaseError):
+    """A statement was refused by a guard (``audit.guard``, SQLSTATE PGA01): it would have changed
+    more rows of a guarded table than its limit allows, and changed nothing."""
+
+    exit_code = 1

@@ -352,6 +352,12 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float | Decimal) and not isinstance(v, bool)
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``): names and values a
+    writer chose cannot move the cursor or recolour a reviewer's terminal."""
+    return text.translate(_CONTROL_ESCAPES)
+
+
 def _cell(v: Any) -> str:
     """A single-line, width-limited table cell."""
     return _truncate(_text(v).translate(_CONTROL_ESCAPES), TABLE_MAX_WIDTH)

@@ -54,6 +54,11 @@ COMMANDS = (
     "verify",
     "doctor",
     "revert",
+    "anomalies",
+    "watch",
+    "alerts",
+    "tail",
+    "guard",
     "bench",
     "demo",
 )

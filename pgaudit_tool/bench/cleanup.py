@@ -64,6 +64,13 @@ def _delete_audit_rows(conn: psycopg.Connection[Any], relids: list[int]) -> None
         " SELECT DISTINCT txid FROM audit.change WHERE relid = ANY(%s)",
         (relids,),
     )
+    # Alerts the bench's watchers raised, and their cursors.
+    conn.execute(
+        "DELETE FROM audit.alert AS a WHERE a.relid = ANY(%s) OR EXISTS (SELECT FROM"
+        " pgaudit_bench_txids AS b WHERE b.txid = ANY (a.txids))",
+        (relids,),
+    )
+    conn.execute("DELETE FROM audit.watch_cursor WHERE name LIKE 'bench %%'")
     for table in _relid_tables(conn):
         conn.execute(
             sql.SQL("DELETE FROM {} WHERE relid = ANY(%s)").format(

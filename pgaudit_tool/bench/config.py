@@ -48,6 +48,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "delete_ratio": ("<=", 4.0),
     "single_row_update_tps_ratio": (">=", 0.80),
     "tpcb_tps_ratio": (">=", 0.85),
+    "watch_changes_per_s": (">=", 50_000),
+    "watch_lag_ms_p95": ("<=", 2000),
 }
 RATIO_KEYS = (
     "insert_ratio",
@@ -79,6 +81,16 @@ RAW_KEYS = (
         for what in (PLAIN, AUDITED, FLOOR)
     ),
 )
+#: Figures of the watch phase (None when it is disabled); see bench/watching.py.
+WATCH_KEYS = (
+    "watch_changes_per_s",
+    "watch_lag_ms_p95",
+    "watch_capture_tps_ratio",
+    "watch_capture_tps_ratio_range",
+    "guard_cost_us",
+    "guard_cost_us_range",
+    "guard_never_guarded_delta_us",
+)
 #: Every key of :func:`~pgaudit_tool.bench.run_bench`'s result, in display order.
 RESULT_KEYS = (
     *RATIO_KEYS,
@@ -89,6 +101,7 @@ RESULT_KEYS = (
     "changes_measured",
     *RAW_KEYS,
     *RECONSTRUCTION_KEYS,
+    *WATCH_KEYS,
     "rows",
     "history_rows",
     "clients",
@@ -120,6 +133,8 @@ class BenchConfig:
     scale: int = 1
     history_rows: int = 1_000_000
     reconstruction: bool = True
+    watch_changes: int = 1_000_000
+    watching: bool = True
 
 
 def validate(config: BenchConfig) -> None:
@@ -133,6 +148,7 @@ def validate(config: BenchConfig) -> None:
             ("repetitions", config.repetitions >= 1),
             ("scale", config.scale >= 1),
             ("history_rows", config.history_rows >= 1),
+            ("watch_changes", config.watch_changes >= 1),
         )
         if not ok
     ]

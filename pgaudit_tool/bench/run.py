@@ -25,6 +25,7 @@ from pgaudit_tool.bench.report import build_report
 from pgaudit_tool.bench.session import Session
 from pgaudit_tool.bench.sql import BARE_LOG_DDL, TABLE_DDL
 from pgaudit_tool.bench.throughput import single_row_phase, tpcb_phase
+from pgaudit_tool.bench.watching import watch_phase
 from pgaudit_tool.connection import connect, resolve_conninfo
 from pgaudit_tool.db import translated_errors
 from pgaudit_tool.errors import PermissionDenied
@@ -81,6 +82,8 @@ def _measure(s: Session) -> dict[str, Any]:
     single_row_phase(s)
     tpcb_phase(s)
     reconstruction_phase(s)
+    if s.config.watching:
+        watch_phase(s)
     return build_report(s)
 
 

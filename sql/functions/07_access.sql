@@ -9,8 +9,9 @@
 -- the log and call the query functions; grant it to the people who review history.
 -- Guards: installed by a superuser, two event triggers refuse to drop, disable or weaken a
 -- capture trigger, or to drop an audited table, for anyone whose login role is not a member of
--- the owner role. Without superuser (managed services) there are no guards: audit.doctor() and
--- audit.status() detect what they would have refused.
+-- the owner role; the same for the triggers of row-limit guards (audit.guard(), 09_guard.sql)
+-- and guarded tables. Without superuser (managed services) there are no guards: audit.doctor()
+-- and audit.status() detect what they would have refused.
 
 CREATE OR REPLACE FUNCTION audit._owner() RETURNS regrole
 LANGUAGE sql STABLE AS $$
@@ -175,6 +176,12 @@ BEGIN
         END IF;
         PERFORM audit._drop_member_triggers(r.member);
     END LOOP;
+    -- Guards (09_guard.sql): their triggers on new and detached partitions; for non-owners, any
+    -- guard trigger left other than as audit.guard() created it is refused. (Nothing to do, and
+    -- nothing called, without a guard: DDL an upgrade runs before 09_guard.sql is applied.)
+    IF EXISTS (SELECT FROM audit.guard) THEN
+        PERFORM audit._guard_after_ddl(v_tables, v_parents, v_created);
+    END IF;
 
     IF audit._is_owner() THEN
         RETURN;
@@ -201,7 +208,7 @@ END
 $$;
 
 COMMENT ON FUNCTION audit._guard_ddl() IS
-    'Internal. Event trigger (ddl_command_end of ALTER TABLE, CREATE TABLE, CREATE TRIGGER, ALTER TRIGGER, ALTER TYPE): follows keys and columns of audited tables into their capture functions, refuses inheritance with audited tables, gives new partitions their capture triggers and records breaks in history for partitions attached or detached with rows; refuses, for anyone but the audit owner, DDL that leaves a capture trigger other than as enable created it.';
+    'Internal. Event trigger (ddl_command_end of ALTER TABLE, CREATE TABLE, CREATE TRIGGER, ALTER TRIGGER, ALTER TYPE): follows keys and columns of audited tables into their capture functions, refuses inheritance with audited tables, gives new partitions their capture triggers and records breaks in history for partitions attached or detached with rows; maintains and protects the triggers of row-limit guards (audit._guard_after_ddl); refuses, for anyone but the audit owner, DDL that leaves a capture trigger other than as enable created it.';
 
 REVOKE ALL ON FUNCTION audit._guard_ddl() FROM PUBLIC;
 
@@ -277,6 +284,11 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
+    -- Guards (09_guard.sql): a guarded table, its partitions and guard triggers (see
+    -- audit._guard_after_drop). Nothing to do without a guard.
+    IF EXISTS (SELECT FROM audit.guard) THEN
+        PERFORM audit._guard_after_drop();
+    END IF;
     IF audit._is_owner() THEN
         RETURN;
     END IF;
@@ -300,7 +312,7 @@ END
 $$;
 
 COMMENT ON FUNCTION audit._guard_drop() IS
-    'Internal. Event trigger (sql_drop): follows the keys and columns of audited tables after indexes, columns or types are dropped (refusing a table left without a key); refuses dropping capture triggers or audited tables for non-owners.';
+    'Internal. Event trigger (sql_drop): follows the keys and columns of audited tables after indexes, columns or types are dropped (refusing a table left without a key); refuses dropping capture triggers or audited tables for non-owners; the same for guarded tables and guard triggers (audit._guard_after_drop).';
 
 REVOKE ALL ON FUNCTION audit._guard_drop() FROM PUBLIC;
 
@@ -488,6 +500,8 @@ BEGIN
         fix := pg_catalog.format('SELECT audit.enable(%L)', t.qualified);
         RETURN NEXT;
     END LOOP;
+    -- Guards (09_guard.sql): their triggers, tables, counters and excepted roles.
+    RETURN QUERY SELECT * FROM audit._guard_doctor();
     -- Privileges: nobody but the owner may write the log or run its writer functions.
     FOR t IN SELECT pg_catalog.format('%I.%I', 'audit', c.relname) AS qualified, a.privilege_type,
                     CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END AS grantee
@@ -533,4 +547,4 @@ END
 $$;
 
 COMMENT ON FUNCTION audit.doctor() IS
-    'Checks that auditing is intact: capture triggers present and ENABLE ALWAYS, capture up to date after DDL, audited tables present, keyed and not renamed, every table of an audited schema audited, no privilege drift on the audit schema, guards enabled, hash chain intact. One row per problem, with the SQL that fixes it when there is a safe fix.';
+    'Checks that auditing is intact: capture triggers present and ENABLE ALWAYS, capture up to date after DDL, audited tables present, keyed and not renamed, every table of an audited schema audited, row-limit guards intact (audit.guard), no privilege drift on the audit schema, guards enabled, hash chain intact. One row per problem, with the SQL that fixes it when there is a safe fix.';
