@@ -798,6 +798,30 @@ def _stop_on_signals() -> Any:
     return stop
 
 
+def _polling_options(interval_help: str, item: str) -> Callable[[F], F]:
+    """--interval and --format table|jsonl of the commands that follow the log."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--interval",
+            type=click.FloatRange(min=0, min_open=True),
+            default=1.0,
+            show_default=True,
+            metavar="SECONDS",
+            help=interval_help,
+        )(func)
+        return click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["table", "jsonl"]),
+            default="table",
+            show_default=True,
+            help=f"Output format: one line per {item}, or one JSON object per line.",
+        )(func)
+
+    return decorate
+
+
 def _alert_line(record: Mapping[str, Any]) -> str:
     """One alert for a person: severity, id, rule, summary, then the revert command."""
     from pgaudit_tool.output import printable
@@ -841,22 +865,7 @@ def anomalies(
     "--rules", "rules_file", metavar="FILE", type=click.Path(dir_okay=False), help=_RULES_HELP
 )
 @click.option("--once", is_flag=True, help="Process what is pending, then exit (for cron).")
-@click.option(
-    "--interval",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="How often to look for newly committed changes.",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "jsonl"]),
-    default="table",
-    show_default=True,
-    help="Output format: one line per alert, or one JSON object per line.",
-)
+@_polling_options("How often to look for newly committed changes.", "alert")
 @click.pass_obj
 def watch(state: _State, rules_file: str | None, once: bool, interval: float, fmt: str) -> None:
     """Evaluate newly committed changes continuously; store and print each alert.
@@ -944,22 +953,7 @@ def alerts(
 @click.option(
     "--follow", "-f", is_flag=True, help="Then show every change as it commits, until Ctrl-C."
 )
-@click.option(
-    "--interval",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="With --follow: how often to look for new commits.",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "jsonl"]),
-    default="table",
-    show_default=True,
-    help="Output format: one line per change, or one JSON object per line.",
-)
+@_polling_options("With --follow: how often to look for new commits.", "change")
 @click.pass_obj
 def tail(
     state: _State,
