@@ -74,8 +74,9 @@ def load_batch(conn: psycopg.Connection[Any], source: str, params: Sequence[Any]
 
 
 def fetch(
-    conn: psycopg.Connection[Any], query: str, params: Sequence[Any] = ()
+    conn: psycopg.Connection[Any], query: str | sql.SQL | sql.Composed, params: Sequence[Any] = ()
 ) -> list[dict[str, Any]]:
+    """Every row of ``query`` as a dict."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, params)
         return cur.fetchall()

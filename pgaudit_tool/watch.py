@@ -20,7 +20,6 @@ from typing import Any
 
 import psycopg
 from psycopg import IsolationLevel, sql
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from pgaudit_tool import batch, detect
@@ -29,6 +28,7 @@ from pgaudit_tool.batch import Baseline
 from pgaudit_tool.db import TableRef, translated_errors
 from pgaudit_tool.detect import Finding
 from pgaudit_tool.errors import InvalidInput, WatcherBusy
+from pgaudit_tool.integrity import doctor, verify_report
 from pgaudit_tool.rules import Rule, Rules, parse_duration
 
 #: Columns of the table output of anomalies, watch and alerts.
@@ -72,7 +72,7 @@ def anomalies(
         base = batch.load_baseline(conn, rules, window, [since - rules.baseline, since], since)
         batch.load_batch(conn, window, [since, until])
         found = detect.judge(conn, rules, base)
-        breaks = _rows(
+        breaks = batch.fetch(
             conn,
             "SELECT * FROM audit.history_break WHERE txid IN (SELECT txid FROM audit.transaction"
             " WHERE committed_at >= %s AND committed_at < %s) OR (at >= %s AND at < %s)",
@@ -92,7 +92,7 @@ def integrity_findings(
     out: list[Finding] = []
     now = datetime.now(UTC)
     for rule in rules.of("integrity"):
-        for p in _rows(conn, "SELECT * FROM audit.doctor() WHERE severity = 'error'"):
+        for p in (p for p in doctor(conn) if p["severity"] == "error"):
             out.append(
                 _integrity(
                     rule,
@@ -125,8 +125,6 @@ def integrity_findings(
 
 
 def _chain_findings(conn: psycopg.Connection[Any], rule: Rule, now: datetime) -> list[Finding]:
-    from pgaudit_tool.integrity import verify_report
-
     problems = verify_report(conn).problems
     if not problems:
         return []
@@ -166,14 +164,6 @@ def _name_of(conn: psycopg.Connection[Any], relid: int) -> str:
         [relid, relid, str(relid)],
     ).fetchone()
     return str(row[0]) if row else str(relid)
-
-
-def _rows(
-    conn: psycopg.Connection[Any], query: str | sql.SQL | sql.Composed, params: Sequence[Any] = ()
-) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)
-        return cur.fetchall()
 
 
 # --------------------------------------------------------------------------- storing alerts
@@ -348,7 +338,7 @@ class Watcher:
     def _load_recent_bursts(self) -> None:
         """Bursts alerted lately: a burst still going on is not raised again after a restart."""
         assert self.base is not None
-        for r in _rows(
+        for r in batch.fetch(
             self.conn,
             "SELECT rule, detail FROM audit.alert WHERE detector = 'burst'"
             " AND raised_at > pg_catalog.now() - interval '1 day'",
@@ -362,7 +352,7 @@ class Watcher:
     def _resume_responses(self) -> None:
         """Responses of alerts stored before a crash, not yet run."""
         with translated_errors():
-            rows = _rows(
+            rows = batch.fetch(
                 self.conn,
                 "SELECT id, rule, detector, severity, at, table_name AS table,"
                 " actor, db_user, role, host(client_addr) AS client_addr, application_name,"
@@ -407,7 +397,7 @@ class Watcher:
                 return 0
             changes = batch.load_batch(conn, "audit.watch_pending(%s::pg_snapshot) AS t", [cursor])
             found = detect.judge(conn, self.rules, self.base)
-            breaks = _rows(
+            breaks = batch.fetch(
                 conn, "SELECT * FROM audit.watch_pending_breaks(%s::pg_snapshot)", [cursor]
             )
             if breaks:
@@ -510,7 +500,7 @@ def alerts(
         where.append("a.acked_at IS NULL")
     with translated_errors():
         query = sql.SQL(_STORED) + sql.SQL(" WHERE ") + sql.SQL(" AND ").join(map(sql.SQL, where))
-        return _rows(conn, query + sql.SQL(" ORDER BY a.id"), params)
+        return batch.fetch(conn, query + sql.SQL(" ORDER BY a.id"), params)
 
 
 def ack(conn: psycopg.Connection[Any], ids: Sequence[int], by: str | None = None) -> list[int]:
@@ -599,13 +589,13 @@ def tail(
             row = conn.execute("SELECT pg_catalog.pg_current_snapshot()::text").fetchone()
             assert row is not None
             snapshot = str(row[0])
-            rows = _rows(conn, recent, [*params, last])
+            rows = batch.fetch(conn, recent, [*params, last])
         yield from rows
         while follow and not stop.wait(interval):
             with translated_errors(), conn.transaction():
                 row = conn.execute("SELECT pg_catalog.pg_current_snapshot()::text").fetchone()
                 assert row is not None
-                rows = _rows(conn, pending, [snapshot, *params])
+                rows = batch.fetch(conn, pending, [snapshot, *params])
                 snapshot = str(row[0])
             yield from rows
     finally:
