@@ -695,6 +695,18 @@ def _emit_revert(result: Any, fmt: str) -> None:
     help="pgbench's TPC-B scale factor (1: every transaction updates the same branch row).",
 )
 @click.option(
+    "--large-scale",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Scale factor of the second TPC-B series (tpcb_scale10_*), in a schema of its own.",
+)
+@click.option(
+    "--no-large-scale",
+    is_flag=True,
+    help="Skip the second TPC-B series (its tpcb_scale10_* figures are null).",
+)
+@click.option(
     "--no-pgbench",
     is_flag=True,
     help="Use the built-in driver for single-row updates and skip TPC-B.",
@@ -726,6 +738,8 @@ def bench(
     duration: float,
     repetitions: int,
     scale: int,
+    large_scale: int,
+    no_large_scale: bool,
     no_pgbench: bool,
     history_rows: int,
     no_reconstruction: bool,
@@ -735,6 +749,7 @@ def bench(
 ) -> None:
     """Measure capture overhead: unaudited vs audited, in a scratch schema removed afterwards."""
     from pgaudit_tool.bench import BenchConfig, render_table
+    from pgaudit_tool.bench.render import TABLE_COLUMNS
     from pgaudit_tool.output import to_json_text
 
     config = BenchConfig(
@@ -743,6 +758,8 @@ def bench(
         duration=duration,
         repetitions=repetitions,
         scale=scale,
+        large_scale=large_scale,
+        large_tpcb=not no_large_scale,
         use_pgbench=not no_pgbench,
         history_rows=history_rows,
         reconstruction=not no_reconstruction,
@@ -753,7 +770,7 @@ def bench(
     if fmt == "json":
         click.echo(to_json_text(result))
     else:
-        _emit(render_table(result), "table", ("metric", "value", "target", "status"))
+        _emit(render_table(result), "table", TABLE_COLUMNS)
 
 
 @main.command()

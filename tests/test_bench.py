@@ -24,22 +24,38 @@ from pgaudit_tool.bench import (
     render_table,
     run_bench,
 )
-from pgaudit_tool.bench.config import WATCH_KEYS
+from pgaudit_tool.bench.config import RATIO_KEYS, WATCH_KEYS
+from pgaudit_tool.bench.render import COMPARED_WITH, TABLE_COLUMNS
 from pgaudit_tool.bench.stats import percentile
 from pgaudit_tool.errors import InvalidInput, NotInstalled
 
 
 def tiny(**options: Any) -> BenchConfig:
-    """The smallest bench that measures everything."""
-    return BenchConfig(
-        rows=200,
-        clients=2,
-        duration=1.0,
-        repetitions=1,
-        history_rows=2000,
-        watch_changes=2000,
-        **options,
+    """The smallest bench that measures everything (the "scale 10" TPC-B series at scale 2)."""
+    settings: dict[str, Any] = {
+        "rows": 200,
+        "clients": 2,
+        "duration": 1.0,
+        "repetitions": 1,
+        "large_scale": 2,
+        "history_rows": 2000,
+        "watch_changes": 2000,
+    }
+    return BenchConfig(**{**settings, **options})
+
+
+#: The TPC-B figures, of both series: None without pgbench.
+TPCB_KEYS = tuple(
+    key
+    for prefix in ("tpcb", "tpcb_scale10")
+    for key in (
+        f"{prefix}_tps_ratio",
+        f"{prefix}_floor_tps_ratio",
+        f"{prefix}_plain_tps",
+        f"{prefix}_audited_tps",
+        f"{prefix}_floor_tps",
     )
+)
 
 
 ALWAYS_MEASURED = (
@@ -147,14 +163,18 @@ def test_bench_reports_every_key_and_cleans_up(
     config = tiny()
     result = run_bench(dsn, config, messages.append)
     _check_result(result, config)
+    assert (result["scale"], result["large_scale"]) == (1, 2)
     if result["pgbench"] is None:  # no pgbench on this machine
         assert result["single_row_driver"] == "builtin"
-        assert result["tpcb_tps_ratio"] is None and result["tpcb_floor_tps_ratio"] is None
+        assert all(result[key] is None for key in TPCB_KEYS)
     else:
         assert result["single_row_driver"] == "pgbench"
-        for key in ("tpcb_tps_ratio", "tpcb_floor_tps_ratio", "tpcb_floor_tps"):
+        for key in TPCB_KEYS:
             assert isinstance(result[key], float) and result[key] > 0, key
         assert any("pgbench_history" in note for note in result["notes"])
+        assert any("tpcb_scale10_*: the same TPC-B series at scale 2" in n for n in result["notes"])
+        assert any(m.startswith("TPC-B: pgbench -i -s 2 (in pgaudit_bench_") for m in messages)
+        assert any(m.strip().startswith("tpcb_scale10_audited:") for m in messages)
     assert any("bulk statements" in m for m in messages)
     assert any(m.startswith("row-at") for m in messages)
     assert any(m.startswith("table-at") for m in messages)
@@ -163,14 +183,13 @@ def test_bench_reports_every_key_and_cleans_up(
 
 
 def test_bench_own_driver_without_pgbench(audit: Audit, dsn: str) -> None:
-    config = tiny(use_pgbench=False, reconstruction=False)
+    config = tiny(use_pgbench=False, reconstruction=False, large_tpcb=False)
     result = run_bench(dsn, config)
     _check_result(result, config)
     assert result["single_row_driver"] == "builtin"
     assert result["pgbench"] is None
-    assert result["tpcb_tps_ratio"] is None
-    assert result["tpcb_plain_tps"] is None
-    assert result["tpcb_floor_tps_ratio"] is None and result["tpcb_floor_tps"] is None
+    assert all(result[key] is None for key in TPCB_KEYS)
+    assert result["large_scale"] is None  # the large series is off
     assert any("TPC-B not measured" in note for note in result["notes"])
     assert _leftovers(dsn)["schemas"] == 0
     # Again: the audit tables now hold the free space of the first run's deleted rows, which the
@@ -208,6 +227,24 @@ def test_bench_rejects_bad_config() -> None:
         run_bench("", BenchConfig(rows=0, repetitions=0))
     with pytest.raises(InvalidInput, match="history_rows"):
         run_bench("", BenchConfig(history_rows=0))
+    with pytest.raises(InvalidInput, match="large_scale must be positive"):
+        run_bench("", BenchConfig(large_scale=0))
+
+
+def test_tpcb_plan() -> None:
+    """Scale 1 in the scratch schema, then the large scale in its own (removed with it)."""
+    from pgaudit_tool.bench.config import scratch_schemas
+    from pgaudit_tool.bench.throughput import TpcbSeries, tpcb_plan
+
+    assert tpcb_plan(BenchConfig(), "pgaudit_bench_ab") == [
+        TpcbSeries("tpcb", 1, "pgaudit_bench_ab"),
+        TpcbSeries("tpcb_scale10", 10, "pgaudit_bench_ab_large"),
+    ]
+    assert tpcb_plan(BenchConfig(scale=3, large_scale=2), "s")[1] == (
+        TpcbSeries("tpcb_scale10", 2, "s_large")
+    )
+    assert tpcb_plan(BenchConfig(large_tpcb=False), "s") == [TpcbSeries("tpcb", 1, "s")]
+    assert scratch_schemas("pgaudit_bench_ab") == ("pgaudit_bench_ab_large", "pgaudit_bench_ab")
 
 
 # --------------------------------------------------------------------------- no database
@@ -217,33 +254,60 @@ def test_render_table_rows() -> None:
     result: dict[str, Any] = dict.fromkeys(RESULT_KEYS)
     result.update(
         insert_ratio=1.2,
-        update_ratio=2.5,
-        delete_ratio=9.0,
-        delete_floor_ratio=8.4,
+        update_ratio=3.5,
+        delete_ratio=12.0,
+        delete_floor_ratio=10.4,
         single_row_update_tps_ratio=0.9,
+        tpcb_scale10_tps_ratio=0.86,
+        audit_bytes_per_change=351.0,
+        image_bytes_per_change=120.0,
         settings={"fsync": "on"},
         notes=["a note"],
     )
     rows = {row["metric"]: row for row in render_table(result)}
-    assert {"metric", "value", "target", "status"} == set(rows["insert_ratio"])
+    assert set(TABLE_COLUMNS) == set(rows["insert_ratio"])
     assert rows["insert_ratio"]["status"] == "ok"
     assert rows["update_ratio"]["status"] == "missed"
     # A target below what a bare JSONB log alone costs is said to be out of reach.
     assert rows["delete_ratio"]["status"] == (
-        "missed (out of reach: a bare JSONB log alone is 8.4x)"
+        "missed (out of reach: a bare JSONB log alone is 10.4x)"
     )
-    assert rows["delete_floor_ratio"]["value"] == 8.4
+    assert rows["delete_floor_ratio"]["value"] == 10.4
     assert rows["single_row_update_tps_ratio"] == {
         "metric": "single_row_update_tps_ratio",
         "value": 0.9,
-        "target": ">= 0.8",
+        "target": ">= 0.9",
         "status": "ok",
+        "compared_with": "unaudited, same run",
     }
+    assert rows["tpcb_scale10_tps_ratio"]["target"] == ">= 0.85"
+    assert rows["tpcb_scale10_tps_ratio"]["status"] == "ok"
     assert rows["tpcb_tps_ratio"]["status"] == "not measured"
+    assert rows["tpcb_scale10_floor_tps_ratio"]["status"] == ""
     assert rows["tpcb_floor_tps_ratio"]["value"] is None
+    # Storage has a target too, not a ratio: compared with the images alone.
+    assert rows["audit_bytes_per_change"]["target"] == "<= 350"
+    assert rows["audit_bytes_per_change"]["status"] == "missed"
+    assert rows["audit_bytes_per_change"]["compared_with"] == (
+        "images only (image_bytes_per_change)"
+    )
     assert rows["setting fsync"]["value"] == "on"
+    assert rows["setting fsync"]["compared_with"] is None
     assert rows["note"]["value"] == "a note"
     assert set(TARGETS) <= set(rows)
+
+
+def test_render_table_says_what_each_figure_is_compared_with() -> None:
+    rows = {row["metric"]: row for row in render_table(dict.fromkeys(RESULT_KEYS))}
+    # Every ratio and every figure with a target says where its comparison point comes from.
+    assert set(RATIO_KEYS) | set(TARGETS) <= set(COMPARED_WITH) <= set(RESULT_KEYS)
+    for key in ("insert_ratio", "tpcb_tps_ratio", "tpcb_scale10_tps_ratio"):
+        assert rows[key]["compared_with"] == "unaudited, same run"
+    for key in ("delete_floor_ratio", "tpcb_floor_tps_ratio", "tpcb_scale10_floor_tps_ratio"):
+        assert rows[key]["compared_with"] == "bare JSONB log (floor) vs unaudited, same run"
+    assert rows["update_limit_ratio"]["compared_with"] == "unaudited + bare JSONB log, same run"
+    assert rows["watch_changes_per_s"]["compared_with"] == "absolute"
+    assert rows["tpcb_scale10_plain_tps"]["compared_with"] is None
 
 
 def test_render_table_throughput_floors() -> None:
@@ -253,9 +317,11 @@ def test_render_table_throughput_floors() -> None:
     result.update(
         single_row_update_tps_ratio=0.55,
         single_row_update_floor_tps_ratio=0.7,
-        tpcb_tps_ratio=0.8,
+        tpcb_tps_ratio=0.7,
         tpcb_floor_tps_ratio=0.9,
-        update_ratio=2.5,
+        tpcb_scale10_tps_ratio=0.8,
+        tpcb_scale10_floor_tps_ratio=0.95,
+        update_ratio=3.5,
         update_floor_ratio=1.9,
     )
     rows = {row["metric"]: row for row in render_table(result)}
@@ -263,27 +329,47 @@ def test_render_table_throughput_floors() -> None:
         "missed (out of reach: a bare JSONB log alone is 0.7 of the unaudited TPS)"
     )
     assert rows["tpcb_tps_ratio"]["status"] == "missed"
+    assert rows["tpcb_scale10_tps_ratio"]["status"] == "missed"
     assert rows["update_ratio"]["status"] == "missed"
     assert rows["single_row_update_floor_tps_ratio"]["value"] == 0.7
     assert rows["tpcb_floor_tps_ratio"]["value"] == 0.9
-    result.update(tpcb_tps_ratio=0.6, tpcb_floor_tps_ratio=0.84, update_floor_ratio=2.1)
+    assert rows["tpcb_scale10_floor_tps_ratio"]["value"] == 0.95
+    result.update(tpcb_tps_ratio=0.6, tpcb_floor_tps_ratio=0.74, update_floor_ratio=3.1)
+    result.update(tpcb_scale10_floor_tps_ratio=0.84)
     rows = {row["metric"]: row for row in render_table(result)}
     assert rows["tpcb_tps_ratio"]["status"] == (
+        "missed (out of reach: a bare JSONB log alone is 0.74 of the unaudited TPS)"
+    )
+    assert rows["tpcb_scale10_tps_ratio"]["status"] == (
         "missed (out of reach: a bare JSONB log alone is 0.84 of the unaudited TPS)"
     )
     assert rows["update_ratio"]["status"] == (
-        "missed (out of reach: a bare JSONB log alone is 2.1x)"
+        "missed (out of reach: a bare JSONB log alone is 3.1x)"
     )
-    result.update(single_row_update_tps_ratio=0.85, single_row_update_floor_tps_ratio=None)
+    result.update(single_row_update_tps_ratio=0.95, single_row_update_floor_tps_ratio=None)
     result.update(tpcb_tps_ratio=0.6, tpcb_floor_tps_ratio=None)
+    result.update(tpcb_scale10_tps_ratio=0.6, tpcb_scale10_floor_tps_ratio=None)
     rows = {row["metric"]: row for row in render_table(result)}
     assert rows["single_row_update_tps_ratio"]["status"] == "ok"
     assert rows["tpcb_tps_ratio"]["status"] == "missed"
+    assert rows["tpcb_scale10_tps_ratio"]["status"] == "missed"
 
 
 def test_every_ratio_target_has_a_floor() -> None:
-    assert set(FLOOR_KEYS) == set(TARGETS) - set(WATCH_KEYS)
-    assert set(FLOOR_KEYS.values()) <= set(RESULT_KEYS)
+    assert set(FLOOR_KEYS) == set(TARGETS) - set(WATCH_KEYS) - {"audit_bytes_per_change"}
+    assert set(FLOOR_KEYS) <= set(RATIO_KEYS)
+    assert set(FLOOR_KEYS.values()) <= set(RATIO_KEYS)
+    assert set(TARGETS) <= set(RESULT_KEYS)
+
+
+def test_issue_13_targets() -> None:
+    assert TARGETS["single_row_update_tps_ratio"] == (">=", 0.90)
+    assert TARGETS["tpcb_scale10_tps_ratio"] == (">=", 0.85)
+    assert TARGETS["tpcb_tps_ratio"] == (">=", 0.75)
+    assert TARGETS["insert_ratio"] == ("<=", 1.6)
+    assert TARGETS["update_ratio"] == ("<=", 3.0)
+    assert TARGETS["delete_ratio"] == ("<=", 10.0)
+    assert TARGETS["audit_bytes_per_change"] == ("<=", 350)
 
 
 PGBENCH_15 = """\
@@ -349,6 +435,8 @@ def test_bench_command_prints_json_data_and_progress_on_stderr(audit: Audit, dsn
             "1",
             "--scale",
             "2",
+            "--large-scale",
+            "3",
             "--no-pgbench",
             "--format",
             "json",
@@ -359,5 +447,37 @@ def test_bench_command_prints_json_data_and_progress_on_stderr(audit: Audit, dsn
     assert set(RESULT_KEYS) <= set(data)
     assert data["insert_ratio"] > 0 and data["tpcb_tps_ratio"] is None
     assert data["row_at_median_ms"] > 0 and data["table_at_ratio"] > 0
-    assert data["scale"] == 2
+    assert data["scale"] == 2 and data["large_scale"] == 3
+    assert data["tpcb_scale10_tps_ratio"] is None
     assert result.stderr.strip(), "progress goes to stderr"
+
+
+def test_bench_command_large_scale_options_and_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--large-scale / --no-large-scale reach BenchConfig; the table has the compared_with
+    column (no database: the bench itself is replaced)."""
+    from click.testing import CliRunner
+
+    from pgaudit_tool import cli
+
+    configs: list[BenchConfig] = []
+
+    class FakeAudit:
+        def bench(self, config: BenchConfig, progress: Any = None) -> dict[str, Any]:
+            configs.append(config)
+            return {**dict.fromkeys(RESULT_KEYS), "tpcb_scale10_tps_ratio": 0.9, "notes": []}
+
+    monkeypatch.setattr(cli._State, "audit", lambda self: FakeAudit())
+    runner = CliRunner()
+    done = runner.invoke(cli.main, ["bench", "--large-scale", "20"])
+    assert done.exit_code == 0, done.output
+    assert (configs[-1].large_scale, configs[-1].large_tpcb) == (20, True)
+    header = done.stdout.splitlines()[0].split("|")
+    assert [h.strip() for h in header] == list(TABLE_COLUMNS)
+    line = next(x for x in done.stdout.splitlines() if "tpcb_scale10_tps_ratio " in x)
+    assert ">= 0.85" in line and "ok" in line and "unaudited, same run" in line
+    done = runner.invoke(cli.main, ["bench", "--no-large-scale"])
+    assert done.exit_code == 0, done.output
+    assert (configs[-1].large_scale, configs[-1].large_tpcb) == (10, False)
+    assert runner.invoke(cli.main, ["bench", "--large-scale", "0"]).exit_code == 2
+    help_text = runner.invoke(cli.main, ["bench", "--help"]).stdout
+    assert "--large-scale" in help_text and "--no-large-scale" in help_text

@@ -32,6 +32,15 @@ def count(conn: psycopg.Connection[Any], query: str) -> int:
     return int(row[0])
 
 
+ALL_OUTPUT_SETTINGS = [
+    "TimeZone=UTC",
+    "DateStyle=ISO, YMD",
+    "IntervalStyle=postgres",
+    "extra_float_digits=1",
+    "bytea_output=hex",
+]
+
+
 @pytest.fixture
 def orders(audit: Audit) -> Audit:
     audit.conn.execute(
@@ -622,6 +631,37 @@ def test_invalid_context_fails_the_write_clearly(orders: Audit) -> None:
     assert count(conn, "SELECT count(*) FROM audit.change") == 0
 
 
+@pytest.mark.parametrize(
+    ("columns", "pinned"),
+    [
+        ("a int, b text, c numeric, d date, e timestamp, f jsonb, g uuid", []),
+        ("a timestamptz, b int[]", ["TimeZone=UTC"]),
+        (
+            "a interval[], b float4, c bytea",
+            ["IntervalStyle=postgres", "extra_float_digits=1", "bytea_output=hex"],
+        ),
+        ("a tstzrange", ALL_OUTPUT_SETTINGS),  # a range is written by its output function
+        ("a money", ALL_OUTPUT_SETTINGS),
+        ("a sales.kind", ALL_OUTPUT_SETTINGS),  # a type of the table owner's
+    ],
+)
+def test_capture_function_pins_the_output_settings_its_types_depend_on(
+    audit: Audit, columns: str, pinned: list[str]
+) -> None:
+    """Each pinned setting costs every call (issue 13): only those the table's images depend
+    on are pinned; anything but a known built-in type pins them all."""
+    conn = audit.conn
+    conn.execute("CREATE SCHEMA sales; CREATE TYPE sales.kind AS ENUM ('a', 'b')")
+    conn.execute(f"CREATE TABLE sales.p (id int PRIMARY KEY, {columns})")
+    audit.enable("sales.p")
+    config = conn.execute(
+        "SELECT p.proconfig FROM pg_proc AS p JOIN audit.tracked_table AS t"
+        " ON p.proname = t.capture_function AND p.pronamespace = 'audit'::regnamespace"
+    ).fetchone()[0]  # type: ignore[index]
+    assert config == ["search_path=pg_catalog, pg_temp", *pinned]
+    assert [p for p in audit.doctor() if p["severity"] == "error"] == []
+
+
 def test_generated_capture_function_is_private(
     orders: Audit, pg_server: PgServer, make_role: Callable[..., str]
 ) -> None:
@@ -632,8 +672,7 @@ def test_generated_capture_function_is_private(
         " FROM pg_proc WHERE proname = %s AND pronamespace = 'audit'::regnamespace",
         (fn,),
     ).fetchone()  # type: ignore[misc]
-    assert secdef and "search_path=pg_catalog, pg_temp" in config and not public_exec
-    assert "TimeZone=UTC" in config  # images do not depend on the writer's session settings
+    assert secdef and config[0] == "search_path=pg_catalog, pg_temp" and not public_exec
     user = make_role("app")
     with psycopg.connect(pg_server.dsn_for(conn.info.dbname, user=user), autocommit=True) as c:
         for stmt in (
@@ -681,3 +720,37 @@ def test_writable_ctes_log_each_key_in_order(audit: Audit, partitioned: bool) ->
         ("INSERT", 12),
     ]
     assert sorted((r["id"], r["v"]) for r in audit.table_at("s", t0)) == [(12, "a"), (13, "b")]
+
+
+def test_capture_never_scans_the_log_sequentially_on_stale_statistics(orders: Audit) -> None:
+    """Plans on the write path must not depend on statistics (issue 13): after ANALYZE of an
+    almost empty log, a session that planned capture's statements then (plpgsql keeps generic
+    plans after five executions) and keeps writing while the log grows must not look up its
+    transaction record, nor the commit marker its row, by a sequential scan."""
+    conn = orders.conn
+    conn.execute("ALTER TABLE audit.transaction SET (autovacuum_enabled = off)")
+    conn.execute("ALTER TABLE audit.change SET (autovacuum_enabled = off)")
+    conn.execute("INSERT INTO sales.orders VALUES (0, 'ann', 1, NULL)")
+    conn.execute("ANALYZE audit.transaction, audit.change")
+    for _ in range(8):
+        conn.execute("UPDATE sales.orders SET amount = amount + 1 WHERE id = 0")
+    conn.execute(
+        "DO $$ BEGIN FOR i IN 1..5000 LOOP"
+        " INSERT INTO sales.orders VALUES (i, 'bob', i, NULL); COMMIT; END LOOP; END $$"
+    )
+    with conn.transaction():
+        conn.execute("UPDATE sales.orders SET amount = amount + 1 WHERE id = 1")
+        conn.execute("UPDATE sales.orders SET amount = amount + 1 WHERE id = 2")
+        conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # the commit marker runs now
+        scans = conn.execute(
+            "SELECT relname, seq_scan FROM pg_stat_xact_all_tables"
+            " WHERE schemaname = 'audit' AND relname IN ('transaction', 'change') ORDER BY 1"
+        ).fetchall()
+        stamped = count(
+            conn,
+            "SELECT count(*) FROM audit.transaction"
+            " WHERE txid = pg_current_xact_id() AND committed_at IS NOT NULL",
+        )
+    assert scans == [("change", 0), ("transaction", 0)]
+    assert stamped == 1
+    assert count(conn, "SELECT count(*) FROM audit.transaction WHERE committed_at IS NULL") == 0

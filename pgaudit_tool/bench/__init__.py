@@ -1,10 +1,11 @@
 """``pgaudit-tool bench``: what auditing costs, measured on the connected database.
 
-Everything runs in a scratch schema ``pgaudit_bench_<random>`` that is always removed at the
-end, also after an error or Ctrl-C: capture is disabled on its tables, the audit rows they
-produced are deleted (``audit.change``, ``audit.table_layout``, ``audit.tracked_table`` and
-every other table of the audit schema with a ``relid`` column, then the ``audit.transaction``
-rows left without changes), and the schema is dropped.  So the bench needs the audit schema
+Everything runs in a scratch schema ``pgaudit_bench_<random>`` (the large TPC-B series in
+``pgaudit_bench_<random>_large``) that is always removed at the end, also after an error or
+Ctrl-C: capture is disabled on its tables, the audit rows they produced are deleted
+(``audit.change``, ``audit.table_layout``, ``audit.tracked_table`` and every other table of the
+audit schema with a ``relid`` column, then the ``audit.transaction`` rows left without changes),
+and the schema is dropped.  So the bench needs the audit schema
 installed and a role that may create schemas, enable capture and delete from the audit tables:
 the owner of the audit schema or a superuser.  ``CHECKPOINT`` before each measurement needs a
 superuser (or ``pg_checkpoint``); without it the bench runs anyway and says so in its notes.
@@ -29,7 +30,10 @@ repetition), and every ratio is the median of the per-repetition ratios:
 * single-row ``UPDATE`` by primary key from ``clients`` concurrent clients for ``duration``
   seconds, with pgbench when available, else with threads of this process:
   ``single_row_update_tps_ratio`` (audited TPS / unaudited TPS).
-* pgbench's built-in TPC-B-like workload with its four tables audited: ``tpcb_tps_ratio``.
+* pgbench's built-in TPC-B-like workload with its four tables audited: ``tpcb_tps_ratio`` at
+  ``scale`` (default 1), then ``tpcb_scale10_tps_ratio`` the same way at ``large_scale``
+  (default 10; ``large_tpcb=False`` skips it), its pgbench tables in a second scratch schema
+  ``pgaudit_bench_<random>_large`` (removed with the first).
   pgbench_history has no key, so it gets ``hid bigserial PRIMARY KEY`` for every run.
   Without pgbench both TPS ratios that need it are None (the single-row one falls back to the
   built-in driver, TPC-B is not run).
@@ -37,7 +41,8 @@ repetition), and every ratio is the median of the per-repetition ratios:
   the row's JSONB images in ``bare_log`` in the same statement (a CTE: UPDATE old and new,
   INSERT new; for TPC-B a custom pgbench script equal to the built-in one otherwise), a third
   series of the same repetitions, always between the unaudited and audited runs.
-  ``single_row_update_floor_tps_ratio``, ``tpcb_floor_tps_ratio``: its TPS / unaudited TPS,
+  ``single_row_update_floor_tps_ratio``, ``tpcb_floor_tps_ratio``,
+  ``tpcb_scale10_floor_tps_ratio``: its TPS / unaudited TPS,
   the most any capture storing the images can keep (a target above it is out of reach).
 * ``audit_bytes_per_change``: growth of ``audit.change`` + ``audit.transaction`` (heap, indexes,
   TOAST, free space and visibility maps) over the bulk phase / changes recorded;

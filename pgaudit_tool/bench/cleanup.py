@@ -8,26 +8,31 @@ import psycopg
 from psycopg import sql
 
 from pgaudit_tool import schema
-from pgaudit_tool.bench.config import Progress
+from pgaudit_tool.bench.config import Progress, scratch_schemas
 from pgaudit_tool.connection import connect
 from pgaudit_tool.errors import AuditError
 
 
 def cleanup(conninfo: str, scratch: str, progress: Progress, quiet: bool = False) -> None:
-    """Remove the scratch schema and every audit row of its tables.
+    """Remove the scratch schema, the large TPC-B series' schema (see
+    :func:`~pgaudit_tool.bench.config.scratch_schemas`) and every audit row of their tables.
 
     With ``quiet`` (the bench already failed) a failure here is reported through
     ``progress`` instead of replacing the original error.
     """
+    schemas = scratch_schemas(scratch)
     progress(f"bench: removing {scratch} and its audit rows")
     try:
-        with connect(conninfo) as conn, conn.transaction():
-            remove_scratch(conn, scratch)
+        with connect(conninfo) as conn:
+            for name in schemas:
+                with conn.transaction():
+                    remove_scratch(conn, name)
     except (AuditError, psycopg.Error) as exc:
         if not quiet:
+            dropped = ", ".join(schemas)
             raise AuditError(
                 f"bench: could not remove the scratch schema {scratch}: {exc}",
-                hint=f"Disable audit on its tables, delete their audit rows and DROP SCHEMA {scratch} CASCADE.",
+                hint=f"Disable audit on the tables of {dropped}, delete their audit rows and DROP SCHEMA {dropped} CASCADE.",
             ) from exc
         progress(f"bench: could not remove the scratch schema {scratch}: {exc}")
 

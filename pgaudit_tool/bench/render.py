@@ -1,15 +1,51 @@
-"""The bench result for people: one row per metric, with its target and verdict."""
+"""The bench result for people: one row per metric, with its target, verdict and what it is
+compared with."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pgaudit_tool.bench.config import FLOOR_KEYS, RESULT_KEYS, TARGETS
+from pgaudit_tool.bench.config import (
+    FLOOR_KEYS,
+    OPERATIONS,
+    RESULT_KEYS,
+    TARGETS,
+    TPCB,
+    TPCB_LARGE,
+)
+
+#: Columns of :func:`render_table`'s rows, in order.
+TABLE_COLUMNS = ("metric", "value", "target", "status", "compared_with")
+
+SAME_RUN = "unaudited, same run"
+FLOOR_VS_SAME_RUN = "bare JSONB log (floor) vs unaudited, same run"
+_TPS_PHASES = ("single_row_update", TPCB, TPCB_LARGE)
+_GUARD = "same UPDATE on the unguarded table, same round"
+#: Metric -> where its comparison point comes from (figures absent here compare with nothing).
+COMPARED_WITH: dict[str, str] = {
+    **{f"{op}_ratio": SAME_RUN for op in OPERATIONS},
+    **{f"{phase}_tps_ratio": SAME_RUN for phase in _TPS_PHASES},
+    "limit_ratio": "unaudited + bare JSONB log, same run (median of the three)",
+    **{f"{op}_limit_ratio": "unaudited + bare JSONB log, same run" for op in OPERATIONS},
+    **{f"{op}_floor_ratio": FLOOR_VS_SAME_RUN for op in OPERATIONS},
+    **{f"{phase}_floor_tps_ratio": FLOOR_VS_SAME_RUN for phase in _TPS_PHASES},
+    "audit_bytes_per_change": "images only (image_bytes_per_change)",
+    "table_at_ratio": "CREATE TABLE AS of the live table, same run",
+    "revert_ratio": "the UPDATE it reverts, same run",
+    "watch_changes_per_s": "absolute",
+    "watch_lag_ms_p95": "absolute",
+    "watch_capture_tps_ratio": "audited, no watcher running, same run",
+    "watch_capture_tps_ratio_range": "audited, no watcher running, same run",
+    "guard_cost_us": _GUARD,
+    "guard_cost_us_range": _GUARD,
+    "guard_never_guarded_delta_us": _GUARD,
+}
 
 
 def render_table(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows ``metric, value, target, status`` for ``--format table``: the ratios with their
-    targets first, then storage, raw medians, the run's parameters and the notes."""
+    """Rows ``metric, value, target, status, compared_with`` (:data:`TABLE_COLUMNS`) for
+    ``--format table``: the ratios with their targets first, then storage, raw medians, the
+    run's parameters and the notes."""
     rows = [
         _metric_row(
             key, result.get(key), result.get(FLOOR_KEYS[key]) if key in FLOOR_KEYS else None
@@ -37,6 +73,7 @@ def _metric_row(metric: str, value: Any, floor: Any = None) -> dict[str, Any]:
         "value": value,
         "target": f"{target[0]} {target[1]}" if target else None,
         "status": status,
+        "compared_with": COMPARED_WITH.get(metric),
     }
 
 

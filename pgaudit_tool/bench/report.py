@@ -16,6 +16,8 @@ from pgaudit_tool.bench.config import (
     RAW_KEYS,
     RESULT_KEYS,
     SETTINGS,
+    TPCB,
+    TPCB_LARGE,
     BenchConfig,
 )
 from pgaudit_tool.bench.session import Session
@@ -46,7 +48,7 @@ def _ratios(samples: Samples) -> dict[str, Any]:
         result[f"{op}_floor_ratio"] = None if bare_share is None else rounded(1 + bare_share, 3)
     limits = [result[f"{op}_limit_ratio"] for op in OPERATIONS]
     result["limit_ratio"] = rounded(statistics.median(limits), 3) if None not in limits else None
-    for phase, key in (("single_row", "single_row_update"), ("tpcb", "tpcb")):
+    for phase, key in (("single_row", "single_row_update"), (TPCB, TPCB), (TPCB_LARGE, TPCB_LARGE)):
         plain, audited, floor = (f"{phase}_{w}_tps" for w in (PLAIN, AUDITED, FLOOR))
         result[f"{key}_tps_ratio"] = rounded(samples.ratio(audited, plain), 3)
         result[f"{key}_floor_tps_ratio"] = rounded(samples.ratio(floor, plain), 3)
@@ -76,6 +78,7 @@ def _context(s: Session) -> dict[str, Any]:
         "duration": cfg.duration,
         "repetitions": cfg.repetitions,
         "scale": cfg.scale,
+        "large_scale": cfg.large_scale if cfg.large_tpcb else None,
         "pgbench": s.pgbench,
         "server_version": _show(s.conn, "server_version"),
         "settings": {name: _show(s.conn, name) for name in SETTINGS},
@@ -98,11 +101,12 @@ def _standard_notes(cfg: BenchConfig) -> list[str]:
         "bare log stores two images per row (old and new) in one row. insert/update/delete_"
         "floor_ratio: (unaudited time + that bare log's time) / unaudited time, the least ratio "
         "any capture storing the JSONB images can have.",
-        "single_row_update_floor_tps_ratio, tpcb_floor_tps_ratio: TPS of the unaudited workload "
-        "whose every write also stores the row's JSONB images in a bare table in the same "
-        "statement (UPDATE: old and new, INSERT: new; a CTE) / unaudited TPS, measured in the "
-        "same repetitions (unaudited and audited swapping first and last place, the bare log "
-        "between them): the most TPS any capture storing the JSONB images can keep.",
+        "single_row_update_floor_tps_ratio, tpcb_floor_tps_ratio, tpcb_scale10_floor_tps_ratio: "
+        "TPS of the unaudited workload whose every write also stores the row's JSONB images in "
+        "a bare table in the same statement (UPDATE: old and new, INSERT: new; a CTE) / "
+        "unaudited TPS, measured in the same repetitions (unaudited and audited swapping first "
+        "and last place, the bare log between them): the most TPS any capture storing the JSONB "
+        "images can keep.",
         "audit_bytes_per_change: total size (heap, indexes, TOAST, maps) of copies of "
         "audit.change and audit.transaction (same columns and indexes) holding only the audit "
         "rows of the bulk phase / changes recorded then (inserts, updates, deletes); copies, "

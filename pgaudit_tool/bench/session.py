@@ -37,8 +37,9 @@ class Session:
         self.can_checkpoint = True
         self.pgbench = find_pgbench(conn, config.pgbench) if config.use_pgbench else None
 
-    def table(self, name: str) -> sql.Identifier:
-        return sql.Identifier(self.scratch, name)
+    def table(self, name: str, schema: str | None = None) -> sql.Identifier:
+        """``name`` in ``schema``, by default the scratch schema."""
+        return sql.Identifier(schema or self.scratch, name)
 
     def sample(self, name: str, value: float) -> None:
         """Record one measurement and report it."""
@@ -46,14 +47,16 @@ class Session:
         unit = "TPS" if name.endswith("_tps") else "ms"
         self.progress(f"  {name.rsplit('_', 1)[0]}: {value:.1f} {unit}")
 
-    def oid(self, name: str) -> int:
+    def oid(self, name: str, schema: str | None = None) -> int:
+        """OID of the table ``name`` of ``schema``, by default the scratch schema."""
+        schema = schema or self.scratch
         row = self.conn.execute(
             "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = %s AND c.relname = %s",
-            (self.scratch, name),
+            (schema, name),
         ).fetchone()
         if row is None:
-            raise AuditError(f"bench: table {self.scratch}.{name} is missing")
+            raise AuditError(f"bench: table {schema}.{name} is missing")
         return int(row[0])
 
     def set_audit(self, oid: int, *, on: bool) -> None:

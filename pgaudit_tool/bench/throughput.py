@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from psycopg import sql
 
-from pgaudit_tool.bench.config import AUDITED, BARE_LOG, FLOOR, PLAIN, TPCB_TABLES
+from pgaudit_tool.bench.config import (
+    AUDITED,
+    BARE_LOG,
+    FLOOR,
+    PLAIN,
+    TPCB,
+    TPCB_LARGE,
+    TPCB_TABLES,
+    BenchConfig,
+    scratch_schemas,
+)
 from pgaudit_tool.bench.driver import driver_tps
 from pgaudit_tool.bench.pgbench import Target, parse_tps, pgbench_target, run_pgbench
 from pgaudit_tool.bench.session import Session, series
@@ -59,50 +70,99 @@ def _single_row_run(s: Session, name: str) -> float:
     return _script_tps(s, [f"\\set id random(1, {s.config.rows})", stmt], [])
 
 
+@dataclass(frozen=True)
+class TpcbSeries:
+    """One TPC-B series: the prefix of its keys (``tpcb``, ``tpcb_scale10``), pgbench's scale
+    factor and the schema of its four pgbench tables."""
+
+    prefix: str
+    scale: int
+    schema: str
+
+    def table(self, name: str) -> sql.Identifier:
+        return sql.Identifier(self.schema, name)
+
+
+def tpcb_plan(config: BenchConfig, scratch: str) -> list[TpcbSeries]:
+    """The TPC-B series of a run, in order: at ``config.scale`` in the scratch schema, then
+    (unless ``large_tpcb`` is off) at ``config.large_scale`` in a schema of its own, as
+    ``pgbench -i`` always names its tables the same."""
+    plan = [TpcbSeries(TPCB, config.scale, scratch)]
+    if config.large_tpcb:
+        plan.append(TpcbSeries(TPCB_LARGE, config.large_scale, scratch_schemas(scratch)[0]))
+    return plan
+
+
 def tpcb_phase(s: Session) -> None:
     """TPS of pgbench's TPC-B-like workload, its four tables unaudited, unaudited with every
-    write logging its images into ``bare_log`` (the floor), and audited."""
+    write logging its images into ``bare_log`` (the floor), and audited; at each scale of
+    :func:`tpcb_plan`, one series after the other."""
     if s.pgbench is None:
         s.notes.append("pgbench not found or disabled: TPC-B not measured.")
         return
-    s.progress(f"TPC-B: pgbench -i -s {s.config.scale}")
-    run_pgbench(s.pgbench, ["-i", "-q", "-s", str(s.config.scale)], _target(s, True))
-    s.conn.execute(
-        sql.SQL("ALTER TABLE {} ADD COLUMN hid bigserial PRIMARY KEY").format(
-            s.table("pgbench_history")
-        )
-    )
+    for tpcb in tpcb_plan(s.config, s.scratch):
+        _tpcb_series(s, tpcb)
     s.notes.append(
         "TPC-B: pgbench_history was given a key (hid bigserial PRIMARY KEY) for the unaudited, "
         "bare log and audited runs, because capture needs a key."
     )
-    oids = [s.oid(t) for t in TPCB_TABLES]
+    if not s.config.large_tpcb:
+        s.notes.append(f"{TPCB_LARGE}_*: the large-scale TPC-B series was skipped.")
+        return
+    s.notes.append(
+        f"{TPCB_LARGE}_*: the same TPC-B series at scale {s.config.large_scale} (as many "
+        "branches, so less contention on a branch row), run after the scale "
+        f"{s.config.scale} one, its pgbench tables in a schema of their own "
+        f"({scratch_schemas(s.scratch)[0]}), bare_log shared."
+    )
+
+
+def _tpcb_series(s: Session, tpcb: TpcbSeries) -> None:
+    """pgbench -i at the series' scale in its schema, then the repetitions of :func:`series`."""
+    assert s.pgbench is not None
+    if tpcb.schema != s.scratch:
+        s.conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(tpcb.schema)))
+    s.progress(f"TPC-B: pgbench -i -s {tpcb.scale} (in {tpcb.schema})")
+    run_pgbench(s.pgbench, ["-i", "-q", "-s", str(tpcb.scale)], _target(s, tpcb.schema))
+    s.conn.execute(
+        sql.SQL("ALTER TABLE {} ADD COLUMN hid bigserial PRIMARY KEY").format(
+            tpcb.table("pgbench_history")
+        )
+    )
+    oids = [s.oid(t, tpcb.schema) for t in TPCB_TABLES]
     for rep in range(s.config.repetitions):
         for name in series(rep):
-            _tpcb_run(s, name, oids)
+            _tpcb_run(s, tpcb, name, oids)
 
 
-def _tpcb_run(s: Session, name: str, oids: Sequence[int]) -> None:
+def _tpcb_run(s: Session, tpcb: TpcbSeries, name: str, oids: Sequence[int]) -> None:
     with translated_errors():
         for oid in oids:
             s.set_audit(oid, on=name == AUDITED)
     for table in TPCB_TABLES:
-        s.vacuum(s.table(table))
+        s.vacuum(tpcb.table(table))
     s.checkpoint()
     if name == FLOOR:
-        script: list[str | sql.Composable] = [*TPCB_SET_LINES, *tpcb_floor_statements(s.table)]
+        statements = tpcb_floor_statements(
+            lambda table: s.table(BARE_LOG) if table == BARE_LOG else tpcb.table(table)
+        )
+        script: list[str | sql.Composable] = [*TPCB_SET_LINES, *statements]
         # a custom script's :scale is -s (1 without it), not pgbench_branches' row count
-        tps = _script_tps(s, script, ["-s", str(s.config.scale)], search_path=True)
+        tps = _script_tps(s, script, ["-s", str(tpcb.scale)], search_path=tpcb.schema)
         s.clear_bare_log()
     else:
-        tps = _pgbench_tps(s, [], search_path=True)
-    s.sample(f"tpcb_{name}_tps", tps)
+        tps = _pgbench_tps(s, [], search_path=tpcb.schema)
+    s.sample(f"{tpcb.prefix}_{name}_tps", tps)
 
 
 def _script_tps(
-    s: Session, lines: Sequence[str | sql.Composable], args: list[str], search_path: bool = False
+    s: Session,
+    lines: Sequence[str | sql.Composable],
+    args: list[str],
+    search_path: str | None = None,
 ) -> float:
-    """TPS of a custom pgbench script: its meta-commands (str) and SQL statements, in order."""
+    """TPS of a custom pgbench script: its meta-commands (str) and SQL statements, in order;
+    ``search_path``: the schema pgbench's connections look in first (see :func:`_target`)."""
     text = "".join(
         f"{line}\n" if isinstance(line, str) else f"{line.as_string(s.conn)};\n" for line in lines
     )
@@ -112,7 +172,7 @@ def _script_tps(
         return _pgbench_tps(s, ["-f", str(path), *args], search_path)
 
 
-def _pgbench_tps(s: Session, args: list[str], search_path: bool = False) -> float:
+def _pgbench_tps(s: Session, args: list[str], search_path: str | None = None) -> float:
     assert s.pgbench is not None
     seconds = max(1, round(s.config.duration))
     clients = str(s.config.clients)
@@ -123,5 +183,5 @@ def _pgbench_tps(s: Session, args: list[str], search_path: bool = False) -> floa
     return parse_tps(output)
 
 
-def _target(s: Session, search_path: bool) -> Target:
-    return pgbench_target(s.conninfo, s.scratch if search_path else None)
+def _target(s: Session, search_path: str | None) -> Target:
+    return pgbench_target(s.conninfo, search_path)

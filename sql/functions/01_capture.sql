@@ -323,18 +323,50 @@ COMMENT ON FUNCTION audit._excluded_now(oid, int2[], text[], int2[]) IS
     'Internal. Attribute numbers of the columns to exclude now: the excluded ones, any bearing a name an excluded column had, and on a table with exclusions any column added since the known layout.';
 
 
-CREATE OR REPLACE FUNCTION audit._capture_create_sql(p_name text, p_body text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT AS $$
-    -- Images and keys must not depend on the writer's session: fixed output settings.
-    SELECT pg_catalog.format(
-        'CREATE OR REPLACE FUNCTION audit.%I() RETURNS trigger'
-        ' LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp'
-        ' SET timezone = ''UTC'' SET datestyle = ''ISO, YMD'' SET intervalstyle = ''postgres'''
-        ' SET extra_float_digits = 1 SET bytea_output = ''hex'' AS %L', p_name, p_body)
+CREATE OR REPLACE FUNCTION audit._output_settings(p_relid oid, p_all boolean) RETURNS text[]
+LANGUAGE sql STABLE STRICT AS $$
+    -- The output settings that images and keys of the table's rows depend on, as name=value
+    -- (the form of pg_proc.proconfig). to_jsonb writes numbers, booleans, strings, JSON, dates
+    -- and timestamps without time zone in fixed forms; a timestamptz depends on TimeZone, an
+    -- interval on IntervalStyle, a float on extra_float_digits, a bytea on bytea_output (also in
+    -- arrays and domains). Any other type (ranges, composites, types of extensions or of the
+    -- table owner, converted by their output functions) pins them all, and so does p_all.
+    -- Each pinned setting costs the capture function's every call (its GUC save and restore).
+    WITH types AS (
+        SELECT coalesce(audit._base_type(audit._array_element(audit._base_type(a.atttypid))),
+                        audit._base_type(a.atttypid)) AS typ
+          FROM pg_catalog.pg_attribute AS a
+         WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped),
+    pinned AS (
+        SELECT p_all OR EXISTS (SELECT FROM types WHERE typ <> ALL ('{16,18,19,20,21,23,25,26,114,650,829,869,1042,1043,1082,1083,1114,1266,1700,2950,3802,1184,1186,700,701,17}'::oid[])) AS every)
+    SELECT ARRAY(SELECT s.setting FROM pinned, (VALUES (1, 'TimeZone=UTC', '{1184}'::oid[]),
+                                                    (2, 'DateStyle=ISO, YMD', '{}'::oid[]),
+                                                    (3, 'IntervalStyle=postgres', '{1186}'::oid[]),
+                                                    (4, 'extra_float_digits=1', '{700,701}'::oid[]),
+                                                    (5, 'bytea_output=hex', '{17}'::oid[])) AS s(n, setting, needs)
+                  WHERE pinned.every OR EXISTS (SELECT FROM types WHERE typ = ANY (s.needs))
+                  ORDER BY s.n)
 $$;
 
-COMMENT ON FUNCTION audit._capture_create_sql(text, text) IS
-    'Internal. The CREATE FUNCTION statement of a capture function from its name and body (the body is a quoted literal).';
+COMMENT ON FUNCTION audit._output_settings(oid, boolean) IS
+    'Internal. The output settings (name=value) a capture function must pin so that the images of the table''s rows do not depend on the writer''s session: those its column types depend on, or all of them (p_all).';
+
+
+CREATE OR REPLACE FUNCTION audit._capture_create_sql(p_name text, p_body text, p_settings text[]) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    -- Images and keys must not depend on the writer's session: the settings they depend on are
+    -- pinned (audit._output_settings), and search_path always.
+    SELECT pg_catalog.format(
+        'CREATE OR REPLACE FUNCTION audit.%I() RETURNS trigger'
+        ' LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%s AS %L', p_name,
+        (SELECT pg_catalog.string_agg(pg_catalog.format(' SET %I = %L', pg_catalog.split_part(s, '=', 1),
+                                                        pg_catalog.substr(s, pg_catalog.strpos(s, '=') + 1)), '' ORDER BY n)
+           FROM unnest(p_settings) WITH ORDINALITY AS u(s, n)),
+        p_body)
+$$;
+
+COMMENT ON FUNCTION audit._capture_create_sql(text, text, text[]) IS
+    'Internal. The CREATE FUNCTION statement of a capture function from its name, body (a quoted literal) and pinned output settings (name=value, besides search_path).';
 
 
 CREATE OR REPLACE FUNCTION audit._capture_function_sql(p_relid oid, p_layout_check boolean) RETURNS text
@@ -405,7 +437,6 @@ DECLARE
     v_excluded text[] := %3$L::text[];
     v_drift boolean := false;
     v_rows bigint;
-    v_open boolean;
     v_rls text;
 BEGIN%6$s
     IF v_txid IS NULL THEN
@@ -454,18 +485,17 @@ BEGIN%6$s
     IF v_rows > 0 THEN
         -- The transaction's context, recorded once, at its first audited change; its row arms
         -- the commit marker. A marker fired early (SET CONSTRAINTS ... IMMEDIATE) is re-armed.
-        SELECT x.committed_at IS NULL INTO v_open FROM audit.transaction AS x WHERE x.txid = v_txid;
-        IF v_open IS NULL THEN
-            INSERT INTO audit.transaction (txid, started_at, db_user, application_name, client_addr,
-                                           client_port, backend_pid, actor, context)
-            VALUES (v_txid, pg_catalog.now(), session_user,
-                    nullif(pg_catalog.current_setting('application_name'), ''),
-                    pg_catalog.inet_client_addr(), pg_catalog.inet_client_port(), pg_catalog.pg_backend_pid(),
-                    nullif(pg_catalog.current_setting('pgaudit.actor', true), ''),
-                    audit._context(nullif(pg_catalog.current_setting('pgaudit.context', true), '')));
-        ELSIF NOT v_open THEN
-            UPDATE audit.transaction SET committed_at = NULL WHERE txid = v_txid;
-        END IF;
+        -- One statement, planned by nobody: ON CONFLICT probes the primary key itself, so no
+        -- statistics of audit.transaction (stale after a quiet period or a restore) can turn it
+        -- into a sequential scan.
+        INSERT INTO audit.transaction AS x (txid, started_at, db_user, application_name, client_addr,
+                                            client_port, backend_pid, actor, context)
+        VALUES (v_txid, pg_catalog.now(), session_user,
+                nullif(pg_catalog.current_setting('application_name'), ''),
+                pg_catalog.inet_client_addr(), pg_catalog.inet_client_port(), pg_catalog.pg_backend_pid(),
+                nullif(pg_catalog.current_setting('pgaudit.actor', true), ''),
+                audit._context(nullif(pg_catalog.current_setting('pgaudit.context', true), '')))
+        ON CONFLICT (txid) DO UPDATE SET committed_at = NULL WHERE x.committed_at IS NOT NULL;
     END IF;
     RETURN NULL;
 END
@@ -480,7 +510,9 @@ $fn$,
         audit._capture_sql('INSERT', p_relid, t.key_columns, t.excluded_columns, false),
         audit._capture_sql('UPDATE', p_relid, t.key_columns, t.excluded_columns, false),
         audit._capture_sql('DELETE', p_relid, t.key_columns, t.excluded_columns, false));
-    RETURN audit._capture_create_sql(t.capture_function, v_body);
+    -- Every output setting when the layout may change under the function (the dynamic path
+    -- then converts columns it was not generated for).
+    RETURN audit._capture_create_sql(t.capture_function, v_body, audit._output_settings(p_relid, p_layout_check));
 END
 $gen$;
 
@@ -555,10 +587,13 @@ REVOKE ALL ON FUNCTION audit._record_layout(oid, timestamptz) FROM PUBLIC;
 
 
 CREATE OR REPLACE FUNCTION audit._mark_commit() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
--- Deferred to COMMIT: stamps the transaction with the clock time of its commit.
+LANGUAGE plpgsql SECURITY DEFINER SET enable_seqscan = off AS $$
+-- Deferred to COMMIT: stamps the transaction with the clock time of its commit. Every name is
+-- qualified (no search_path to pin); enable_seqscan = off keeps the lookup by key an index scan
+-- whatever the statistics of audit.transaction say when the session first plans it.
 BEGIN
-    UPDATE audit.transaction SET committed_at = pg_catalog.clock_timestamp() WHERE txid = NEW.txid;
+    UPDATE audit.transaction SET committed_at = pg_catalog.clock_timestamp()
+     WHERE txid OPERATOR(pg_catalog.=) NEW.txid;
     RETURN NULL;
 END
 $$;

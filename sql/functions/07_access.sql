@@ -440,7 +440,7 @@ BEGIN
         RETURN NEXT;
     END LOOP;
     FOR t IN SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS qualified, x.capture_function, p.oid AS fn,
-                    p.prosrc, p.prosecdef, p.proowner, x.relid, x.layout_check
+                    p.prosrc, p.proconfig, p.prosecdef, p.proowner, x.relid, x.layout_check
                FROM audit.tracked_table AS x
                JOIN pg_catalog.pg_class AS c ON c.oid = x.relid
                JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
@@ -448,8 +448,9 @@ BEGIN
               WHERE x.enabled AND audit._layout_now(x.relid::regclass) IS NOT DISTINCT FROM x.generated_layout LOOP
         -- (After ALTER TABLE without the guard, the layout warning above stands for this check.)
         IF t.fn IS NULL OR NOT t.prosecdef OR t.proowner <> audit._owner()::oid
-           OR audit._capture_create_sql(t.capture_function, t.prosrc)
-              IS DISTINCT FROM audit._capture_function_sql(t.relid, t.layout_check) THEN
+           OR audit._capture_create_sql(t.capture_function, t.prosrc, t.proconfig[2:])
+              IS DISTINCT FROM audit._capture_function_sql(t.relid, t.layout_check)
+           OR t.proconfig[1] IS DISTINCT FROM 'search_path=pg_catalog, pg_temp' THEN
             severity := 'error'; object := t.qualified;
             problem := pg_catalog.format('capture function audit.%I is missing or differs from what pgaudit_tool generates (replaced or edited by hand)', t.capture_function);
             fix := pg_catalog.format('SELECT audit.refresh(%L)', t.qualified);
