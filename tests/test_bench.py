@@ -26,6 +26,7 @@ from pgaudit_tool.bench import (
 )
 from pgaudit_tool.bench.config import RATIO_KEYS, WATCH_KEYS
 from pgaudit_tool.bench.render import COMPARED_WITH, TABLE_COLUMNS
+from pgaudit_tool.bench.sql import TABLE_DDL
 from pgaudit_tool.bench.stats import percentile
 from pgaudit_tool.errors import InvalidInput, NotInstalled
 
@@ -481,3 +482,29 @@ def test_bench_command_large_scale_options_and_table(monkeypatch: pytest.MonkeyP
     assert runner.invoke(cli.main, ["bench", "--large-scale", "0"]).exit_code == 2
     help_text = runner.invoke(cli.main, ["bench", "--help"]).stdout
     assert "--large-scale" in help_text and "--no-large-scale" in help_text
+
+
+def test_backend_cpu_measures_capture_side_by_side(audit: Audit, dsn: str) -> None:
+    """The per-transaction server CPU behind the README's breakdown: an audited table costs
+    more than the same table unaudited, and the reference's own difference is zero."""
+    from pgaudit_tool.bench.backend_cpu import backend_cpu
+
+    for name in ("cpu_plain", "cpu_audited"):
+        audit.conn.execute(TABLE_DDL.format(name))
+        audit.conn.execute(
+            f"INSERT INTO {name} (id, qty, label, amount, created_at, active, attrs, ref)"
+            " SELECT i, 0, 'x', 0, now(), true, '{}', gen_random_uuid()"
+            " FROM generate_series(1, 100) AS i"
+        )
+    audit.enable("cpu_audited")
+    try:
+        plain, audited = backend_cpu(dsn, ["cpu_plain", "cpu_audited"], 1000, 1, rows=100)
+    except InvalidInput as exc:  # a server on another machine (a DSN given to the tests)
+        pytest.skip(str(exc))
+    assert (plain.table, plain.delta_us) == ("cpu_plain", 0)
+    assert audited.table == "cpu_audited" and audited.delta_us > 0
+    assert audit.conn.execute(
+        "SELECT count(*) FROM audit.change WHERE table_name = 'cpu_audited'"
+    ).fetchone() == (1000,)
+    with pytest.raises(InvalidInput):
+        backend_cpu(dsn, ["cpu_plain"])
