@@ -5,7 +5,7 @@ The public API is :class:`Audit` (one method per CLI command), the attribution h
 hierarchy rooted at :class:`AuditError`.
 """
 
-from pgaudit_tool.api import Audit, InstallResult
+from pgaudit_tool.api import Audit, EnableResult, InstallResult
 from pgaudit_tool.context import audit_context, set_actor, track_sessions
 from pgaudit_tool.errors import AuditError
 
@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Audit",
     "AuditError",
+    "EnableResult",
     "InstallResult",
     "__version__",
     "audit_context",

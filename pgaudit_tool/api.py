@@ -14,7 +14,7 @@ with Audit.connect("postgresql://dba@db/shop") as audit:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +35,13 @@ from pgaudit_tool import schema, tables
 from pgaudit_tool import watch as _watch
 from pgaudit_tool.connection import connect, resolve_conninfo
 from pgaudit_tool.context import audit_context
-from pgaudit_tool.db import load_json, lock_timeout_of, resolve_table, translated_errors
+from pgaudit_tool.db import (
+    load_json,
+    lock_timeout_of,
+    note_change,
+    resolve_table,
+    translated_errors,
+)
 from pgaudit_tool.errors import InvalidInput, TableNotSuitable
 from pgaudit_tool.reconstruct import normalize_pk
 from pgaudit_tool.rules import Rules, load_rules
@@ -46,7 +52,7 @@ if TYPE_CHECKING:
 
 #: A row key: a JSON object as text or a dict, or a bare value (single-column keys).
 Key = str | int | dict[str, Any]
-#: An instant: an aware datetime, or text (ISO-8601, ``yesterday``, ``2 hours ago``).
+#: An instant: an aware datetime, or text (ISO-8601, ``yesterday``, ``2 hours ago``, ``@EPOCH``).
 When = datetime | str
 
 
@@ -60,6 +66,18 @@ class InstallResult:
     @property
     def changed(self) -> bool:
         return self.before != self.after
+
+
+class EnableResult(list[dict[str, Any]]):
+    """What :meth:`Audit.enable` returns: a list with the status record of each table enabled
+    (as :meth:`Audit.status` has them), and ``skipped``: each table left out because it cannot
+    be audited (``skip_unsuitable``), by schema-qualified name, with the reason."""
+
+    def __init__(
+        self, enabled: Iterable[dict[str, Any]] = (), skipped: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(enabled)
+        self.skipped: dict[str, str] = dict(skipped or {})
 
 
 class Audit:
@@ -103,7 +121,12 @@ class Audit:
         triggers (after one was dropped or edited by hand) and regenerate capture functions.
         """
         with translated_errors():
-            before, after = schema.install(self.conninfo, lock_timeout_of(self.conn), repair=repair)
+            before, after = schema.install(
+                self.conninfo,
+                lock_timeout_of(self.conn),
+                repair=repair,
+                committing=lambda: note_change(self.conn),
+            )
         return InstallResult(before, after)
 
     def install_sql(self, *, repair: bool = False) -> str:
@@ -123,12 +146,13 @@ class Audit:
         exclude: Sequence[str] | None = None,
         capture_truncate: bool | None = None,
         skip_unsuitable: bool = False,
-    ) -> list[dict[str, Any]]:
+    ) -> EnableResult:
         """Audit the named tables and every table of ``schemas``, all or nothing.
 
         Tables that cannot be audited (no key, not a table) make the whole call fail with every
         reason listed, unless ``skip_unsuitable``, which leaves them out.
-        Returns the status record of each table enabled.
+        Returns the status record of each table enabled, a list whose ``skipped`` maps each
+        table left out to the reason (see :class:`EnableResult`).
         """
         self._require_installed()
         refs = tables.tables_to_audit(self.conn, names, schemas)
@@ -140,9 +164,10 @@ class Audit:
                 hint="Fix those tables, or leave them out (--skip-unsuitable).",
             )
         refs = [r for r in refs if r.name not in problems]
-        return tables.enable(
+        enabled = tables.enable(
             self.conn, refs, exclude=exclude, capture_truncate=capture_truncate, schemas=schemas
         )
+        return EnableResult(enabled, problems)
 
     def disable(self, *names: str, schemas: Sequence[str] = ()) -> dict[str, bool]:
         """Stop capture on the tables (history stays). Maps each table to whether it was audited."""
@@ -172,12 +197,15 @@ class Audit:
         since: When | None = None,
         until: When | None = None,
         limit: int | None = None,
+        last: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Changes, oldest first, streamed from a server-side cursor.
 
         ``pk``: a JSON object (str or dict) or a bare value for a single-column key (needs
         ``table``). ``since`` (inclusive) and ``until`` (exclusive): datetimes, ISO-8601 text,
-        PostgreSQL words (``yesterday``) or ``"2 hours ago"``.
+        PostgreSQL words (``yesterday``), an interval and ``ago`` (``"1h30m ago"``) or
+        ``"@1700000000"`` (Unix epoch seconds). ``limit``: only the oldest N matching changes;
+        ``last``: only the N most recent, still listed oldest first (not both).
         """
         self._require_installed()
         ref = None if table is None else resolve_table(self.conn, table)
@@ -191,6 +219,7 @@ class Audit:
             since=self._instant(since),
             until=self._instant(until),
             limit=limit,
+            last=last,
         )
         if pk is not None and ref is None:
             raise InvalidInput(
@@ -290,7 +319,7 @@ class Audit:
         )
 
     def instant(self, text: str) -> datetime:
-        """The instant a user's text names (ISO-8601, ``yesterday``, ``2 hours ago``)."""
+        """The instant a user's text names (ISO-8601, ``yesterday``, ``1h30m ago``, ``@1700000000``)."""
         return instant(self.conn, text)
 
     # -- integrity -----------------------------------------------------------------------------

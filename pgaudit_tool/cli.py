@@ -5,6 +5,7 @@ Data goes to stdout, messages to stderr. Exit codes are listed in ``EXIT_CODES``
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CODES = """\b
 Exit codes:
-  0  success
+  0  success (also when the reader of the output stops early: | head, quitting less)
   1  database error (the server's message is shown)
   2  bad input: unknown table or column, bad name, bad value, table not auditable
   3  cannot connect to the database
@@ -29,19 +30,25 @@ Exit codes:
   7  verify found the log tampered with, or doctor found auditing not intact
   8  a lock was not granted within --lock-timeout; nothing changed
   9  watch: another watcher is already running on this database
+  130  interrupted (Ctrl-C): the running query is cancelled; says when nothing was changed
 """
 
 _FORMATS = ("table", "csv", "json", "jsonl")
 
 
 class _Group(click.Group):
-    """Turns AuditError into a message on stderr and its documented exit code."""
+    """Turns AuditError into a message on stderr and its documented exit code; a closed
+    output pipe into exit 0 and Ctrl-C into exit 130."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except AuditError as exc:
             _fail(ctx, exc)
+        except KeyboardInterrupt:
+            _interrupted(ctx)
+        except BrokenPipeError:
+            _output_closed(ctx)
         except Exception as exc:
             import psycopg
 
@@ -59,6 +66,43 @@ def _fail(ctx: click.Context, exc: AuditError) -> None:
     ctx.exit(exc.exit_code)
 
 
+#: Commands that change the database through connections of their own, so that an interrupted
+#: run cannot tell whether it changed anything.
+_OWN_CONNECTIONS = frozenset({"bench", "demo", "watch"})
+
+
+def _interrupted(ctx: click.Context) -> None:
+    """Ctrl-C (SIGINT): cancel the server's query, say whether anything was changed, exit 130.
+
+    psycopg cancels the query it was waiting for when interrupted, then the transaction is
+    rolled back; a write transaction that had not begun to commit changed nothing.
+    """
+    state = ctx.obj if isinstance(ctx.obj, _State) else None
+    if state is not None:
+        state.cancel()
+    if ctx.invoked_subcommand in _OWN_CONNECTIONS:
+        message = "interrupted"
+    elif state is not None and state.may_have_changed():
+        message = "interrupted after changes were committed"
+    else:
+        message = "interrupted: nothing was changed"
+    # On a terminal, end the line of the echoed ^C first.
+    click.echo(("\n" if sys.stderr.isatty() else "") + message, err=True)
+    ctx.exit(130)
+
+
+def _output_closed(ctx: click.Context) -> None:
+    """The reader of the output went away (``| head``, quitting ``less``): stop quietly with
+    exit 0, as ``git log | head`` does. What is still buffered for stdout goes to /dev/null."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass  # stdout is no file descriptor (click's CliRunner)
+    ctx.exit(0)
+
+
 class _State:
     """Per-invocation state: the connection, opened on first use."""
 
@@ -74,8 +118,33 @@ class _State:
             self._audit = Audit.connect(self.dsn, lock_timeout=self.lock_timeout)
         return self._audit
 
+    def may_have_changed(self) -> bool:
+        """Whether this command may have committed a change (see ``db.may_have_changed``)."""
+        from pgaudit_tool.db import may_have_changed
+
+        return self._audit is not None and may_have_changed(self._audit.conn)
+
+    def cancel(self) -> None:
+        """Cancel the query the server may still be running for this command (closing the
+        connection alone would leave it running until it next talks to the client)."""
+        conn = None if self._audit is None else self._audit.conn
+        if conn is None or conn.closed:
+            return
+        from psycopg import pq
+
+        if conn.info.transaction_status != pq.TransactionStatus.ACTIVE:
+            return
+        try:
+            if hasattr(conn, "cancel_safe"):  # psycopg >= 3.2
+                conn.cancel_safe(timeout=5.0)
+            else:
+                conn.cancel()
+        except Exception:  # best effort: the connection is closed next
+            pass
+
     def close(self) -> None:
         if self._audit is not None:
+            self.cancel()
             self._audit.close()
 
 
@@ -178,7 +247,8 @@ def install(state: _State, dry_run: bool, repair: bool) -> None:
 @click.option(
     "--skip-unsuitable",
     is_flag=True,
-    help="Leave out tables that cannot be audited instead of failing.",
+    help="Leave out tables that cannot be audited instead of failing; each is named on stderr"
+    " with the reason.",
 )
 @_format_option
 @click.pass_obj
@@ -201,7 +271,10 @@ def enable(
         capture_truncate=truncate_content,
         skip_unsuitable=skip_unsuitable,
     )
-    _info(f"capture enabled on {len(rows)} table(s)")
+    for name, why in rows.skipped.items():
+        _info(f"{name}: skipped: {why}")
+    skipped = f", {len(rows.skipped)} skipped" if rows.skipped else ""
+    _info(f"capture enabled on {len(rows)} table(s){skipped}")
     _emit(rows, fmt, STATUS_COLUMNS)
 
 
@@ -241,7 +314,17 @@ def status(state: _State, fmt: str) -> None:
 
 
 _PK_HELP = "Row key: a JSON object ('{\"id\": 7}') or a bare value for a single-column key."
-_TIME_HELP = "ISO-8601 (2026-11-25T14:00+01:00), PostgreSQL words (yesterday) or '2 hours ago'."
+_TIME_HELP = (
+    "ISO-8601 (2026-11-25T14:00+01:00), PostgreSQL words (now, yesterday), an interval and"
+    " 'ago' ('2 hours 30 minutes ago', '1h30m ago') or @EPOCH seconds (@1700000000)."
+)
+
+
+def _time(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A time option's text, labelled with the option for errors (the server parses it later)."""
+    from pgaudit_tool.timeparse import TimeText
+
+    return TimeText(value, max(param.opts, key=len)) if isinstance(value, str) else value
 
 
 @main.command()
@@ -253,15 +336,31 @@ _TIME_HELP = "ISO-8601 (2026-11-25T14:00+01:00), PostgreSQL words (yesterday) or
 @click.option(
     "--op", type=click.Choice(["INSERT", "UPDATE", "DELETE", "TRUNCATE"], case_sensitive=False)
 )
-@click.option("--since", metavar="TIME", help="Only changes at or after TIME: " + _TIME_HELP)
-@click.option("--until", metavar="TIME", help="Only changes before TIME.")
-@click.option("--limit", type=click.IntRange(min=0), help="At most this many changes.")
+@click.option(
+    "--since", metavar="TIME", callback=_time, help="Only changes at or after TIME: " + _TIME_HELP
+)
+@click.option("--until", metavar="TIME", callback=_time, help="Only changes before TIME.")
+@click.option("--limit", type=click.IntRange(min=0), help="At most this many changes: the oldest.")
+@click.option(
+    "--last",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Only the N most recent changes (still listed oldest first). Not with --limit.",
+)
 @_format_option
 @click.pass_obj
 def history(state: _State, /, table: str | None, fmt: str, **filters: Any) -> None:
-    """Changes captured (of TABLE, or of every table), oldest first, streamed."""
+    """Changes captured (of TABLE, or of every table), oldest first, streamed.
+
+    --limit N keeps the oldest N of them, --last N the N most recent (in the same order).
+    """
     from pgaudit_tool.history import HISTORY_COLUMNS
 
+    if filters["limit"] is not None and filters["last"] is not None:
+        raise click.UsageError(
+            "--limit and --last cannot be combined: --limit N lists the oldest N changes,"
+            " --last N the most recent N"
+        )
     _emit(state.audit().history(table, **filters), fmt, HISTORY_COLUMNS)
 
 
@@ -291,7 +390,9 @@ def blame(state: _State, table: str, pk: str, fmt: str) -> None:
 @main.command("row-at")
 @click.argument("table")
 @click.option("--pk", metavar="KEY", required=True, help=_PK_HELP)
-@click.option("--at", "at", metavar="TIME", required=True, help="The instant: " + _TIME_HELP)
+@click.option(
+    "--at", "at", metavar="TIME", callback=_time, required=True, help="The instant: " + _TIME_HELP
+)
 @click.pass_obj
 def row_at(state: _State, table: str, pk: str, at: str) -> None:
     """Print a row of TABLE as it was at TIME, as JSON (null: it did not exist)."""
@@ -302,7 +403,9 @@ def row_at(state: _State, table: str, pk: str, at: str) -> None:
 
 @main.command("table-at")
 @click.argument("table")
-@click.option("--at", "at", metavar="TIME", required=True, help="The instant: " + _TIME_HELP)
+@click.option(
+    "--at", "at", metavar="TIME", callback=_time, required=True, help="The instant: " + _TIME_HELP
+)
 @click.option(
     "--into",
     metavar="SCHEMA.TABLE",
@@ -321,9 +424,22 @@ def table_at(state: _State, table: str, at: str, into: str | None, fmt: str) -> 
 
 @main.command()
 @click.argument("table")
-@click.option("--from", "since", metavar="TIME", required=True, help="Start instant: " + _TIME_HELP)
 @click.option(
-    "--to", "until", metavar="TIME", default="now", show_default=True, help="End instant."
+    "--from",
+    "since",
+    metavar="TIME",
+    callback=_time,
+    required=True,
+    help="Start instant: " + _TIME_HELP,
+)
+@click.option(
+    "--to",
+    "until",
+    metavar="TIME",
+    callback=_time,
+    default="now",
+    show_default=True,
+    help="End instant.",
 )
 @_format_option
 @click.pass_obj
@@ -334,13 +450,28 @@ def diff(state: _State, table: str, since: str, until: str, fmt: str) -> None:
     _emit(state.audit().diff(table, since, until), fmt, DIFF_COLUMNS)
 
 
+def _yes_option(func: F) -> F:
+    """-y/--yes, taken by every command that asks for confirmation (see _confirm)."""
+    return click.option(
+        "--yes",
+        "-y",
+        is_flag=True,
+        help="Do not ask for confirmation (needed when stdin is not a terminal).",
+    )(func)
+
+
 def _confirm(question: str, yes: bool) -> None:
     """Ask before a change, unless --yes; refuse without a terminal to ask on."""
     if yes:
         return
     if not sys.stdin.isatty():
         raise InvalidInput("refusing to change anything without confirmation", hint="Pass --yes.")
-    click.confirm(question, abort=True, err=True)
+    try:
+        click.confirm(question, abort=True, err=True)
+    except click.Abort as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):  # Ctrl-C at the question: exit 130
+            raise KeyboardInterrupt from None
+        raise
 
 
 @main.command()
@@ -400,7 +531,7 @@ def verify(state: _State, against: str | None, fmt: str) -> None:
 @click.option(
     "--fix", is_flag=True, help="Apply the safe fixes (after confirmation), in one transaction."
 )
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_yes_option
 @click.option("--dry-run", is_flag=True, help="With --fix: print the fix SQL, change nothing.")
 @_format_option
 @click.pass_obj
@@ -525,14 +656,22 @@ def guard(
 @click.option(
     "--since",
     metavar="TIME",
+    callback=_time,
     help="With --actor/--db-user: transactions committed after TIME. " + _TIME_HELP,
 )
-@click.option("--until", metavar="TIME", help="... and committed at or before TIME (default: now).")
+@click.option(
+    "--until",
+    metavar="TIME",
+    callback=_time,
+    help="... and committed at or before TIME (default: now).",
+)
 @click.option(
     "--table", help="Put this table (or, with --pk, one row) back to its state --to TIME."
 )
 @click.option("--pk", metavar="KEY", help=_PK_HELP + " Needs --table.")
-@click.option("--to", "to", metavar="TIME", help="With --table: the instant to go back to.")
+@click.option(
+    "--to", "to", metavar="TIME", callback=_time, help="With --table: the instant to go back to."
+)
 @click.option(
     "--on-conflict",
     type=click.Choice(["abort", "skip", "force"]),
@@ -542,7 +681,7 @@ def guard(
     "skip (leave them as they are) or force (overwrite them).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the SQL and the plan; change nothing.")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@_yes_option
 @click.option(
     "--by",
     default="pgaudit-tool revert",
@@ -852,9 +991,12 @@ def _alert_line(record: Mapping[str, Any]) -> str:
 
 @main.command()
 @click.option(
-    "--since", metavar="TIME", help="Start of the window (default: 24 hours ago). " + _TIME_HELP
+    "--since",
+    metavar="TIME",
+    callback=_time,
+    help="Start of the window (default: 24 hours ago). " + _TIME_HELP,
 )
-@click.option("--until", metavar="TIME", help="End of the window (default: now).")
+@click.option("--until", metavar="TIME", callback=_time, help="End of the window (default: now).")
 @click.option(
     "--rules", "rules_file", metavar="FILE", type=click.Path(dir_okay=False), help=_RULES_HELP
 )
@@ -907,7 +1049,12 @@ def watch(state: _State, rules_file: str | None, once: bool, interval: float, fm
 
 
 @main.command()
-@click.option("--since", metavar="TIME", help="Only alerts raised at or after TIME. " + _TIME_HELP)
+@click.option(
+    "--since",
+    metavar="TIME",
+    callback=_time,
+    help="Only alerts raised at or after TIME. " + _TIME_HELP,
+)
 @click.option(
     "--severity", type=click.Choice(["info", "warning", "critical"]), help="This level and above."
 )

@@ -122,11 +122,39 @@ def lock_timeout_of(conn: psycopg.Connection[Any]) -> str | None:
     return _LOCK_TIMEOUTS.get(conn)
 
 
+# Connections on whose behalf this library may have committed a change (see may_have_changed).
+_CHANGED: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+
+
+def note_change(conn: psycopg.Connection[Any]) -> None:
+    """Record that a change made for ``conn``'s user is about to be committed (on ``conn`` or, as
+    by ``install``, on a connection of its own): call it right before the COMMIT."""
+    _CHANGED.add(conn)
+
+
+def may_have_changed(conn: psycopg.Connection[Any]) -> bool:
+    """Whether this library may have committed a change for ``conn``'s user: False means nothing
+    was changed (the CLI says so when interrupted). True from right before a COMMIT on, so an
+    interruption while committing, whose outcome is unknown, counts as a change."""
+    return conn in _CHANGED
+
+
+@contextmanager
+def changing_transaction(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Transaction]:
+    """``conn.transaction()`` for a transaction that changes the database: unless it is rolled
+    back (an exception, ``psycopg.Rollback``) or nested in a caller's transaction, its commit is
+    recorded (see :func:`may_have_changed`)."""
+    with conn.transaction() as tx:
+        yield tx
+        if not tx.savepoint_name:  # not a savepoint: the commit follows
+            note_change(conn)
+
+
 @contextmanager
 def write_transaction(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Transaction]:
-    """``conn.transaction()`` waiting for locks no longer than the connection's chosen
+    """:func:`changing_transaction` waiting for locks no longer than the connection's chosen
     lock_timeout (transaction-local)."""
-    with conn.transaction() as tx:
+    with changing_transaction(conn) as tx:
         timeout = _LOCK_TIMEOUTS.get(conn)
         if timeout is not None:
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))

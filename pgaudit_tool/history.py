@@ -53,6 +53,8 @@ class HistoryFilter:
 
     ``pk`` is the key as the log stores it (see :func:`pgaudit_tool.reconstruct.normalize_pk`);
     ``since`` is inclusive, ``until`` exclusive, both compared with the capture time ``at``.
+    ``limit`` keeps the oldest N of the matching changes, ``last`` the N most recent (listed
+    oldest first all the same); not both.
     """
 
     table: TableRef | None = None
@@ -64,6 +66,7 @@ class HistoryFilter:
     since: datetime | None = None
     until: datetime | None = None
     limit: int | None = None
+    last: int | None = None
 
 
 def _where(flt: HistoryFilter) -> tuple[sql.Composable, list[Any]]:
@@ -108,6 +111,13 @@ def history(
     flt = flt or HistoryFilter()
     if flt.limit is not None and flt.limit < 0:
         raise InvalidInput("--limit must be zero or more")
+    if flt.last is not None and flt.last < 0:
+        raise InvalidInput("--last must be zero or more")
+    if flt.limit is not None and flt.last is not None:
+        raise InvalidInput(
+            "--limit and --last cannot be combined",
+            hint="--limit N gives the oldest N changes, --last N the most recent N: pick one.",
+        )
     if flt.pk is not None and flt.table is None:
         raise InvalidInput("a key needs a table", hint="Name the table: history TABLE --pk KEY.")
     with translated_errors():
@@ -116,4 +126,13 @@ def history(
         if flt.limit is not None:
             query = query + sql.SQL(" LIMIT %s")
             params.append(flt.limit)
+        elif flt.last is not None:
+            # The most recent N (by id, the order of normal output), then back to oldest first.
+            query = (
+                sql.SQL("SELECT * FROM (")
+                + sql.SQL(_SELECT)
+                + where
+                + sql.SQL(" ORDER BY h.id DESC LIMIT %s) AS recent ORDER BY id")
+            )
+            params.append(flt.last)
     yield from stream(conn, "pgaudit_history", query, params)

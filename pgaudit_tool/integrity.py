@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgaudit_tool import chain
-from pgaudit_tool.db import translated_errors, write_transaction
+from pgaudit_tool.db import changing_transaction, translated_errors, write_transaction
 from pgaudit_tool.errors import InvalidInput
 
 CHECKPOINT_FORMAT = "pgaudit-tool checkpoint 1"
@@ -36,7 +36,7 @@ def checkpoint(conn: psycopg.Connection[Any], output: Path | None = None) -> dic
         _check_output(output)
     staged: Path | None = None
     try:
-        with translated_errors(), conn.transaction():
+        with translated_errors(), changing_transaction(conn):
             head = _seal(conn)
             staged = None if output is None else _stage(output, head)
     except BaseException:

@@ -16,7 +16,14 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 
-from pgaudit_tool.db import TableRef, jsonb, load_json, stream, translated_errors
+from pgaudit_tool.db import (
+    TableRef,
+    changing_transaction,
+    jsonb,
+    load_json,
+    stream,
+    translated_errors,
+)
 from pgaudit_tool.errors import DatabaseError, InvalidInput
 
 DIFF_COLUMNS = ("pk", "change", "changed", "before", "after")
@@ -96,7 +103,7 @@ def table_at_into(conn: psycopg.Connection[Any], table: TableRef, at: datetime, 
     existing ``target``, or one in the audit schema or a system schema, is an error: nothing is
     overwritten or created.
     """
-    with translated_errors(), conn.transaction():
+    with translated_errors(), changing_transaction(conn):
         parts = _parse_qualified(conn, target)
         _refuse_reserved_schema(conn, parts, target)
         if conn.execute("SELECT to_regclass(%s)", (target,)).fetchone() != (None,):

@@ -9,7 +9,7 @@ views and triggers of ``sql/functions/`` are re-applied as a whole. The version 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -173,7 +173,11 @@ def _psycopg(connection: SAConnection) -> psycopg.Connection[Any]:
 
 
 def install(
-    conninfo: str, lock_timeout: str | None = None, *, repair: bool = False
+    conninfo: str,
+    lock_timeout: str | None = None,
+    *,
+    repair: bool = False,
+    committing: Callable[[], None] | None = None,
 ) -> tuple[str | None, str]:
     """Install or upgrade the audit schema to the head revision, in one transaction.
 
@@ -181,6 +185,7 @@ def install(
     unless ``repair``: then ``sql/functions/`` is re-applied (functions, views and triggers
     dropped or edited by hand come back as this version has them; capture functions are
     regenerated). ``lock_timeout``: of the install's transaction (see ``db.choose_lock_timeout``).
+    ``committing``: called right before the transaction commits a change.
     """
     from alembic import command
     from sqlalchemy import text
@@ -202,6 +207,8 @@ def install(
             after = _current_revision(connection)
             if repair and before == after:
                 _psycopg(connection).execute(read_sql(function_files()))
+            if committing is not None and (repair or before != after):
+                committing()
     finally:
         engine.dispose()
     return before, after or head_revision()

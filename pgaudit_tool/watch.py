@@ -25,7 +25,7 @@ from psycopg.types.json import Jsonb
 from pgaudit_tool import batch, detect
 from pgaudit_tool.actions import parse_action, run_actions
 from pgaudit_tool.batch import Baseline
-from pgaudit_tool.db import TableRef, translated_errors
+from pgaudit_tool.db import TableRef, changing_transaction, translated_errors
 from pgaudit_tool.detect import Finding
 from pgaudit_tool.errors import InvalidInput, WatcherBusy
 from pgaudit_tool.integrity import doctor, verify_report
@@ -507,7 +507,7 @@ def ack(conn: psycopg.Connection[Any], ids: Sequence[int], by: str | None = None
     """Acknowledge alerts; returns the ids acknowledged now. Unknown ids are an error."""
     if not ids:
         raise InvalidInput("name the alerts to acknowledge", hint="pgaudit-tool alerts --ack 12 13")
-    with translated_errors(), conn.transaction():
+    with translated_errors(), changing_transaction(conn):
         known = {
             r[0]
             for r in conn.execute("SELECT id FROM audit.alert WHERE id = ANY (%s)", [list(ids)])

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -23,16 +24,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import click
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgaudit_tool import Audit, audit_context
-from pgaudit_tool.cli import main
+from pgaudit_tool import Audit, audit_context, tables
+from pgaudit_tool.cli import _confirm, main
 from pgaudit_tool.connection import LIBPQ_ENV_VARS
 from pgaudit_tool.db import write_transaction
+from pgaudit_tool.errors import InvalidInput
 from pgaudit_tool.history import HISTORY_COLUMNS
 from pgaudit_tool.schema import head_revision
 from pgaudit_tool.tables import STATUS_COLUMNS
@@ -325,11 +328,25 @@ def test_enable_skip_unsuitable(shop: Audit, dsn: str, conn: psycopg.Connection[
     conn.execute("CREATE TABLE misc.fine (id int PRIMARY KEY)")
     failed(invoke(dsn, "enable", "--schema", "misc"), EXIT_BAD_INPUT, "misc.keyless")
     assert registered(conn) == 0
-    rows = json.loads(
-        ok(invoke(dsn, "enable", "--schema", "misc", "--skip-unsuitable", "--format", "json"))
-    )
+    conn.execute('CREATE TABLE misc."Odd One" (v int)')
+    result = invoke(dsn, "enable", "--schema", "misc", "--skip-unsuitable", "--format", "json")
+    rows = json.loads(ok(result))
     assert [r["table"] for r in rows] == ["misc.fine"]
     assert sorted(status_json(dsn)) == ["misc.fine"]
+    # Each table left out is named on stderr, one line each, with the reason.
+    assert result.stderr.splitlines() == [
+        'misc."Odd One": skipped: table misc."Odd One" has no primary key and no replica'
+        " identity index, so its rows cannot be identified",
+        "misc.keyless: skipped: table misc.keyless has no primary key and no replica identity"
+        " index, so its rows cannot be identified",
+        "capture enabled on 1 table(s), 2 skipped",
+    ]
+    # The Python API returns them too: the list of enabled tables has them as .skipped.
+    enabled = shop.enable(schemas=["misc"], skip_unsuitable=True)
+    assert [r["table"] for r in enabled] == ["misc.fine"]
+    assert sorted(enabled.skipped) == ['misc."Odd One"', "misc.keyless"]
+    assert "no primary key" in enabled.skipped["misc.keyless"]
+    assert shop.enable("misc.fine").skipped == {}
 
 
 # --------------------------------------------------------------------------- history
@@ -516,6 +533,114 @@ def test_history_filters(audited_shop: Audit, dsn: str, conn: psycopg.Connection
     assert len(history_json(dsn, "--since", shifted.isoformat())) == 3
 
 
+def test_history_time_forms(audited_shop: Audit, dsn: str, conn: psycopg.Connection[Any]) -> None:
+    """Every form a time option takes, in --since and --until: an interval and 'ago', @EPOCH
+    (with and without a fraction), ISO-8601 with and without a zone, PostgreSQL's words."""
+    made = _make_changes(conn)
+    boundary: datetime = made["boundary"]
+    before = [
+        "2 hours 30 minutes ago",
+        "1h30m ago",
+        "90 min ago",
+        "1 day ago",
+        "1.5 days ago",
+        "3 weeks ago",
+        "P1DT2H ago",
+        "@ 2 hours ago",
+        "@0",
+        "@0.5",
+        f"@{int(boundary.timestamp()) - 60}",
+        "yesterday",
+        "2000-01-01",
+        "2000-01-01T00:00:00+14:00",
+    ]
+    for form in before:
+        assert len(history_json(dsn, "--since", form)) == 7, form
+        assert history_json(dsn, "--until", form) == [], form
+    assert len(history_json(dsn, "--until", "now")) == 7
+    assert len(history_json(dsn, "--until", "-1 hour ago")) == 7  # an hour from now
+    # @EPOCH with microseconds: the instant between alice's changes and bob's.
+    epoch = f"@{boundary.timestamp():.6f}"
+    assert {r["actor"] for r in history_json(dsn, "--since", epoch)} == {"bob"}
+    assert {r["actor"] for r in history_json(dsn, "--until", epoch)} == {"alice"}
+    assert len(history_json(dsn, "--since", epoch)) == 3
+    # The same instant, written without a zone: read in the session's TimeZone.
+    local = conn.execute(
+        "SELECT to_char(%s::timestamptz, 'YYYY-MM-DD HH24:MI:SS.US')", (boundary,)
+    ).fetchone()[0]  # type: ignore[index]
+    assert "+" not in local and "T" not in local
+    assert len(history_json(dsn, "--since", local)) == 3
+
+
+def test_bad_time_names_the_option_and_the_forms(
+    audited_shop: Audit, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    _make_changes(conn)
+    changes = _count(conn, "SELECT count(*) FROM audit.change")
+    cases = [  # the command, and the option whose value is bad
+        (("history", "--since", "2 parsecs ago"), "--since"),
+        (("history", "--until", "@abc"), "--until"),
+        (("history", "--until", "@"), "--until"),
+        (("history", "--since", "ago"), "--since"),
+        (("history", "--since", "soon"), "--since"),
+        (("diff", "sales.orders", "--from", "1h30 fortnights ago"), "--from"),
+        (("diff", "sales.orders", "--from", "1 hour ago", "--to", "@1e3"), "--to"),
+        (("row-at", "sales.orders", "--pk", "1", "--at", "@ 12 parsecs"), "--at"),
+        (("table-at", "sales.orders", "--at", "tomorrow-ish", "--into", "public.snap"), "--at"),
+        (("revert", "--table", "sales.orders", "--to", "5 fortnights ago", "--yes"), "--to"),
+        (("revert", "--actor", "bob", "--since", "bad ago", "--yes"), "--since"),
+        (("anomalies", "--until", "later"), "--until"),
+        (("alerts", "--since", "@x"), "--since"),
+    ]
+    for args, option in cases:
+        value = args[args.index(option) + 1]
+        failed(
+            invoke(dsn, *args),
+            EXIT_BAD_INPUT,
+            f"error: {option} {value!r} is not a",
+            "hint: use ISO-8601",
+            "ago",
+            "@1700000000",
+            "yesterday",
+        )
+    assert _count(conn, "SELECT count(*) FROM audit.change") == changes
+    assert _count(conn, "SELECT count(*) FROM pg_class WHERE relname = 'snap'") == 0
+
+
+def test_history_last(audited_shop: Audit, dsn: str, conn: psycopg.Connection[Any]) -> None:
+    """--last N: the N most recent changes, listed oldest first like every listing."""
+    _make_changes(conn)
+    ids = [r["id"] for r in history_json(dsn)]
+    assert len(ids) == 7 and ids == sorted(ids)
+    assert [r["id"] for r in history_json(dsn, "--last", "3")] == ids[-3:]
+    assert [r["id"] for r in history_json(dsn, "--last", "1")] == ids[-1:]
+    assert [r["id"] for r in history_json(dsn, "--last", "100")] == ids
+    assert history_json(dsn, "--last", "0") == []
+    assert [r["id"] for r in history_json(dsn, "--limit", "3")] == ids[:3]  # unchanged
+    alice = [r["id"] for r in history_json(dsn, "--actor", "alice")]
+    assert [r["id"] for r in history_json(dsn, "--actor", "alice", "--last", "2")] == alice[-2:]
+    orders = history_json(dsn, "sales.orders", "--last", "2")
+    assert [(r["op"], r["pk"]) for r in orders] == [("UPDATE", {"id": 1}), ("DELETE", {"id": 2})]
+    lines = ok(invoke(dsn, "history", "--last", "2", "--format", "csv")).splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == [str(i) for i in ids[-2:]]
+    # Python: the same.
+    assert [c["id"] for c in audited_shop.history(last=3)] == ids[-3:]
+    assert [c["id"] for c in audited_shop.history(actor="bob", last=1)] == ids[-1:]
+
+    for args in (("--last", "2", "--limit", "2"), ("--limit", "0", "--last", "1")):
+        result = run_cli("--dsn", dsn, "history", *args)
+        assert result.returncode == 2 and result.stdout == ""
+        assert "Traceback" not in result.stderr
+        assert "--limit and --last cannot be combined" in result.stderr
+        assert "oldest" in result.stderr and "most recent" in result.stderr
+    result = run_cli("--dsn", dsn, "history", "--last", "-1")
+    assert result.returncode == 2 and "--last" in result.stderr
+    with pytest.raises(InvalidInput, match="--limit and --last cannot be combined"):
+        list(audited_shop.history(limit=1, last=1))
+    with pytest.raises(InvalidInput, match="--last must be zero or more"):
+        list(audited_shop.history(last=-1))
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -667,6 +792,193 @@ def test_permission_denied(
     failed(run_cli("--dsn", as_role, "history"), EXIT_PERMISSION, "permission denied")
     assert registered(conn) == 0
     assert capture_triggers(conn) == 0
+
+
+# --------------------------------------------------------------------------- closed pipe, Ctrl-C
+
+EXIT_INTERRUPTED = 130
+
+
+def _poll(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """Call ``check`` until it returns something true (returned); fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return found
+
+
+@pytest.mark.parametrize("fmt", ["table", "jsonl"])
+def test_closed_pipe_ends_quietly(
+    audited_shop: Audit, dsn: str, conn: psycopg.Connection[Any], tmp_path: Path, fmt: str
+) -> None:
+    """``pgaudit-tool history | head -1``: the reader leaves early; exit 0, nothing on stderr,
+    as ``git log | head``."""
+    conn.execute(
+        "INSERT INTO sales.orders SELECT g, 'customer ' || g, g, NULL"
+        " FROM generate_series(1, 5000) AS g"  # far more output than a pipe buffers
+    )
+    proc = subprocess.Popen(
+        [PGAUDIT_TOOL, "--dsn", dsn, "history", "--format", fmt],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_clean_env(tmp_path),
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline()
+        proc.stdout.close()  # as head does after its line
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert err == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "locked"),
+    [
+        (("history",), "audit.change"),  # a read
+        (("disable", "sales.orders"), "sales.orders"),  # a write transaction
+    ],
+    ids=["read", "write"],
+)
+def test_ctrl_c_cancels_the_query(
+    audited_shop: Audit,
+    dsn: str,
+    conn: psycopg.Connection[Any],
+    tmp_path: Path,
+    args: tuple[str, ...],
+    locked: str,
+) -> None:
+    """SIGINT while the server runs the command's query (here: waits for a lock another session
+    holds): the query is cancelled, one line on stderr says nothing was changed, exit 130."""
+    app = "pgaudit-tool-interrupted"
+    sessions = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = %s"
+    )
+    command = [PGAUDIT_TOOL, "--dsn", make_conninfo(dsn, application_name=app)]
+    with psycopg.connect(dsn) as holder:  # its transaction keeps the lock until the end
+        holder.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.Identifier(*locked.split("."))
+            )
+        )
+        proc = subprocess.Popen(
+            [*command, "--lock-timeout", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_clean_env(tmp_path),
+        )
+        try:
+            _poll(
+                lambda: _count(conn, sessions + " AND wait_event_type = 'Lock'", (app,)),
+                "the command to wait for the lock",
+            )
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == EXIT_INTERRUPTED, err
+        assert (out, err) == ("", "interrupted: nothing was changed\n")
+        # Cancelled: with the lock still held, no session of the command is left waiting for
+        # it (closing the connection alone would leave the query queued for the lock).
+        _poll(lambda: _count(conn, sessions, (app,)) == 0, "the command's session to end")
+    assert status_json(dsn)["sales.orders"]["enabled"] is True
+
+
+def test_ctrl_c_says_what_was_committed(
+    shop: Audit, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted before its transaction commits, a write command changed nothing; after, it
+    says so instead."""
+
+    def interrupt(*_args: Any) -> Any:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tables, "unsuitable_tables", interrupt)  # before enable's transaction
+        result = invoke(dsn, "enable", "sales.orders")
+    assert (result.exit_code, result.stdout) == (EXIT_INTERRUPTED, "")
+    assert result.stderr == "interrupted: nothing was changed\n"
+    assert status_json(dsn) == {}
+    with monkeypatch.context() as patch:
+        patch.setattr(tables, "status", interrupt)  # after it committed
+        result = invoke(dsn, "enable", "sales.orders")
+    assert (result.exit_code, result.stdout) == (EXIT_INTERRUPTED, "")
+    assert result.stderr == "interrupted after changes were committed\n"
+    assert status_json(dsn)["sales.orders"]["enabled"] is True
+
+
+# --------------------------------------------------------------------------- confirmation
+
+CONFIRMING = ("doctor", "revert")  # the commands that ask before changing anything
+
+
+def test_every_confirming_command_takes_yes() -> None:
+    """One shared -y/--yes on every command that asks for confirmation."""
+    import inspect
+
+    asking = {
+        name
+        for name, command in main.commands.items()
+        if command.callback is not None and "_confirm(" in inspect.getsource(command.callback)
+    }
+    assert asking == set(CONFIRMING)
+    options = [
+        next(p for p in main.commands[name].params if p.name == "yes") for name in CONFIRMING
+    ]
+    for option in options:
+        assert isinstance(option, click.Option) and option.is_flag
+        assert sorted(option.opts) == ["--yes", "-y"]
+        assert option.help == options[0].help
+
+
+@pytest.mark.parametrize("yes", ["-y", "--yes"])
+def test_yes_confirms_without_a_terminal(
+    audited_shop: Audit, dsn: str, conn: psycopg.Connection[Any], yes: str
+) -> None:
+    conn.execute("ALTER TABLE sales.orders ENABLE TRIGGER pgaudit_update")  # not ALWAYS
+    assert invoke(dsn, "doctor").exit_code == 7
+    refused = invoke(dsn, "doctor", "--fix")  # no terminal to ask on
+    assert refused.exit_code == EXIT_BAD_INPUT and "hint: Pass --yes." in refused.stderr
+    assert invoke(dsn, "doctor").exit_code == 7
+    fixed = invoke(dsn, "doctor", "--fix", yes)
+    assert fixed.exit_code == 0, fixed.output
+    assert "applied" in fixed.stderr
+    conn.execute("INSERT INTO sales.orders VALUES (1, 'ann', 1, NULL)")
+    (change,) = history_json(dsn, "sales.orders")
+    refused = invoke(dsn, "revert", "--change", str(change["id"]))
+    assert refused.exit_code == EXIT_BAD_INPUT and "hint: Pass --yes." in refused.stderr
+    assert _count(conn, "SELECT count(*) FROM sales.orders") == 1
+    ok(invoke(dsn, "revert", "--change", str(change["id"]), yes))
+    assert _count(conn, "SELECT count(*) FROM sales.orders") == 0
+
+
+def test_ctrl_c_at_the_question(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C at a confirmation question is an interruption (exit 130), a "no" an abort."""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    def ctrl_c(_prompt: str = "") -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    monkeypatch.setattr(click.termui, "visible_prompt_func", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        _confirm("Apply?", yes=False)
+    monkeypatch.setattr(click.termui, "visible_prompt_func", lambda _prompt="": "n")
+    with pytest.raises(click.Abort):
+        _confirm("Apply?", yes=False)
+    _confirm("Apply?", yes=True)  # not asked
 
 
 # --------------------------------------------------------------------------- connection rules

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -261,6 +261,91 @@ def test_history_filters_and_transaction(shop: Audit) -> None:
         list(shop.history("orders", pk="{oops"))
     with pytest.raises(InvalidInput, match=r"the key of public\.orders is \(id\)"):
         list(shop.history("orders", pk='{"nope": 1}'))
+
+
+def test_time_forms_are_read_by_the_server(shop: Audit) -> None:
+    """Each form of a time names the instant the server's own arithmetic gives, on the same
+    now() (one transaction); the session's TimeZone reads times without a zone."""
+    conn = shop.conn
+    conn.execute("SET TimeZone = 'Asia/Tokyo'")  # UTC+9, no daylight saving time
+    utc = UTC
+    epoch = datetime(2023, 11, 14, 22, 13, 20, tzinfo=utc)  # @1700000000
+    with conn.transaction():
+
+        def server(expression: str) -> datetime:
+            row = conn.execute(f"SELECT {expression}").fetchone()
+            assert row is not None
+            return row[0]  # type: ignore[no-any-return]
+
+        now_ = server("now()")
+        expected = {
+            "2 hours ago": now_ - timedelta(hours=2),
+            "2 hours 30 minutes ago": now_ - timedelta(hours=2, minutes=30),
+            "1h30m ago": now_ - timedelta(hours=1, minutes=30),
+            "90 min ago": now_ - timedelta(minutes=90),
+            "1 day ago": now_ - timedelta(days=1),
+            "1.5 days ago": now_ - timedelta(days=1, hours=12),
+            "3 weeks ago": now_ - timedelta(weeks=3),
+            "10s ago": now_ - timedelta(seconds=10),
+            "  2 HOURS  Ago ": now_ - timedelta(hours=2),
+            "P1DT2H ago": now_ - timedelta(days=1, hours=2),
+            "1 day 02:00 ago": now_ - timedelta(days=1, hours=2),
+            "-1 hour ago": now_ + timedelta(hours=1),
+            "1 month ago": server("now() - interval '1 month'"),
+            "1 year 2 mons ago": server("now() - interval '1 year 2 months'"),
+            "@1700000000": epoch,
+            "@ 1700000000": epoch,
+            "@1700000000.5": epoch + timedelta(microseconds=500000),
+            "@1700000000.123456": epoch + timedelta(microseconds=123456),
+            "@-1.5": datetime(1969, 12, 31, 23, 59, 58, 500000, tzinfo=utc),
+            "@0": datetime(1970, 1, 1, tzinfo=utc),
+            "2026-11-25T14:00:00+01:00": datetime(2026, 11, 25, 13, 0, tzinfo=utc),
+            "2026-11-25T14:00:00Z": datetime(2026, 11, 25, 14, 0, tzinfo=utc),
+            "2026-11-25 14:00": datetime(2026, 11, 25, 5, 0, tzinfo=utc),  # Tokyo time
+            "2026-11-25T14:00:00.25": datetime(2026, 11, 25, 5, 0, 0, 250000, tzinfo=utc),
+            "now": now_,
+            "today": server("date_trunc('day', now())"),
+            "yesterday": server("date_trunc('day', now()) - interval '1 day'"),
+            "tomorrow": server("date_trunc('day', now()) + interval '1 day'"),
+        }
+        for text, want in expected.items():
+            assert shop.instant(text) == want, text
+    since = now_ - timedelta(hours=1)
+    conn.execute("INSERT INTO orders VALUES (2, 'b', 2, 's')")
+    assert [c["op"] for c in shop.history(since="1h30m ago")] == ["INSERT"]
+    assert [c["op"] for c in shop.history(since=f"@{since.timestamp():.6f}")] == ["INSERT"]
+    assert list(shop.history(until="@1700000000")) == []
+
+    for bad in ("2 parsecs ago", "ago", "@", "@abc", "@1e3", "@1700000000 seconds", "soon"):
+        with pytest.raises(InvalidInput, match="is not a time") as raised:
+            shop.instant(bad)
+        assert raised.value.hint is not None
+        for form in ("ISO-8601", "yesterday", "ago", "@1700000000"):
+            assert form in raised.value.hint, (bad, form)
+    with pytest.raises(InvalidInput, match="not a usable time"):
+        shop.instant("@999999999999")  # the year 33658
+
+
+def test_history_last(shop: Audit) -> None:
+    """``last``: the N most recent changes, oldest first; ``limit`` stays the oldest N."""
+    conn = shop.conn
+    for key in range(2, 7):
+        with shop.actor("alice" if key % 2 else "bob"):
+            conn.execute("INSERT INTO orders VALUES (%s, 'c', %s, 's')", (key, key))
+    ids = [c["id"] for c in shop.history("orders")]
+    assert len(ids) == 5
+    assert [c["id"] for c in shop.history("orders", last=2)] == ids[-2:]
+    assert [c["id"] for c in shop.history(last=5)] == ids
+    assert [c["id"] for c in shop.history(last=50)] == ids
+    assert list(shop.history(last=0)) == []
+    assert [c["id"] for c in shop.history(limit=2)] == ids[:2]
+    bob = [c["id"] for c in shop.history(actor="bob")]
+    assert [c["id"] for c in shop.history(actor="bob", last=1)] == bob[-1:]
+    assert [c["pk"] for c in shop.history("orders", pk=6, last=1)] == [{"id": 6}]
+    with pytest.raises(InvalidInput, match="--limit and --last cannot be combined"):
+        list(shop.history(limit=2, last=2))
+    with pytest.raises(InvalidInput, match="--last must be zero or more"):
+        list(shop.history(last=-1))
 
 
 def test_reconstruction_refuses_what_it_cannot_know(shop: Audit, dsn: str) -> None:

@@ -133,28 +133,47 @@ $$;
 COMMENT ON FUNCTION audit._capture_fn(oid) IS 'Internal. The capture function of an audited table (null when it is missing).';
 
 
-CREATE OR REPLACE FUNCTION audit._member_trigger_problems(p_member regclass, p_function regprocedure)
-RETURNS TABLE (trigger_name text, problem text)
+CREATE OR REPLACE FUNCTION audit._trigger_problem(
+    p_trigger oid, p_function regprocedure, p_role text, p_tgtype int2, p_old_table text, p_new_table text,
+    p_nargs int2, p_args bytea
+) RETURNS text
 LANGUAGE sql STABLE AS $$
-    -- How each capture trigger of one table or partition differs from what enable creates
-    -- (null: intact): missing, another function, other events, level or timing, other
-    -- transition tables, a WHEN condition, a column list, arguments, a constraint trigger, an
-    -- extension dependency (dropped with it), not ENABLE ALWAYS.
-    SELECT s.name,
-           CASE WHEN g.oid IS NULL THEN 'missing'
+    -- How one trigger of pgaudit_tool (capture or guard) differs from its definition (null:
+    -- intact): missing, another function, other events, level or timing, other transition
+    -- tables, a WHEN condition, a column list, other arguments, a constraint trigger, an
+    -- extension dependency (dropped with it), not ENABLE ALWAYS. p_role names the function in
+    -- the message ("capture function", "guard function").
+    SELECT CASE WHEN g.oid IS NULL THEN 'missing'
                 WHEN g.tgfoid IS DISTINCT FROM p_function::oid THEN
-                     pg_catalog.format('runs %s instead of the capture function', g.tgfoid::regprocedure)
-                WHEN g.tgtype <> s.tgtype THEN 'fires on other events, at another time or level'
-                WHEN g.tgoldtable IS DISTINCT FROM s.old_table OR g.tgnewtable IS DISTINCT FROM s.new_table THEN 'other transition tables'
+                     pg_catalog.format('runs %s instead of the %s', g.tgfoid::regprocedure, p_role)
+                WHEN g.tgtype <> p_tgtype THEN 'fires on other events, at another time or level'
+                WHEN g.tgoldtable IS DISTINCT FROM p_old_table OR g.tgnewtable IS DISTINCT FROM p_new_table THEN 'other transition tables'
                 WHEN g.tgqual IS NOT NULL THEN 'has a WHEN condition'
                 WHEN pg_catalog.cardinality(g.tgattr::int2[]) > 0 THEN 'fires for some columns only'
-                WHEN g.tgnargs <> 0 THEN 'has arguments'
+                WHEN g.tgnargs <> p_nargs OR g.tgargs IS DISTINCT FROM p_args THEN
+                     CASE WHEN p_nargs = 0 THEN 'has arguments' ELSE 'has other arguments (another limit or guard)' END
                 WHEN g.tgconstraint <> 0 OR g.tgdeferrable THEN 'is a constraint trigger'
                 WHEN EXISTS (SELECT FROM pg_catalog.pg_depend AS d
                               WHERE d.classid = 'pg_catalog.pg_trigger'::regclass AND d.objid = g.oid AND d.deptype = 'x')
                      THEN 'depends on an extension'
                 WHEN g.tgenabled <> 'A' THEN 'not ENABLE ALWAYS'
            END
+      FROM (SELECT) AS one
+      LEFT JOIN pg_catalog.pg_trigger AS g ON g.oid = p_trigger
+$$;
+
+COMMENT ON FUNCTION audit._trigger_problem(oid, regprocedure, text, int2, text, text, int2, bytea) IS
+    'Internal. How one capture or guard trigger (by OID; null: missing) differs from its definition: function, events and timing, transition tables, WHEN, columns, arguments, constraint, extension dependency, ENABLE ALWAYS (null: intact).';
+
+
+CREATE OR REPLACE FUNCTION audit._member_trigger_problems(p_member regclass, p_function regprocedure)
+RETURNS TABLE (trigger_name text, problem text)
+LANGUAGE sql STABLE AS $$
+    -- How each capture trigger of one table or partition differs from what enable creates
+    -- (null: intact; see audit._trigger_problem).
+    SELECT s.name,
+           audit._trigger_problem(g.oid, p_function, 'capture function', s.tgtype, s.old_table, s.new_table,
+                                  0::int2, ''::bytea)
       FROM audit._trigger_spec() AS s
       LEFT JOIN pg_catalog.pg_trigger AS g ON g.tgrelid = p_member AND g.tgname = s.name
 $$;

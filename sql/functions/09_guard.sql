@@ -200,27 +200,16 @@ CREATE OR REPLACE FUNCTION audit._guard_member_problems(p_member regclass, p_rel
 RETURNS TABLE (trigger_name text, problem text)
 LANGUAGE sql STABLE AS $$
     -- How each guard trigger of one table or partition differs from what audit.guard() creates
-    -- for a guard (null: intact, or not wanted and absent): missing, another function, other
-    -- events, level or timing, other transition tables, a WHEN condition, a column list, other
-    -- arguments (another limit or guard), a constraint trigger, an extension dependency (dropped
-    -- with it), not ENABLE ALWAYS; or a guard trigger left for an operation no longer guarded.
+    -- for a guard (null: intact, or not wanted and absent; see audit._trigger_problem, which
+    -- also checks the arguments: the guarded table and the limit), or a guard trigger left for
+    -- an operation no longer guarded.
     SELECT s.name,
            CASE WHEN NOT s.op = ANY (p_ops) THEN
                      CASE WHEN g.tgfoid = 'audit._guard_fire()'::pg_catalog.regprocedure
                           THEN 'left over: its operation is not guarded' END
-                WHEN g.oid IS NULL THEN 'missing'
-                WHEN g.tgfoid <> 'audit._guard_fire()'::pg_catalog.regprocedure THEN
-                     pg_catalog.format('runs %s instead of the guard function', g.tgfoid::regprocedure)
-                WHEN g.tgtype <> s.tgtype THEN 'fires on other events, at another time or level'
-                WHEN g.tgoldtable IS DISTINCT FROM s.old_table OR g.tgnewtable IS DISTINCT FROM s.new_table THEN 'other transition tables'
-                WHEN g.tgqual IS NOT NULL THEN 'has a WHEN condition'
-                WHEN pg_catalog.cardinality(g.tgattr::int2[]) > 0 THEN 'fires for some columns only'
-                WHEN g.tgnargs <> 2 OR g.tgargs <> audit._guard_args(p_relid, p_max_rows) THEN 'has other arguments (another limit or guard)'
-                WHEN g.tgconstraint <> 0 OR g.tgdeferrable THEN 'is a constraint trigger'
-                WHEN EXISTS (SELECT FROM pg_catalog.pg_depend AS d
-                              WHERE d.classid = 'pg_catalog.pg_trigger'::regclass AND d.objid = g.oid AND d.deptype = 'x')
-                     THEN 'depends on an extension'
-                WHEN g.tgenabled <> 'A' THEN 'not ENABLE ALWAYS'
+                ELSE audit._trigger_problem(g.oid, 'audit._guard_fire()'::pg_catalog.regprocedure, 'guard function',
+                                            s.tgtype, s.old_table, s.new_table, 2::int2,
+                                            audit._guard_args(p_relid, p_max_rows))
            END
       FROM audit._guard_trigger_spec() AS s
       LEFT JOIN pg_catalog.pg_trigger AS g ON g.tgrelid = p_member AND g.tgname = s.name
