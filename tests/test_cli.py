@@ -873,6 +873,9 @@ def test_ctrl_c_cancels_the_query(
             stderr=subprocess.PIPE,
             text=True,
             env=_clean_env(tmp_path),
+            # A test run started in the background (nohup, `cmd &`) ignores SIGINT, and the
+            # child would inherit that: give it the default a terminal's user has.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             _poll(
