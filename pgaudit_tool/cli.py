@@ -797,48 +797,24 @@ def _emit_revert(result: Any, fmt: str) -> None:
         )
 
 
+def _bench_number(name: str, default: float, help: str) -> Callable[[F], F]:
+    """A positive number option of bench (an int unless its default is a float)."""
+    kind = click.FloatRange(min=1) if isinstance(default, float) else click.IntRange(min=1)
+    return click.option(name, type=kind, default=default, show_default=True, help=help)
+
+
 @main.command()
-@click.option(
-    "--rows",
-    type=click.IntRange(min=1),
-    default=100_000,
-    show_default=True,
-    help="Rows per bulk statement.",
+@_bench_number("--rows", 100_000, "Rows per bulk statement.")
+@_bench_number("--clients", 2, "Concurrent clients for single-row and TPC-B runs.")
+@_bench_number("--duration", 10.0, "Seconds per single-row / TPC-B run.")
+@_bench_number("--repetitions", 3, "Alternating repetitions; medians are reported.")
+@_bench_number(
+    "--scale", 1, "pgbench's TPC-B scale factor (1: every transaction updates the same branch row)."
 )
-@click.option(
-    "--clients",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Concurrent clients for single-row and TPC-B runs.",
-)
-@click.option(
-    "--duration",
-    type=click.FloatRange(min=1),
-    default=10.0,
-    show_default=True,
-    help="Seconds per single-row / TPC-B run.",
-)
-@click.option(
-    "--repetitions",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="Alternating repetitions; medians are reported.",
-)
-@click.option(
-    "--scale",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="pgbench's TPC-B scale factor (1: every transaction updates the same branch row).",
-)
-@click.option(
+@_bench_number(
     "--large-scale",
-    type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
-    help="Scale factor of the second TPC-B series (tpcb_scale10_*), in a schema of its own.",
+    10,
+    "Scale factor of the second TPC-B series (tpcb_scale10_*), in a schema of its own.",
 )
 @click.option(
     "--no-large-scale",
@@ -850,24 +826,21 @@ def _emit_revert(result: Any, fmt: str) -> None:
     is_flag=True,
     help="Use the built-in driver for single-row updates and skip TPC-B.",
 )
-@click.option(
-    "--history-rows",
-    type=click.IntRange(min=1),
-    default=1_000_000,
-    show_default=True,
-    help="Audit rows to build before measuring row-at and table-at.",
+@_bench_number(
+    "--history-rows", 1_000_000, "Audit rows to build before measuring row-at and table-at."
 )
 @click.option("--no-reconstruction", is_flag=True, help="Skip the row-at / table-at measurements.")
-@click.option(
-    "--watch-changes",
-    type=click.IntRange(min=1),
-    default=1_000_000,
-    show_default=True,
-    help="Changes the watcher evaluates in one pass (watch_changes_per_s).",
+@_bench_number(
+    "--watch-changes", 1_000_000, "Changes the watcher evaluates in one pass (watch_changes_per_s)."
 )
 @click.option("--no-watch", is_flag=True, help="Skip the watcher and guard measurements.")
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="table: the figures with their targets and comparison points; json: every figure.",
 )
 @click.pass_obj
 def bench(

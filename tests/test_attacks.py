@@ -622,6 +622,32 @@ def test_a_commit_time_cannot_stay_backdated(tenant: Tenant) -> None:
     assert tenant.audit.verify() == []
 
 
+@pytest.mark.parametrize("operator", ["=", "<>", "<"])
+def test_the_commit_marker_never_runs_operators_found_on_the_writers_path(
+    tenant: Tenant, operator: str
+) -> None:
+    """The commit marker runs as the audit owner with the writer's search_path (it pins none):
+    an operator on xid8 in a schema the writer puts first must not be what it compares with."""
+    tenant.conn.execute(
+        "CREATE TABLE app.ran (who text); GRANT INSERT ON app.ran TO PUBLIC;"
+        "CREATE FUNCTION app.cmp(xid8, xid8) RETURNS boolean LANGUAGE plpgsql AS $f$ BEGIN"
+        f" BEGIN EXECUTE 'ALTER ROLE {tenant.role} SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;"
+        " INSERT INTO app.ran VALUES (current_user); RETURN $1::text::numeric = $2::text::numeric;"
+        " END $f$;"
+        f"CREATE OPERATOR app.{operator} (LEFTARG = xid8, RIGHTARG = xid8, FUNCTION = app.cmp)"
+    )
+    with tenant.conn.transaction():
+        tenant.conn.execute("SET LOCAL search_path = app, pg_catalog")
+        tenant.conn.execute("UPDATE app.t SET v = 'b'")
+    row = tenant.audit.conn.execute(
+        "SELECT count(*), count(committed_at) FROM audit.transaction"
+        " WHERE txid = (SELECT max(txid) FROM audit.change)"
+    ).fetchone()
+    assert row == (1, 1)
+    assert not tenant.is_superuser()
+    assert tenant.audit.conn.execute("SELECT count(*) FROM app.ran").fetchone() == (0,)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="a partition dropped by the audit owner takes its rows out of history unrecorded"
