@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -33,7 +33,7 @@ from pgaudit_tool import reconstruct as _reconstruct
 from pgaudit_tool import revert as _revert
 from pgaudit_tool import schema, tables
 from pgaudit_tool import watch as _watch
-from pgaudit_tool.connection import connect, resolve_conninfo
+from pgaudit_tool.connection import PasswordPrompt, connect, login, resolve_conninfo
 from pgaudit_tool.context import audit_context
 from pgaudit_tool.db import (
     load_json,
@@ -90,14 +90,29 @@ class Audit:
         self._conninfo = conninfo
 
     @classmethod
-    def connect(cls, dsn: str | None = None, *, lock_timeout: str | None = None) -> Audit:
+    def connect(
+        cls,
+        dsn: str | None = None,
+        *,
+        lock_timeout: str | None = None,
+        params: Mapping[str, str | None] | None = None,
+        password_prompt: PasswordPrompt | None = None,
+    ) -> Audit:
         """Connect by the libpq rules: ``dsn``, else PG* variables / service file, else DATABASE_URL.
 
         ``lock_timeout`` bounds how long a command waits for a lock on what it changes (``"5s"``,
         ``"1min"``; ``"0"``: no limit); by default 5 s unless the server, database, role or
         PGOPTIONS set lock_timeout. A command that times out raises LockTimeout, nothing changed.
+        ``params``: ``host``, ``port``, ``user``, ``dbname`` overriding those of the connection
+        string (psql's -h, -p, -U, -d). ``password_prompt(user)``: asked for the password when
+        the server wants one that no libpq source gave.
         """
-        return cls(connect(dsn, lock_timeout=lock_timeout), resolve_conninfo(dsn))
+        conn, conninfo = login(
+            resolve_conninfo(dsn, params=params),
+            lock_timeout=lock_timeout,
+            password_prompt=password_prompt,
+        )
+        return cls(conn, conninfo)
 
     def close(self) -> None:
         self.conn.close()
@@ -207,25 +222,42 @@ class Audit:
         ``"@1700000000"`` (Unix epoch seconds). ``limit``: only the oldest N matching changes;
         ``last``: only the N most recent, still listed oldest first (not both).
         """
+        flt = self._history_filter(
+            table, pk=pk, actor=actor, db_user=db_user, txid=txid, op=op, since=since,
+            until=until, limit=limit, last=last,
+        )  # fmt: skip
+        return _history.history(self.conn, flt)
+
+    def export_history(
+        self, out: BinaryIO, fmt: str, table: str | None = None, **filters: Any
+    ) -> None:
+        """Write the changes :meth:`history` would list (same filters) to ``out`` as ``csv``,
+        ``json`` or ``jsonl`` text written by the server, at the speed of COPY (see
+        :mod:`pgaudit_tool.export` for the forms of values)."""
+        _history.export_history(self.conn, self._history_filter(table, **filters), fmt, out)
+
+    def _history_filter(
+        self,
+        table: str | None,
+        *,
+        pk: Key | None = None,
+        since: When | None = None,
+        until: When | None = None,
+        **rest: Any,
+    ) -> _history.HistoryFilter:
         self._require_installed()
-        ref = None if table is None else resolve_table(self.conn, table)
-        flt = _history.HistoryFilter(
-            table=ref,
-            pk=None if pk is None or ref is None else normalize_pk(self.conn, ref, pk),
-            actor=actor,
-            db_user=db_user,
-            txid=txid,
-            op=op,
-            since=self._instant(since),
-            until=self._instant(until),
-            limit=limit,
-            last=last,
-        )
-        if pk is not None and ref is None:
+        if pk is not None and table is None:
             raise InvalidInput(
                 "a key needs a table", hint="Name the table: history TABLE --pk KEY."
             )
-        return _history.history(self.conn, flt)
+        ref = None if table is None else resolve_table(self.conn, table)
+        return _history.HistoryFilter(
+            table=ref,
+            pk=None if pk is None or ref is None else normalize_pk(self.conn, ref, pk),
+            since=self._instant(since),
+            until=self._instant(until),
+            **rest,
+        )
 
     def transaction(self, txid: int) -> list[dict[str, Any]]:
         """Everything one transaction did, across tables, in order."""
@@ -252,6 +284,13 @@ class Audit:
         self._require_installed()
         ref = resolve_table(self.conn, table)
         return _reconstruct.table_at(self.conn, ref, self._at(at))
+
+    def export_table_at(self, out: BinaryIO, fmt: str, table: str, at: When) -> None:
+        """Write the table as it was at ``at``, in key order, to ``out`` as ``csv`` (COPY's,
+        which loads back with COPY FROM), ``json`` or ``jsonl`` written by the server."""
+        self._require_installed()
+        ref = resolve_table(self.conn, table)
+        _reconstruct.export_table_at(self.conn, ref, self._at(at), fmt, out)
 
     def table_at_into(self, table: str, at: When, into: str) -> int:
         """Create the new table ``into`` holding the table as it was at ``at`` (original column

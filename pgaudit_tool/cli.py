@@ -5,11 +5,13 @@ Data goes to stdout, messages to stderr. Exit codes are listed in ``EXIT_CODES``
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import click
 
@@ -106,17 +108,53 @@ def _output_closed(ctx: click.Context) -> None:
 class _State:
     """Per-invocation state: the connection, opened on first use."""
 
-    def __init__(self, dsn: str | None, lock_timeout: str | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str | None,
+        lock_timeout: str | None = None,
+        params: Mapping[str, str | None] | None = None,
+        password: bool | None = None,
+    ) -> None:
         self.dsn = dsn
         self.lock_timeout = lock_timeout
+        self.params = {k: v for k, v in (params or {}).items() if v}
+        self.password = password  # -W: True, -w: False, else None (ask on a terminal)
         self._audit: Any = None
 
     def audit(self) -> Any:
         if self._audit is None:
             from pgaudit_tool.api import Audit
 
-            self._audit = Audit.connect(self.dsn, lock_timeout=self.lock_timeout)
+            if self.password:  # -W: ask before connecting, as psql does
+                self.params["password"] = _ask_password(self._user())
+            prompt = _ask_password if self.password is None and sys.stdin.isatty() else None
+            self._audit = Audit.connect(
+                self.dsn,
+                lock_timeout=self.lock_timeout,
+                params=self.params,
+                password_prompt=prompt,
+            )
+            # Every time the CLI reads or prints is UTC: a time written without a zone, and
+            # those in the server's messages, as the rest of its output.
+            self._audit.conn.execute("SET TimeZone TO 'UTC'")
         return self._audit
+
+    def named_dsn(self) -> str | None:
+        """The connection string the options name (None: they name no server)."""
+        if not self.params:
+            return self.dsn
+        from pgaudit_tool.connection import resolve_conninfo
+
+        return resolve_conninfo(self.dsn, params=self.params)
+
+    def _user(self) -> str:
+        """The user libpq will log in as (for -W's prompt)."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        from pgaudit_tool.connection import resolve_conninfo
+
+        given = conninfo_to_dict(resolve_conninfo(self.dsn, params=self.params)).get("user")
+        return str(given or os.environ.get("PGUSER") or getpass.getuser())
 
     def may_have_changed(self) -> bool:
         """Whether this command may have committed a change (see ``db.may_have_changed``)."""
@@ -169,18 +207,55 @@ def _emit(
     return count
 
 
+def _export(write: Callable[[BinaryIO], None]) -> None:
+    """Hand stdout's bytes to an export written by the server (csv, json, jsonl)."""
+    sys.stdout.flush()
+    write(sys.stdout.buffer)
+
+
 def _info(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _ask_password(user: str) -> str:
+    """psql's prompt, on the terminal (never echoed)."""
+    return getpass.getpass(f"Password for user {user}: ")
+
+
 @click.group(
-    cls=_Group, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]}
+    cls=_Group, epilog=EXIT_CODES, context_settings={"help_option_names": ["-?", "--help"]}
 )
 @click.option(
     "--dsn",
     metavar="DSN",
     help="Connection string (key=value or URI). Default: libpq's PG* variables, service file "
     "and .pgpass; else DATABASE_URL.",
+)
+@click.option("-h", "--host", metavar="HOSTNAME", help="Server host or socket directory.")
+@click.option("-p", "--port", metavar="PORT", help="Server port.")
+@click.option("-U", "--username", metavar="USERNAME", help="Database user name.")
+@click.option(
+    "-d",
+    "--dbname",
+    metavar="DBNAME",
+    help="Database name, or a connection string as in psql. -h, -p, -U, -d override the same "
+    "parameters of --dsn (or DATABASE_URL); PG* variables fill what none of them gives.",
+)
+@click.option(
+    "-w",
+    "--no-password",
+    "password",
+    flag_value=False,
+    default=None,
+    help="Never ask for a password (fail instead).",
+)
+@click.option(
+    "-W",
+    "--password",
+    "password",
+    flag_value=True,
+    default=None,
+    help="Ask for a password before connecting (otherwise asked on a terminal when needed).",
 )
 @click.option(
     "--lock-timeout",
@@ -191,9 +266,19 @@ def _info(message: str) -> None:
 )
 @click.version_option(__version__, prog_name="pgaudit-tool")
 @click.pass_context
-def main(ctx: click.Context, dsn: str | None, lock_timeout: str | None) -> None:
+def main(
+    ctx: click.Context,
+    dsn: str | None,
+    host: str | None,
+    port: str | None,
+    username: str | None,
+    dbname: str | None,
+    password: bool | None,
+    lock_timeout: str | None,
+) -> None:
     """Database-level change capture for PostgreSQL: who changed what, when, from where."""
-    state = _State(dsn, lock_timeout)
+    params = {"host": host, "port": port, "user": username, "dbname": dbname}
+    state = _State(dsn, lock_timeout, params, password)
     ctx.obj = state
     ctx.call_on_close(state.close)
 
@@ -361,7 +446,10 @@ def history(state: _State, /, table: str | None, fmt: str, **filters: Any) -> No
             "--limit and --last cannot be combined: --limit N lists the oldest N changes,"
             " --last N the most recent N"
         )
-    _emit(state.audit().history(table, **filters), fmt, HISTORY_COLUMNS)
+    if fmt == "table":
+        _emit(state.audit().history(table, **filters), fmt, HISTORY_COLUMNS)
+    else:
+        _export(lambda out: state.audit().export_history(out, fmt, table, **filters))
 
 
 @main.command()
@@ -419,7 +507,10 @@ def table_at(state: _State, table: str, at: str, into: str | None, fmt: str) -> 
         count = state.audit().table_at_into(table, at, into)
         _info(f"{into}: {count} row(s) as of {at}")
         return
-    _emit(state.audit().table_at(table, at), fmt)
+    if fmt == "table":
+        _emit(state.audit().table_at(table, at), fmt)
+    else:
+        _export(lambda out: state.audit().export_table_at(out, fmt, table, at))
 
 
 @main.command()
@@ -899,7 +990,7 @@ def demo(state: _State, keep: bool, fmt: str) -> None:
     """
     from pgaudit_tool.demo import run_demo
 
-    run_demo(state.dsn, fmt=fmt, keep=keep, out=sys.stdout, log=_info)
+    run_demo(state.named_dsn(), fmt=fmt, keep=keep, out=sys.stdout, log=_info)
 
 
 # --------------------------------------------------------------------------- watching
@@ -1117,7 +1208,7 @@ def tail(
 def _change_line(c: Mapping[str, Any]) -> str:
     from pgaudit_tool.output import printable, to_json_text
 
-    when = c["committed_at"].astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
+    when = c["committed_at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     who = c["actor"] if c["actor"] is not None else f"login {c['db_user']}"
     what = f" {','.join(c['changed'])}" if c.get("changed") else ""
     line = f"{when}  {c['op']:<8} {c['table']} {to_json_text(c['pk'])}{what}  by {who}  txid {c['txid']}"

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import psycopg
 from psycopg import sql
 
 from pgaudit_tool.db import TableRef, jsonb, stream, translated_errors
 from pgaudit_tool.errors import InvalidInput
+from pgaudit_tool.export import export
 
 HISTORY_COLUMNS = (
     "id",
@@ -104,11 +105,8 @@ def _where(flt: HistoryFilter) -> tuple[sql.Composable, list[Any]]:
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses), params
 
 
-def history(
-    conn: psycopg.Connection[Any], flt: HistoryFilter | None = None
-) -> Iterator[dict[str, Any]]:
-    """Changes matching ``flt``, oldest first, streamed (rows arrive as the server sends them)."""
-    flt = flt or HistoryFilter()
+def _query(flt: HistoryFilter) -> tuple[sql.Composed, list[Any]]:
+    """The query of the changes ``flt`` selects, oldest first, and its parameters."""
     if flt.limit is not None and flt.limit < 0:
         raise InvalidInput("--limit must be zero or more")
     if flt.last is not None and flt.last < 0:
@@ -120,19 +118,44 @@ def history(
         )
     if flt.pk is not None and flt.table is None:
         raise InvalidInput("a key needs a table", hint="Name the table: history TABLE --pk KEY.")
+    where, params = _where(flt)
+    query = sql.SQL(_SELECT) + where + sql.SQL(" ORDER BY h.id")
+    if flt.limit is not None:
+        query = query + sql.SQL(" LIMIT %s")
+        params.append(flt.limit)
+    elif flt.last is not None:
+        # The most recent N (by id, the order of normal output), then back to oldest first.
+        query = (
+            sql.SQL("SELECT * FROM (")
+            + sql.SQL(_SELECT)
+            + where
+            + sql.SQL(" ORDER BY h.id DESC LIMIT %s) AS recent ORDER BY id")
+        )
+        params.append(flt.last)
+    return query, params
+
+
+def history(
+    conn: psycopg.Connection[Any], flt: HistoryFilter | None = None
+) -> Iterator[dict[str, Any]]:
+    """Changes matching ``flt``, oldest first, streamed (rows arrive as the server sends them)."""
     with translated_errors():
-        where, params = _where(flt)
-        query = sql.SQL(_SELECT) + where + sql.SQL(" ORDER BY h.id")
-        if flt.limit is not None:
-            query = query + sql.SQL(" LIMIT %s")
-            params.append(flt.limit)
-        elif flt.last is not None:
-            # The most recent N (by id, the order of normal output), then back to oldest first.
-            query = (
-                sql.SQL("SELECT * FROM (")
-                + sql.SQL(_SELECT)
-                + where
-                + sql.SQL(" ORDER BY h.id DESC LIMIT %s) AS recent ORDER BY id")
-            )
-            params.append(flt.last)
+        query, params = _query(flt or HistoryFilter())
     yield from stream(conn, "pgaudit_history", query, params)
+
+
+def export_history(
+    conn: psycopg.Connection[Any], flt: HistoryFilter, fmt: str, out: BinaryIO
+) -> None:
+    """Write the changes matching ``flt`` to ``out`` as csv, json or jsonl text rendered by
+    the server (:mod:`pgaudit_tool.export`)."""
+    with translated_errors():
+        query, params = _query(flt)
+        bound = _bind(conn, query, params)
+    export(conn, bound, sql.SQL("x.id"), fmt, out)
+
+
+def _bind(conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any]) -> sql.SQL:
+    """``query`` with its parameters as literals (for COPY, which takes no parameters)."""
+    with psycopg.ClientCursor(conn) as cur:
+        return sql.SQL(cur.mogrify(query, params))

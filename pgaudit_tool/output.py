@@ -6,7 +6,8 @@ most :data:`TABLE_CHUNK` rows at a time to size its columns.
 
 Value conversions (see :func:`to_json_value`), identical in every format:
 
-* ``datetime``/``date``/``time`` -> ISO-8601 text; aware values keep their UTC offset.
+* ``datetime``/``date``/``time`` -> ISO-8601 text; an aware ``datetime`` in UTC
+  (``+00:00``), whatever zone it came in: every time the tool prints is UTC.
 * ``Decimal`` -> a JSON number written with its exact digits (``Decimal("1.10")`` -> ``1.10``):
   PostgreSQL ``numeric`` values and every number inside a JSONB image keep their precision and
   scale (read them with ``json.loads(text, parse_float=decimal.Decimal)``). ``NaN`` and the
@@ -51,7 +52,7 @@ import math
 import time as _time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
 from itertools import chain, islice
@@ -121,6 +122,8 @@ def to_json_value(v: Any) -> Any:
 
 def _scalar_to_json(v: Any) -> Any:
     """Convert a non-container, non-primitive value to a JSON-compatible one."""
+    if isinstance(v, datetime) and v.tzinfo is not None:
+        return v.astimezone(UTC).isoformat()  # one zone for every time printed: UTC
     if isinstance(v, datetime | date | time):
         return v.isoformat()
     if isinstance(v, Decimal):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import psycopg
 from psycopg import sql
@@ -25,6 +25,7 @@ from pgaudit_tool.db import (
     translated_errors,
 )
 from pgaudit_tool.errors import DatabaseError, InvalidInput
+from pgaudit_tool.export import export
 
 DIFF_COLUMNS = ("pk", "change", "changed", "before", "after")
 BLAME_COLUMNS = (
@@ -90,10 +91,38 @@ def table_at(
     """Every row of the table as it was at ``at``, with its column types, streamed."""
     # The instant is a literal, not a parameter: psycopg would read a "%" in a composed name
     # as a placeholder when parameters are passed.
+    query = sql.SQL("SELECT * FROM audit.table_at(NULL::{}, {}) AS r ORDER BY {}").format(
+        table.ident, sql.Literal(at), _key_order(conn, table, sql.SQL("r"))
+    )
+    return stream(conn, "pgaudit_table_at", query)
+
+
+def export_table_at(
+    conn: psycopg.Connection[Any], table: TableRef, at: datetime, fmt: str, out: BinaryIO
+) -> None:
+    """Write the table as it was at ``at``, in key order, as csv, json or jsonl text rendered
+    by the server (:mod:`pgaudit_tool.export`)."""
     query = sql.SQL("SELECT * FROM audit.table_at(NULL::{}, {})").format(
         table.ident, sql.Literal(at)
     )
-    return stream(conn, "pgaudit_table_at", query)
+    export(conn, query, _key_order(conn, table, sql.SQL("x")), fmt, out)
+
+
+def _key_order(
+    conn: psycopg.Connection[Any], table: TableRef, row: sql.Composable
+) -> sql.Composable:
+    """The key columns of ``row`` (a row of ``table``), for ORDER BY: output in key order, so
+    that two listings compare line by line (``true`` when the key is unknown)."""
+    with translated_errors():
+        found = conn.execute(
+            "SELECT audit._current_columns(t.relid, t.key_attnums) FROM audit.tracked_table AS t"
+            " WHERE t.relid = %s::oid",
+            (table.oid,),
+        ).fetchone()
+    names = [n for n in (found[0] if found else None) or [] if n is not None]
+    if not names:
+        return sql.SQL("true")
+    return sql.SQL(", ").join(sql.SQL("({}).{}").format(row, sql.Identifier(n)) for n in names)
 
 
 def table_at_into(conn: psycopg.Connection[Any], table: TableRef, at: datetime, target: str) -> int:
@@ -157,12 +186,15 @@ def diff(
     conn: psycopg.Connection[Any], table: TableRef, since: datetime, until: datetime
 ) -> Iterator[dict[str, Any]]:
     """Net change per row between two instants (``audit.diff``), streamed."""
-    return stream(
-        conn,
-        "pgaudit_diff",
-        "SELECT pk, change, changed, before, after FROM audit.diff(%s::oid::regclass, %s, %s)",
-        (table.oid, since, until),
+    # In key order: the key read back as a row of the table, whose columns sort by their type.
+    order = _key_order(
+        conn, table, sql.SQL("jsonb_populate_record(NULL::{}, d.pk)").format(table.ident)
     )
+    query = sql.SQL(
+        "SELECT d.pk, d.change, d.changed, d.before, d.after"
+        " FROM audit.diff({}::oid::regclass, {}, {}) AS d ORDER BY {}"
+    ).format(sql.Literal(table.oid), sql.Literal(since), sql.Literal(until), order)
+    return stream(conn, "pgaudit_diff", query)
 
 
 def blame(conn: psycopg.Connection[Any], table: TableRef, pk: Any) -> list[dict[str, Any]]:

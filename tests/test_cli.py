@@ -808,7 +808,7 @@ def _poll(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
     return found
 
 
-@pytest.mark.parametrize("fmt", ["table", "jsonl"])
+@pytest.mark.parametrize("fmt", ["table", "jsonl", "csv"])
 def test_closed_pipe_ends_quietly(
     audited_shop: Audit, dsn: str, conn: psycopg.Connection[Any], tmp_path: Path, fmt: str
 ) -> None:
@@ -1184,7 +1184,7 @@ def test_every_command_has_help(command: str) -> None:
     assert description and len(description.strip()) > 20
     first_sentence = " ".join(description.split())[:40]
     assert first_sentence in " ".join(text.split())
-    assert CliRunner().invoke(main, [command, "-h"]).exit_code == 0
+    assert CliRunner().invoke(main, [command, "-?"]).exit_code == 0
 
 
 def test_readme_documents_every_command_and_exit_code() -> None:

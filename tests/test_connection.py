@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from pgaudit_tool.connection import (
     LIBPQ_ENV_VARS,
@@ -47,7 +49,7 @@ def test_dsn_wins_over_everything() -> None:
 @pytest.mark.parametrize(
     "var",
     [
-        *("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE", "PGSERVICEFILE"),
+        *("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"),
         *("PGPASSWORD", "PGOPTIONS", "PGSSLMODE", "PGAPPNAME", "PGPASSFILE", "PGCONNECT_TIMEOUT"),
     ],
 )
@@ -83,6 +85,52 @@ def test_defaults_to_process_environment(monkeypatch: pytest.MonkeyPatch, clean_
     assert resolve_conninfo(None) == "postgresql://h/db"
     monkeypatch.setenv("PGHOST", "h2")
     assert resolve_conninfo(None) == ""
+
+
+def _parts(conninfo: str) -> dict[str, Any]:
+    return conninfo_to_dict(conninfo)
+
+
+@pytest.mark.parametrize(
+    ("dsn", "env"),
+    [
+        ("host=dsnhost port=1 dbname=x user=u", {}),
+        ("postgresql://u@dsnhost:1/x", {"PGHOST": "envhost"}),
+        (None, {"DATABASE_URL": "postgresql://u@dsnhost:1/x"}),
+    ],
+)
+def test_parameters_override_the_connection_string(dsn: str | None, env: dict[str, str]) -> None:
+    """psql's -h/-p/-U/-d override the same parameters of --dsn or DATABASE_URL and keep the
+    others."""
+    got = _parts(resolve_conninfo(dsn, env, {"host": "/tmp/sock", "dbname": "shop", "port": None}))
+    assert got == {"host": "/tmp/sock", "port": "1", "dbname": "shop", "user": "u"}
+
+
+def test_parameters_leave_the_rest_to_libpq_variables() -> None:
+    """With PG* variables set, the parameters are all the conninfo says: libpq fills the rest."""
+    env = {"PGPORT": "5433", "DATABASE_URL": "postgresql://urlhost/db"}
+    assert _parts(resolve_conninfo(None, env, {"user": "bob"})) == {"user": "bob"}
+    assert resolve_conninfo(None, env, {"user": None, "host": ""}) == ""
+
+
+@pytest.mark.parametrize(
+    "dbname", ["host=h2 dbname=db2", "postgresql://h2/db2", "postgresql+psycopg://h2/db2"]
+)
+def test_a_connection_string_as_dbname_takes_the_place_of_the_dsn(dbname: str) -> None:
+    env = {"DATABASE_URL": "postgresql://urlhost/other"}
+    got = _parts(resolve_conninfo(None, env, {"dbname": dbname, "user": "u"}))
+    assert got == {"host": "h2", "dbname": "db2", "user": "u"}
+    with pytest.raises(AuditError, match="two connection strings"):
+        resolve_conninfo("host=h1", {}, {"dbname": dbname})
+
+
+def test_libpq_names_the_variables() -> None:
+    """The variables that count are the ones this libpq reads, from libpq itself."""
+    from psycopg import pq
+
+    assert {o.envvar.decode() for o in pq.Conninfo.get_defaults() if o.envvar} == LIBPQ_ENV_VARS
+    assert {"PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE"} <= LIBPQ_ENV_VARS
+    assert not {"PGTZ", "PGDATESTYLE", "DATABASE_URL"} & LIBPQ_ENV_VARS
 
 
 # --------------------------------------------------------------------------- normalisation

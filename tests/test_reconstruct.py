@@ -234,6 +234,37 @@ def test_diff_consolidates_and_blame_names_the_last_writer(shop: Audit) -> None:
         shop.blame("orders", 3)
 
 
+@pytest.mark.parametrize("renamed", [False, True])
+def test_table_at_and_diff_list_rows_in_key_order(audit: Audit, renamed: bool) -> None:
+    """Rows come in the order of the key's columns and their types (2 before 10, the first
+    column first), whatever the physical order after updates: two listings compare line by
+    line. The current names of the key columns count (after a rename too)."""
+    conn = audit.conn
+    conn.execute(
+        'CREATE TABLE "Odd ks" (region text, "n o" int, v text, PRIMARY KEY (region, "n o"))'
+    )
+    rows = [(r, n) for r in ("west", "east", "Ä") for n in (10, 2, 33, 1)]
+    conn.execute(
+        "INSERT INTO \"Odd ks\" SELECT * , 'v' FROM unnest(%s::text[], %s::int[])",
+        ([r for r, _ in rows], [n for _, n in rows]),
+    )
+    audit.enable('"Odd ks"')
+    t0 = now(conn)
+    conn.execute("""UPDATE "Odd ks" SET v = 'changed' WHERE "n o" IN (2, 10)""")  # moves rows last
+    if renamed:
+        conn.execute('ALTER TABLE "Odd ks" RENAME COLUMN "n o" TO "N°"')
+    key = "N°" if renamed else "n o"
+    expected = conn.execute(
+        sql.SQL('SELECT region, {0} FROM "Odd ks" ORDER BY region, {0}').format(sql.Identifier(key))
+    ).fetchall()
+    physical = conn.execute(sql.SQL('SELECT region, {} FROM "Odd ks"').format(sql.Identifier(key)))
+    assert physical.fetchall() != expected  # the test means something
+    for at in (t0, now(conn)):
+        assert [(r["region"], r[key]) for r in audit.table_at('"Odd ks"', at)] == expected
+    changed = [(d["pk"]["region"], d["pk"][key]) for d in audit.diff('"Odd ks"', t0, now(conn))]
+    assert changed == [(r, n) for r, n in expected if n in (2, 10)]
+
+
 def test_history_filters_and_transaction(shop: Audit) -> None:
     conn = shop.conn
     with shop.actor("alice"):

@@ -65,6 +65,8 @@ The table and the audit tables are then vacuumed and analysed.
   of each key must be found and undone); alternating, each after a CHECKPOINT, median of the
   per-repetition ratios.  The row count and ``sum(qty)`` of every rebuilt table are checked
   against those recorded at T (AuditError if not).
+* ``history_stream_ratio``, ``table_at_stream_ratio``: writing history (csv, json, jsonl) and
+  table-at (csv) out against psql's COPY of the same rows; see :mod:`pgaudit_tool.bench.streaming`.
 """
 
 from __future__ import annotations

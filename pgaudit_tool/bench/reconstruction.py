@@ -17,6 +17,7 @@ from pgaudit_tool.bench.config import HISTORY, ROW_AT_SAMPLES, ROW_AT_WARMUP
 from pgaudit_tool.bench.history import History, Instant, build_history
 from pgaudit_tool.bench.session import Session, timed
 from pgaudit_tool.bench.stats import percentile, rounded
+from pgaudit_tool.bench.streaming import measure_streaming
 from pgaudit_tool.errors import AuditError
 
 #: A row_at lookup: table OID, key (JSON text), instant.
@@ -31,6 +32,7 @@ def reconstruction_phase(s: Session) -> None:
     history = build_history(s)
     _measure_row_at(s, history)
     _measure_table_at(s, history)
+    measure_streaming(s, history)
     s.result["revert_ratio"] = _measure_revert(s)
 
 

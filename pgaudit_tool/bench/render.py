@@ -20,6 +20,7 @@ TABLE_COLUMNS = ("metric", "value", "target", "status", "compared_with")
 SAME_RUN = "unaudited, same run"
 FLOOR_VS_SAME_RUN = "bare JSONB log (floor) vs unaudited, same run"
 _TPS_PHASES = ("single_row_update", TPCB, TPCB_LARGE)
+_COPY = "psql's COPY of the same changes as to_jsonb, same run"
 _GUARD = "same UPDATE on the unguarded table, same round"
 #: Metric -> where its comparison point comes from (figures absent here compare with nothing).
 COMPARED_WITH: dict[str, str] = {
@@ -32,6 +33,9 @@ COMPARED_WITH: dict[str, str] = {
     "audit_bytes_per_change": "images only (image_bytes_per_change)",
     "table_at_ratio": "CREATE TABLE AS of the live table, same run",
     "revert_ratio": "the UPDATE it reverts, same run",
+    "history_stream_ratio": _COPY,
+    **{f"history_stream_{fmt}_ratio": _COPY for fmt in ("csv", "json", "jsonl")},
+    "table_at_stream_ratio": "COPY (SELECT * FROM audit.table_at(...)) TO STDOUT, same run",
     "watch_changes_per_s": "absolute",
     "watch_lag_ms_p95": "absolute",
     "watch_capture_tps_ratio": "audited, no watcher running, same run",

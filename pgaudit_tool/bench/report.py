@@ -22,6 +22,7 @@ from pgaudit_tool.bench.config import (
 )
 from pgaudit_tool.bench.session import Session
 from pgaudit_tool.bench.stats import Samples, rounded
+from pgaudit_tool.bench.streaming import STREAM_FORMATS
 
 
 def build_report(s: Session) -> dict[str, Any]:
@@ -65,6 +66,18 @@ def _reconstruction_figures(samples: Samples) -> dict[str, Any]:
         result["table_at_ratio"] = rounded(samples.ratio("table_at_ms", "table_at_live_ms"), 3)
         result["table_at_ms"] = rounded(samples.median("table_at_ms"), 2)
         result["table_at_live_ms"] = rounded(samples.median("table_at_live_ms"), 2)
+    if samples.values.get("stream_history_copy_ms"):
+        per_format = {
+            fmt: samples.ratio(f"stream_history_{fmt}_ms", "stream_history_copy_ms")
+            for fmt in STREAM_FORMATS
+        }
+        for fmt, ratio in per_format.items():
+            result[f"history_stream_{fmt}_ratio"] = rounded(ratio, 3)
+        worst = [r for r in per_format.values() if r is not None]
+        result["history_stream_ratio"] = rounded(max(worst), 3) if worst else None
+        result["table_at_stream_ratio"] = rounded(
+            samples.ratio("stream_table_at_csv_ms", "stream_table_at_copy_ms"), 3
+        )
     return result
 
 
@@ -124,6 +137,12 @@ def _standard_notes(cfg: BenchConfig) -> list[str]:
                 "CREATE TABLE AS SELECT * FROM t, T in the middle of the history (every key has "
                 "changed since when history_rows >= 3 x rows); median of per-repetition ratios, "
                 "each statement after a CHECKPOINT.",
+                "history_stream_ratio: the slowest of history --format csv, json and jsonl "
+                "(history_stream_<format>_ratio) of stream_changes changes / psql's COPY (SELECT "
+                "to_jsonb(h) FROM audit.history h ... ORDER BY h.id LIMIT N) TO STDOUT; "
+                "table_at_stream_ratio: table-at --format csv (key order) / COPY (SELECT * FROM "
+                "audit.table_at(NULL::t, T)) TO STDOUT (FORMAT csv); both into /dev/null, "
+                "alternating, medians of per-repetition ratios.",
             ]
         )
     return notes

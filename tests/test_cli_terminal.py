@@ -1,0 +1,181 @@
+"""The CLI as a person at a terminal meets it (issue 14): psql's connection flags and password
+prompt. Commands run as subprocesses; those that need a terminal run in a pseudo-terminal
+driven by pexpect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from pgaudit_tool import Audit
+from tests.conftest import PgServer
+from tests.test_cli import PGAUDIT_TOOL, _clean_env, failed, ok, run_cli
+
+PASSWORD = "Sw0rd fish'\\"  # a space, a quote and a backslash: nothing may mangle it
+
+
+def _flags(dsn: str, user: str | None = None) -> list[str]:
+    """psql's -h -p -U -d for the database of ``dsn``."""
+    parts = conninfo_to_dict(dsn)
+    host = str(parts.get("host") or parts.get("hostaddr") or "localhost")
+    return ["-h", host, "-p", str(parts.get("port") or 5432), "-U", user or str(parts["user"]),
+            "-d", str(parts["dbname"])]  # fmt: skip
+
+
+def spawn(args: list[str], home: Path, env: dict[str, str] | None = None) -> pexpect.spawn:
+    """``pgaudit-tool ARGS`` in a pseudo-terminal (stdin, stdout and stderr are the terminal)."""
+    return pexpect.spawn(
+        PGAUDIT_TOOL, args, env=_clean_env(home, env), encoding="utf-8", timeout=60, echo=False
+    )
+
+
+def finished(child: pexpect.spawn) -> tuple[int, str]:
+    """Wait for the end; the exit status and the rest of the output."""
+    rest = child.read()
+    child.close()
+    assert child.exitstatus is not None, child.signalstatus
+    return int(child.exitstatus), str(rest)
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def test_psql_flags_name_the_server(audit: Audit, dsn: str, tmp_path: Path) -> None:
+    """-h -p -U -d as in psql, and help at -? and --help (no more at -h)."""
+    out = ok(run_cli(*_flags(dsn), "status", "--format", "json", home=tmp_path))
+    assert json.loads(out) == []
+    parts = conninfo_to_dict(dsn)
+    long = ["--host", str(parts["host"]), "--port", str(parts["port"]), "--username",
+            str(parts["user"]), "--dbname", str(parts["dbname"])]  # fmt: skip
+    assert json.loads(ok(run_cli(*long, "status", "--format", "json", home=tmp_path))) == []
+    for args in (["-?"], ["--help"], ["status", "-?"]):
+        assert "Usage:" in ok(run_cli(*args, home=tmp_path))
+    assert "-h, --host" in ok(run_cli("--help", home=tmp_path))
+
+
+def test_flags_override_the_dsn_and_variables(audit: Audit, dsn: str, tmp_path: Path) -> None:
+    """A flag beats the same parameter of --dsn, DATABASE_URL and PG* variables; the rest of
+    each still applies."""
+    parts = conninfo_to_dict(dsn)
+    wrong_db = {**parts, "dbname": "no_such_db"}
+    wrong = " ".join(f"{k}={v}" for k, v in wrong_db.items())
+    failed(run_cli("--dsn", wrong, "status", home=tmp_path), 3, "no_such_db")
+    ok(run_cli("--dsn", wrong, "-d", str(parts["dbname"]), "status", home=tmp_path))
+    url = f"postgresql://{parts['user']}@{parts['host']}:{parts['port']}/no_such_db"
+    ok(run_cli("-d", str(parts["dbname"]), "status", env={"DATABASE_URL": url}, home=tmp_path))
+    env = {"PGHOST": str(parts["host"]), "PGPORT": str(parts["port"]), "PGDATABASE": "no_such_db"}
+    ok(run_cli("-U", str(parts["user"]), "-d", str(parts["dbname"]), "status", env=env,
+               home=tmp_path))  # fmt: skip
+    # A connection string given as the database name, as psql takes it.
+    ok(run_cli("-d", dsn, "status", home=tmp_path))
+    failed(run_cli("--dsn", dsn, "-d", dsn, "status", home=tmp_path), 2, "two connection strings")
+
+
+# --------------------------------------------------------------------------- passwords
+
+
+@pytest.fixture
+def password_role(pg_server: PgServer, audit: Audit, dsn: str) -> Iterator[str]:
+    """A role that must log in with PASSWORD (pg_hba asks it for one; every other role keeps
+    trust authentication), allowed to read the audit log of ``dsn``."""
+    if pg_server.cluster is None:
+        pytest.skip("needs a cluster of the suite's own (it edits pg_hba.conf)")
+    role = f"pw_{os.getpid()}"
+    audit.conn.execute(
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE pgaudit_reader").format(
+            sql.Identifier(role), sql.Literal(PASSWORD)
+        )
+    )
+    hba = pg_server.cluster.data_dir / "pg_hba.conf"
+    before = hba.read_text(encoding="utf-8")
+    rules = f"local all {role} scram-sha-256\nhost all {role} all scram-sha-256\n"
+    hba.write_text(rules + before, encoding="utf-8")
+    audit.conn.execute("SELECT pg_reload_conf()")
+    try:
+        yield role
+    finally:
+        hba.write_text(before, encoding="utf-8")
+        audit.conn.execute("SELECT pg_reload_conf()")
+        audit.conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)
+        )
+        audit.conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_password_is_asked_for_on_a_terminal(
+    password_role: str, dsn: str, tmp_path: Path
+) -> None:
+    """As psql: the server asks, the terminal prompts "Password for user NAME:", the answer is
+    not echoed, and the command goes on."""
+    child = spawn([*_flags(dsn, password_role), "status", "--format", "json"], tmp_path)
+    child.expect_exact(f"Password for user {password_role}: ")
+    child.sendline(PASSWORD)
+    code, rest = finished(child)
+    assert code == 0, rest
+    assert PASSWORD not in rest
+    assert json.loads(rest) == []
+
+
+def test_w_asks_first_and_a_wrong_password_fails_once(
+    password_role: str, dsn: str, tmp_path: Path
+) -> None:
+    """-W asks before connecting; a wrong answer is one error, asked once (psql does not
+    ask again either)."""
+    child = spawn(["-W", *_flags(dsn, password_role), "status"], tmp_path)
+    child.expect_exact(f"Password for user {password_role}: ")
+    child.sendline("wrong")
+    code, rest = finished(child)
+    assert code == 3
+    assert "password authentication failed" in rest
+    assert "Password for user" not in rest
+
+
+def test_no_prompt_without_a_terminal_or_with_no_password(
+    password_role: str, dsn: str, tmp_path: Path
+) -> None:
+    """Without a terminal (or with -w on one) the error is one sentence naming where a
+    password goes."""
+    err = failed(run_cli(*_flags(dsn, password_role), "status", home=tmp_path), 3)
+    for where in ("PGPASSWORD", ".pgpass", "service file"):
+        assert where in err
+    child = spawn(["-w", *_flags(dsn, password_role), "status"], tmp_path)
+    code, rest = finished(child)
+    assert code == 3
+    assert "Password for user" not in rest and "PGPASSWORD" in rest
+
+
+def test_libpq_sources_of_passwords_need_no_prompt(
+    password_role: str, dsn: str, tmp_path: Path
+) -> None:
+    """PGPASSWORD and a password file (libpq's own rules) log in without asking."""
+    args = [*_flags(dsn, password_role), "status", "--format", "json"]
+    assert json.loads(ok(run_cli(*args, env={"PGPASSWORD": PASSWORD}, home=tmp_path))) == []
+    escaped = PASSWORD.replace("\\", "\\\\").replace(":", "\\:")
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"*:*:*:{password_role}:{escaped}\n", encoding="utf-8")
+    passfile.chmod(0o600)
+    assert json.loads(ok(run_cli(*args, env={"PGPASSFILE": str(passfile)}, home=tmp_path))) == []
+
+
+def test_the_api_asks_through_a_callback(password_role: str, dsn: str) -> None:
+    """Audit.connect(password_prompt=...) is asked with the user's name; the password it gives
+    serves the connections the handle opens later."""
+    asked: list[str] = []
+
+    def prompt(user: str) -> str:
+        asked.append(user)
+        return PASSWORD
+
+    params = {"user": password_role}
+    with Audit.connect(dsn, params=params, password_prompt=prompt) as audit:
+        assert audit.status() == []
+        assert conninfo_to_dict(audit.conninfo)["password"] == PASSWORD
+    assert asked == [password_role]
