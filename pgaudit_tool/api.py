@@ -43,6 +43,7 @@ from pgaudit_tool.db import (
     translated_errors,
 )
 from pgaudit_tool.errors import InvalidInput, TableNotSuitable
+from pgaudit_tool.output import to_json_text
 from pgaudit_tool.reconstruct import normalize_pk
 from pgaudit_tool.rules import Rules, load_rules
 from pgaudit_tool.timeparse import instant
@@ -251,9 +252,14 @@ class Audit:
                 "a key needs a table", hint="Name the table: history TABLE --pk KEY."
             )
         ref = None if table is None else resolve_table(self.conn, table)
+        key, part = None, False
+        if pk is not None and ref is not None:
+            key = normalize_pk(self.conn, ref, pk, part=True)
+            part = not _reconstruct.is_whole_key(self.conn, ref, key)
         return _history.HistoryFilter(
             table=ref,
-            pk=None if pk is None or ref is None else normalize_pk(self.conn, ref, pk),
+            pk=key,
+            pk_part=part,
             since=self._instant(since),
             until=self._instant(until),
             **rest,
@@ -267,10 +273,20 @@ class Audit:
         return changes
 
     def blame(self, table: str, pk: Key) -> list[dict[str, Any]]:
-        """Who last set each column of a row (that exists now), and when."""
+        """Who last set each column of a row (that exists now), and when; each line names the
+        row's key (``pk``). A part of a composite key gives the lines of every row having it."""
         self._require_installed()
         ref = resolve_table(self.conn, table)
-        return _reconstruct.blame(self.conn, ref, normalize_pk(self.conn, ref, pk))
+        key = normalize_pk(self.conn, ref, pk, part=True)
+        if _reconstruct.is_whole_key(self.conn, ref, key):
+            return _reconstruct.blame(self.conn, ref, key)
+        rows = _reconstruct.live_keys(self.conn, ref, key)
+        if not rows:
+            raise InvalidInput(
+                f"no row of {ref.name} has the key part {to_json_text(key)} now",
+                hint="Use history with the same key to see what happened to such rows.",
+            )
+        return [line for row in rows for line in _reconstruct.blame(self.conn, ref, row)]
 
     def row_at(self, table: str, pk: Key, at: When) -> dict[str, Any] | None:
         """The row as it was at ``at`` (JSON values under today's column names), or None."""

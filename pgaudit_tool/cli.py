@@ -399,6 +399,10 @@ def status(state: _State, fmt: str) -> None:
 
 
 _PK_HELP = "Row key: a JSON object ('{\"id\": 7}') or a bare value for a single-column key."
+_PART_HELP = (
+    " Of a composite key, a part is enough: the columns given (a bare value: the first),"
+    " matching every row that has them."
+)
 _TIME_HELP = (
     "ISO-8601 (2026-11-25T14:00+01:00), PostgreSQL words (now, yesterday), an interval and"
     " 'ago' ('2 hours 30 minutes ago', '1h30m ago') or @EPOCH seconds (@1700000000)."
@@ -414,7 +418,7 @@ def _time(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 
 @main.command()
 @click.argument("table", required=False)
-@click.option("--pk", metavar="KEY", help=_PK_HELP + " Needs TABLE.")
+@click.option("--pk", metavar="KEY", help=_PK_HELP + _PART_HELP + " Needs TABLE.")
 @click.option("--actor", help="Only changes made by this application user.")
 @click.option("--db-user", help="Only changes made by this login role.")
 @click.option("--txid", type=int, help="Only changes of this transaction.")
@@ -465,7 +469,7 @@ def transaction(state: _State, txid: int, fmt: str) -> None:
 
 @main.command()
 @click.argument("table")
-@click.option("--pk", metavar="KEY", required=True, help=_PK_HELP)
+@click.option("--pk", metavar="KEY", required=True, help=_PK_HELP + _PART_HELP)
 @_format_option
 @click.pass_obj
 def blame(state: _State, table: str, pk: str, fmt: str) -> None:

@@ -52,7 +52,8 @@ SELECT h.id, h.table_name AS "table", h.op, h.pk, h.old, h.new,
 class HistoryFilter:
     """Which changes to list. Every field is optional; they combine with AND.
 
-    ``pk`` is the key as the log stores it (see :func:`pgaudit_tool.reconstruct.normalize_pk`);
+    ``pk`` is the key as the log stores it (see :func:`pgaudit_tool.reconstruct.normalize_pk`),
+    or with ``pk_part`` a part of a composite key (every row having it);
     ``since`` is inclusive, ``until`` exclusive, both compared with the capture time ``at``.
     ``limit`` keeps the oldest N of the matching changes, ``last`` the N most recent (listed
     oldest first all the same); not both.
@@ -68,6 +69,7 @@ class HistoryFilter:
     until: datetime | None = None
     limit: int | None = None
     last: int | None = None
+    pk_part: bool = False
 
 
 def _where(flt: HistoryFilter) -> tuple[sql.Composable, list[Any]]:
@@ -77,7 +79,11 @@ def _where(flt: HistoryFilter) -> tuple[sql.Composable, list[Any]]:
         clauses.append(sql.SQL("h.relid = %s::oid"))
         params.append(flt.table.oid)
     if flt.pk is not None and flt.table is not None:
-        clauses.append(sql.SQL("h.pk = ANY (audit._pk_variants(%s::oid::regclass, %s))"))
+        # A part of a composite key: every row whose key contains it.
+        match = sql.SQL("@>" if flt.pk_part else "=")
+        clauses.append(
+            sql.SQL("h.pk {} ANY (audit._pk_variants(%s::oid::regclass, %s))").format(match)
+        )
         params.extend([flt.table.oid, jsonb(flt.pk)])
     for column, value in (("actor", flt.actor), ("db_user", flt.db_user)):
         if value is not None:

@@ -10,6 +10,7 @@ superuser, run its code with the audit owner's rights, or change history silentl
 from __future__ import annotations
 
 import contextlib
+import io
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -20,7 +21,7 @@ import pytest
 from psycopg import sql
 
 from pgaudit_tool import Audit
-from pgaudit_tool.errors import AuditError
+from pgaudit_tool.errors import AuditError, PermissionDenied
 from tests.conftest import PgServer
 
 Conn = psycopg.Connection[Any]
@@ -593,6 +594,62 @@ def test_operators_on_the_owners_types_never_run_for_a_reviewer(tenant: Tenant) 
         ("ok", 1),
         ("sad", 2),
     ]
+
+
+@pytest.mark.parametrize("trusted_domain", [False, True], ids=["own domain", "trusted domain"])
+def test_domain_constraints_never_run_for_a_reviewer(tenant: Tenant, trusted_domain: bool) -> None:
+    """A CHECK constraint of a domain runs whenever a value is read as that domain. Reviewing
+    history (keys, row-at, blame, diff, revert's plan, listings) must not read values as the
+    owner's domains; rebuilding typed rows (table-at) is refused unless the reviewer already
+    has the owner's rights. Also when the domain belongs to a superuser but its constraint calls
+    a function the table owner can replace."""
+    tenant.conn.execute(
+        "CREATE TABLE app.ran (who text); GRANT INSERT ON app.ran TO PUBLIC;"
+        "CREATE FUNCTION app.chk(int) RETURNS boolean LANGUAGE plpgsql AS $f$ BEGIN"
+        f" BEGIN EXECUTE 'ALTER ROLE {tenant.role} SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;"
+        " INSERT INTO app.ran VALUES (current_user); RETURN true; END $f$;"
+    )
+    domain = "CREATE DOMAIN app.d AS int CHECK (app.chk(VALUE))"
+    if trusted_domain:
+        if not superuser_tenant(tenant):
+            pytest.skip("needs a superuser to own the domain")
+        tenant.audit.conn.execute(
+            domain + f"; ALTER DOMAIN app.d OWNER TO {tenant.audit.conn.info.user}"
+        )
+    else:
+        tenant.conn.execute(domain)
+    tenant.conn.execute(
+        "CREATE TABLE app.k (id app.d, region text, v app.d, PRIMARY KEY (id, region));"
+        "INSERT INTO app.k VALUES (1, 'eu', 1), (2, 'us', 2)"
+    )
+    tenant.audit.enable("app.k")
+    t1 = _instant(tenant)
+    tenant.conn.execute("UPDATE app.k SET v = v + 10; TRUNCATE app.ran")
+    audit = tenant.audit
+    assert [c["pk"] for c in audit.history("app.k", pk={"id": 1, "region": "eu"})] == [
+        {"id": 1, "region": "eu"}
+    ]
+    assert audit.row_at("app.k", {"id": "1", "region": "eu"}, t1) == {
+        "id": 1,
+        "region": "eu",
+        "v": 1,
+    }
+    assert {b["column_name"]: b["value"] for b in audit.blame("app.k", {"id": 1, "region": "eu"})} == {
+        "id": 1, "region": "eu", "v": 11
+    }  # fmt: skip
+    assert len(list(audit.diff("app.k", t1, "now"))) == 2
+    assert "UPDATE" in audit.revert(table="app.k", to=t1, dry_run=True).sql
+    exported = io.BytesIO()
+    audit.export_history(exported, "jsonl", "app.k")
+    assert exported.getvalue().count(b"\n") == 2
+    reviewer_has_owner_rights = not superuser_tenant(tenant) and not trusted_domain
+    if reviewer_has_owner_rights:  # a member of the table owner's role: nothing to gain
+        assert len(list(audit.table_at("app.k", t1))) == 2
+    else:
+        with pytest.raises(PermissionDenied, match="CHECK constraints"):
+            list(audit.table_at("app.k", t1))
+        assert audit.conn.execute("SELECT count(*) FROM app.ran").fetchone() == (0,)
+    assert not tenant.is_superuser()
 
 
 # ----------------------------------------------------------------- 7: commit times

@@ -265,6 +265,47 @@ def test_table_at_and_diff_list_rows_in_key_order(audit: Audit, renamed: bool) -
     assert changed == [(r, n) for r, n in expected if n in (2, 10)]
 
 
+def test_a_part_of_a_composite_key_selects_every_row_having_it(audit: Audit) -> None:
+    """history and blame take a part of a composite key (a bare value: the first column), on
+    a partitioned table as Pagila's payment; row-at needs the whole key and names what is
+    missing; a column outside the key is refused."""
+    conn = audit.conn
+    conn.execute(
+        "CREATE TABLE payment (payment_id int, payment_date date, amount numeric(5,2),"
+        " PRIMARY KEY (payment_id, payment_date)) PARTITION BY RANGE (payment_date);"
+        "CREATE TABLE payment_2026 PARTITION OF payment FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')"
+    )
+    audit.enable("payment")
+    conn.execute(
+        "INSERT INTO payment VALUES (16050, '2026-01-02', 1), (16050, '2026-02-03', 2),"
+        " (16051, '2026-01-02', 3), (160500, '2026-01-02', 4)"
+    )
+    conn.execute("UPDATE payment SET amount = amount + 1 WHERE payment_id = 16050")
+    for part in (16050, "16050", {"payment_id": "16050"}):
+        changes = list(audit.history("payment", pk=part))
+        assert [(c["op"], c["pk"]["payment_date"]) for c in changes] == [
+            ("INSERT", "2026-01-02"), ("INSERT", "2026-02-03"),
+            ("UPDATE", "2026-01-02"), ("UPDATE", "2026-02-03"),
+        ]  # fmt: skip
+    by_date = list(audit.history("payment", pk={"payment_date": "2026-01-02"}))
+    assert sorted({c["pk"]["payment_id"] for c in by_date}) == [16050, 16051, 160500]
+    whole = {"payment_id": 16050, "payment_date": "2026-02-03"}
+    assert [c["op"] for c in audit.history("payment", pk=whole)] == ["INSERT", "UPDATE"]
+    blame = audit.blame("payment", 16050)
+    assert [(b["pk"]["payment_date"], b["column_name"], b["value"]) for b in blame] == [
+        ("2026-01-02", "payment_id", 16050), ("2026-01-02", "payment_date", "2026-01-02"),
+        ("2026-01-02", "amount", Decimal("2.00")),
+        ("2026-02-03", "payment_id", 16050), ("2026-02-03", "payment_date", "2026-02-03"),
+        ("2026-02-03", "amount", Decimal("3.00")),
+    ]  # fmt: skip
+    with pytest.raises(InvalidInput, match="payment_date missing"):
+        audit.row_at("payment", {"payment_id": 16050}, "now")
+    with pytest.raises(InvalidInput, match="amount is not one of its columns"):
+        audit.history("payment", pk={"payment_id": 16050, "amount": 2})
+    with pytest.raises(InvalidInput, match="no row of public.payment has the key part"):
+        audit.blame("payment", 99)
+
+
 def test_history_filters_and_transaction(shop: Audit) -> None:
     conn = shop.conn
     with shop.actor("alice"):

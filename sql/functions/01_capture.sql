@@ -81,6 +81,132 @@ COMMENT ON FUNCTION audit._type_is_safe(oid) IS
     'Internal. Whether to_jsonb can convert values of a type without running code a role other than a superuser or the audit owner wrote (a cast to json from a type it owns).';
 
 
+CREATE OR REPLACE FUNCTION audit._trusted_role(p_role oid) RETURNS boolean
+LANGUAGE plpgsql STABLE STRICT AS $$
+BEGIN
+    RETURN coalesce((SELECT r.rolsuper OR r.oid = audit._owner()::oid
+                       FROM pg_catalog.pg_roles AS r WHERE r.oid = p_role), false);
+END
+$$;
+
+COMMENT ON FUNCTION audit._trusted_role(oid) IS
+    'Internal. Whether code a role writes may run with other roles'' rights: a superuser, or the audit owner.';
+
+
+CREATE OR REPLACE FUNCTION audit._input_is_safe(p_type oid) RETURNS boolean
+LANGUAGE plpgsql STABLE STRICT AS $$
+-- Whether values of p_type can be read from text or JSON (jsonb_populate_record, a cast from
+-- text) without running code that a role other than a superuser or the audit owner wrote, with
+-- the rights of whoever reads: the CHECK constraints of a domain run on input, and whoever
+-- owns the domain writes them (any function or operator in them, built in or not, runs with
+-- the reader's rights). So a domain is safe without CHECK constraints, or when it and every
+-- function and operator its constraints use belong to trusted roles; arrays, composites,
+-- ranges and multiranges when the types they are made of are; built-in types, enums and base
+-- types (only a superuser creates those) always.
+DECLARE
+    ty pg_catalog.pg_type;
+BEGIN
+    SELECT * INTO ty FROM pg_catalog.pg_type WHERE oid = p_type;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF ty.typtype = 'd' THEN
+        IF EXISTS (SELECT FROM pg_catalog.pg_constraint AS c WHERE c.contypid = p_type AND c.contype = 'c')
+           AND (NOT audit._trusted_role(ty.typowner) OR EXISTS (
+                SELECT FROM pg_catalog.pg_constraint AS c
+                  JOIN pg_catalog.pg_depend AS d
+                    ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = c.oid
+                  LEFT JOIN pg_catalog.pg_proc AS p
+                    ON d.refclassid = 'pg_catalog.pg_proc'::regclass AND p.oid = d.refobjid
+                  LEFT JOIN pg_catalog.pg_operator AS o
+                    ON d.refclassid = 'pg_catalog.pg_operator'::regclass AND o.oid = d.refobjid
+                 WHERE c.contypid = p_type
+                   AND (NOT audit._trusted_role(p.proowner) OR NOT audit._trusted_role(o.oprowner)))) THEN
+            RETURN false;
+        END IF;
+        RETURN audit._input_is_safe(ty.typbasetype);
+    END IF;
+    IF ty.oid < 16384 THEN            -- FirstNormalObjectId: built in
+        RETURN true;
+    END IF;
+    IF audit._array_element(ty.oid) IS NOT NULL THEN
+        RETURN audit._input_is_safe(audit._array_element(ty.oid));
+    END IF;
+    IF ty.typtype = 'c' THEN
+        RETURN NOT EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
+                            WHERE a.attrelid = ty.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+                              AND NOT audit._input_is_safe(a.atttypid));
+    END IF;
+    IF ty.typtype = 'r' THEN
+        RETURN audit._input_is_safe((SELECT r.rngsubtype FROM pg_catalog.pg_range AS r WHERE r.rngtypid = p_type));
+    END IF;
+    IF ty.typtype = 'm' THEN
+        RETURN audit._input_is_safe((SELECT r.rngtypid FROM pg_catalog.pg_range AS r WHERE r.rngmultitypid = p_type));
+    END IF;
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION audit._input_is_safe(oid) IS
+    'Internal. Whether values of a type can be read from text or JSON without running code (domain CHECK constraints) that a role other than a superuser or the audit owner wrote.';
+
+
+CREATE OR REPLACE FUNCTION audit._read_type(p_table regclass, p_column text) RETURNS text
+LANGUAGE plpgsql STABLE STRICT AS $$
+-- The type to read a column's recorded values as, without running code of the table's owner:
+-- a domain over a built-in type as that built-in type (its constraints are not checked: the
+-- value is compared or shown, not stored), any other type as itself when that is safe
+-- (audit._input_is_safe); otherwise an error naming the column and its type.
+DECLARE
+    a pg_catalog.pg_attribute;
+    v_base oid;
+BEGIN
+    SELECT * INTO STRICT a FROM pg_catalog.pg_attribute
+     WHERE attrelid = p_table AND attname = p_column AND attnum > 0 AND NOT attisdropped;
+    v_base := audit._base_type(a.atttypid);
+    IF v_base < 16384 THEN
+        RETURN pg_catalog.format_type(v_base, CASE WHEN v_base = a.atttypid THEN a.atttypmod END);
+    ELSIF audit._input_is_safe(a.atttypid) THEN
+        RETURN pg_catalog.format_type(a.atttypid, a.atttypmod);
+    END IF;
+    RAISE EXCEPTION 'column % of % has type %, whose input runs code of its owner (the CHECK constraints of a domain); it is not run with your rights',
+        pg_catalog.quote_ident(p_column), audit._qualified(p_table), pg_catalog.format_type(a.atttypid, NULL)
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'Its recorded values are still in the JSON images (audit.history, audit.row_at).';
+END
+$$;
+
+COMMENT ON FUNCTION audit._read_type(regclass, text) IS
+    'Internal. The type to read a column''s recorded values as without running code of its owner: the built-in base type of a domain, or the column''s type when its input is safe; an error otherwise.';
+
+
+CREATE OR REPLACE FUNCTION audit._read_value_sql(p_table regclass, p_column text, p_json text) RETURNS text
+LANGUAGE sql STABLE STRICT AS $$
+    -- SQL of the value of one column in the image p_json (an SQL expression), typed as
+    -- audit._read_type gives, without running code of the table's owner.
+    SELECT pg_catalog.format('(SELECT v.%1$I FROM pg_catalog.jsonb_to_record(%2$s) AS v(%1$I %3$s))',
+                             p_column, p_json, audit._read_type(p_table, p_column))
+$$;
+
+COMMENT ON FUNCTION audit._read_value_sql(regclass, text, text) IS
+    'Internal. SQL reading one column of a JSON image as its type without running code of the table''s owner (see audit._read_type).';
+
+
+CREATE OR REPLACE FUNCTION audit._key_record_sql(p_table regclass, p_keys text[], p_json text, p_alias text)
+RETURNS text
+LANGUAGE sql STABLE STRICT AS $$
+    -- A FROM item reading the key object p_json (an SQL expression) as the record p_alias of
+    -- the key columns, each of the type audit._read_type gives: no domain constraint or other
+    -- code of the table's owner runs (jsonb_populate_record into the table's row type would).
+    SELECT pg_catalog.format('pg_catalog.jsonb_to_record(%s) AS %I(%s)', p_json, p_alias,
+               pg_catalog.string_agg(pg_catalog.format('%I %s', k, audit._read_type(p_table, k)), ', ' ORDER BY n))
+      FROM unnest(p_keys) WITH ORDINALITY AS u(k, n)
+$$;
+
+COMMENT ON FUNCTION audit._key_record_sql(regclass, text[], text, text) IS
+    'Internal. SQL FROM item reading a key object as a record of the key columns without running code of the table''s owner (see audit._read_type).';
+
+
 CREATE OR REPLACE FUNCTION audit._value_sql(p_expr text, p_type oid) RETURNS text
 LANGUAGE plpgsql STABLE STRICT AS $$
 -- SQL of a value that jsonb_build_object or to_jsonb may convert safely: the expression itself

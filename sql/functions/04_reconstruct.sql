@@ -187,7 +187,10 @@ $$;
 COMMENT ON FUNCTION audit._key_columns(regclass) IS 'Internal. Current names of the key columns of an audited table.';
 
 
-CREATE OR REPLACE FUNCTION audit.pk(p_table regclass, p_key text) RETURNS jsonb
+-- Revision 0008 of the functions: audit.pk takes p_part (a part of a composite key).
+DROP FUNCTION IF EXISTS audit.pk(regclass, text);
+
+CREATE OR REPLACE FUNCTION audit.pk(p_table regclass, p_key text, p_part boolean DEFAULT false) RETURNS jsonb
 LANGUAGE plpgsql STABLE
     -- Generated SQL compares values of the table's types: only pg_catalog's operators.
     SET search_path = pg_catalog, pg_temp
@@ -196,11 +199,15 @@ LANGUAGE plpgsql STABLE
     SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
 -- p_key: a JSON object {"col": value, ...} naming every key column, or a bare value for a
 -- single-column key. The result has the key's values typed as the columns are, so that
--- {"id": "7"}, {"id": 7} and 7 all give {"id": 7}.
+-- {"id": "7"}, {"id": 7} and 7 all give {"id": 7}. p_part: the object may name only some of
+-- the key columns (a bare value is then the first one), for listings that select every row
+-- having them. Values are read without running code of the table's owner (audit._read_type).
 DECLARE
     v_keys text[];
     v_obj jsonb;
     v_extra text[];
+    v_given text[];
+    v_missing text[];
     v_result jsonb;
 BEGIN
     PERFORM audit._tracked(p_table);
@@ -211,7 +218,7 @@ BEGIN
         EXCEPTION WHEN invalid_text_representation THEN
             RAISE EXCEPTION 'the key % is not valid JSON', p_key USING ERRCODE = 'invalid_parameter_value';
         END;
-    ELSIF pg_catalog.cardinality(v_keys) = 1 THEN
+    ELSIF pg_catalog.cardinality(v_keys) = 1 OR p_part THEN
         v_obj := pg_catalog.jsonb_build_object(v_keys[1], p_key);
     ELSE
         RAISE EXCEPTION 'table % has a key of % columns (%); give it as a JSON object', audit._qualified(p_table),
@@ -219,19 +226,55 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT pg_catalog.array_agg(k) INTO v_extra FROM pg_catalog.jsonb_object_keys(v_obj) AS k WHERE k <> ALL (v_keys);
-    IF v_extra IS NOT NULL OR NOT v_obj ?& v_keys THEN
-        RAISE EXCEPTION 'the key of % is (%), not %', audit._qualified(p_table), pg_catalog.array_to_string(v_keys, ', '), v_obj
+    IF v_extra IS NOT NULL THEN
+        RAISE EXCEPTION 'the key of % is (%): % % not one of its columns', audit._qualified(p_table),
+            pg_catalog.array_to_string(v_keys, ', '), pg_catalog.array_to_string(v_extra, ', '),
+            CASE WHEN pg_catalog.cardinality(v_extra) = 1 THEN 'is' ELSE 'are' END
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    EXECUTE pg_catalog.format('SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
-                              audit._key_sql('r', v_keys, p_table), p_table)
+    SELECT pg_catalog.array_agg(k ORDER BY n) FILTER (WHERE v_obj ? k),
+           pg_catalog.array_agg(k ORDER BY n) FILTER (WHERE NOT v_obj ? k)
+      INTO v_given, v_missing
+      FROM unnest(v_keys) WITH ORDINALITY AS u(k, n);
+    IF v_given IS NULL OR (v_missing IS NOT NULL AND NOT p_part) THEN
+        RAISE EXCEPTION 'the key of % is (%): % missing', audit._qualified(p_table),
+            pg_catalog.array_to_string(v_keys, ', '), pg_catalog.array_to_string(v_missing, ', ')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = CASE WHEN v_given IS NOT NULL THEN 'One row needs its whole key; listings of history accept a part of it.' END;
+    END IF;
+    EXECUTE pg_catalog.format('SELECT %s FROM %s', audit._key_sql('r', v_given, p_table),
+                              audit._key_record_sql(p_table, v_given, '$1', 'r'))
        INTO v_result USING v_obj;
     RETURN v_result;
 END
 $$;
 
-COMMENT ON FUNCTION audit.pk(regclass, text) IS
-    'The key of a row of an audited table as stored in the log, from a JSON object or (single-column keys) a bare value, typed like the key columns: audit.pk(''sales.orders'', ''7'') = {"id": 7}.';
+COMMENT ON FUNCTION audit.pk(regclass, text, boolean) IS
+    'The key of a row of an audited table as stored in the log, from a JSON object or (single-column keys) a bare value, typed like the key columns: audit.pk(''sales.orders'', ''7'') = {"id": 7}. With p_part, a part of a composite key (the columns given; a bare value is the first column), to select every row that has it.';
+
+
+CREATE OR REPLACE FUNCTION audit._live_keys(p_table regclass, p_part jsonb) RETURNS SETOF jsonb
+LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
+    SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
+-- The keys (as the log stores them) of the rows of the table now that have the key columns of
+-- p_part (a part of the key, from audit.pk(..., true)), in key order as JSON. Read with the
+-- caller's rights; no code of the table's owner runs (audit._key_record_sql).
+DECLARE
+    v_keys text[] := audit._key_columns(p_table);
+    v_given text[] := ARRAY(SELECT k FROM unnest(v_keys) AS k WHERE p_part ? k);
+BEGIN
+    RETURN QUERY EXECUTE pg_catalog.format(
+        'SELECT s.key FROM (SELECT %s AS key FROM %s AS r, %s WHERE %s) AS s ORDER BY s.key',
+        audit._key_sql('r', v_keys, p_table), p_table, audit._key_record_sql(p_table, v_given, '$1', 'k'),
+        audit._keys_equal_sql('r', 'k', v_given, p_table))
+      USING p_part;
+END
+$$;
+
+COMMENT ON FUNCTION audit._live_keys(regclass, jsonb) IS
+    'Internal. Keys of the rows of an audited table now that have the given part of the key (as JSON objects, in order).';
 
 
 CREATE OR REPLACE FUNCTION audit._pk_variants(p_table regclass, p_pk jsonb) RETURNS jsonb[]
@@ -339,6 +382,35 @@ COMMENT ON FUNCTION audit._table_at_sql(regclass, timestamptz) IS
     'Internal. SQL rebuilding a whole table as it was at $1 (rows unchanged since, plus the first old image of every key changed since).';
 
 
+CREATE OR REPLACE FUNCTION audit._check_typed_input(p_table regclass) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+-- Rebuilding typed rows of a table from its images reads every column as its own type, which
+-- runs the CHECK constraints of its domains with the caller's rights. Refused when any of them
+-- is code of a role other than a superuser or the audit owner (audit._input_is_safe), unless
+-- the caller, not a superuser, already has that role's rights (it could run the code anyway).
+DECLARE
+    v_unsafe text;
+BEGIN
+    SELECT pg_catalog.string_agg(pg_catalog.format('%I (%s)', a.attname, pg_catalog.format_type(a.atttypid, NULL)), ', ' ORDER BY a.attnum)
+      INTO v_unsafe
+      FROM pg_catalog.pg_attribute AS a
+      JOIN pg_catalog.pg_type AS ty ON ty.oid = a.atttypid
+     WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
+       AND NOT audit._input_is_safe(a.atttypid)
+       AND (NOT pg_catalog.pg_has_role(current_user, ty.typowner, 'USAGE')
+            OR (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user));
+    IF v_unsafe IS NOT NULL THEN
+        RAISE EXCEPTION 'rebuilding typed rows of % would run code its owner wrote (the CHECK constraints of the types of %) with your rights', audit._qualified(p_table), v_unsafe
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'audit.row_at and audit.history give the same rows as JSON; or rebuild them as the role that owns those types.';
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION audit._check_typed_input(regclass) IS
+    'Internal. Refuses to rebuild typed rows of a table when that would run the CHECK constraints of domains another role wrote with the caller''s rights.';
+
+
 CREATE OR REPLACE FUNCTION audit.table_at(p_row anyelement, p_at timestamptz) RETURNS SETOF anyelement
 LANGUAGE plpgsql STABLE
     -- Generated SQL compares values of the table's types: only pg_catalog's operators.
@@ -355,6 +427,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM audit._check_since(v_table, p_at);
+    PERFORM audit._check_typed_input(v_table);
     RETURN QUERY EXECUTE audit._table_at_sql(v_table, p_at) USING p_at;
 END
 $$;
@@ -395,8 +468,8 @@ BEGIN
         v_row := audit._rename_keys(v_old, v_map);
     ELSE
         EXECUTE pg_catalog.format(
-            'SELECT %s FROM %s AS r, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
-            audit._image_sql('r', p_table, '{}'), p_table, p_table,
+            'SELECT %s FROM %s AS r, %s WHERE %s',
+            audit._image_sql('r', p_table, '{}'), p_table, audit._key_record_sql(p_table, v_keys, '$1', 'k'),
             audit._keys_equal_sql('r', 'k', v_keys, p_table))
            INTO v_row USING v_pk;
     END IF;
@@ -471,8 +544,8 @@ DECLARE
     v_live jsonb;
 BEGIN
     EXECUTE pg_catalog.format(
-        'SELECT %s FROM %s AS r, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
-        audit._image_sql('r', p_table, '{}'), p_table, p_table,
+        'SELECT %s FROM %s AS r, %s WHERE %s',
+        audit._image_sql('r', p_table, '{}'), p_table, audit._key_record_sql(p_table, v_keys, '$1', 'k'),
         audit._keys_equal_sql('r', 'k', v_keys, p_table))
        INTO v_live USING v_pk;
     IF v_live IS NULL THEN

@@ -265,13 +265,13 @@ BEGIN
                'CASE WHEN k.target ? %1$L AND k.target -> %1$L IS DISTINCT FROM lv.j -> %1$L%2$s THEN %1$L END', c.name,
                CASE WHEN NOT c.stable THEN pg_catalog.format(
                    ' AND pg_catalog.to_jsonb(%s) IS DISTINCT FROM lv.j -> %L',
-                   audit._value_sql(pg_catalog.format('(pg_catalog.jsonb_populate_record(NULL::%s, k.target)).%I', p_table, c.name), c.typid),
+                   audit._value_sql(audit._read_value_sql(p_table, c.name, 'k.target'), c.typid),
                    c.name) ELSE '' END), ', ' ORDER BY c.attnum),
            pg_catalog.string_agg(pg_catalog.format(
                'CASE WHEN k.expected ? %1$L AND k.expected -> %1$L IS DISTINCT FROM lv.j -> %1$L%2$s THEN %1$L END', c.name,
                CASE WHEN NOT c.stable THEN pg_catalog.format(
                    ' AND pg_catalog.to_jsonb(%s) IS DISTINCT FROM lv.j -> %L',
-                   audit._value_sql(pg_catalog.format('(pg_catalog.jsonb_populate_record(NULL::%s, k.expected)).%I', p_table, c.name), c.typid),
+                   audit._value_sql(audit._read_value_sql(p_table, c.name, 'k.expected'), c.typid),
                    c.name) ELSE '' END), ', ' ORDER BY c.attnum)
       INTO v_diff_target, v_diff_expected
       FROM (SELECT a.attnum, a.attname::text AS name, a.atttypid AS typid,
@@ -335,7 +335,7 @@ SELECT %3$s::oid::regclass, %10$L::text, k.pk, a.action,
        r.xmin, k.first_id, k.last_id, k.n, lt.later
   FROM k
   LEFT JOIN later AS lt ON lt.pk = k.pk
-  CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::%12$s, k.pk) AS kp
+  CROSS JOIN LATERAL %17$s
   LEFT JOIN %11$s%12$s AS r ON %13$s
   -- OFFSET 0: each evaluated once per row, not inlined into every reference.
   CROSS JOIN LATERAL (SELECT %16$s AS j OFFSET 0) AS lv
@@ -370,7 +370,8 @@ $q$,
         audit._keys_equal_sql('r', 'kp', v_keys, p_table),
         v_diff_target,
         v_diff_expected,
-        audit._image_sql('r', v_oid, v_excluded));
+        audit._image_sql('r', v_oid, v_excluded),
+        audit._key_record_sql(p_table, v_keys, 'k.pk', 'kp'));
 END
 $$;
 
