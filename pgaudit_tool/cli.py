@@ -8,10 +8,11 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TextIO, TypeVar
 
 import click
 
@@ -119,6 +120,8 @@ class _State:
         self.lock_timeout = lock_timeout
         self.params = {k: v for k, v in (params or {}).items() if v}
         self.password = password  # -W: True, -w: False, else None (ask on a terminal)
+        self.expanded = False  # -x: every table in expanded form
+        self.pager = True  # --no-pager: False
         self._audit: Any = None
 
     def audit(self) -> Any:
@@ -200,11 +203,41 @@ def _format_option(func: F) -> F:
 def _emit(
     records: Iterable[Mapping[str, Any]], fmt: str, columns: Sequence[str] | None = None
 ) -> int:
-    from pgaudit_tool.output import render
+    """Write records to stdout; the table format on a terminal fits its width (expanded when
+    rows are wider, unless -x says always) and goes through the pager."""
+    from pgaudit_tool.output import TableLayout, render
 
-    count = render(records, fmt, sys.stdout, columns)
-    sys.stdout.flush()
-    return count
+    ctx = click.get_current_context(silent=True)
+    state = ctx.find_object(_State) if ctx is not None else None
+    expanded = state.expanded if state is not None else False
+    if fmt != "table" or not sys.stdout.isatty():
+        count = render(records, fmt, sys.stdout, columns, TableLayout(None, expanded or False))
+        sys.stdout.flush()
+        return count
+    import shutil
+
+    layout = TableLayout(shutil.get_terminal_size().columns, True if expanded else None)
+    with _pager(state is None or state.pager) as out:
+        return render(records, fmt, out, columns, layout)
+
+
+@contextmanager
+def _pager(wanted: bool) -> Iterator[TextIO]:
+    """The pager as psql uses it (on a terminal, PAGER or `less -SRFX`; an empty PAGER or
+    --no-pager: none), through click's pager handling; quitting it early ends quietly."""
+    command = os.environ.get("PAGER", "less -SRFX")
+    if not wanted or not command.strip() or not sys.stdin.isatty():
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    saved = os.environ.get("PAGER")
+    os.environ["PAGER"] = command
+    try:
+        with click.get_pager_file() as out:
+            yield out
+    finally:
+        if saved is None:
+            del os.environ["PAGER"]
 
 
 def _export(write: Callable[[BinaryIO], None]) -> None:
@@ -258,6 +291,18 @@ def _ask_password(user: str) -> str:
     help="Ask for a password before connecting (otherwise asked on a terminal when needed).",
 )
 @click.option(
+    "-x",
+    "--expanded",
+    is_flag=True,
+    help="Tables in expanded form (one line per column, as psql's \\x); without it, on a "
+    "terminal, only when rows are wider than the terminal.",
+)
+@click.option(
+    "--no-pager",
+    is_flag=True,
+    help="Never page tables (default: PAGER, else less -SRFX, on a terminal).",
+)
+@click.option(
     "--lock-timeout",
     metavar="DURATION",
     help="How long to wait for a lock on a table a command changes (install, enable, disable, "
@@ -274,11 +319,14 @@ def main(
     username: str | None,
     dbname: str | None,
     password: bool | None,
+    expanded: bool,
+    no_pager: bool,
     lock_timeout: str | None,
 ) -> None:
     """Database-level change capture for PostgreSQL: who changed what, when, from where."""
     params = {"host": host, "port": port, "user": username, "dbname": dbname}
     state = _State(dsn, lock_timeout, params, password)
+    state.expanded, state.pager = expanded, not no_pager
     ctx.obj = state
     ctx.call_on_close(state.close)
 
@@ -436,14 +484,31 @@ def _time(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     metavar="N",
     help="Only the N most recent changes (still listed oldest first). Not with --limit.",
 )
+@click.option(
+    "--columns",
+    metavar="LIST",
+    help="Table format: these columns, comma-separated (any of the json format's keys, and "
+    "changes). Default: id, at, table, op, pk, actor, db_user, changes.",
+)
+@click.option("--wide", is_flag=True, help="Table format: every column, as json has them.")
 @_format_option
 @click.pass_obj
-def history(state: _State, /, table: str | None, fmt: str, **filters: Any) -> None:
+def history(
+    state: _State,
+    /,
+    table: str | None,
+    fmt: str,
+    columns: str | None,
+    wide: bool,
+    **filters: Any,
+) -> None:
     """Changes captured (of TABLE, or of every table), oldest first, streamed.
 
-    --limit N keeps the oldest N of them, --last N the N most recent (in the same order).
+    --limit N keeps the oldest N of them, --last N the N most recent (in the same order). The
+    table format shows what a person needs (for an UPDATE, each changed column as
+    "column: before -> after"); --wide or --columns for the rest.
     """
-    from pgaudit_tool.history import HISTORY_COLUMNS
+    from pgaudit_tool.history import HISTORY_COLUMNS, PEOPLE_COLUMNS, for_people
 
     if filters["limit"] is not None and filters["last"] is not None:
         raise click.UsageError(
@@ -451,9 +516,28 @@ def history(state: _State, /, table: str | None, fmt: str, **filters: Any) -> No
             " --last N the most recent N"
         )
     if fmt == "table":
-        _emit(state.audit().history(table, **filters), fmt, HISTORY_COLUMNS)
+        shown = _history_columns(columns, wide, PEOPLE_COLUMNS, (*HISTORY_COLUMNS, "changes"))
+        changes = state.audit().history(table, **filters)
+        _emit((for_people(c) for c in changes) if "changes" in shown else changes, fmt, shown)
     else:
         _export(lambda out: state.audit().export_history(out, fmt, table, **filters))
+
+
+def _history_columns(
+    given: str | None, wide: bool, default: Sequence[str], known: Sequence[str]
+) -> Sequence[str]:
+    if given is None:
+        return known[:-1] if wide else default
+    chosen = [c.strip() for c in given.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in known]
+    if unknown or not chosen:
+        raise click.BadParameter(
+            f"unknown column(s) {', '.join(unknown)}; choose among {', '.join(known)}"
+            if unknown
+            else "name at least one column",
+            param_hint="--columns",
+        )
+    return chosen
 
 
 @main.command()

@@ -13,6 +13,7 @@ from psycopg import sql
 from pgaudit_tool.db import TableRef, jsonb, stream, translated_errors
 from pgaudit_tool.errors import InvalidInput
 from pgaudit_tool.export import export
+from pgaudit_tool.output import to_json_text
 
 HISTORY_COLUMNS = (
     "id",
@@ -35,6 +36,9 @@ HISTORY_COLUMNS = (
     "statement_at",
     "transaction_started_at",
 )
+
+#: What a person reading history in a table needs (``history`` in table format).
+PEOPLE_COLUMNS = ("id", "at", "table", "op", "pk", "actor", "db_user", "changes")
 
 OPS = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
 
@@ -70,6 +74,22 @@ class HistoryFilter:
     limit: int | None = None
     last: int | None = None
     pk_part: bool = False
+
+
+def for_people(change: dict[str, Any]) -> dict[str, Any]:
+    """The change with ``changes``: for an UPDATE each changed column as ``column: before ->
+    after``; for an INSERT the new row, for a DELETE the old one (compact JSON)."""
+    old, new = change.get("old"), change.get("new")
+    if change.get("op") == "UPDATE" and old is not None and new is not None:
+        text = ", ".join(
+            f"{column}: {to_json_text(old.get(column), compact=True)} -> "
+            f"{to_json_text(new.get(column), compact=True)}"
+            for column in change.get("changed") or ()
+        )
+    else:
+        image = new if new is not None else old
+        text = "" if image is None else to_json_text(image, compact=True)
+    return {**change, "changes": text}
 
 
 def _where(flt: HistoryFilter) -> tuple[sql.Composable, list[Any]]:

@@ -50,13 +50,15 @@ import csv
 import json
 import math
 import time as _time
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
 from itertools import chain, islice
 from typing import Any, TextIO
+
+from wcwidth import wcwidth
 
 from pgaudit_tool.errors import InvalidInput
 from pgaudit_tool.jsonsafe import RawJson
@@ -65,6 +67,7 @@ __all__ = [
     "FORMATS",
     "TABLE_CHUNK",
     "TABLE_MAX_WIDTH",
+    "TableLayout",
     "render",
     "to_json_text",
     "to_json_value",
@@ -179,9 +182,10 @@ def _iso_duration(td: timedelta) -> str:
     return f"{sign}P{day_part}" + (f"T{time_part}" if time_part else "")
 
 
-def to_json_text(v: Any) -> str:
-    """One value as JSON text, with the conversions of :func:`to_json_value` (exact decimals)."""
-    return _dumps(v)
+def to_json_text(v: Any, *, compact: bool = False) -> str:
+    """One value as JSON text, with the conversions of :func:`to_json_value` (exact decimals);
+    ``compact``: without spaces after ``,`` and ``:``."""
+    return _dumps(v, compact=compact)
 
 
 def _dumps(v: Any, *, compact: bool = False) -> str:
@@ -313,28 +317,86 @@ def _render_csv(records: Records, out: TextIO, columns: Sequence[str] | None) ->
     return count
 
 
-def _render_table(records: Records, out: TextIO, columns: Sequence[str] | None) -> int:
-    """Write an aligned text table, sizing columns chunk by chunk."""
+@dataclass(frozen=True)
+class TableLayout:
+    """How the table format fits a screen: ``width`` in columns (None: no limit, as when the
+    output is not a terminal); ``expanded`` True for one line per column of each record (psql's
+    ``\\x``), None for that only when a record would be wider than ``width``."""
+
+    width: int | None = None
+    expanded: bool | None = False
+
+
+def _render_table(
+    records: Records,
+    out: TextIO,
+    columns: Sequence[str] | None,
+    layout: TableLayout = TableLayout(),
+) -> int:
+    """Write an aligned text table; the first chunk of rows sizes the columns for good."""
     columns, records = _peek_columns(records, columns)
     count = 0
     if columns is not None:
         header = [_cell(c) for c in columns]
-        widths = [_width(h) for h in header]
-        # The header is sized by the first chunk. Widths only grow: a later chunk may be
-        # wider than the previous ones, never narrower.
-        first = True
-        while (chunk := list(islice(records, TABLE_CHUNK))) or first:
-            rows = [[_cell(record.get(c)) for c in columns] for record in chunk]
-            widths = [max([w, *(_width(r[i]) for r in rows)]) for i, w in enumerate(widths)]
-            if first:
-                _write_table_row(out, header, widths, [False] * len(widths))
-                out.write(_separator(widths))
-                first = False
+        chunk = list(islice(records, TABLE_CHUNK))
+        rows = [[_cell(record.get(c)) for c in columns] for record in chunk]
+        widths = [max([_width(h), *(_width(r[i]) for r in rows)]) for i, h in enumerate(header)]
+        if (_too_wide(widths, layout.width) and layout.expanded is None) or layout.expanded:
+            return _render_expanded(chain(chunk, records), out, columns, layout.width)
+        widths = _fit(widths, [_width(h) for h in header], layout.width)
+        _write_table_row(out, header, widths, [False] * len(widths))
+        out.write(_separator(widths))
+        # Widths never change after the first chunk: later cells are cut to them.
+        while chunk:
             for record, row in zip(chunk, rows, strict=True):
-                _write_table_row(out, row, widths, [_is_number(record.get(c)) for c in columns])
+                cut = [_truncate(cell, w) for cell, w in zip(row, widths, strict=True)]
+                _write_table_row(out, cut, widths, [_is_number(record.get(c)) for c in columns])
             count += len(chunk)
             out.flush()
+            chunk = list(islice(records, TABLE_CHUNK))
+            rows = [[_cell(record.get(c)) for c in columns] for record in chunk]
     out.write(f"({count} {'row' if count == 1 else 'rows'})\n")
+    out.flush()
+    return count
+
+
+def _too_wide(widths: list[int], limit: int | None) -> bool:
+    return limit is not None and sum(widths) + 3 * (len(widths) - 1) > limit
+
+
+def _fit(widths: list[int], least: list[int], limit: int | None) -> list[int]:
+    """Narrow the widest columns (not below their header, nor 8) until the line fits."""
+    widths = list(widths)
+    while _too_wide(widths, limit):
+        i = max(range(len(widths)), key=lambda j: widths[j])
+        if widths[i] <= max(8, least[i]):
+            break
+        widths[i] -= 1
+    return widths
+
+
+def _render_expanded(
+    records: Iterable[Mapping[str, Any]], out: TextIO, columns: Sequence[str], limit: int | None
+) -> int:
+    """One block per record, one line per column, as psql's expanded mode."""
+    labels = [_cell(c) for c in columns]
+    label_width = max(_width(label) for label in labels)
+    room = None if limit is None else max(8, limit - label_width - 3)
+    count = 0
+    for record in records:
+        count += 1
+        head = f"-[ RECORD {count} ]"
+        head += "-" * max(0, label_width + 1 - len(head))
+        out.write(head + "+" + "-" * max(1, label_width + 2 + (room or 20) - len(head)) + "\n")
+        for label, column in zip(labels, columns, strict=True):
+            value = printable(_text(record.get(column)))
+            if room is not None:
+                value = _truncate(value, room)
+            out.write((_pad(label, label_width, False) + " | " + value).rstrip() + "\n")
+        if count % FLUSH_EVERY == 0:
+            out.flush()
+    if not count:
+        out.write("(0 rows)\n")
     out.flush()
     return count
 
@@ -367,10 +429,9 @@ def _cell(v: Any) -> str:
 
 
 def _char_width(ch: str) -> int:
-    """Terminal columns taken by one character (wide East Asian 2, combining 0)."""
-    if unicodedata.combining(ch):
-        return 0
-    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    """Terminal columns taken by one character (wide East Asian 2, combining 0), by wcwidth;
+    control characters never reach here (escaped first)."""
+    return max(0, wcwidth(ch))
 
 
 def _width(s: str) -> int:
@@ -400,7 +461,6 @@ def _pad(s: str, width: int, right: bool) -> str:
 
 
 _RENDERERS: dict[str, Callable[[Records, TextIO, Sequence[str] | None], int]] = {
-    "table": _render_table,
     "csv": _render_csv,
     "json": _render_json,
     "jsonl": _render_jsonl,
@@ -412,13 +472,17 @@ def render(
     fmt: str,
     out: TextIO,
     columns: Sequence[str] | None = None,
+    layout: TableLayout = TableLayout(),
 ) -> int:
     """Write ``records`` to ``out`` in format ``fmt``; return the number of records written.
 
-    Raises :class:`~pgaudit_tool.errors.InvalidInput` for an unknown format. If the records
+    ``layout``: how the table format fits the screen (other formats ignore it). Raises
+    :class:`~pgaudit_tool.errors.InvalidInput` for an unknown format. If the records
     iterator raises, the records before it have already been written and the exception
     propagates (json output is then an unterminated array).
     """
+    if fmt == "table":
+        return _render_table(iter(records), out, columns, layout)
     renderer = _RENDERERS.get(fmt)
     if renderer is None:
         raise InvalidInput(

@@ -36,7 +36,7 @@ from pgaudit_tool.cli import _confirm, main
 from pgaudit_tool.connection import LIBPQ_ENV_VARS
 from pgaudit_tool.db import write_transaction
 from pgaudit_tool.errors import InvalidInput
-from pgaudit_tool.history import HISTORY_COLUMNS
+from pgaudit_tool.history import HISTORY_COLUMNS, PEOPLE_COLUMNS
 from pgaudit_tool.schema import head_revision
 from pgaudit_tool.tables import STATUS_COLUMNS
 from tests.conftest import PgServer
@@ -482,9 +482,23 @@ def test_history_formats(audited_shop: Audit, dsn: str, conn: psycopg.Connection
 
     table = ok(invoke(dsn, "history", "--format", "table"))
     header = table.splitlines()[0]
-    assert [c.strip() for c in header.split("|")] == list(HISTORY_COLUMNS)
+    assert [c.strip() for c in header.split("|")] == list(PEOPLE_COLUMNS)
     assert table.rstrip().endswith("(7 rows)")
     assert ITEMS in table
+    exact = [json.loads(line, parse_float=Decimal) for line in lines]
+    update = next(r for r in exact if r["op"] == "UPDATE")
+    column = update["changed"][0]
+    before, after = (
+        str(v) if isinstance(v, Decimal) else json.dumps(v)
+        for v in (update["old"][column], update["new"][column])
+    )
+    assert f"{column}: {before} -> {after}" in table  # the change itself, in view
+    wide = ok(invoke(dsn, "history", "--format", "table", "--wide")).splitlines()[0]
+    assert [c.strip() for c in wide.split("|")] == list(HISTORY_COLUMNS)
+    chosen = ok(invoke(dsn, "history", "--columns", "op, txid,changes")).splitlines()[0]
+    assert [c.strip() for c in chosen.split("|")] == ["op", "txid", "changes"]
+    bad = invoke(dsn, "history", "--columns", "op,nope")
+    assert bad.exit_code == 2 and "nope" in bad.stderr
 
     empty = ok(invoke(dsn, "history", "--actor", "nobody", "--format", "table"))
     assert empty.rstrip().endswith("(0 rows)")

@@ -179,3 +179,59 @@ def test_the_api_asks_through_a_callback(password_role: str, dsn: str) -> None:
         assert audit.status() == []
         assert conninfo_to_dict(audit.conninfo)["password"] == PASSWORD
     assert asked == [password_role]
+
+
+# --------------------------------------------------------------------------- tables for people
+
+
+@pytest.fixture
+def changes(audit: Audit) -> Audit:
+    """A few changes with long values, so that a history line is wider than 100 columns."""
+    audit.conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    audit.enable("notes")
+    audit.conn.execute(
+        "INSERT INTO notes SELECT g, repeat('word ', 20) FROM generate_series(1, 3) g"
+    )
+    audit.conn.execute("UPDATE notes SET body = 'short' WHERE id = 2")
+    return audit
+
+
+def test_the_pager_gets_tables_on_a_terminal(changes: Audit, dsn: str, tmp_path: Path) -> None:
+    """On a terminal the table goes through PAGER (here `tee FILE`); --no-pager, an empty
+    PAGER and other formats do without."""
+    paged = tmp_path / "paged.txt"
+    env = {"PAGER": f"tee {paged}", "COLUMNS": "250"}
+    child = spawn(["--dsn", dsn, "history"], tmp_path, env)
+    child.setwinsize(40, 250)
+    code, screen = finished(child)
+    assert code == 0, screen
+    text = paged.read_text(encoding="utf-8")
+    assert text.splitlines()[0].split("|")[0].strip() == "id" and "(4 rows)" in text
+    assert 'body: "short"' not in text and "body: " in text  # the update, in view
+    paged.unlink()
+    for args, extra in ((["--no-pager"], {}), ([], {"PAGER": ""})):
+        child = spawn(["--dsn", dsn, *args, "history"], tmp_path, {**env, **extra})
+        code, screen = finished(child)
+        assert code == 0 and "(4 rows)" in screen and not paged.exists()
+    child = spawn(["--dsn", dsn, "history", "--format", "jsonl"], tmp_path, env)
+    assert finished(child)[0] == 0 and not paged.exists()
+
+
+@pytest.mark.parametrize(("columns", "flags", "expanded"), [
+    (250, [], False), (60, [], True), (250, ["-x"], True),
+])  # fmt: skip
+def test_expanded_when_rows_do_not_fit_the_terminal(
+    changes: Audit, dsn: str, tmp_path: Path, columns: int, flags: list[str], expanded: bool
+) -> None:
+    """psql's \\x auto: one line per column when a row is wider than the terminal; -x always.
+    No line is wider than the terminal, and nothing but text reaches it (no colours)."""
+    child = pexpect.spawn(
+        PGAUDIT_TOOL, ["--dsn", dsn, "--no-pager", *flags, "history"],
+        env=_clean_env(tmp_path, {"NO_COLOR": "1"}), encoding="utf-8", timeout=60,
+        dimensions=(40, columns),
+    )  # fmt: skip
+    code, screen = finished(child)
+    assert code == 0, screen
+    assert ("-[ RECORD 1 ]" in screen) is expanded
+    assert all(len(line) <= columns for line in screen.splitlines())
+    assert "\x1b" not in screen

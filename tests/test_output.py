@@ -17,10 +17,18 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from wcwidth import wcswidth
 
 from pgaudit_tool import output
 from pgaudit_tool.errors import InvalidInput
-from pgaudit_tool.output import FORMATS, TABLE_MAX_WIDTH, render, to_json_value
+from pgaudit_tool.output import (
+    FORMATS,
+    TABLE_CHUNK,
+    TABLE_MAX_WIDTH,
+    TableLayout,
+    render,
+    to_json_value,
+)
 
 TZ = timezone(timedelta(hours=5, minutes=30))
 
@@ -432,3 +440,42 @@ def test_csv_and_table_row_counts(records: list[dict[str, Any]]) -> None:
     lines = text.splitlines()
     assert lines[-1].startswith(f"({len(records)} row")
     assert len(lines) == (len(records) + 3 if records else 1)
+
+
+# --------------------------------------------------------------------------- people's tables
+
+
+def _table(records: list[dict[str, Any]], layout: TableLayout) -> list[str]:
+    out = io.StringIO()
+    render(records, "table", out, None, layout)
+    return out.getvalue().splitlines()
+
+
+def test_widths_never_change_mid_stream() -> None:
+    """The first chunk sizes the columns; a longer cell later is cut to them, so every line
+    of a long listing lines up with the header."""
+    records = [{"id": i, "note": "short"} for i in range(TABLE_CHUNK)]
+    records.append({"id": TABLE_CHUNK, "note": "a much longer note than any before it"})
+    lines = _table(records, TableLayout())
+    assert {line.index("|") for line in lines[:-1] if "|" in line} == {4}
+    assert lines[1] == "----+------"
+    assert lines[-2] == "500 | a mu…"
+
+
+def test_a_table_fits_the_width_it_is_given() -> None:
+    """Wide columns narrow (the widest first, never below 8 or their header) to fit."""
+    records = [{"id": 1, "old": "x" * 50, "new": "y" * 50, "who": "alice"}]
+    lines = _table(records, TableLayout(width=80, expanded=False))
+    assert all(wcswidth(line) <= 80 for line in lines[:-1])
+    assert "alice" in lines[2] and "…" in lines[2]
+    assert max(len(line) for line in _table(records, TableLayout())) > 100  # no width, no cut
+
+
+def test_expanded_when_asked_or_when_rows_are_too_wide() -> None:
+    records = [{"id": 1, "changes": "amount: 1.00 -> 2.00", "who": "Zoë 日本"}, {"id": 2}]
+    expanded = _table(records, TableLayout(width=200, expanded=True))
+    assert expanded[0].startswith("-[ RECORD 1 ]") and "-[ RECORD 2 ]" in expanded[4]
+    assert expanded[1:4] == ["id      | 1", "changes | amount: 1.00 -> 2.00", "who     | Zoë 日本"]
+    assert _table(records, TableLayout(width=200, expanded=None))[0].startswith("id ")
+    assert _table(records, TableLayout(width=20, expanded=None))[0].startswith("-[ RECORD 1 ]")
+    assert _table([], TableLayout(width=20, expanded=True)) == ["(0 rows)"]
