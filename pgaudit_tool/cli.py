@@ -189,6 +189,42 @@ class _State:
             self._audit.close()
 
 
+def _complete_tables(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[click.shell_completion.CompletionItem]:
+    """Shell completion of table names, when the command line or the environment names a
+    database that answers within 3 seconds without a password prompt; nothing otherwise."""
+    from click.shell_completion import CompletionItem
+
+    root = ctx.find_root().params
+    params = {
+        k: root.get(n)
+        for k, n in (("host", "host"), ("port", "port"), ("user", "username"), ("dbname", "dbname"))
+    }
+    try:
+        import psycopg
+        from psycopg.conninfo import make_conninfo
+
+        from pgaudit_tool.connection import resolve_conninfo
+
+        conninfo = make_conninfo(
+            resolve_conninfo(root.get("dsn"), params=params), connect_timeout=3
+        )
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            names = conn.execute(
+                "SELECT format('%%I.%%I', n.nspname, c.relname) AS name FROM pg_catalog.pg_class AS c"
+                " JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace"
+                " WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition"
+                " AND n.nspname NOT IN ('audit', 'pg_catalog', 'information_schema')"
+                " AND n.nspname NOT LIKE 'pg\\_%%' AND format('%%I.%%I', n.nspname, c.relname) LIKE %s"
+                " ORDER BY 1 LIMIT 500",
+                (incomplete.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",),
+            ).fetchall()
+    except Exception:  # completion must never print an error into the shell
+        return []
+    return [CompletionItem(name) for (name,) in names]
+
+
 def _format_option(func: F) -> F:
     return click.option(
         "--format",
@@ -358,7 +394,7 @@ def install(state: _State, dry_run: bool, repair: bool) -> None:
 
 
 @main.command()
-@click.argument("tables", nargs=-1)
+@click.argument("tables", nargs=-1, shell_complete=_complete_tables)
 @click.option(
     "--schema",
     "schemas",
@@ -412,7 +448,7 @@ def enable(
 
 
 @main.command()
-@click.argument("tables", nargs=-1)
+@click.argument("tables", nargs=-1, shell_complete=_complete_tables)
 @click.option(
     "--schema",
     "schemas",
@@ -428,7 +464,7 @@ def disable(state: _State, tables: tuple[str, ...], schemas: tuple[str, ...]) ->
 
 
 @main.command()
-@click.argument("tables", nargs=-1, required=True)
+@click.argument("tables", nargs=-1, required=True, shell_complete=_complete_tables)
 @click.pass_obj
 def refresh(state: _State, tables: tuple[str, ...]) -> None:
     """Regenerate capture of audited TABLES after DDL (renames, new partitions, new key)."""
@@ -465,7 +501,7 @@ def _time(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 
 
 @main.command()
-@click.argument("table", required=False)
+@click.argument("table", required=False, shell_complete=_complete_tables)
 @click.option("--pk", metavar="KEY", help=_PK_HELP + _PART_HELP + " Needs TABLE.")
 @click.option("--actor", help="Only changes made by this application user.")
 @click.option("--db-user", help="Only changes made by this login role.")
@@ -552,7 +588,7 @@ def transaction(state: _State, txid: int, fmt: str) -> None:
 
 
 @main.command()
-@click.argument("table")
+@click.argument("table", shell_complete=_complete_tables)
 @click.option("--pk", metavar="KEY", required=True, help=_PK_HELP + _PART_HELP)
 @_format_option
 @click.pass_obj
@@ -564,7 +600,7 @@ def blame(state: _State, table: str, pk: str, fmt: str) -> None:
 
 
 @main.command("row-at")
-@click.argument("table")
+@click.argument("table", shell_complete=_complete_tables)
 @click.option("--pk", metavar="KEY", required=True, help=_PK_HELP)
 @click.option(
     "--at", "at", metavar="TIME", callback=_time, required=True, help="The instant: " + _TIME_HELP
@@ -578,7 +614,7 @@ def row_at(state: _State, table: str, pk: str, at: str) -> None:
 
 
 @main.command("table-at")
-@click.argument("table")
+@click.argument("table", shell_complete=_complete_tables)
 @click.option(
     "--at", "at", metavar="TIME", callback=_time, required=True, help="The instant: " + _TIME_HELP
 )
@@ -602,7 +638,7 @@ def table_at(state: _State, table: str, at: str, into: str | None, fmt: str) -> 
 
 
 @main.command()
-@click.argument("table")
+@click.argument("table", shell_complete=_complete_tables)
 @click.option(
     "--from",
     "since",
@@ -740,7 +776,7 @@ def doctor(state: _State, fix: bool, yes: bool, dry_run: bool, fmt: str) -> None
 
 
 @main.command()
-@click.argument("table", required=False)
+@click.argument("table", required=False, shell_complete=_complete_tables)
 @click.option(
     "--max-rows",
     type=int,
@@ -845,7 +881,9 @@ def guard(
     help="... and committed at or before TIME (default: now).",
 )
 @click.option(
-    "--table", help="Put this table (or, with --pk, one row) back to its state --to TIME."
+    "--table",
+    shell_complete=_complete_tables,
+    help="Put this table (or, with --pk, one row) back to its state --to TIME.",
 )
 @click.option("--pk", metavar="KEY", help=_PK_HELP + " Needs --table.")
 @click.option(
@@ -1255,7 +1293,7 @@ def alerts(
 
 
 @main.command()
-@click.argument("table", required=False)
+@click.argument("table", required=False, shell_complete=_complete_tables)
 @click.option("--actor", help="Only changes made by this application user.")
 @click.option("--db-user", help="Only changes made by this login role.")
 @click.option(

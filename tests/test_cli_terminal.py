@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,3 +237,46 @@ def test_expanded_when_rows_do_not_fit_the_terminal(
     assert ("-[ RECORD 1 ]" in screen) is expanded
     assert all(len(line) <= columns for line in screen.splitlines())
     assert "\x1b" not in screen
+
+
+# --------------------------------------------------------------------------- shell completion
+
+
+def complete(words: str, tmp_path: Path) -> list[str]:
+    """What bash's completion asks of pgaudit-tool for the last of ``words``."""
+    parts = shlex.split(words)
+    env = {
+        "_PGAUDIT_TOOL_COMPLETE": "bash_complete",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(parts) - (0 if words.endswith(" ") else 1)),
+    }
+    ran = subprocess.run(
+        [PGAUDIT_TOOL], env=_clean_env(tmp_path, env), capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    return [line for line in ran.stdout.splitlines() if line]
+
+
+def test_completion_of_commands_options_and_table_names(
+    changes: Audit, dsn: str, tmp_path: Path
+) -> None:
+    """Commands and options always; table names of the database the command line names
+    (nothing, and no error, when it names none that answers)."""
+    assert "plain,history" in complete("pgaudit-tool his", tmp_path)
+    assert "plain,--last" in complete("pgaudit-tool history --la", tmp_path)
+    changes.conn.execute('CREATE TABLE "Nötes 2" (id int PRIMARY KEY)')
+    got = complete(f"pgaudit-tool --dsn '{dsn}' history ", tmp_path)
+    assert {"plain,public.notes", 'plain,public."Nötes 2"'} <= set(got)
+    assert not any("audit." in line for line in got)
+    assert complete(f"pgaudit-tool --dsn '{dsn}' history public.no", tmp_path) == [
+        "plain,public.notes"
+    ]
+    assert complete("pgaudit-tool -h /nonexistent -p 1 history pub", tmp_path) == []
+    for shell in ("bash", "zsh", "fish"):
+        env = {"_PGAUDIT_TOOL_COMPLETE": f"{shell}_source"}
+        script = subprocess.run(
+            [PGAUDIT_TOOL], env=_clean_env(tmp_path, env), capture_output=True, text=True,
+            timeout=60, check=False,
+        ).stdout  # fmt: skip
+        assert "_PGAUDIT_TOOL_COMPLETE" in script, shell
