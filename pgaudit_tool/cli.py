@@ -507,7 +507,9 @@ def _time(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 @click.option("--db-user", help="Only changes made by this login role.")
 @click.option("--txid", type=int, help="Only changes of this transaction.")
 @click.option(
-    "--op", type=click.Choice(["INSERT", "UPDATE", "DELETE", "TRUNCATE"], case_sensitive=False)
+    "--op",
+    type=click.Choice(["INSERT", "UPDATE", "DELETE", "TRUNCATE"], case_sensitive=False),
+    help="Only changes of this kind.",
 )
 @click.option(
     "--since", metavar="TIME", callback=_time, help="Only changes at or after TIME: " + _TIME_HELP
@@ -907,7 +909,12 @@ def guard(
     help="Application user (actor) recorded for the revert's own transaction.",
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="table: the rows changed (or the SQL, with --dry-run) and the conflicts; json: all of it.",
 )
 @click.pass_obj
 def revert(

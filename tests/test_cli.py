@@ -1198,6 +1198,11 @@ def test_every_command_has_help(command: str) -> None:
     assert description and len(description.strip()) > 20
     first_sentence = " ".join(description.split())[:40]
     assert first_sentence in " ".join(text.split())
+    options = [main] + ([] if command not in main.commands else [main.commands[command]])
+    silent = [
+        p.name for c in options for p in c.params if isinstance(p, click.Option) and not p.help
+    ]
+    assert silent == [], f"options without help text: {silent}"
     assert CliRunner().invoke(main, [command, "-?"]).exit_code == 0
 
 

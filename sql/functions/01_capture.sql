@@ -81,6 +81,16 @@ COMMENT ON FUNCTION audit._type_is_safe(oid) IS
     'Internal. Whether to_jsonb can convert values of a type without running code a role other than a superuser or the audit owner wrote (a cast to json from a type it owns).';
 
 
+CREATE OR REPLACE FUNCTION audit._time_text(p_at timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    -- An instant in messages as the tool prints every time: ISO-8601, UTC, whatever the session.
+    SELECT pg_catalog.to_char(pg_catalog.timezone('UTC', p_at), 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
+$$;
+
+COMMENT ON FUNCTION audit._time_text(timestamptz) IS
+    'Internal. An instant as text for messages: ISO-8601 in UTC (2026-11-25T13:00:00.000000+00:00).';
+
+
 CREATE OR REPLACE FUNCTION audit._trusted_role(p_role oid) RETURNS boolean
 LANGUAGE plpgsql STABLE STRICT AS $$
 BEGIN

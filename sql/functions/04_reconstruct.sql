@@ -65,7 +65,7 @@ BEGIN
      WHERE h.relid = p_table AND (x.committed_at > p_at OR x.committed_at IS NULL OR h.at > p_at)
      ORDER BY h.at DESC LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'the history of % is broken at %: %; its state at % cannot be rebuilt from the live table', audit._qualified(p_table), b.at, b.reason, p_at
+        RAISE EXCEPTION 'the history of % is broken at %: %; its state at % cannot be rebuilt from the live table', audit._qualified(p_table), audit._time_text(b.at), b.reason, audit._time_text(p_at)
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = pg_catalog.format('States from %s on can be rebuilt and reverted to; older changes are still listed by history.', b.at);
     END IF;
@@ -97,15 +97,15 @@ BEGIN
         RAISE EXCEPTION 'an instant is required' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF NOT t.enabled THEN
-        RAISE EXCEPTION 'capture of % is off since %, so its past cannot be rebuilt from the live table', audit._qualified(p_table), t.disabled_at
+        RAISE EXCEPTION 'capture of % is off since %, so its past cannot be rebuilt from the live table', audit._qualified(p_table), audit._time_text(t.disabled_at)
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Its recorded changes are still listed by history; re-enable capture to rebuild states from then on.';
     END IF;
     IF p_at < t.enabled_at THEN
-        RAISE EXCEPTION 'history of % exists from % only; % is earlier', audit._qualified(p_table), t.enabled_at, p_at
+        RAISE EXCEPTION 'history of % exists from % only; % is earlier', audit._qualified(p_table), audit._time_text(t.enabled_at), audit._time_text(p_at)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = CASE WHEN t.history_since < t.enabled_at
-                              THEN pg_catalog.format('Capture was off before %s (first enabled %s).', t.enabled_at, t.history_since)
+                              THEN pg_catalog.format('Capture was off before %s (first enabled %s).', audit._time_text(t.enabled_at), audit._time_text(t.history_since))
                               ELSE 'Changes made before capture was enabled were not recorded.' END;
     END IF;
     PERFORM audit._check_unbroken(p_table, p_at);
@@ -113,7 +113,7 @@ BEGIN
       FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid
      WHERE c.relid = p_table AND c.op = 'T' AND c.pk IS NULL AND (x.committed_at > p_at OR x.committed_at IS NULL);
     IF v_marker IS NOT NULL THEN
-        RAISE EXCEPTION 'a TRUNCATE of % at % was recorded without its rows, so the table before it cannot be rebuilt', audit._qualified(p_table), v_marker
+        RAISE EXCEPTION 'a TRUNCATE of % at % was recorded without its rows, so the table before it cannot be rebuilt', audit._qualified(p_table), audit._time_text(v_marker)
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Enable capture with TRUNCATE content (the default) to make TRUNCATE reversible.';
     END IF;
@@ -499,7 +499,7 @@ DECLARE
     t audit.tracked_table := audit._check_since(p_table, p_from);
 BEGIN
     IF p_to < p_from THEN
-        RAISE EXCEPTION 'the end of the interval (%) is before its start (%)', p_to, p_from
+        RAISE EXCEPTION 'the end of the interval (%) is before its start (%)', audit._time_text(p_to), audit._time_text(p_from)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN QUERY EXECUTE pg_catalog.format(

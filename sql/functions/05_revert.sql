@@ -169,7 +169,7 @@ BEGIN
         v_since := (p_selection ->> 'since')::timestamptz;
         v_until := (p_selection ->> 'until')::timestamptz;
         IF v_until < v_since THEN
-            RAISE EXCEPTION 'the end of the window (%) is before its start (%)', v_until, v_since
+            RAISE EXCEPTION 'the end of the window (%) is before its start (%)', audit._time_text(v_until), audit._time_text(v_since)
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         v_ids := ARRAY(
@@ -183,7 +183,7 @@ BEGIN
                     pg_catalog.concat_ws(' and ',
                         CASE WHEN p_selection ? 'actor' THEN pg_catalog.format('actor %s', p_selection ->> 'actor') END,
                         CASE WHEN p_selection ? 'db_user' THEN pg_catalog.format('login role %s', p_selection ->> 'db_user') END),
-                    v_since, CASE WHEN v_until IS NULL THEN '' ELSE pg_catalog.format(' and at or before %s', v_until) END)
+                    audit._time_text(v_since), CASE WHEN v_until IS NULL THEN '' ELSE pg_catalog.format(' and at or before %s', audit._time_text(v_until)) END)
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Check the name and the window (it is on commit time); history --actor/--db-user lists what they did.';
         END IF;
@@ -414,7 +414,7 @@ BEGIN
                                                   JOIN audit.change AS c ON c.id = s.id WHERE c.relid = r.relid));
         IF r.marker IS NOT NULL THEN
             SELECT c.id, c.clock_at INTO v_marker FROM audit.change AS c WHERE c.id = r.marker;
-            RAISE EXCEPTION 'change % is a TRUNCATE of % at % recorded without its rows, so the rows it removed cannot be put back', v_marker.id, audit._qualified(v_table), v_marker.clock_at
+            RAISE EXCEPTION 'change % is a TRUNCATE of % at % recorded without its rows, so the rows it removed cannot be put back', v_marker.id, audit._qualified(v_table), audit._time_text(v_marker.clock_at)
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'Leave that change out of the selection. Enable capture with TRUNCATE content (the default) to make TRUNCATE reversible.';
         END IF;
