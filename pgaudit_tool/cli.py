@@ -122,6 +122,7 @@ class _State:
         self.password = password  # -W: True, -w: False, else None (ask on a terminal)
         self.expanded = False  # -x: every table in expanded form
         self.pager = True  # --no-pager: False
+        self.quiet = False  # -q: no messages nor progress on stderr, errors only
         self._audit: Any = None
 
     def audit(self) -> Any:
@@ -282,8 +283,16 @@ def _export(write: Callable[[BinaryIO], None]) -> None:
     write(sys.stdout.buffer)
 
 
+def _quiet() -> bool:
+    ctx = click.get_current_context(silent=True)
+    state = ctx.find_object(_State) if ctx is not None else None
+    return state is not None and state.quiet
+
+
 def _info(message: str) -> None:
-    click.echo(message, err=True)
+    """A message on stderr, unless --quiet (errors are never silenced)."""
+    if not _quiet():
+        click.echo(message, err=True)
 
 
 def _ask_password(user: str) -> str:
@@ -334,6 +343,9 @@ def _ask_password(user: str) -> str:
     "terminal, only when rows are wider than the terminal.",
 )
 @click.option(
+    "-q", "--quiet", is_flag=True, help="No messages nor progress on stderr; errors only."
+)
+@click.option(
     "--no-pager",
     is_flag=True,
     help="Never page tables (default: PAGER, else less -SRFX, on a terminal).",
@@ -356,13 +368,14 @@ def main(
     dbname: str | None,
     password: bool | None,
     expanded: bool,
+    quiet: bool,
     no_pager: bool,
     lock_timeout: str | None,
 ) -> None:
     """Database-level change capture for PostgreSQL: who changed what, when, from where."""
     params = {"host": host, "port": port, "user": username, "dbname": dbname}
     state = _State(dsn, lock_timeout, params, password)
-    state.expanded, state.pager = expanded, not no_pager
+    state.expanded, state.pager, state.quiet = expanded, not no_pager, quiet
     ctx.obj = state
     ctx.call_on_close(state.close)
 
@@ -942,7 +955,7 @@ def revert(
         changes, txids = (changes + ids, txids) if changes else (changes, txids + ids)
     elif ids:
         raise InvalidInput("IDs need --change or --txid", hint="pgaudit-tool revert --change 12 13")
-    show_progress = sys.stderr.isatty()
+    show_progress = sys.stderr.isatty() and not _quiet()
 
     def confirm(plan: Any) -> bool:
         from pgaudit_tool.revert import describe
@@ -969,10 +982,18 @@ def revert(
 
 
 def _progress_bar() -> Callable[[int, int, str], None]:
-    """A progress callback drawing a bar on stderr (a terminal), per statement (1000 rows or more)."""
+    """A progress callback for stderr (a terminal): the planning steps of a revert as one line
+    rewritten in place, then a bar of rows applied (from 1000 rows up)."""
     state: dict[str, Any] = {}
 
     def update(done: int, total: int, label: str) -> None:
+        if label.startswith("planning"):
+            end = "\n" if label == "planning: done" else ""
+            click.echo(
+                f"\r\x1b[K{label} (step {min(done + 1, total)} of {total})", nl=False, err=True
+            )
+            click.echo(end, nl=False, err=True)
+            return
         bar = state.get("bar")
         if bar is None and total >= 1000:
             bar = state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr)

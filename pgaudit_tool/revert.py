@@ -235,7 +235,7 @@ def run(
     with _revert_errors(lambda: applying):
         with write_transaction(conn) as tx:
             steps = script_steps(conn, chosen, on_conflict, actor)
-            result = _plan(conn, steps, chosen, on_conflict, dry_run)
+            result = _plan(conn, steps, chosen, on_conflict, dry_run, progress)
             if dry_run:
                 raise psycopg.Rollback(tx)
             if on_conflict == "abort" and result.conflicts:
@@ -261,11 +261,17 @@ def _plan(
     chosen: dict[str, Any],
     on_conflict: str,
     dry_run: bool,
+    progress: Progress | None = None,
 ) -> RevertResult:
-    """Run the steps up to the plan table; read the summary and the conflicts."""
-    for step in _split(steps)[0]:
-        if step.kind != "begin":
-            conn.execute(step.statement)
+    """Run the steps up to the plan table (reported to ``progress`` as ``planning: KIND``,
+    counted in steps); read the summary and the conflicts."""
+    planning = [step for step in _split(steps)[0] if step.kind != "begin"]
+    for n, step in enumerate(planning):
+        if progress is not None:
+            progress(n, len(planning), f"planning: {step.kind}")
+        conn.execute(step.statement)
+    if progress is not None:
+        progress(len(planning), len(planning), "planning: done")
     with conn.cursor(row_factory=dict_row) as cur:
         set_json_loads(load_json, cur)
         changes = cur.execute("SELECT count(*) AS n FROM pg_temp.pgaudit_revert_changes").fetchone()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 from collections.abc import Iterator
@@ -280,3 +281,27 @@ def test_completion_of_commands_options_and_table_names(
             timeout=60, check=False,
         ).stdout  # fmt: skip
         assert "_PGAUDIT_TOOL_COMPLETE" in script, shell
+
+
+# --------------------------------------------------------------------------- progress, quiet
+
+
+def test_revert_shows_its_planning_steps_on_a_terminal(
+    changes: Audit, dsn: str, tmp_path: Path
+) -> None:
+    """On a terminal a revert says which planning step it is at, with counts that move; -q
+    silences messages and progress but not errors."""
+    update = [c["id"] for c in changes.history("notes") if c["op"] == "UPDATE"]
+    insert = [c["id"] for c in changes.history("notes", pk=1)]
+    child = spawn(["--dsn", dsn, "revert", "--change", str(update[0]), "--yes"], tmp_path)
+    code, screen = finished(child)
+    assert code == 0, screen
+    steps = re.findall(r"planning: \w+ \(step (\d+) of (\d+)\)", screen)
+    assert len({done for done, _ in steps}) >= 3 and len({total for _, total in steps}) == 1
+    assert "reverted 1 change(s)" in screen
+    quiet = run_cli("--dsn", dsn, "-q", "revert", "--change", str(insert[0]), "--yes",
+                    home=tmp_path)  # fmt: skip
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    failed(
+        run_cli("--dsn", dsn, "-q", "history", "no_such_table", home=tmp_path), 2, "no_such_table"
+    )

@@ -596,7 +596,10 @@ def test_progress_and_declined_confirmation(attacked: tuple[Audit, int, str, str
         txids=[txid], progress=lambda done, total, label: seen.append((done, total, label))
     )
     assert seen[-1] == (13, 13, "done")
-    assert [s[2] for s in seen] == [
+    planning = [s for s in seen if s[2].startswith("planning")]
+    assert [s[0] for s in planning] == list(range(len(planning)))  # counts that move
+    assert planning[-1] == (len(planning) - 1, len(planning) - 1, "planning: done")
+    assert [s[2] for s in seen if not s[2].startswith("planning")] == [
         "DELETE public.acct",
         "UPDATE public.acct",
         "INSERT public.acct",
