@@ -162,13 +162,15 @@ class Audit:
         exclude: Sequence[str] | None = None,
         capture_truncate: bool | None = None,
         skip_unsuitable: bool = False,
+        progress: Callable[[int, int, str], None] | None = None,
     ) -> EnableResult:
         """Audit the named tables and every table of ``schemas``, all or nothing.
 
         Tables that cannot be audited (no key, not a table) make the whole call fail with every
         reason listed, unless ``skip_unsuitable``, which leaves them out.
         Returns the status record of each table enabled, a list whose ``skipped`` maps each
-        table left out to the reason (see :class:`EnableResult`).
+        table left out to the reason (see :class:`EnableResult`). ``progress(done, total,
+        table)`` is called before each table and at the end (``done == total``).
         """
         self._require_installed()
         refs = tables.tables_to_audit(self.conn, names, schemas)
@@ -181,7 +183,12 @@ class Audit:
             )
         refs = [r for r in refs if r.name not in problems]
         enabled = tables.enable(
-            self.conn, refs, exclude=exclude, capture_truncate=capture_truncate, schemas=schemas
+            self.conn,
+            refs,
+            exclude=exclude,
+            capture_truncate=capture_truncate,
+            schemas=schemas,
+            progress=progress,
         )
         return EnableResult(enabled, problems)
 

@@ -452,12 +452,13 @@ def enable(
         exclude=list(exclude) if exclude else None,
         capture_truncate=truncate_content,
         skip_unsuitable=skip_unsuitable,
+        progress=_progress_bar(least=10) if sys.stderr.isatty() and not _quiet() else None,
     )
+    _emit(rows, fmt, STATUS_COLUMNS)
     for name, why in rows.skipped.items():
         _info(f"{name}: skipped: {why}")
     skipped = f", {len(rows.skipped)} skipped" if rows.skipped else ""
     _info(f"capture enabled on {len(rows)} table(s){skipped}")
-    _emit(rows, fmt, STATUS_COLUMNS)
 
 
 @main.command()
@@ -981,9 +982,10 @@ def revert(
     _emit_revert(result, fmt)
 
 
-def _progress_bar() -> Callable[[int, int, str], None]:
+def _progress_bar(least: int = 1000) -> Callable[[int, int, str], None]:
     """A progress callback for stderr (a terminal): the planning steps of a revert as one line
-    rewritten in place, then a bar of rows applied (from 1000 rows up)."""
+    rewritten in place, then a bar of the work done (rows applied, tables enabled) when there
+    are at least ``least`` units of it."""
     state: dict[str, Any] = {}
 
     def update(done: int, total: int, label: str) -> None:
@@ -995,7 +997,7 @@ def _progress_bar() -> Callable[[int, int, str], None]:
             click.echo(end, nl=False, err=True)
             return
         bar = state.get("bar")
-        if bar is None and total >= 1000:
+        if bar is None and total >= least:
             bar = state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr)
             bar.__enter__()
         if bar is not None:

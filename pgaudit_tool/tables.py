@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -71,20 +71,26 @@ def enable(
     exclude: Sequence[str] | None = None,
     capture_truncate: bool | None = None,
     schemas: Sequence[str] = (),
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Enable capture on every table, in one transaction (all or nothing).
 
     ``exclude`` names columns never stored (None keeps each table's current list; a name
     missing from a table is an error). ``capture_truncate`` None keeps the current setting.
+    ``progress(done, total, table)``: called before each table, and with ``done`` at the end.
     """
     with write_transaction(conn), translated_errors():
         for schema in schemas:
             conn.execute("SELECT audit.track_schema(%s)", (schema,))
-        for ref in refs:
+        for n, ref in enumerate(refs):
+            if progress is not None:
+                progress(n, len(refs), ref.name)
             conn.execute(
                 "SELECT audit.enable(%s::oid::regclass, %s::text[], %s)",
                 (ref.oid, None if exclude is None else list(exclude), capture_truncate),
             )
+        if progress is not None:
+            progress(len(refs), len(refs), "done")
     return [row for row in status(conn) if row["relid"] in {r.oid for r in refs}]
 
 

@@ -305,3 +305,21 @@ def test_revert_shows_its_planning_steps_on_a_terminal(
     failed(
         run_cli("--dsn", dsn, "-q", "history", "no_such_table", home=tmp_path), 2, "no_such_table"
     )
+
+
+def test_enable_of_a_schema_shows_a_bar_that_moves(audit: Audit, dsn: str, tmp_path: Path) -> None:
+    """enable reports each table as it goes (Python: progress(done, total, table)); on a
+    terminal, from 10 tables up, a bar that ends at 100%."""
+    audit.conn.execute(
+        "CREATE SCHEMA many; CREATE SCHEMA more;"
+        + "".join(f"CREATE TABLE many.t{i} (id int PRIMARY KEY);" for i in range(12))
+        + "".join(f"CREATE TABLE more.t{i} (id int PRIMARY KEY);" for i in range(12))
+    )
+    seen: list[tuple[int, int, str]] = []
+    audit.enable(schemas=["many"], progress=lambda *call: seen.append(call))
+    assert [(done, total) for done, total, _ in seen] == [(i, 12) for i in range(13)]
+    assert seen[0][2] == "many.t0" and seen[-1][2] == "done"
+    child = spawn(["--dsn", dsn, "--no-pager", "enable", "--schema", "more"], tmp_path)
+    code, screen = finished(child)
+    assert code == 0, screen
+    assert "100%" in screen and "capture enabled on 12 table(s)" in screen
