@@ -207,23 +207,16 @@ def _complete_tables(
         from psycopg.conninfo import make_conninfo
 
         from pgaudit_tool.connection import resolve_conninfo
+        from pgaudit_tool.db import table_names
 
         conninfo = make_conninfo(
             resolve_conninfo(root.get("dsn"), params=params), connect_timeout=3
         )
         with psycopg.connect(conninfo, autocommit=True) as conn:
-            names = conn.execute(
-                "SELECT format('%%I.%%I', n.nspname, c.relname) AS name FROM pg_catalog.pg_class AS c"
-                " JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace"
-                " WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition"
-                " AND n.nspname NOT IN ('audit', 'pg_catalog', 'information_schema')"
-                " AND n.nspname NOT LIKE 'pg\\_%%' AND format('%%I.%%I', n.nspname, c.relname) LIKE %s"
-                " ORDER BY 1 LIMIT 500",
-                (incomplete.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",),
-            ).fetchall()
+            names = table_names(conn, incomplete)
     except Exception:  # completion must never print an error into the shell
         return []
-    return [CompletionItem(name) for (name,) in names]
+    return [CompletionItem(name) for name in names]
 
 
 def _format_option(func: F) -> F:

@@ -181,6 +181,13 @@ _RESOLVE = (
     "SELECT c.oid, format('%%I.%%I', n.nspname, c.relname), n.nspname, c.relname FROM pg_class c"
     " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)"
 )
+_TABLE_NAMES = (
+    "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c"
+    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition"
+    " AND n.nspname NOT IN ('audit', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'"
+    " AND format('%%I.%%I', n.nspname, c.relname) LIKE %s ORDER BY 1 LIMIT %s"
+)
 _SCHEMA_TABLES = (
     "SELECT c.oid, format('%%I.%%I', n.nspname, c.relname), n.nspname, c.relname FROM pg_class c"
     " JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -237,3 +244,10 @@ def stream(
         set_json_loads(load_json, cur)
         cur.execute(query, params)  # type: ignore[arg-type]
         yield from cur
+
+
+def table_names(conn: psycopg.Connection[Any], prefix: str = "", limit: int = 500) -> list[str]:
+    """Schema-qualified, quoted names of the tables a user may audit whose name starts with
+    ``prefix`` (for shell completion), in order, at most ``limit``."""
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return [str(r[0]) for r in conn.execute(_TABLE_NAMES, (pattern, limit)).fetchall()]
