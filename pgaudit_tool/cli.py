@@ -12,12 +12,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, TypeVar
 
 import click
 
 from pgaudit_tool import __version__
 from pgaudit_tool.errors import AuditError, IntegrityProblem, InvalidInput
+
+if TYPE_CHECKING:
+    from pgaudit_tool.api import Audit
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -123,9 +126,9 @@ class _State:
         self.expanded = False  # -x: every table in expanded form
         self.pager = True  # --no-pager: False
         self.quiet = False  # -q: no messages nor progress on stderr, errors only
-        self._audit: Any = None
+        self._audit: Audit | None = None
 
-    def audit(self) -> Any:
+    def audit(self) -> Audit:
         if self._audit is None:
             from pgaudit_tool.api import Audit
 

@@ -1,7 +1,7 @@
 """Point-in-time reconstruction, diffs and blame (thin wrappers over the SQL functions).
 
 "The state at T" is what every transaction committed at or before T produced; see
-``sql/v0001/05_reconstruct.sql`` for how the past is rebuilt and what it contains.
+``sql/functions/04_reconstruct.sql`` for how the past is rebuilt and what it contains.
 """
 
 from __future__ import annotations

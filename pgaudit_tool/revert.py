@@ -1,4 +1,4 @@
-"""Revert recorded changes: a thin layer over the SQL of ``sql/v0001/06_revert.sql``.
+"""Revert recorded changes: a thin layer over the SQL of ``sql/functions/05_revert.sql``.
 
 The server does the work. ``audit.revert_script(selection, on_conflict, actor)`` returns the
 statements of a revert in order; they build a temporary plan table

@@ -118,6 +118,7 @@ def test_wheel_contains_the_sql_and_the_migrations(wheel: Path) -> None:
     for name in migrations:
         assert f"pgaudit_tool/_data/migrations/versions/{name}" in names
     assert "pgaudit_tool/__init__.py" in names and "pgaudit_tool/cli.py" in names
+    assert "pgaudit_tool/py.typed" in names  # type hints for users of the API (PEP 561)
     # Byte for byte what the checkout holds.
     for name, content in data.items():
         source = REPO / name.removeprefix("pgaudit_tool/_data/")
