@@ -58,7 +58,7 @@ def audit_context(
         yield tx
         # Leaving a nested block normally: give the enclosing transaction its actor back. (On an
         # error the savepoint's rollback restores the settings by itself.)
-        if previous is not None and tx.savepoint_name is not None:
+        if previous is not None and tx.savepoint_name:  # "" (psycopg 3.3) or None: the top level
             conn.execute(_SET_SQL, (previous[0] or "", previous[1] or ""))
 
 

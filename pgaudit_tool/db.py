@@ -118,8 +118,16 @@ def choose_lock_timeout(conn: psycopg.Connection[Any], value: str | None) -> Non
 
 
 def lock_timeout_of(conn: psycopg.Connection[Any]) -> str | None:
-    """The lock_timeout chosen for ``conn``'s write transactions (None: the session's own)."""
-    return _LOCK_TIMEOUTS.get(conn)
+    """The lock_timeout chosen for ``conn``'s write transactions (None: the session's own). A
+    connection made elsewhere (``Audit(psycopg.connect(...))``) gets the default of
+    :func:`choose_lock_timeout` the first time it is asked."""
+    if conn not in _LOCK_TIMEOUTS:
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT source = 'default' FROM pg_settings WHERE name = 'lock_timeout'"
+            ).fetchone()
+        _LOCK_TIMEOUTS[conn] = DEFAULT_LOCK_TIMEOUT if row is not None and row[0] else None
+    return _LOCK_TIMEOUTS[conn]
 
 
 # Connections on whose behalf this library may have committed a change (see may_have_changed).
@@ -155,7 +163,7 @@ def write_transaction(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Transac
     """:func:`changing_transaction` waiting for locks no longer than the connection's chosen
     lock_timeout (transaction-local)."""
     with changing_transaction(conn) as tx:
-        timeout = _LOCK_TIMEOUTS.get(conn)
+        timeout = lock_timeout_of(conn)
         if timeout is not None:
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
         yield tx

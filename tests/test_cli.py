@@ -34,7 +34,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pgaudit_tool import Audit, audit_context, tables
 from pgaudit_tool.cli import _confirm, main
 from pgaudit_tool.connection import LIBPQ_ENV_VARS
-from pgaudit_tool.db import write_transaction
+from pgaudit_tool.db import lock_timeout_of, write_transaction
 from pgaudit_tool.errors import InvalidInput
 from pgaudit_tool.history import HISTORY_COLUMNS, PEOPLE_COLUMNS
 from pgaudit_tool.schema import head_revision
@@ -745,6 +745,15 @@ def test_lock_timeout_setting(shop: Audit, dsn: str) -> None:
         assert setting(audit) == ("2min", "0")
     with Audit.connect(f"{dsn} options='-c lock_timeout=1234ms'") as audit:
         assert setting(audit) == ("1234ms", "1234ms")  # PGOPTIONS / options set by the user win
+    # A handle on a connection made elsewhere gets the same default, autocommit or not.
+    for autocommit in (True, False):
+        with psycopg.connect(dsn, autocommit=autocommit) as own:
+            handle = Audit(own)
+            assert lock_timeout_of(own) == "5s"  # found out without leaving a transaction open
+            assert own.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert setting(handle)[0] == "5s"
+        with psycopg.connect(f"{dsn} options='-c lock_timeout=1234ms'") as own:
+            assert setting(Audit(own)) == ("1234ms", "1234ms")
     failed(invoke(dsn, "--lock-timeout", "soon", "status"), EXIT_BAD_INPUT, "lock_timeout")
 
 

@@ -95,6 +95,22 @@ def test_audit_context_attributes_the_block_only(
     assert _attribution(conn, after) == (None, None)
 
 
+def test_the_actor_holds_until_commit(items: Audit, conn: psycopg.Connection[Any]) -> None:
+    """A top-level audit_context keeps its actor to the COMMIT: deferred triggers (an
+    application's, run at COMMIT) still see who is acting. (psycopg 3.3 names the top-level
+    transaction's savepoint "", which a check for None took for a nested block.)"""
+    conn.execute(
+        "CREATE TABLE seen (actor text);"
+        "CREATE FUNCTION note_actor() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " INSERT INTO seen VALUES (current_setting('pgaudit.actor', true)); RETURN NULL; END $$;"
+        "CREATE CONSTRAINT TRIGGER note_actor AFTER INSERT ON items DEFERRABLE INITIALLY DEFERRED"
+        " FOR EACH ROW EXECUTE FUNCTION note_actor()"
+    )
+    with audit_context(conn, "alice"):
+        _insert(conn, 1)
+    assert conn.execute("SELECT actor FROM seen").fetchall() == [("alice",)]
+
+
 def test_audit_context_without_context_and_without_actor(
     items: Audit, conn: psycopg.Connection[Any]
 ) -> None:
