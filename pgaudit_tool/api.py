@@ -13,6 +13,8 @@ with Audit.connect("postgresql://dba@db/shop") as audit:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -40,6 +42,7 @@ from pgaudit_tool.db import (
     lock_timeout_of,
     note_change,
     resolve_table,
+    translate,
     translated_errors,
 )
 from pgaudit_tool.errors import InvalidInput, TableNotSuitable
@@ -590,3 +593,24 @@ class Audit:
     def _require_installed(self) -> None:
         with translated_errors():
             schema.require_installed(self.conn)
+
+
+def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` raising AuditError (:func:`pgaudit_tool.db.translate`) for any psycopg error
+    its call raises, wherever in the library it comes from (the server ending the connection,
+    say). Listings translate the errors of their iteration themselves (``db.stream``)."""
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    return call
+
+
+# One exception base class for every public method: a psycopg error never escapes raw.
+for _name, _member in list(vars(Audit).items()):
+    if not _name.startswith("_") and inspect.isfunction(_member):
+        setattr(Audit, _name, _translating(_member))

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from pgaudit_tool import Audit
 from pgaudit_tool.cli import main
-from pgaudit_tool.errors import InvalidInput
+from pgaudit_tool.errors import AuditError, InvalidInput
 from pgaudit_tool.jsonsafe import MAX_DEPTH, RawJson, depth, loads
 from pgaudit_tool.output import FORMATS, render, to_json_text
 from tests.conftest import PgServer
@@ -514,3 +514,29 @@ def test_the_reader_can_run_every_read_command(roles: tuple[Audit, Conn, str]) -
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute(attack)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda a: a.instant("now"),
+        lambda a: a.status(),
+        lambda a: list(a.history()),
+        lambda a: a.doctor(),
+        lambda a: a.verify(),
+    ],
+    ids=["instant", "status", "history", "doctor", "verify"],
+)
+def test_a_connection_the_server_ended_raises_audit_errors_only(
+    dsn: str, conn: psycopg.Connection[Any], call: Callable[[Audit], Any]
+) -> None:
+    """After the server ends the session (pg_terminate_backend, a restart), every method raises
+    the library's AuditError, never a raw psycopg error; so do the calls after it."""
+    with Audit.connect(dsn) as audit:
+        audit.install()
+        pid = audit.conn.info.backend_pid
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        for _ in range(2):
+            with pytest.raises(AuditError) as caught:
+                call(audit)
+            assert not isinstance(caught.value, psycopg.Error)
