@@ -835,7 +835,7 @@ def test_revert_equals_replay_without_the_reverted_transactions(
 
 
 def test_bench_revert_measures_and_cleans_up(audit: Audit, dsn: str) -> None:
-    from pgaudit_tool.revert import bench_revert
+    from pgaudit_tool.bench.revert_cost import bench_revert
 
     changes = change_count(audit.conn)
     result = bench_revert(dsn, rows=300)

@@ -126,8 +126,8 @@ def _check_rebuilt(conn: psycopg.Connection[Any], copy: sql.Identifier, expected
 
 def _measure_revert(s: Session) -> float | None:
     """Revert of an UPDATE of ``rows`` rows against the UPDATE itself (median ratio over the
-    repetitions), each in a scratch schema of its own (see :func:`revert.bench_revert`)."""
-    from pgaudit_tool.revert import bench_revert
+    repetitions), each in a scratch schema of its own (see :func:`pgaudit_tool.bench.revert_cost.bench_revert`)."""
+    from pgaudit_tool.bench.revert_cost import bench_revert
 
     ratios = []
     for rep in range(s.config.repetitions):
