@@ -551,7 +551,7 @@ BEGIN
     IF v_live IS NULL THEN
         RAISE EXCEPTION 'table % has no row with key % now', audit._qualified(p_table), v_pk
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Use history --pk to see what happened to it.';
+                  HINT = 'audit.history (pgaudit-tool history --pk) shows what happened to it.';
     END IF;
     v_live := v_live - audit._current_columns(p_table, t.excluded_attnums);
     RETURN QUERY

@@ -108,14 +108,14 @@ BEGIN
         IF p_selection ?| ARRAY['since', 'until'] THEN
             RAISE EXCEPTION 'since and until select the changes of an actor or a login role, and neither is given'
                 USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Add --actor NAME or --db-user ROLE (actor/db_user). To put a whole table back, use --table with --to.';
+                      HINT = 'Add actor or db_user (pgaudit-tool revert --actor NAME or --db-user ROLE). To put a whole table back: table with to (--table with --to).';
         ELSIF p_selection ?| ARRAY['to', 'pk'] THEN
             RAISE EXCEPTION 'to and pk need a table'
-                USING ERRCODE = 'invalid_parameter_value', HINT = 'Add --table (table).';
+                USING ERRCODE = 'invalid_parameter_value', HINT = 'Add table (pgaudit-tool revert --table).';
         END IF;
         RAISE EXCEPTION 'nothing selected: say which changes to revert'
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Use --change ID, --txid N, --actor/--db-user with --since, or --table with --to.';
+                  HINT = 'Select with changes, txids, actor or db_user with since, or table with to (pgaudit-tool revert --change ID, --txid N, --actor/--db-user with --since, or --table with --to).';
     END IF;
     IF pg_catalog.cardinality(v_kinds) > 1 THEN
         RAISE EXCEPTION 'a revert selects by one of changes, txids, actor/db_user or table, not by %',
@@ -164,7 +164,7 @@ BEGIN
         IF NOT p_selection ? 'since' THEN
             RAISE EXCEPTION 'reverting the changes of an actor or a login role needs a start instant (since)'
                 USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Add --since TIME: every transaction committed after it is reverted.';
+                      HINT = 'Add since (pgaudit-tool revert --since TIME): every transaction committed after it is reverted.';
         END IF;
         v_since := (p_selection ->> 'since')::timestamptz;
         v_until := (p_selection ->> 'until')::timestamptz;
@@ -185,7 +185,7 @@ BEGIN
                         CASE WHEN p_selection ? 'db_user' THEN pg_catalog.format('login role %s', p_selection ->> 'db_user') END),
                     audit._time_text(v_since), CASE WHEN v_until IS NULL THEN '' ELSE pg_catalog.format(' and at or before %s', audit._time_text(v_until)) END)
                 USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Check the name and the window (it is on commit time); history --actor/--db-user lists what they did.';
+                      HINT = 'Check the name and the window (it is on commit time); audit.history (pgaudit-tool history --actor/--db-user) lists what they did.';
         END IF;
         RETURN v_ids;
     END IF;
@@ -194,7 +194,7 @@ BEGIN
     IF NOT p_selection ? 'to' THEN
         RAISE EXCEPTION 'a table is put back to its state at an instant: give to'
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Add --to TIME.';
+                  HINT = 'Add to, the instant to go back to (pgaudit-tool revert --to TIME).';
     END IF;
     v_table := pg_catalog.to_regclass(p_selection ->> 'table');
     IF v_table IS NULL THEN
@@ -589,7 +589,7 @@ BEGIN
                 p_conflicts, pg_catalog.array_to_string(p_rows[1:10], '; '),
                 CASE WHEN p_conflicts > 10 THEN pg_catalog.format('; and %s more', p_conflicts - 10) ELSE '' END)
             USING ERRCODE = 'RV001',
-                  HINT = 'See them with --dry-run; then --on-conflict skip leaves them as they are, --on-conflict force overwrites them.';
+                  HINT = 'See them in a dry run (audit.revert_plan, pgaudit-tool revert --dry-run); then on_conflict skip leaves them as they are, force overwrites them (--on-conflict skip|force).';
     END IF;
 END
 $$;
