@@ -8,7 +8,10 @@ and encoding it again cost ten times what the query does. Here the server writes
   PostgreSQL's text form (``t``/``f``, arrays as ``{1,2}``, JSON as its text), so that
   ``\\copy ... FROM ... (FORMAT csv, HEADER)`` loads it back;
 * ``jsonl``: one ``row_to_json`` object per line, keys in column order, values in
-  PostgreSQL's JSON forms (numbers exact, times ISO-8601);
+  PostgreSQL's JSON forms (numbers exact, times ISO-8601); a table with a column of a type
+  whose owner is not trusted (it could have made a cast to json, code that would run with the
+  reader's rights) is written as its JSONB image instead (``audit._image_sql``: no cast runs,
+  keys in jsonb's order);
 * ``json``: the same objects as one array, one per line.
 
 Times are written in UTC whatever the session's time zone (see :data:`OUTPUT_SETTINGS`), as
@@ -42,14 +45,22 @@ OUTPUT_SETTINGS = {
 _BATCH = 5000
 
 
+#: The JSON of a row ``x`` when every column's type is built in or trusted (no cast to json a
+#: table owner wrote can run): keys in column order.
+ROW_TO_JSON = sql.SQL("row_to_json(x)")
+
+
 def export(
     conn: psycopg.Connection[Any],
     query: sql.Composable,
     order: sql.Composable,
     fmt: str,
     out: BinaryIO,
+    json_row: sql.Composable = ROW_TO_JSON,
 ) -> None:
-    """Write the rows of ``query`` (ordered by ``order``, which names them ``x``) to ``out``.
+    """Write the rows of ``query`` (ordered by ``order``, which names them ``x``) to ``out``;
+    ``json_row``: the JSON of a row ``x`` for json and jsonl (:data:`ROW_TO_JSON` unless a
+    column's type could bring a cast of its owner's, see ``audit._image_sql``).
 
     Runs in a transaction of its own (a savepoint inside the caller's), which leaves the
     session's settings as they were.
@@ -63,7 +74,7 @@ def export(
         if fmt == "csv":
             _copy_csv(conn, rows, out)
         else:
-            _json_lines(conn, rows, out, array=fmt == "json")
+            _json_lines(conn, rows, json_row, out, array=fmt == "json")
     out.flush()
 
 
@@ -97,9 +108,14 @@ def _copy_csv(conn: psycopg.Connection[Any], rows: sql.Composable, out: BinaryIO
 
 
 def _json_lines(
-    conn: psycopg.Connection[Any], rows: sql.Composable, out: BinaryIO, *, array: bool
+    conn: psycopg.Connection[Any],
+    rows: sql.Composable,
+    json_row: sql.Composable,
+    out: BinaryIO,
+    *,
+    array: bool,
 ) -> None:
-    query = sql.SQL("SELECT row_to_json(x)::text FROM ({}) AS x").format(rows)
+    query = sql.SQL("SELECT ({})::text FROM ({}) AS x").format(json_row, rows)
     separator = ",\n" if array else "\n"
     first = True
     with conn.cursor(name="pgaudit_export") as cur:

@@ -25,7 +25,7 @@ from pgaudit_tool.db import (
     translated_errors,
 )
 from pgaudit_tool.errors import DatabaseError, InvalidInput
-from pgaudit_tool.export import export
+from pgaudit_tool.export import ROW_TO_JSON, export
 
 DIFF_COLUMNS = ("pk", "change", "changed", "before", "after")
 BLAME_COLUMNS = (
@@ -130,7 +130,14 @@ def export_table_at(
     query = sql.SQL("SELECT * FROM audit.table_at(NULL::{}, {})").format(
         table.ident, sql.Literal(at)
     )
-    export(conn, query, _key_order(conn, table, sql.SQL("x")), fmt, out)
+    with translated_errors():
+        # No cast to json a table owner wrote may run: row_to_json only when every type is safe.
+        row = conn.execute(
+            "SELECT audit._image_sql('x', %s::oid, '{}') WHERE NOT audit._all_safe(%s::oid)",
+            (table.oid, table.oid),
+        ).fetchone()
+    json_row = ROW_TO_JSON if row is None else sql.SQL(row[0])  # generated, every name quoted
+    export(conn, query, _key_order(conn, table, sql.SQL("x")), fmt, out, json_row)
 
 
 def _key_order(
@@ -223,14 +230,14 @@ def diff(
 def _diff_order(
     conn: psycopg.Connection[Any], table: TableRef
 ) -> tuple[sql.Composable, sql.Composable]:
-    """The FROM item and ORDER BY list sorting diff's rows in key order: a key of built-in
-    types read from the JSON key as those types (no code of the table's owner runs), any other
-    key as JSON."""
+    """The FROM item and ORDER BY list sorting diff's rows in key order, as table-at's: the JSON
+    key read as the key's types (audit._read_type: no code of the table's owner runs); a key
+    that cannot be read so, as JSON."""
     with translated_errors():
         row = conn.execute(
             "SELECT k, audit._key_record_sql(%s::oid::regclass, k, 'd.pk', 'k')"
             " FROM audit._key_columns(%s::oid::regclass) AS k"
-            " WHERE audit._typed_keys(%s::oid, k)",
+            " WHERE audit._keys_readable(%s::oid::regclass, k)",
             (table.oid, table.oid, table.oid),
         ).fetchone()
     if row is None:

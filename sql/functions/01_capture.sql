@@ -190,6 +190,18 @@ COMMENT ON FUNCTION audit._read_type(regclass, text) IS
     'Internal. The type to read a column''s recorded values as without running code of its owner: the built-in base type of a domain, or the column''s type when its input is safe; an error otherwise.';
 
 
+CREATE OR REPLACE FUNCTION audit._keys_readable(p_table regclass, p_keys text[]) RETURNS boolean
+LANGUAGE sql STABLE STRICT AS $$
+    -- Whether audit._read_type reads every one of the columns (none of them would raise).
+    SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
+                        WHERE a.attrelid = p_table AND a.attname::text = ANY (p_keys)
+                          AND audit._base_type(a.atttypid) >= 16384 AND NOT audit._input_is_safe(a.atttypid))
+$$;
+
+COMMENT ON FUNCTION audit._keys_readable(regclass, text[]) IS
+    'Internal. Whether the recorded values of the given columns can be read as their types without running code of the table''s owner (audit._read_type).';
+
+
 CREATE OR REPLACE FUNCTION audit._read_value_sql(p_table regclass, p_column text, p_json text) RETURNS text
 LANGUAGE sql STABLE STRICT AS $$
     -- SQL of the value of one column in the image p_json (an SQL expression), typed as
