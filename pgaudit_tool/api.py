@@ -47,7 +47,7 @@ from pgaudit_tool.db import (
 )
 from pgaudit_tool.errors import InvalidInput, TableNotSuitable
 from pgaudit_tool.output import to_json_text
-from pgaudit_tool.reconstruct import normalize_pk
+from pgaudit_tool.reconstruct import normalize_key_part, normalize_pk
 from pgaudit_tool.rules import Rules, load_rules
 from pgaudit_tool.timeparse import instant
 
@@ -262,14 +262,13 @@ class Audit:
                 "a key needs a table", hint="Name the table: history TABLE --pk KEY."
             )
         ref = None if table is None else resolve_table(self.conn, table)
-        key, part = None, False
+        key, whole = None, True
         if pk is not None and ref is not None:
-            key = normalize_pk(self.conn, ref, pk, part=True)
-            part = not _reconstruct.is_whole_key(self.conn, ref, key)
+            key, whole = normalize_key_part(self.conn, ref, pk)
         return _history.HistoryFilter(
             table=ref,
             pk=key,
-            pk_part=part,
+            pk_part=not whole,
             since=self._instant(since),
             until=self._instant(until),
             **rest,
@@ -287,8 +286,8 @@ class Audit:
         row's key (``pk``). A part of a composite key gives the lines of every row having it."""
         self._require_installed()
         ref = resolve_table(self.conn, table)
-        key = normalize_pk(self.conn, ref, pk, part=True)
-        if _reconstruct.is_whole_key(self.conn, ref, key):
+        key, whole = normalize_key_part(self.conn, ref, pk)
+        if whole:
             return _reconstruct.blame(self.conn, ref, key)
         rows = _reconstruct.live_keys(self.conn, ref, key)
         if not rows:

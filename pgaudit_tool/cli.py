@@ -222,6 +222,18 @@ def _complete_tables(
     return [CompletionItem(name) for name in names]
 
 
+def _table_or_json(help: str) -> Callable[[F], F]:
+    """``--format table|json`` of a command whose result is one document, not a listing."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help=help,
+    )
+
+
 def _format_option(func: F) -> F:
     return click.option(
         "--format",
@@ -240,8 +252,7 @@ def _emit(
     rows are wider, unless -x says always) and goes through the pager."""
     from pgaudit_tool.output import TableLayout, render
 
-    ctx = click.get_current_context(silent=True)
-    state = ctx.find_object(_State) if ctx is not None else None
+    state = _current_state()
     expanded = state.expanded if state is not None else False
     if fmt != "table" or not sys.stdout.isatty():
         count = render(records, fmt, sys.stdout, columns, TableLayout(None, expanded or False))
@@ -279,9 +290,14 @@ def _export(write: Callable[[BinaryIO], None]) -> None:
     write(sys.stdout.buffer)
 
 
-def _quiet() -> bool:
+def _current_state() -> _State | None:
+    """The invocation's state, when a command is running (not for a bare library call)."""
     ctx = click.get_current_context(silent=True)
-    state = ctx.find_object(_State) if ctx is not None else None
+    return ctx.find_object(_State) if ctx is not None else None
+
+
+def _quiet() -> bool:
+    state = _current_state()
     return state is not None and state.quiet
 
 
@@ -918,13 +934,8 @@ def guard(
     metavar="NAME",
     help="Application user (actor) recorded for the revert's own transaction.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="table: the rows changed (or the SQL, with --dry-run) and the conflicts; json: all of it.",
+@_table_or_json(
+    "table: the rows changed (or the SQL, with --dry-run) and the conflicts; json: all of it."
 )
 @click.pass_obj
 def revert(
@@ -1077,14 +1088,7 @@ def _bench_number(name: str, default: float, help: str) -> Callable[[F], F]:
     "--watch-changes", 1_000_000, "Changes the watcher evaluates in one pass (watch_changes_per_s)."
 )
 @click.option("--no-watch", is_flag=True, help="Skip the watcher and guard measurements.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="table: the figures with their targets and comparison points; json: every figure.",
-)
+@_table_or_json("table: the figures with their targets and comparison points; json: every figure.")
 @click.pass_obj
 def bench(
     state: _State,

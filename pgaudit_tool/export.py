@@ -20,6 +20,8 @@ every other output of the tool; the settings return to their values afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 import psycopg
@@ -78,26 +80,26 @@ def export(
     out.flush()
 
 
-class _settings:
+@contextmanager
+def _settings(conn: psycopg.Connection[Any]) -> Iterator[None]:
     """SET LOCAL the output settings; put back the caller's values when done (a savepoint
     alone keeps SET LOCAL values until its top transaction ends)."""
+    saved = conn.execute(
+        "SELECT pg_catalog.current_setting(n) FROM unnest(%s::text[]) WITH ORDINALITY AS u(n, i)"
+        " ORDER BY u.i",
+        (list(OUTPUT_SETTINGS),),
+    ).fetchall()
+    _set_local(conn, list(OUTPUT_SETTINGS), list(OUTPUT_SETTINGS.values()))
+    yield
+    _set_local(conn, list(OUTPUT_SETTINGS), [str(v) for (v,) in saved])
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
-        self.saved: list[tuple[str, str]] = []
 
-    def __enter__(self) -> None:
-        for name, value in OUTPUT_SETTINGS.items():
-            row = self.conn.execute(
-                "SELECT current_setting(%s), set_config(%s, %s, true)", (name, name, value)
-            ).fetchone()
-            assert row is not None
-            self.saved.append((name, str(row[0])))
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            for name, value in self.saved:
-                self.conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+def _set_local(conn: psycopg.Connection[Any], names: list[str], values: list[str]) -> None:
+    """Set each setting for the transaction, in one statement."""
+    conn.execute(
+        "SELECT pg_catalog.set_config(n, v, true) FROM unnest(%s::text[], %s::text[]) AS u(n, v)",
+        (names, values),
+    )
 
 
 def _copy_csv(conn: psycopg.Connection[Any], rows: sql.Composable, out: BinaryIO) -> None:

@@ -43,24 +43,37 @@ BLAME_COLUMNS = (
 
 
 def normalize_pk(
-    conn: psycopg.Connection[Any],
-    table: TableRef,
-    key: str | int | dict[str, Any],
-    *,
-    part: bool = False,
+    conn: psycopg.Connection[Any], table: TableRef, key: str | int | dict[str, Any]
 ) -> Any:
     """The key as the log stores it, typed (``audit.pk``): ``7``, ``'{"id": "7"}'`` -> ``{"id": 7}``.
 
-    ``part``: the key may name only some of its columns (a bare value is the first one); the
-    result then has those columns only. A value the server cannot convert to the key column's
-    type (out of range, malformed, too deeply nested) raises InvalidInput.
+    A value the server cannot convert to the key column's type (out of range, malformed, too
+    deeply nested) raises InvalidInput.
     """
+    return _normalized(conn, table, key, part=False)[0]
+
+
+def normalize_key_part(
+    conn: psycopg.Connection[Any], table: TableRef, key: str | int | dict[str, Any]
+) -> tuple[Any, bool]:
+    """As :func:`normalize_pk`, but the key may name only some of its columns (a bare value is
+    the first one): the key with those columns, and whether they are all of the key's."""
+    pk, columns = _normalized(conn, table, key, part=True)
+    return pk, len(pk) == columns
+
+
+def _normalized(
+    conn: psycopg.Connection[Any], table: TableRef, key: str | int | dict[str, Any], *, part: bool
+) -> tuple[Any, int]:
+    """``audit.pk`` of the key, and how many columns the table's key has (one round trip)."""
     text = json.dumps(key) if isinstance(key, dict) else str(key)
     try:
         with translated_errors(), conn.cursor() as cur:
             set_json_loads(load_json, cur)
             row = cur.execute(
-                "SELECT audit.pk(%s::oid::regclass, %s, %s)", (table.oid, text, part)
+                "SELECT audit.pk(%s::oid::regclass, %s, %s),"
+                " pg_catalog.cardinality(audit._key_columns(%s::oid::regclass))",
+                (table.oid, text, part, table.oid),
             ).fetchone()
     except DatabaseError as exc:
         cause = exc.__cause__
@@ -72,16 +85,7 @@ def normalize_pk(
             hint="Give a value of the key column's type, or a JSON object of the key columns.",
         ) from exc
     assert row is not None
-    return row[0]
-
-
-def is_whole_key(conn: psycopg.Connection[Any], table: TableRef, pk: dict[str, Any]) -> bool:
-    """Whether ``pk`` (from :func:`normalize_pk`) names every column of the table's key."""
-    with translated_errors():
-        row = conn.execute(
-            "SELECT pg_catalog.cardinality(audit._key_columns(%s::oid::regclass))", (table.oid,)
-        ).fetchone()
-    return row is not None and len(pk) == row[0]
+    return row[0], int(row[1])
 
 
 def live_keys(conn: psycopg.Connection[Any], table: TableRef, part: Any) -> list[Any]:
@@ -147,9 +151,7 @@ def _key_order(
     that two listings compare line by line (``true`` when the key is unknown)."""
     with translated_errors():
         found = conn.execute(
-            "SELECT audit._current_columns(t.relid, t.key_attnums) FROM audit.tracked_table AS t"
-            " WHERE t.relid = %s::oid",
-            (table.oid,),
+            "SELECT audit._key_columns(%s::oid::regclass)", (table.oid,)
         ).fetchone()
     names = [n for n in (found[0] if found else None) or [] if n is not None]
     if not names:

@@ -54,7 +54,6 @@ LANGUAGE plpgsql STABLE STRICT AS $$
 -- cast from it, nor alter it).
 DECLARE
     ty pg_catalog.pg_type;
-    v_trusted boolean;
 BEGIN
     SELECT * INTO ty FROM pg_catalog.pg_type WHERE oid = audit._base_type(p_type);
     IF ty.oid < 16384 THEN            -- FirstNormalObjectId: built in
@@ -63,9 +62,7 @@ BEGIN
     IF audit._array_element(ty.oid) IS NOT NULL THEN
         RETURN audit._type_is_safe(audit._array_element(ty.oid));
     END IF;
-    SELECT r.rolsuper OR r.oid = audit._owner()::oid INTO v_trusted
-      FROM pg_catalog.pg_roles AS r WHERE r.oid = ty.typowner;
-    IF NOT coalesce(v_trusted, false) THEN
+    IF NOT audit._trusted_role(ty.typowner) THEN
         RETURN false;
     END IF;
     IF ty.typtype = 'c' THEN
