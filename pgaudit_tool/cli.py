@@ -222,12 +222,12 @@ def _complete_tables(
     return [CompletionItem(name) for name in names]
 
 
-def _table_or_json(help: str) -> Callable[[F], F]:
-    """``--format table|json`` of a command whose result is one document, not a listing."""
+def _table_or(other: str, help: str) -> Callable[[F], F]:
+    """``--format table|OTHER`` of a command that has only these two forms."""
     return click.option(
         "--format",
         "fmt",
-        type=click.Choice(["table", "json"]),
+        type=click.Choice(["table", other]),
         default="table",
         show_default=True,
         help=help,
@@ -934,8 +934,9 @@ def guard(
     metavar="NAME",
     help="Application user (actor) recorded for the revert's own transaction.",
 )
-@_table_or_json(
-    "table: the rows changed (or the SQL, with --dry-run) and the conflicts; json: all of it."
+@_table_or(
+    "json",
+    "table: the rows changed (or the SQL, with --dry-run) and the conflicts; json: all of it.",
 )
 @click.pass_obj
 def revert(
@@ -1088,7 +1089,9 @@ def _bench_number(name: str, default: float, help: str) -> Callable[[F], F]:
     "--watch-changes", 1_000_000, "Changes the watcher evaluates in one pass (watch_changes_per_s)."
 )
 @click.option("--no-watch", is_flag=True, help="Skip the watcher and guard measurements.")
-@_table_or_json("table: the figures with their targets and comparison points; json: every figure.")
+@_table_or(
+    "json", "table: the figures with their targets and comparison points; json: every figure."
+)
 @click.pass_obj
 def bench(
     state: _State,
@@ -1186,13 +1189,8 @@ def _polling_options(interval_help: str, item: str) -> Callable[[F], F]:
             metavar="SECONDS",
             help=interval_help,
         )(func)
-        return click.option(
-            "--format",
-            "fmt",
-            type=click.Choice(["table", "jsonl"]),
-            default="table",
-            show_default=True,
-            help=f"Output format: one line per {item}, or one JSON object per line.",
+        return _table_or(
+            "jsonl", f"Output format: one line per {item}, or one JSON object per line."
         )(func)
 
     return decorate
