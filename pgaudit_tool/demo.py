@@ -17,6 +17,7 @@ from psycopg import sql
 from pgaudit_tool.api import Audit
 from pgaudit_tool.connection import LIBPQ_ENV_VARS
 from pgaudit_tool.errors import InvalidInput
+from pgaudit_tool.history import PEOPLE_COLUMNS, for_people
 from pgaudit_tool.output import render, to_json_text
 
 DEMO_SCHEMA = "pgaudit_demo"
@@ -129,4 +130,6 @@ def _scenario(audit: Audit, fmt: str, out: TextIO, log: Callable[[str], None]) -
     log(f"hash chain sealed up to block {head['seq']}; verify: {problems or 'intact'}")
     log("history of pgaudit_demo:")
     records = (r for r in audit.history() if r["table"].startswith(f"{DEMO_SCHEMA}."))
+    if fmt == "table":  # as `history` shows it to a person: each change in view
+        return render((for_people(r) for r in records), fmt, out, PEOPLE_COLUMNS)
     return render(records, fmt, out, DEMO_COLUMNS)

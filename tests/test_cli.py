@@ -1233,6 +1233,8 @@ def test_demo(dsn: str, conn: psycopg.Connection[Any]) -> None:
     assert all("password_hash" not in (r["new"] or {}) for r in records)
     assert "alice" in result.stderr  # progress messages go to stderr
     assert not has_schema(conn, "pgaudit_demo")
+    table = ok(run_cli("--dsn", dsn, "demo"))  # as history shows it: each change in view
+    assert table.splitlines()[0].split()[0] == "id" and "quantity: 2 -> 3" in table.replace('"', "")
 
     # An existing pgaudit_demo schema is refused and left alone.
     conn.execute("CREATE SCHEMA pgaudit_demo; CREATE TABLE pgaudit_demo.mine (id int)")
