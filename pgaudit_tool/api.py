@@ -343,6 +343,7 @@ class Audit:
         pk: Key | None = None,
         to: When | None = None,
         on_conflict: str = "abort",
+        fire_triggers: bool = False,
         dry_run: bool = False,
         by: str = _revert.DEFAULT_ACTOR,
         confirm: _revert.Confirm | None = None,
@@ -356,14 +357,17 @@ class Audit:
         ``to``. ``on_conflict``: abort (raise RevertConflict, change nothing), skip (leave
         conflicting rows) or force (overwrite them). ``by``: the actor recorded for the
         revert itself. ``dry_run``: plan only. ``confirm(result)`` is asked before changing data.
+        The tables' application triggers (not constraint triggers, not capture) are switched
+        off while the revert writes, so rows come back exactly as recorded (this needs
+        ownership of the tables); ``fire_triggers=True`` lets them fire.
         """
         self._require_installed()
         ref = None if table is None else resolve_table(self.conn, table)
         if ref is not None and pk is not None:
             normalize_pk(self.conn, ref, pk)  # InvalidInput for a value the key cannot hold
-        chosen = _revert.selection(
-            changes=changes,
-            txids=txids,
+        chosen = _revert.RevertSelection(
+            changes=None if changes is None else tuple(changes),
+            txids=None if txids is None else tuple(txids),
             actor=actor,
             db_user=db_user,
             since=self._instant(since),
@@ -377,6 +381,7 @@ class Audit:
             chosen,
             on_conflict=on_conflict,
             actor=by,
+            fire_triggers=fire_triggers,
             dry_run=dry_run,
             confirm=confirm,
             progress=progress,

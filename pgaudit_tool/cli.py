@@ -925,6 +925,13 @@ def guard(
     help="Rows changed after the changes to revert: abort (change nothing, exit 6), "
     "skip (leave them as they are) or force (overwrite them).",
 )
+@click.option(
+    "--fire-triggers",
+    is_flag=True,
+    help="Let the tables' own triggers fire on the revert's writes. By default they are "
+    "switched off while it writes (which needs ownership of the tables), so rows come back "
+    "exactly as recorded; constraint triggers and capture always fire.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the SQL and the plan; change nothing.")
 @_yes_option
 @click.option(
@@ -969,7 +976,7 @@ def revert(
     def confirm(plan: Any) -> bool:
         from pgaudit_tool.revert import describe
 
-        _info(describe(plan).rstrip())
+        _info(describe(plan, "--fire-triggers").rstrip())
         if not plan.planned_rows:
             return True
         _confirm(f"Revert {plan.planned_rows} row(s)?", yes)
@@ -1041,7 +1048,7 @@ def _emit_revert(result: Any, fmt: str) -> None:
             _emit_revert_conflicts(result.conflicts, "table")
     if result.dry_run:
         if fmt == "json":
-            _info(describe(result).rstrip())
+            _info(describe(result, "--fire-triggers").rstrip())
         _info("dry run: nothing was changed")
     elif result.txid is None:
         _info(f"nothing to revert: {result.changes} change(s) selected, no row to change")

@@ -1,20 +1,22 @@
 """Revert recorded changes: a thin layer over the SQL of ``sql/functions/05_revert.sql``.
 
-The server does the work. ``audit.revert_script(selection, on_conflict, actor)`` returns the
-statements of a revert in order; they build a temporary plan table
+The server does the work. ``audit.revert_script(selection, on_conflict, actor, fire_triggers)``
+returns the statements of a revert in order; they build a temporary plan table
 (``pg_temp.pgaudit_revert_plan``, one row per affected row: action, conflict, later changes),
-then apply it table by table in foreign-key order. :func:`run` executes those very statements
+switch the application triggers of the tables off (unless ``fire_triggers``), apply the plan
+table by table in foreign-key order and switch the triggers back. :func:`run` executes those very statements
 in one transaction (the plan first, so that the summary and the conflicts can be shown and a
 confirmation asked before any data changes), and renders them as the script ``--dry-run``
 prints: run in psql, that script does the same thing.
 
-A selection is a JSON object (see :func:`selection`); times are instants, already parsed.
+What to undo is a :class:`RevertSelection`: the JSON object of ``audit.revert_selection``.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -66,15 +68,57 @@ SELECT p.table_name AS "table", p.pk, p.reason, p.conflict_columns AS columns, p
 @dataclass(frozen=True)
 class Step:
     """One statement of a revert script. ``kind``: begin, setup, select, plan, guard, label,
-    DELETE/UPDATE/INSERT (with its ``table``), cleanup, commit."""
+    suppress (a trigger of ``table`` switched off; ``action`` is its name), DELETE/UPDATE/INSERT
+    (with its ``table``), check, restore (a trigger switched back), cleanup, commit."""
 
     kind: str
     statement: str
     table: str | None = None
+    action: str | None = None
 
     @property
     def is_data(self) -> bool:
         return self.kind in DML
+
+
+@dataclass(frozen=True)
+class RevertSelection:
+    """What a revert undoes: one kind of selection, as ``audit.revert_selection`` takes it.
+
+    ``changes`` (change ids); ``txids``; ``actor`` and/or ``db_user`` with ``since`` (and
+    ``until``): the transactions that committed after ``since`` and at or before ``until``;
+    ``table`` (a qualified name) with ``to`` (and ``pk``, a dict or a bare value): the table
+    (or row) back to its state at ``to``. The server validates the combination.
+    """
+
+    changes: tuple[int, ...] | None = None
+    txids: tuple[int, ...] | None = None
+    actor: str | None = None
+    db_user: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    table: str | None = None
+    pk: Any = None
+    to: datetime | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON object of the SQL API: the criteria given, times in ISO 8601."""
+        chosen = {
+            "changes": None if self.changes is None else [int(c) for c in self.changes],
+            "txids": None if self.txids is None else [int(t) for t in self.txids],
+            "actor": self.actor,
+            "db_user": self.db_user,
+            "since": self.since,
+            "until": self.until,
+            "table": self.table,
+            "pk": self.pk,
+            "to": self.to,
+        }
+        return {
+            key: value.isoformat() if isinstance(value, datetime) else value
+            for key, value in chosen.items()
+            if value is not None
+        }
 
 
 @dataclass
@@ -85,10 +129,12 @@ class RevertResult:
     as they should be). ``conflicts``: rows changed after the changes to revert, with the later
     changes (``later``). ``applied``: rows deleted, updated and inserted per table (empty for a
     dry run or a cancelled one). ``txid``: the revert's own transaction, None if it changed
-    nothing. ``sql``: the whole script, runnable in psql.
+    nothing. ``sql``: the whole script, runnable in psql. ``suppressed_triggers``: the
+    application triggers switched off while the revert writes (``table``, ``trigger``); empty
+    with ``fire_triggers``.
     """
 
-    selection: dict[str, Any]
+    selection: RevertSelection
     on_conflict: str
     dry_run: bool
     sql: str
@@ -97,6 +143,7 @@ class RevertResult:
     conflicts: list[dict[str, Any]]
     applied: list[dict[str, Any]] = field(default_factory=list)
     txid: int | None = None
+    suppressed_triggers: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def planned_rows(self) -> int:
@@ -110,7 +157,7 @@ class RevertResult:
     def as_json(self) -> dict[str, Any]:
         """The result as one JSON-ready object (the CLI's ``--format json``)."""
         return {
-            "selection": self.selection,
+            "selection": self.selection.as_json(),
             "on_conflict": self.on_conflict,
             "dry_run": self.dry_run,
             "changes": self.changes,
@@ -118,60 +165,28 @@ class RevertResult:
             "conflicts": self.conflicts,
             "applied": self.applied,
             "txid": self.txid,
+            "suppressed_triggers": self.suppressed_triggers,
             "sql": self.sql,
         }
-
-
-# --------------------------------------------------------------------------- selection
-
-
-def selection(
-    *,
-    changes: Sequence[int] | None = None,
-    txids: Sequence[int] | None = None,
-    actor: str | None = None,
-    db_user: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    table: str | None = None,
-    pk: Any = None,
-    to: datetime | None = None,
-) -> dict[str, Any]:
-    """The selection object of ``audit.revert_selection``, from the given criteria only.
-
-    The server validates it (one kind of selection; since with actor/db_user; to with table).
-    ``table`` is a qualified name; ``pk`` a dict, a bare value or a JSON object as text.
-    """
-    chosen: dict[str, Any] = {
-        "changes": None if changes is None else [int(c) for c in changes],
-        "txids": None if txids is None else [int(t) for t in txids],
-        "actor": actor,
-        "db_user": db_user,
-        "since": since,
-        "until": until,
-        "table": table,
-        "pk": pk,
-        "to": to,
-    }
-    return {
-        key: value.isoformat() if isinstance(value, datetime) else value
-        for key, value in chosen.items()
-        if value is not None
-    }
 
 
 # --------------------------------------------------------------------------- the script
 
 
 def script_steps(
-    conn: psycopg.Connection[Any], chosen: dict[str, Any], on_conflict: str, actor: str
+    conn: psycopg.Connection[Any],
+    chosen: RevertSelection,
+    on_conflict: str,
+    actor: str,
+    fire_triggers: bool = False,
 ) -> list[Step]:
     """The statements of the revert, in order, as ``audit.revert_script`` writes them."""
     rows = conn.execute(
-        "SELECT kind, table_name, statement FROM audit.revert_script(%s, %s, %s) ORDER BY step",
-        (Jsonb(chosen), on_conflict, actor),
+        "SELECT kind, table_name, action, statement"
+        " FROM audit.revert_script(%s, %s, %s, %s) ORDER BY step",
+        (Jsonb(chosen.as_json()), on_conflict, actor, fire_triggers),
     ).fetchall()
-    return [Step(kind=str(r[0]), table=r[1], statement=str(r[2])) for r in rows]
+    return [Step(kind=str(r[0]), table=r[1], action=r[2], statement=str(r[3])) for r in rows]
 
 
 def render_script(steps: Sequence[Step], header: str = "") -> str:
@@ -181,14 +196,15 @@ def render_script(steps: Sequence[Step], header: str = "") -> str:
     return "\n".join([*lines, *body]) + "\n"
 
 
-def describe(result: RevertResult) -> str:
-    """A human summary: what is selected, rows per table and action, conflicts."""
+def describe(result: RevertResult, fire_triggers: str = "fire_triggers=True") -> str:
+    """A human summary: what is selected, rows per table and action, conflicts, the triggers
+    switched off (``fire_triggers``: how the caller's interface spells the way out)."""
     from pgaudit_tool.output import render
 
     out = io.StringIO()
     out.write(
-        f"revert of {result.changes} change(s) selected by {json.dumps(result.selection)}, "
-        f"on conflict: {result.on_conflict}\n"
+        f"revert of {result.changes} change(s) selected by"
+        f" {json.dumps(result.selection.as_json())}, on conflict: {result.on_conflict}\n"
     )
     if result.summary:
         render(result.summary, "table", out, SUMMARY_COLUMNS)
@@ -197,7 +213,22 @@ def describe(result: RevertResult) -> str:
     if result.conflicts:
         out.write(f"conflicts ({len(result.conflicts)} row(s) changed later):\n")
         render(result.conflicts, "table", out, CONFLICT_COLUMNS)
+    if result.suppressed_triggers:
+        names = "; ".join(
+            f"{t['table']}.{_display_name(t['trigger'])}" for t in result.suppressed_triggers
+        )
+        out.write(
+            f"application triggers switched off while the revert writes ({fire_triggers} lets"
+            f" them fire): {names}\n"
+        )
     return out.getvalue()
+
+
+def _display_name(name: str) -> str:
+    """A name as SQL would need it written: double-quoted unless a plain lower-case word."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
 
 
 # --------------------------------------------------------------------------- running
@@ -205,10 +236,11 @@ def describe(result: RevertResult) -> str:
 
 def run(
     conn: psycopg.Connection[Any],
-    chosen: dict[str, Any],
+    chosen: RevertSelection,
     *,
     on_conflict: str = "abort",
     actor: str = DEFAULT_ACTOR,
+    fire_triggers: bool = False,
     dry_run: bool = False,
     confirm: Confirm | None = None,
     progress: Progress | None = None,
@@ -231,7 +263,7 @@ def run(
     applying = False
     with _revert_errors(lambda: applying):
         with write_transaction(conn) as tx:
-            steps = script_steps(conn, chosen, on_conflict, actor)
+            steps = script_steps(conn, chosen, on_conflict, actor, fire_triggers)
             result = _plan(conn, steps, chosen, on_conflict, dry_run, progress)
             if dry_run:
                 raise psycopg.Rollback(tx)
@@ -255,7 +287,7 @@ def _split(steps: Sequence[Step]) -> tuple[list[Step], list[Step]]:
 def _plan(
     conn: psycopg.Connection[Any],
     steps: Sequence[Step],
-    chosen: dict[str, Any],
+    chosen: RevertSelection,
     on_conflict: str,
     dry_run: bool,
     progress: Progress | None = None,
@@ -282,6 +314,11 @@ def _plan(
         changes=int(changes["n"]) if changes else 0,
         summary=[{**s, "rows": int(s["rows"]), "conflicts": int(s["conflicts"])} for s in summary],
         conflicts=conflicts,
+        suppressed_triggers=[
+            {"table": str(step.table), "trigger": str(step.action)}
+            for step in steps
+            if step.kind == "suppress"
+        ],
     )
     result.sql = render_script(steps, _script_header(result))
     return result
@@ -327,7 +364,7 @@ def _conflict_record(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _script_header(result: RevertResult) -> str:
-    summary = describe(result)
+    summary = describe(result, "p_fire_triggers => true")
     return (
         "pgaudit_tool revert script. Run it as is: psql -v ON_ERROR_STOP=1 -f FILE\n"
         "It re-plans from the data at the time it runs; any error rolls everything back.\n"

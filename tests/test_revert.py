@@ -35,7 +35,7 @@ from pgaudit_tool.errors import (
     RevertConflict,
     TableNotSuitable,
 )
-from pgaudit_tool.revert import DEFAULT_ACTOR
+from pgaudit_tool.revert import DEFAULT_ACTOR, RevertSelection
 from pgaudit_tool.revert import run as run_revert
 from tests.conftest import PgServer
 
@@ -680,10 +680,10 @@ def test_a_reviewer_with_write_rights_can_revert(
         psycopg.connect(pg_server.dsn_for(db, user=outsider), autocommit=True) as denied,
         pytest.raises(PermissionDenied, match="permission denied"),
     ):
-        run_revert(denied, {"txids": [txid]})
+        run_revert(denied, RevertSelection(txids=(txid,)))
     assert_same_rows(conn, "acct", after)
     with psycopg.connect(pg_server.dsn_for(db, user=dba), autocommit=True) as allowed:
-        result = run_revert(allowed, {"txids": [txid]})
+        result = run_revert(allowed, RevertSelection(txids=(txid,)))
     assert_same_rows(conn, "acct", before)
     assert {(c["db_user"], c["role"]) for c in audit.history(txid=result.txid)} == {(dba, dba)}
 

@@ -12,7 +12,7 @@ from psycopg import sql
 
 from pgaudit_tool.bench.cleanup import remove_scratch
 from pgaudit_tool.connection import connect
-from pgaudit_tool.revert import run
+from pgaudit_tool.revert import RevertSelection, run
 
 
 def bench_revert(conninfo: str, rows: int = 100_000) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def bench_revert(conninfo: str, rows: int = 100_000) -> dict[str, Any]:
             assert found is not None
             conn.execute("VACUUM ANALYZE audit.change")
             started = time.perf_counter()
-            result = run(conn, {"txids": [int(found[0])]})
+            result = run(conn, RevertSelection(txids=(int(found[0]),)))
             revert_s = time.perf_counter() - started
         finally:
             with conn.transaction():

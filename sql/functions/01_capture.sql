@@ -291,20 +291,117 @@ COMMENT ON FUNCTION audit._key_sql(text, text[], oid) IS
     'Internal. SQL expression building the JSON key object of the row alias p_alias.';
 
 
+CREATE OR REPLACE FUNCTION audit._has_json(p_type oid) RETURNS boolean
+LANGUAGE plpgsql STABLE STRICT AS $$
+-- Whether values of p_type may hold a json value (json itself, a domain over it, an array or a
+-- composite with one inside): jsonb cannot hold every json value (a \u0000 escape, a number
+-- beyond numeric's range), so images of such columns are built by audit._jsonb_kept.
+DECLARE
+    v_type oid := audit._base_type(p_type);
+    v_rel oid;
+BEGIN
+    IF v_type = 'pg_catalog.json'::pg_catalog.regtype THEN
+        RETURN true;
+    ELSIF audit._array_element(v_type) IS NOT NULL THEN
+        RETURN audit._has_json(audit._array_element(v_type));
+    END IF;
+    SELECT t.typrelid INTO v_rel FROM pg_catalog.pg_type AS t WHERE t.oid = v_type AND t.typtype = 'c';
+    RETURN v_rel IS NOT NULL AND EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
+                                          WHERE a.attrelid = v_rel AND a.attnum > 0 AND NOT a.attisdropped
+                                            AND audit._has_json(a.atttypid));
+END
+$$;
+
+COMMENT ON FUNCTION audit._has_json(oid) IS
+    'Internal. Whether values of a type may contain a json value (json, a domain over it, an array or composite of such).';
+
+
+CREATE OR REPLACE FUNCTION audit._kept_as_text_key() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'pgaudit_tool: these columns hold json values that jsonb cannot hold, kept as their JSON text'::text
+$$;
+
+COMMENT ON FUNCTION audit._kept_as_text_key() IS
+    'The key under which an image lists the columns whose json values jsonb cannot hold (a \u0000 escape, a number beyond numeric''s range): their values are the JSON text as a JSON string. Longer than any column name (63 bytes), so it is never a column.';
+
+
+CREATE OR REPLACE FUNCTION audit._jsonb_kept(p_image jsonb, p_names text[], p_values json[]) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE AS $$
+-- The image p_image of a row's other columns with the json values p_values of the columns
+-- p_names added. A json value that jsonb cannot hold (a \u0000 escape, a number beyond
+-- numeric's range) must not make the audited write fail: it is kept as its JSON text (a JSON
+-- string) and the image names such columns under audit._kept_as_text_key(), a key longer than
+-- any column name. A value with no \u escape, no exponent of 5 digits and under 100 kB is
+-- converted directly; only others pay for a subtransaction. Every operator is pg_catalog's:
+-- this runs inside capture.
+DECLARE
+    v_image jsonb := p_image;
+    v_kept text[] := '{}';
+    v_text text;
+BEGIN
+    FOR i IN 1 .. pg_catalog.cardinality(p_names) LOOP
+        v_text := p_values[i]::text;
+        IF v_text IS NULL OR (pg_catalog.strpos(v_text, E'\\u') OPERATOR(pg_catalog.=) 0
+                              AND pg_catalog.octet_length(v_text) OPERATOR(pg_catalog.<) 100000
+                              AND v_text OPERATOR(pg_catalog.!~) '[eE][-+]?[0-9]{5}') THEN
+            v_image := v_image OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(p_names[i], p_values[i]::jsonb);
+            CONTINUE;
+        END IF;
+        BEGIN
+            v_image := v_image OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(p_names[i], p_values[i]::jsonb);
+        EXCEPTION WHEN untranslatable_character OR numeric_value_out_of_range OR invalid_text_representation THEN
+            v_image := v_image OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(p_names[i], v_text);
+            v_kept := v_kept OPERATOR(pg_catalog.||) p_names[i];
+        END;
+    END LOOP;
+    IF pg_catalog.cardinality(v_kept) OPERATOR(pg_catalog.=) 0 THEN
+        RETURN v_image;
+    END IF;
+    RETURN v_image OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(audit._kept_as_text_key(), v_kept);
+END
+$$;
+
+COMMENT ON FUNCTION audit._jsonb_kept(jsonb, text[], json[]) IS
+    'Internal. A row image with json values added, keeping as JSON text (and naming under audit._kept_as_text_key()) those jsonb cannot hold, so that capture never fails on them.';
+
+
 CREATE OR REPLACE FUNCTION audit._image_sql(p_alias text, p_relid oid, p_excluded text[]) RETURNS text
 LANGUAGE sql STABLE STRICT AS $$
     -- "alias.*", not "alias": a column named like the alias would be taken for the whole row.
     -- A row of safe types is converted whole; otherwise column by column (audit._value_sql).
-    SELECT CASE WHEN NOT audit._all_safe(p_relid)
-                THEN audit._columns_sql(p_alias, p_relid, ARRAY(
-                         SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
-                          WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped
-                            AND a.attname::text <> ALL (p_excluded)))
-                WHEN pg_catalog.cardinality(p_excluded) = 0
-                THEN pg_catalog.format('pg_catalog.to_jsonb(%s.*)', p_alias)
-                ELSE pg_catalog.format('(pg_catalog.to_jsonb(%s.*) OPERATOR(pg_catalog.-) %L::text[])',
-                                       p_alias, p_excluded)
+    -- When columns may hold json values that jsonb cannot hold, a row whose json values show
+    -- none of their marks (a \u escape, an exponent of 5 digits, 100 kB) is converted as above;
+    -- any other goes through audit._jsonb_kept, which keeps such values as text.
+    SELECT CASE WHEN pg_catalog.cardinality(j.names) = 0 THEN j.plain
+                ELSE pg_catalog.format(
+                    'CASE WHEN %s THEN %s ELSE audit._jsonb_kept(%s, %L::text[], ARRAY[%s]::pg_catalog.json[]) END',
+                    (SELECT pg_catalog.string_agg(pg_catalog.format(
+                                '(pg_catalog.strpos(%1$s.%2$I::text, E''\\u'') OPERATOR(pg_catalog.=) 0'
+                                ' AND pg_catalog.octet_length(%1$s.%2$I::text) OPERATOR(pg_catalog.<) 100000'
+                                ' AND %1$s.%2$I::text OPERATOR(pg_catalog.!~) ''[eE][-+]?[0-9]{5}'')', p_alias, c),
+                            ' AND ') FROM pg_catalog.unnest(j.names) AS c),
+                    j.plain, audit._columns_sql(p_alias, p_relid, j.others), j.names,
+                    (SELECT pg_catalog.string_agg(pg_catalog.format('pg_catalog.to_json(%s.%I)', p_alias, c), ', ')
+                       FROM pg_catalog.unnest(j.names) AS c))
            END
+      FROM (SELECT n.names, n.others,
+                   CASE WHEN NOT audit._all_safe(p_relid)
+                        THEN audit._columns_sql(p_alias, p_relid, n.names OPERATOR(pg_catalog.||) n.others)
+                        WHEN pg_catalog.cardinality(p_excluded) = 0
+                        THEN pg_catalog.format('pg_catalog.to_jsonb(%s.*)', p_alias)
+                        ELSE pg_catalog.format('(pg_catalog.to_jsonb(%s.*) OPERATOR(pg_catalog.-) %L::text[])',
+                                               p_alias, p_excluded)
+                   END AS plain
+              FROM (SELECT ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
+                                  WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped
+                                    AND a.attname::text <> ALL (p_excluded)
+                                    AND audit._has_json(a.atttypid) AND audit._type_is_safe(a.atttypid)
+                                  ORDER BY a.attnum) AS names,
+                           ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
+                                  WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped
+                                    AND a.attname::text <> ALL (p_excluded)
+                                    AND NOT (audit._has_json(a.atttypid) AND audit._type_is_safe(a.atttypid))
+                                  ORDER BY a.attnum) AS others) AS n) AS j
 $$;
 
 COMMENT ON FUNCTION audit._image_sql(text, oid, text[]) IS
@@ -375,11 +472,13 @@ BEGIN
     END IF;
     -- UPDATE: old and new rows are paired by key (audit._keys_equal_sql). A row whose key
     -- changed has no partner: it is logged under its old key with new = NULL and under its new
-    -- key with old = NULL.
+    -- key with old = NULL (a key column is never null in a real row; an image built column by
+    -- column would otherwise be an object of nulls for the missing side).
     IF audit._typed_keys(p_relid, p_keys) THEN
         RETURN v_head || pg_catalog.format(
-            'SELECT ' || v_vals || ', CASE WHEN n.%I IS NULL THEN %s ELSE %s END, %s, %s '
-            'FROM old_rows AS o FULL JOIN new_rows AS n ON %s',
+            'SELECT ' || v_vals || ', CASE WHEN n.%2$I IS NULL THEN %3$s ELSE %4$s END, '
+            'CASE WHEN o.%2$I IS NOT NULL THEN %5$s END, CASE WHEN n.%2$I IS NOT NULL THEN %6$s END '
+            'FROM old_rows AS o FULL JOIN new_rows AS n ON %7$s',
             'U', p_keys[1], audit._key_sql('o', p_keys, p_relid), audit._key_sql('n', p_keys, p_relid),
             audit._image_sql('o', p_relid, p_excluded), audit._image_sql('n', p_relid, p_excluded),
             audit._keys_equal_sql('o', 'n', p_keys, p_relid));

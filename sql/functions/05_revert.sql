@@ -6,6 +6,7 @@
 --   audit.revert_plan(changes, on_conflict)    what undoing them means for every row, and conflicts
 --   audit.revert_script(selection, ...)        the SQL statements of the revert, in order
 --   audit.revert(selection, ...)               runs them: the whole revert from psql
+--   audit.revert_triggers(tables)              the application triggers a revert switches off
 --
 -- Per row (a table and a key, under today's column names) touched by the set:
 --   target   = "old" of the set's FIRST change of the row (null: the row must not exist);
@@ -32,6 +33,10 @@
 -- that it touched exactly the rows the plan expects (a row changed concurrently makes the revert
 -- fail and change nothing), and the revert is captured like any other change, under the actor
 -- given (default 'pgaudit-tool revert') with the context {"revert": {...}} naming what it undid.
+-- The application's triggers on the tables written (not constraint triggers, not capture) are
+-- switched off for the data statements, so that rows come back exactly as recorded (a trigger
+-- stamping last_update = now() would otherwise stamp the revert's time); p_fire_triggers keeps
+-- them firing. This needs ownership of those tables (ALTER TABLE); the switch is transactional.
 
 
 CREATE OR REPLACE FUNCTION audit._revert_check_list(p_value jsonb, p_what text) RETURNS void
@@ -616,10 +621,89 @@ COMMENT ON FUNCTION audit._revert_context(jsonb, bigint[]) IS
     'Internal. The pgaudit.context of a revert: {"revert": {"selection", "changes", "transactions", "txids"}} (txids: the first 1000).';
 
 
+CREATE OR REPLACE FUNCTION audit.revert_triggers(p_tables regclass[])
+RETURNS TABLE (table_name text, trigger_name text, enabled "char", suppress text, restore text)
+LANGUAGE sql STABLE AS $$
+    -- The application triggers a revert's writes to p_tables would fire: every enabled trigger
+    -- on INSERT, UPDATE or DELETE of the tables and of their partitions, except the server's own
+    -- (foreign keys), constraint triggers, and pgaudit_tool's (capture, guard): their functions
+    -- live in the audit schema. ONLY: a partition's trigger is listed (and switched) on its own.
+    SELECT audit._qualified(t.tgrelid::regclass), t.tgname::text, t.tgenabled,
+           pg_catalog.format('ALTER TABLE ONLY %s DISABLE TRIGGER %I', audit._qualified(t.tgrelid::regclass), t.tgname),
+           pg_catalog.format('ALTER TABLE ONLY %s ENABLE %sTRIGGER %I', audit._qualified(t.tgrelid::regclass),
+                             CASE t.tgenabled WHEN 'A' THEN 'ALWAYS ' WHEN 'R' THEN 'REPLICA ' ELSE '' END, t.tgname)
+      FROM pg_catalog.unnest(p_tables) AS r(relid)
+     -- pg_partition_tree lists nothing for a table that is not partitioned.
+     CROSS JOIN LATERAL (SELECT r.relid UNION SELECT t.relid FROM pg_catalog.pg_partition_tree(r.relid) AS t) AS p
+      JOIN pg_catalog.pg_trigger AS t ON t.tgrelid = p.relid
+      JOIN pg_catalog.pg_proc AS f ON f.oid = t.tgfoid
+     WHERE NOT t.tgisinternal AND t.tgconstraint = 0 AND t.tgenabled <> 'D'
+       AND (t.tgtype::integer & 28) <> 0   -- fires on INSERT (4), DELETE (8) or UPDATE (16)
+       AND f.pronamespace <> 'audit'::regnamespace
+     ORDER BY 1, 2
+$$;
+
+COMMENT ON FUNCTION audit.revert_triggers(regclass[]) IS
+    'The application triggers that a revert writing the given tables suppresses (unless told to fire them): enabled, user-defined, non-constraint triggers on INSERT/UPDATE/DELETE of the tables and their partitions, other than pgaudit_tool''s own; with the ALTER TABLE statements that switch each off and back to its state (enabled: O, A or R as in pg_trigger.tgenabled).';
+
+
+CREATE OR REPLACE FUNCTION audit._revert_deferred(p_tables regclass[]) RETURNS text
+LANGUAGE sql STABLE AS $$
+    -- SET CONSTRAINTS ... IMMEDIATE for the deferrable constraints whose checks can be pending
+    -- on the tables (foreign keys from or to them, constraint triggers on them): ALTER TABLE
+    -- refuses a table with pending trigger events, so they are checked before the triggers are
+    -- switched back. Null when there are none.
+    SELECT 'SET CONSTRAINTS ' || pg_catalog.string_agg(DISTINCT pg_catalog.format('%I.%I', n.nspname, k.conname), ', ')
+           || ' IMMEDIATE'
+      FROM pg_catalog.unnest(p_tables) AS r(relid)
+     -- pg_partition_tree lists nothing for a table that is not partitioned.
+     CROSS JOIN LATERAL (SELECT r.relid UNION SELECT t.relid FROM pg_catalog.pg_partition_tree(r.relid) AS t) AS p
+      JOIN pg_catalog.pg_constraint AS k ON p.relid IN (k.conrelid, k.confrelid)
+      JOIN pg_catalog.pg_namespace AS n ON n.oid = k.connamespace
+     WHERE k.condeferrable
+$$;
+
+COMMENT ON FUNCTION audit._revert_deferred(regclass[]) IS
+    'Internal. The SET CONSTRAINTS ... IMMEDIATE statement that checks the deferrable constraints of the given tables (and their partitions) now, so that ALTER TABLE may switch their triggers back; null when none.';
+
+
+CREATE OR REPLACE FUNCTION audit._revert_check_owner(p_tables regclass[]) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+-- Only a table's owner may switch its triggers: say so before anything runs.
+DECLARE
+    r record;
+BEGIN
+    SELECT t.table_name, pg_catalog.string_agg(pg_catalog.quote_ident(t.trigger_name), ', ') AS triggers,
+           c.relowner::regrole AS owner
+      INTO r
+      FROM audit.revert_triggers(p_tables) AS t
+      JOIN pg_catalog.pg_class AS c ON c.oid = pg_catalog.to_regclass(t.table_name)
+     WHERE NOT pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE')
+     GROUP BY t.table_name, c.relowner
+     ORDER BY t.table_name
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'the revert would write table % and suppress its triggers (%), which only its owner % may switch off',
+                        r.table_name, r.triggers, r.owner
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Run the revert as a member of that role, or let the triggers fire: fire_triggers => true (pgaudit-tool revert --fire-triggers).';
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION audit._revert_check_owner(regclass[]) IS
+    'Internal. Raises insufficient_privilege, before a revert changes anything, when it would have to switch off triggers of a table the current user does not own.';
+
+
+-- Revisions before the trigger switch had no p_fire_triggers.
+DROP FUNCTION IF EXISTS audit.revert(jsonb, text, text);
+DROP FUNCTION IF EXISTS audit.revert_script(jsonb, text, text);
+
 CREATE OR REPLACE FUNCTION audit.revert_script(
     p_selection jsonb,
     p_on_conflict text DEFAULT 'abort',
-    p_actor text DEFAULT 'pgaudit-tool revert'
+    p_actor text DEFAULT 'pgaudit-tool revert',
+    p_fire_triggers boolean DEFAULT false
 ) RETURNS TABLE (step integer, kind text, table_name text, action text, statement text)
 LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_column
@@ -641,6 +725,9 @@ BEGIN
     v_tables := ARRAY(SELECT audit._revert_check_table(d.relid)
                         FROM (SELECT DISTINCT c.relid FROM pg_catalog.unnest(v_ids) AS s(id)
                                 JOIN audit.change AS c ON c.id = s.id) AS d);
+    IF NOT coalesce(p_fire_triggers, false) THEN
+        PERFORM audit._revert_check_owner(v_tables);
+    END IF;
     FOR r IN
         SELECT v.kind, v.statement FROM (VALUES
             (1, 'begin', 'BEGIN'),
@@ -670,6 +757,16 @@ BEGIN
         v_step := v_step + 1;
         RETURN QUERY SELECT v_step, r.kind, NULL::text, NULL::text, r.statement;
     END LOOP;
+    -- The application's triggers stay off while the revert writes (unless told to fire them):
+    -- the rows come back exactly as recorded. ALTER TABLE is transactional and locks each
+    -- table against writers until COMMIT: nobody else ever sees them off, and an error or a
+    -- killed session leaves them as they were.
+    IF NOT coalesce(p_fire_triggers, false) THEN
+        FOR r IN SELECT t.table_name, t.trigger_name, t.suppress FROM audit.revert_triggers(v_tables) AS t LOOP
+            v_step := v_step + 1;
+            RETURN QUERY SELECT v_step, 'suppress'::text, r.table_name, r.trigger_name, r.suppress;
+        END LOOP;
+    END IF;
     -- Children before parents for DELETE; parents before children for UPDATE and INSERT.
     FOR r IN
         SELECT a.action, o.relid::regclass AS rel, audit._revert_dml(o.relid::regclass, a.action) AS statement
@@ -681,20 +778,31 @@ BEGIN
         v_step := v_step + 1;
         RETURN QUERY SELECT v_step, r.action, audit._qualified(r.rel), r.action, r.statement;
     END LOOP;
+    IF NOT coalesce(p_fire_triggers, false) AND EXISTS (SELECT FROM audit.revert_triggers(v_tables)) THEN
+        FOR r IN SELECT NULL AS table_name, NULL AS trigger_name, audit._revert_deferred(v_tables) AS statement
+                 UNION ALL
+                 SELECT t.table_name, t.trigger_name, t.restore FROM audit.revert_triggers(v_tables) AS t LOOP
+            CONTINUE WHEN r.statement IS NULL;
+            v_step := v_step + 1;
+            RETURN QUERY SELECT v_step, CASE WHEN r.trigger_name IS NULL THEN 'check' ELSE 'restore' END,
+                                r.table_name, r.trigger_name, r.statement;
+        END LOOP;
+    END IF;
     RETURN QUERY SELECT v_step + 1, 'cleanup', NULL::text, NULL::text,
                         'DROP TABLE pg_temp.pgaudit_revert_plan, pg_temp.pgaudit_revert_changes'
                  UNION ALL SELECT v_step + 2, 'commit', NULL, NULL, 'COMMIT';
 END
 $$;
 
-COMMENT ON FUNCTION audit.revert_script(jsonb, text, text) IS
-    'The SQL statements of a revert, in order (kind: begin, setup, select, plan, guard, label, DELETE/UPDATE/INSERT, cleanup, commit): run one after the other they are the revert, in one transaction, recorded under the actor p_actor. p_on_conflict: abort (any conflicting row makes the revert fail and change nothing), skip (conflicting rows are left as they are) or force (overwritten).';
+COMMENT ON FUNCTION audit.revert_script(jsonb, text, text, boolean) IS
+    'The SQL statements of a revert, in order (kind: begin, setup, select, plan, guard, label, suppress, DELETE/UPDATE/INSERT, check, restore, cleanup, commit): run one after the other they are the revert, in one transaction, recorded under the actor p_actor. p_on_conflict: abort (any conflicting row makes the revert fail and change nothing), skip (conflicting rows are left as they are) or force (overwritten). The application triggers of the tables written (audit.revert_triggers: table_name and action name each one) are switched off around the data statements (suppress) and back on after them (restore), so rows come back exactly as recorded; p_fire_triggers => true lets them fire instead. Suppressing needs ownership of the tables.';
 
 
 CREATE OR REPLACE FUNCTION audit.revert(
     p_selection jsonb,
     p_on_conflict text DEFAULT 'abort',
-    p_actor text DEFAULT 'pgaudit-tool revert'
+    p_actor text DEFAULT 'pgaudit-tool revert',
+    p_fire_triggers boolean DEFAULT false
 ) RETURNS TABLE (table_name text, action text, rows bigint)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -704,7 +812,7 @@ DECLARE
     -- The script pins search_path (SET LOCAL); the caller's is given back at the end.
     v_path text := pg_catalog.current_setting('search_path');
 BEGIN
-    FOR s IN SELECT * FROM audit.revert_script(p_selection, p_on_conflict, p_actor) AS x ORDER BY x.step LOOP
+    FOR s IN SELECT * FROM audit.revert_script(p_selection, p_on_conflict, p_actor, p_fire_triggers) AS x ORDER BY x.step LOOP
         CONTINUE WHEN s.kind IN ('begin', 'commit');
         IF s.kind IN ('DELETE', 'UPDATE', 'INSERT') THEN
             EXECUTE s.statement INTO v_rows;
@@ -719,5 +827,5 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION audit.revert(jsonb, text, text) IS
-    'Reverts the changes a selection names (see audit.revert_selection) in the current transaction, recorded under the actor p_actor with the context {"revert": ...}; returns the rows deleted, updated and inserted per table. p_on_conflict: abort (default: any row changed later makes it fail and change nothing), skip or force. SELECT * FROM audit.revert(''{"txids": [1234]}'');';
+COMMENT ON FUNCTION audit.revert(jsonb, text, text, boolean) IS
+    'Reverts the changes a selection names (see audit.revert_selection) in the current transaction, recorded under the actor p_actor with the context {"revert": ...}; returns the rows deleted, updated and inserted per table. p_on_conflict: abort (default: any row changed later makes it fail and change nothing), skip or force. The tables'' application triggers do not fire (audit.revert_triggers), unless p_fire_triggers => true. SELECT * FROM audit.revert(''{"txids": [1234]}'');';
