@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -68,8 +69,33 @@ class _Group(click.Group):
 def _fail(ctx: click.Context, exc: AuditError) -> None:
     click.echo(f"error: {exc.message}", err=True)
     if exc.hint:
-        click.echo(f"hint: {exc.hint}", err=True)
+        click.echo(f"hint: {_as_flags(exc.hint, ctx.invoked_subcommand)}", err=True)
     ctx.exit(exc.exit_code)
+
+
+#: How the revert's messages, which speak SQL and Python ("since", "fire_triggers": the keys of
+#: its selection and its arguments, in double quotes), name the revert command's options.
+_REVERT_FLAGS = {
+    "changes": "--change ID",
+    "txids": "--txid N",
+    "actor": "--actor NAME",
+    "db_user": "--db-user ROLE",
+    "since": "--since TIME",
+    "until": "--until TIME",
+    "table": "--table",
+    "pk": "--pk KEY",
+    "to": "--to TIME",
+    "on_conflict": "--on-conflict",
+    "dry_run": "--dry-run",
+    "fire_triggers": "--fire-triggers",
+}
+
+
+def _as_flags(hint: str, command: str | None) -> str:
+    """A revert hint with its quoted argument names as the CLI's flags."""
+    if command != "revert":
+        return hint
+    return re.sub(r'"([a-z_]+)"', lambda m: _REVERT_FLAGS.get(m.group(1), m.group(0)), hint)
 
 
 #: Commands that change the database through connections of their own, so that an interrupted

@@ -381,8 +381,8 @@ def _conflict_error(result: RevertResult) -> RevertConflict:
         f"{len(result.conflicts)} row(s) were changed after the changes to revert, and reverting "
         f"would overwrite that later work; nothing was changed: {first}"
         + (f"; and {more} more" if more > 0 else ""),
-        hint="See them with --dry-run; then --on-conflict skip leaves them as they are, "
-        "--on-conflict force overwrites them.",
+        hint='See them in a dry run ("dry_run"); then "on_conflict" skip leaves them as they'
+        " are, force overwrites them.",
         conflicts=result.conflicts,
     )
 

@@ -850,3 +850,20 @@ def test_bench_revert_measures_and_cleans_up(audit: Audit, dsn: str) -> None:
     )
     assert rows(audit.conn, "SELECT count(*) FROM audit.tracked_table") == [(0,)]
     assert change_count(audit.conn) == changes
+
+
+def test_hints_speak_sql_and_python_and_the_cli_shows_its_flags(
+    attacked: tuple[Audit, int, str, str], dsn: str
+) -> None:
+    audit = attacked[0]
+    with pytest.raises(InvalidInput) as caught:
+        audit.revert(since="1 hour ago")
+    assert (
+        caught.value.hint
+        == 'Add "actor" or "db_user". To put a whole table back: "table" with "to".'
+    )
+    result = invoke(dsn, "revert", "--since", "1 hour ago")
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert result.stderr.splitlines()[-1] == (
+        "hint: Add --actor NAME or --db-user ROLE. To put a whole table back: --table with --to TIME."
+    )

@@ -19,7 +19,9 @@
 -- change that is not in the set touched the row after the set's first change of it. Such a row
 -- carries later work that the revert would overwrite; the conflict lists those later changes.
 --
--- Selections (a JSON object; the CLI builds it from its options):
+-- Selections (a JSON object; the CLI builds it from its options). Messages name its keys and
+-- the functions' arguments in double quotes ("since", "fire_triggers"): the Python API takes
+-- them as keyword arguments of the same names, and the CLI shows them as its flags.
 --   {"changes": [id, ...]}                          these changes
 --   {"txids": [txid, ...]}                          every change of these transactions
 --   {"actor": A, "db_user": U, "since": T1, "until": T2}
@@ -79,20 +81,14 @@ COMMENT ON FUNCTION audit._revert_check_table(oid) IS
     'Internal. The table of reverted changes as regclass; raises when it was dropped or its capture is off (a revert must be recorded).';
 
 
-CREATE OR REPLACE FUNCTION audit.revert_selection(p_selection jsonb) RETURNS bigint[]
-LANGUAGE plpgsql STABLE AS $$
+CREATE OR REPLACE FUNCTION audit._revert_selection_kind(p_selection jsonb) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+-- The kind of a revert selection (changes, txids, actor, db_user or table: actor and db_user may
+-- go together, as actor), after checking that its keys make one valid selection.
 DECLARE
     v_keys text[];
     v_unknown text;
     v_kinds text[];
-    v_ids bigint[];
-    v_txids xid8[];
-    v_missing text;
-    v_since timestamptz;
-    v_until timestamptz;
-    v_to timestamptz;
-    v_table regclass;
-    v_pk jsonb;
 BEGIN
     IF p_selection IS NULL OR pg_catalog.jsonb_typeof(p_selection) <> 'object' THEN
         RAISE EXCEPTION 'a revert selection is a JSON object, not %', coalesce(p_selection::text, 'null')
@@ -113,14 +109,14 @@ BEGIN
         IF p_selection ?| ARRAY['since', 'until'] THEN
             RAISE EXCEPTION 'since and until select the changes of an actor or a login role, and neither is given'
                 USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Add actor or db_user (pgaudit-tool revert --actor NAME or --db-user ROLE). To put a whole table back: table with to (--table with --to).';
+                      HINT = 'Add "actor" or "db_user". To put a whole table back: "table" with "to".';
         ELSIF p_selection ?| ARRAY['to', 'pk'] THEN
             RAISE EXCEPTION 'to and pk need a table'
-                USING ERRCODE = 'invalid_parameter_value', HINT = 'Add table (pgaudit-tool revert --table).';
+                USING ERRCODE = 'invalid_parameter_value', HINT = 'Add "table".';
         END IF;
         RAISE EXCEPTION 'nothing selected: say which changes to revert'
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Select with changes, txids, actor or db_user with since, or table with to (pgaudit-tool revert --change ID, --txid N, --actor/--db-user with --since, or --table with --to).';
+                  HINT = 'Select with "changes", "txids", "actor" or "db_user" with "since", or "table" with "to".';
     END IF;
     IF pg_catalog.cardinality(v_kinds) > 1 THEN
         RAISE EXCEPTION 'a revert selects by one of changes, txids, actor/db_user or table, not by %',
@@ -136,70 +132,115 @@ BEGIN
         RAISE EXCEPTION 'since and until go with an actor or a login role, not with %', v_kinds[1]
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    RETURN v_kinds[1];
+END
+$$;
 
-    IF v_kinds[1] = 'changes' THEN
-        PERFORM audit._revert_check_list(p_selection -> 'changes', 'changes');
-        v_ids := ARRAY(SELECT DISTINCT e::bigint FROM pg_catalog.jsonb_array_elements_text(p_selection -> 'changes') AS e ORDER BY 1);
-        SELECT pg_catalog.string_agg(i::text, ', ' ORDER BY i) INTO v_missing
-          FROM (SELECT i FROM unnest(v_ids) AS i
-                 WHERE NOT EXISTS (SELECT FROM audit.change AS c WHERE c.id = i) ORDER BY i LIMIT 10) AS m;
-        IF v_missing IS NOT NULL THEN
-            RAISE EXCEPTION 'no recorded change has id %', v_missing
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Find change ids with history (the id column).';
-        END IF;
-        RETURN v_ids;
+COMMENT ON FUNCTION audit._revert_selection_kind(jsonb) IS
+    'Internal. Validates the keys of a revert selection and returns its kind: changes, txids, actor (actor and/or db_user), db_user or table.';
+
+
+CREATE OR REPLACE FUNCTION audit._revert_by_changes(p_selection jsonb) RETURNS bigint[]
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_ids bigint[];
+    v_missing text;
+BEGIN
+    PERFORM audit._revert_check_list(p_selection -> 'changes', 'changes');
+    v_ids := ARRAY(SELECT DISTINCT e::bigint FROM pg_catalog.jsonb_array_elements_text(p_selection -> 'changes') AS e ORDER BY 1);
+    SELECT pg_catalog.string_agg(i::text, ', ' ORDER BY i) INTO v_missing
+      FROM (SELECT i FROM unnest(v_ids) AS i
+             WHERE NOT EXISTS (SELECT FROM audit.change AS c WHERE c.id = i) ORDER BY i LIMIT 10) AS m;
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION 'no recorded change has id %', v_missing
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Find change ids with history (the id column).';
     END IF;
+    RETURN v_ids;
+END
+$$;
 
-    IF v_kinds[1] = 'txids' THEN
-        PERFORM audit._revert_check_list(p_selection -> 'txids', 'txids');
-        v_txids := ARRAY(SELECT DISTINCT e::xid8 FROM pg_catalog.jsonb_array_elements_text(p_selection -> 'txids') AS e);
-        SELECT pg_catalog.string_agg(x::text, ', ' ORDER BY x) INTO v_missing
-          FROM (SELECT x FROM unnest(v_txids) AS x
-                 WHERE NOT EXISTS (SELECT FROM audit.change AS c WHERE c.txid = x) ORDER BY x LIMIT 10) AS m;
-        IF v_missing IS NOT NULL THEN
-            RAISE EXCEPTION 'no audited change belongs to transaction %', v_missing
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Find transaction ids with history (the txid column).';
-        END IF;
-        RETURN ARRAY(SELECT c.id FROM audit.change AS c WHERE c.txid = ANY (v_txids) ORDER BY c.id);
+COMMENT ON FUNCTION audit._revert_by_changes(jsonb) IS
+    'Internal. The change ids of a selection {"changes": [...]}, each checked to exist.';
+
+
+CREATE OR REPLACE FUNCTION audit._revert_by_txids(p_selection jsonb) RETURNS bigint[]
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_txids xid8[];
+    v_missing text;
+BEGIN
+    PERFORM audit._revert_check_list(p_selection -> 'txids', 'txids');
+    v_txids := ARRAY(SELECT DISTINCT e::xid8 FROM pg_catalog.jsonb_array_elements_text(p_selection -> 'txids') AS e);
+    SELECT pg_catalog.string_agg(x::text, ', ' ORDER BY x) INTO v_missing
+      FROM (SELECT x FROM unnest(v_txids) AS x
+             WHERE NOT EXISTS (SELECT FROM audit.change AS c WHERE c.txid = x) ORDER BY x LIMIT 10) AS m;
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION 'no audited change belongs to transaction %', v_missing
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Find transaction ids with history (the txid column).';
     END IF;
+    RETURN ARRAY(SELECT c.id FROM audit.change AS c WHERE c.txid = ANY (v_txids) ORDER BY c.id);
+END
+$$;
 
-    IF v_kinds[1] IN ('actor', 'db_user') THEN
-        IF NOT p_selection ? 'since' THEN
-            RAISE EXCEPTION 'reverting the changes of an actor or a login role needs a start instant (since)'
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Add since (pgaudit-tool revert --since TIME): every transaction committed after it is reverted.';
-        END IF;
-        v_since := (p_selection ->> 'since')::timestamptz;
-        v_until := (p_selection ->> 'until')::timestamptz;
-        IF v_until < v_since THEN
-            RAISE EXCEPTION 'the end of the window (%) is before its start (%)', audit._time_text(v_until), audit._time_text(v_since)
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        v_ids := ARRAY(
-            SELECT c.id FROM audit.transaction AS x JOIN audit.change AS c ON c.txid = x.txid
-             WHERE x.committed_at > v_since AND (v_until IS NULL OR x.committed_at <= v_until)
-               AND (NOT p_selection ? 'actor' OR x.actor = p_selection ->> 'actor')
-               AND (NOT p_selection ? 'db_user' OR x.db_user = p_selection ->> 'db_user')
-             ORDER BY c.id);
-        IF pg_catalog.cardinality(v_ids) = 0 THEN
-            RAISE EXCEPTION '%', pg_catalog.format('no audited transaction of %s committed after %s%s',
-                    pg_catalog.concat_ws(' and ',
-                        CASE WHEN p_selection ? 'actor' THEN pg_catalog.format('actor %s', p_selection ->> 'actor') END,
-                        CASE WHEN p_selection ? 'db_user' THEN pg_catalog.format('login role %s', p_selection ->> 'db_user') END),
-                    audit._time_text(v_since), CASE WHEN v_until IS NULL THEN '' ELSE pg_catalog.format(' and at or before %s', audit._time_text(v_until)) END)
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Check the name and the window (it is on commit time); audit.history (pgaudit-tool history --actor/--db-user) lists what they did.';
-        END IF;
-        RETURN v_ids;
+COMMENT ON FUNCTION audit._revert_by_txids(jsonb) IS
+    'Internal. The change ids of the transactions of a selection {"txids": [...]}, each checked to have changes.';
+
+
+CREATE OR REPLACE FUNCTION audit._revert_by_subject(p_selection jsonb) RETURNS bigint[]
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_ids bigint[];
+    v_since timestamptz;
+    v_until timestamptz;
+BEGIN
+    IF NOT p_selection ? 'since' THEN
+        RAISE EXCEPTION 'reverting the changes of an actor or a login role needs a start instant (since)'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Add "since": every transaction committed after it is reverted.';
     END IF;
+    v_since := (p_selection ->> 'since')::timestamptz;
+    v_until := (p_selection ->> 'until')::timestamptz;
+    IF v_until < v_since THEN
+        RAISE EXCEPTION 'the end of the window (%) is before its start (%)', audit._time_text(v_until), audit._time_text(v_since)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_ids := ARRAY(
+        SELECT c.id FROM audit.transaction AS x JOIN audit.change AS c ON c.txid = x.txid
+         WHERE x.committed_at > v_since AND (v_until IS NULL OR x.committed_at <= v_until)
+           AND (NOT p_selection ? 'actor' OR x.actor = p_selection ->> 'actor')
+           AND (NOT p_selection ? 'db_user' OR x.db_user = p_selection ->> 'db_user')
+         ORDER BY c.id);
+    IF pg_catalog.cardinality(v_ids) = 0 THEN
+        RAISE EXCEPTION '%', pg_catalog.format('no audited transaction of %s committed after %s%s',
+                pg_catalog.concat_ws(' and ',
+                    CASE WHEN p_selection ? 'actor' THEN pg_catalog.format('actor %s', p_selection ->> 'actor') END,
+                    CASE WHEN p_selection ? 'db_user' THEN pg_catalog.format('login role %s', p_selection ->> 'db_user') END),
+                audit._time_text(v_since), CASE WHEN v_until IS NULL THEN '' ELSE pg_catalog.format(' and at or before %s', audit._time_text(v_until)) END)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Check the name and the window (it is on commit time); audit.history lists what they did.';
+    END IF;
+    RETURN v_ids;
+END
+$$;
 
-    -- A table (or one row of it) back to its state at an instant.
+COMMENT ON FUNCTION audit._revert_by_subject(jsonb) IS
+    'Internal. The change ids of the transactions of an actor and/or login role (actor, db_user) committed in (since, until].';
+
+
+CREATE OR REPLACE FUNCTION audit._revert_by_table(p_selection jsonb) RETURNS bigint[]
+LANGUAGE plpgsql STABLE AS $$
+-- A table (or one row of it) back to its state at an instant.
+DECLARE
+    v_to timestamptz;
+    v_table regclass;
+    v_pk jsonb;
+BEGIN
     IF NOT p_selection ? 'to' THEN
         RAISE EXCEPTION 'a table is put back to its state at an instant: give to'
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Add to, the instant to go back to (pgaudit-tool revert --to TIME).';
+                  HINT = 'Add "to", the instant to go back to.';
     END IF;
     v_table := pg_catalog.to_regclass(p_selection ->> 'table');
     IF v_table IS NULL THEN
@@ -217,6 +258,21 @@ BEGIN
          WHERE c.relid = v_table AND (x.committed_at > v_to OR x.committed_at IS NULL)
            AND (v_pk IS NULL OR c.pk = ANY (audit._pk_variants(v_table, v_pk)))
          ORDER BY c.id);
+END
+$$;
+
+COMMENT ON FUNCTION audit._revert_by_table(jsonb) IS
+    'Internal. The change ids that took a table (or, with pk, one row) from its state at "to" to now.';
+
+
+CREATE OR REPLACE FUNCTION audit.revert_selection(p_selection jsonb) RETURNS bigint[]
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN CASE audit._revert_selection_kind(p_selection)
+               WHEN 'changes' THEN audit._revert_by_changes(p_selection)
+               WHEN 'txids' THEN audit._revert_by_txids(p_selection)
+               WHEN 'table' THEN audit._revert_by_table(p_selection)
+               ELSE audit._revert_by_subject(p_selection) END;
 END
 $$;
 
@@ -247,6 +303,39 @@ COMMENT ON FUNCTION audit._revert_renames_join(text, oid, boolean) IS
     'Internal. The join that finds the column-name map of the layout a change (alias p_alias) was captured in, when the table has renamed columns.';
 
 
+CREATE OR REPLACE FUNCTION audit._revert_diff_sql(p_table regclass, p_excluded text[], p_side text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    -- SQL of the columns in which the image p_side (k.target or k.expected) differs from the
+    -- live row (lv.j: the live row as JSONB; r.ctid null: no live row). Compared and restored
+    -- columns: today's columns, neither excluded nor generated, compared as JSON; whole images
+    -- first (one JSONB equality), columns only when they differ. For types whose JSON text
+    -- depends on session settings (timestamptz and TimeZone, interval and IntervalStyle, floats,
+    -- bytea, arrays and composites of them...) a value that differs as recorded is also typed and
+    -- rendered again now, so that images captured under other settings compare by value.
+    SELECT pg_catalog.format(
+               'CASE WHEN r.ctid IS NULL OR %1$s IS NULL OR %1$s = lv.j THEN ''{}''::text[]'
+               ' ELSE pg_catalog.array_remove(ARRAY[%2$s]::text[], NULL) END', p_side,
+               pg_catalog.string_agg(pg_catalog.format(
+                   'CASE WHEN %3$s ? %1$L AND %3$s -> %1$L IS DISTINCT FROM lv.j -> %1$L%2$s THEN %1$L END', c.name,
+                   CASE WHEN NOT c.stable THEN pg_catalog.format(
+                       ' AND pg_catalog.to_jsonb(%s) IS DISTINCT FROM lv.j -> %L',
+                       audit._value_sql(audit._read_value_sql(p_table, c.name, p_side), c.typid),
+                       c.name) ELSE '' END, p_side), ', ' ORDER BY c.attnum))
+      FROM (SELECT a.attnum, a.attname::text AS name, a.atttypid AS typid,
+                   ty.typtype = 'e' OR CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END IN (
+                       'int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'numeric'::regtype, 'text'::regtype,
+                       'varchar'::regtype, 'bpchar'::regtype, 'bool'::regtype, 'uuid'::regtype, 'jsonb'::regtype,
+                       'json'::regtype, 'date'::regtype, 'timestamp'::regtype, 'time'::regtype, 'timetz'::regtype,
+                       'oid'::regtype, 'name'::regtype, 'inet'::regtype, 'cidr'::regtype) AS stable
+              FROM pg_catalog.pg_attribute AS a JOIN pg_catalog.pg_type AS ty ON ty.oid = a.atttypid
+             WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.attgenerated = '' AND a.attname::text <> ALL (p_excluded)) AS c
+$$;
+
+COMMENT ON FUNCTION audit._revert_diff_sql(regclass, text[], text) IS
+    'Internal. SQL of the text[] of columns in which a recorded image (k.target or k.expected) differs from the live row, for audit._revert_plan_sql.';
+
+
 CREATE OR REPLACE FUNCTION audit._revert_plan_sql(p_table regclass) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 -- The query planning the revert of the changes $1 (bigint[]) of one table; $2: force conflicts.
@@ -260,41 +349,8 @@ DECLARE
     v_diff_target text;
     v_diff_expected text;
 BEGIN
-    -- Compared and restored columns: today's columns, neither excluded nor generated. A column
-    -- differs when its recorded value differs from the live one (lv.j: the live row as JSONB),
-    -- compared as JSON. For types whose JSON text depends on session settings (timestamptz and
-    -- TimeZone, interval and IntervalStyle, floats, bytea, arrays and composites of them...) a
-    -- value that differs as recorded is also typed and rendered again now, so that images
-    -- captured under other settings compare by value.
-    SELECT pg_catalog.string_agg(pg_catalog.format(
-               'CASE WHEN k.target ? %1$L AND k.target -> %1$L IS DISTINCT FROM lv.j -> %1$L%2$s THEN %1$L END', c.name,
-               CASE WHEN NOT c.stable THEN pg_catalog.format(
-                   ' AND pg_catalog.to_jsonb(%s) IS DISTINCT FROM lv.j -> %L',
-                   audit._value_sql(audit._read_value_sql(p_table, c.name, 'k.target'), c.typid),
-                   c.name) ELSE '' END), ', ' ORDER BY c.attnum),
-           pg_catalog.string_agg(pg_catalog.format(
-               'CASE WHEN k.expected ? %1$L AND k.expected -> %1$L IS DISTINCT FROM lv.j -> %1$L%2$s THEN %1$L END', c.name,
-               CASE WHEN NOT c.stable THEN pg_catalog.format(
-                   ' AND pg_catalog.to_jsonb(%s) IS DISTINCT FROM lv.j -> %L',
-                   audit._value_sql(audit._read_value_sql(p_table, c.name, 'k.expected'), c.typid),
-                   c.name) ELSE '' END), ', ' ORDER BY c.attnum)
-      INTO v_diff_target, v_diff_expected
-      FROM (SELECT a.attnum, a.attname::text AS name, a.atttypid AS typid,
-                   ty.typtype = 'e' OR CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END IN (
-                       'int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'numeric'::regtype, 'text'::regtype,
-                       'varchar'::regtype, 'bpchar'::regtype, 'bool'::regtype, 'uuid'::regtype, 'jsonb'::regtype,
-                       'json'::regtype, 'date'::regtype, 'timestamp'::regtype, 'time'::regtype, 'timetz'::regtype,
-                       'oid'::regtype, 'name'::regtype, 'inet'::regtype, 'cidr'::regtype) AS stable
-              FROM pg_catalog.pg_attribute AS a JOIN pg_catalog.pg_type AS ty ON ty.oid = a.atttypid
-             WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
-               AND a.attgenerated = '' AND a.attname::text <> ALL (v_excluded)) AS c;
-    -- Whole images are compared first (one JSONB equality); columns only when they differ.
-    v_diff_target := pg_catalog.format(
-        'CASE WHEN r.ctid IS NULL OR k.target IS NULL OR k.target = lv.j THEN ''{}''::text[]'
-        ' ELSE pg_catalog.array_remove(ARRAY[%s]::text[], NULL) END', v_diff_target);
-    v_diff_expected := pg_catalog.format(
-        'CASE WHEN r.ctid IS NULL OR k.expected IS NULL OR k.expected = lv.j THEN ''{}''::text[]'
-        ' ELSE pg_catalog.array_remove(ARRAY[%s]::text[], NULL) END', v_diff_expected);
+    v_diff_target := audit._revert_diff_sql(p_table, v_excluded, 'k.target');
+    v_diff_expected := audit._revert_diff_sql(p_table, v_excluded, 'k.expected');
 
     RETURN pg_catalog.format($q$
 WITH k AS (
@@ -594,7 +650,7 @@ BEGIN
                 p_conflicts, pg_catalog.array_to_string(p_rows[1:10], '; '),
                 CASE WHEN p_conflicts > 10 THEN pg_catalog.format('; and %s more', p_conflicts - 10) ELSE '' END)
             USING ERRCODE = 'RV001',
-                  HINT = 'See them in a dry run (audit.revert_plan, pgaudit-tool revert --dry-run); then on_conflict skip leaves them as they are, force overwrites them (--on-conflict skip|force).';
+                  HINT = 'See them in a dry run (audit.revert_plan, "dry_run"); then "on_conflict" skip leaves them as they are, force overwrites them.';
     END IF;
 END
 $$;
@@ -686,7 +742,7 @@ BEGIN
         RAISE EXCEPTION 'the revert would write table % and suppress its triggers (%), which only its owner % may switch off',
                         r.table_name, r.triggers, r.owner
             USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Run the revert as a member of that role, or let the triggers fire: fire_triggers => true (pgaudit-tool revert --fire-triggers).';
+                  HINT = 'Run the revert as a member of that role, or let the triggers fire ("fire_triggers").';
     END IF;
 END
 $$;
