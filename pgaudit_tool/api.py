@@ -48,6 +48,7 @@ from pgaudit_tool.db import (
 from pgaudit_tool.errors import InvalidInput, TableNotSuitable
 from pgaudit_tool.output import to_json_text
 from pgaudit_tool.reconstruct import normalize_key_part, normalize_pk
+from pgaudit_tool.results import ChainProblem, Finding, TableStatus
 from pgaudit_tool.rules import Rules, load_rules
 from pgaudit_tool.timeparse import instant
 
@@ -72,13 +73,13 @@ class InstallResult:
         return self.before != self.after
 
 
-class EnableResult(list[dict[str, Any]]):
+class EnableResult(list[TableStatus]):
     """What :meth:`Audit.enable` returns: a list with the status record of each table enabled
     (as :meth:`Audit.status` has them), and ``skipped``: each table left out because it cannot
     be audited (``skip_unsuitable``), by schema-qualified name, with the reason."""
 
     def __init__(
-        self, enabled: Iterable[dict[str, Any]] = (), skipped: Mapping[str, str] | None = None
+        self, enabled: Iterable[TableStatus] = (), skipped: Mapping[str, str] | None = None
     ) -> None:
         super().__init__(enabled)
         self.skipped: dict[str, str] = dict(skipped or {})
@@ -205,7 +206,7 @@ class Audit:
         self._require_installed()
         tables.refresh(self.conn, tables.tables_to_audit(self.conn, names))
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[TableStatus]:
         """What is audited, with the state of each table's capture triggers."""
         self._require_installed()
         return tables.status(self.conn)
@@ -401,7 +402,7 @@ class Audit:
         self._require_installed()
         return _integrity.checkpoint(self.conn, output)
 
-    def verify(self, against: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def verify(self, against: dict[str, Any] | None = None) -> list[ChainProblem]:
         """Problems in the hash chain and the registry (empty: intact), recomputed in the client
         from the raw rows; also against a kept checkpoint (InvalidInput if it is malformed)."""
         return self.verify_report(against).problems
@@ -411,7 +412,7 @@ class Audit:
         self._require_installed()
         return _integrity.verify_report(self.conn, against)
 
-    def doctor(self) -> list[dict[str, Any]]:
+    def doctor(self) -> list[Finding]:
         """Problems with auditing: triggers, drift after DDL, keys, privileges, guards, chain."""
         self._require_installed()
         return _integrity.doctor(self.conn)

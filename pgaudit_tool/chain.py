@@ -28,6 +28,8 @@ from typing import Any
 import psycopg
 from psycopg import pq, sql
 
+from pgaudit_tool.results import ChainProblem
+
 ZERO_HASH = bytes(32)
 FETCH_ROWS = 2000
 
@@ -170,7 +172,7 @@ class JournalEntry:
 class Report:
     """Result of a client-side verification: problems (empty: intact) and what is not sealed."""
 
-    problems: list[dict[str, Any]]
+    problems: list[ChainProblem]
     unsealed: dict[str, int]
 
 
@@ -323,8 +325,8 @@ def _current_rows(conn: psycopg.Connection[Any], name: str) -> list[str] | None:
 # -- the chain ---------------------------------------------------------------------------------
 
 
-def _chain_problems(blocks: list[Block], head: Head | None) -> list[dict[str, Any]]:
-    problems: list[dict[str, Any]] = []
+def _chain_problems(blocks: list[Block], head: Head | None) -> list[ChainProblem]:
+    problems: list[ChainProblem] = []
 
     def report(seq: int, text: str) -> None:
         problems.append({"seq": seq, "problem": text})
@@ -356,7 +358,7 @@ def _chain_problems(blocks: list[Block], head: Head | None) -> list[dict[str, An
     return problems
 
 
-def _head_problems(blocks: list[Block], head: Head) -> list[dict[str, Any]]:
+def _head_problems(blocks: list[Block], head: Head) -> list[ChainProblem]:
     kept = next((b for b in blocks if b.seq == head.seq), None)
     if kept is None:
         text = (
@@ -376,9 +378,9 @@ def _journal_problems(
     journal: list[JournalEntry],
     current: dict[str, list[str] | None],
     blocks: list[Block],
-) -> list[dict[str, Any]]:
+) -> list[ChainProblem]:
     """Replay the journal in write order; compare with the tables now; flag rewrites."""
-    problems: list[dict[str, Any]] = []
+    problems: list[ChainProblem] = []
     state: dict[str, dict[str, list[JournalEntry]]] = {
         name: defaultdict(list) for name in JOURNALED
     }
@@ -403,7 +405,7 @@ def _seq_of(txid: int, blocks: list[Block]) -> int | None:
     return next((b.seq for b in blocks if b.txid_from <= txid < b.txid_to), None)
 
 
-def _at(entry: JournalEntry, blocks: list[Block], text: str) -> dict[str, Any]:
+def _at(entry: JournalEntry, blocks: list[Block], text: str) -> ChainProblem:
     return {
         "seq": _seq_of(entry.txid, blocks),
         "problem": f"journal entry {entry.id} ({entry.op} audit.{entry.relation},"
@@ -413,7 +415,7 @@ def _at(entry: JournalEntry, blocks: list[Block], text: str) -> dict[str, Any]:
 
 def _rewrite_problems(
     entry: JournalEntry, previous: JournalEntry, blocks: list[Block]
-) -> list[dict[str, Any]]:
+) -> list[ChainProblem]:
     """A later transaction rewrote or deleted an append-only row, or moved a history start."""
     if previous.txid == entry.txid:
         return []
@@ -428,7 +430,7 @@ def _rewrite_problems(
     return []
 
 
-def _retroactive_problems(entry: JournalEntry, blocks: list[Block]) -> list[dict[str, Any]]:
+def _retroactive_problems(entry: JournalEntry, blocks: list[Block]) -> list[ChainProblem]:
     """A row version made to apply from before the transaction that wrote it started."""
     column = EFFECTIVE_FROM.get(entry.relation)
     if entry.op == "B" or column is None:
@@ -460,7 +462,7 @@ def _instant(text: str) -> datetime:
 
 def _compare(
     name: str, replayed: dict[str, list[JournalEntry]], now: list[str] | None
-) -> list[dict[str, Any]]:
+) -> list[ChainProblem]:
     """Rows of the table now that the journal does not end with, and the reverse; a row of
     each with the same key is reported once, with the columns that differ."""
     expected: dict[str, int] = {k: len(v) for k, v in replayed.items() if v}
@@ -473,7 +475,7 @@ def _compare(
         diff = seen.get(image, 0) - expected.get(image, 0)
         target = extra if diff > 0 else missing
         target[_describe(name, image)] += [image] * abs(diff)
-    problems = []
+    problems: list[ChainProblem] = []
     for key in sorted(set(extra) | set(missing)):
         for new, old in zip(extra[key], missing[key], strict=False):
             text = (

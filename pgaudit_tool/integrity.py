@@ -11,7 +11,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.rows import dict_row
@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 from pgaudit_tool import chain
 from pgaudit_tool.db import changing_transaction, translated_errors, write_transaction
 from pgaudit_tool.errors import InvalidInput
+from pgaudit_tool.results import ChainProblem, Finding
 
 CHECKPOINT_FORMAT = "pgaudit-tool checkpoint 1"
 DOCTOR_COLUMNS = ("severity", "object", "problem", "fix")
@@ -159,11 +160,11 @@ def verify_report(
     """Recompute the chain in the client from the raw rows (no function of the audit schema is
     trusted), check the registry against its journal, and check a kept checkpoint."""
     head = None if against is None else parse_head(against)
-    problems: list[dict[str, Any]] = []
+    problems: list[ChainProblem] = []
     if against is not None and against.get("database") not in (None, conn.info.dbname):
         problems.append(
             {
-                "seq": head and head.seq,
+                "seq": None if head is None else head.seq,
                 "problem": f"the checkpoint is of database {against['database']!r}",
             }
         )
@@ -173,10 +174,11 @@ def verify_report(
     return report
 
 
-def doctor(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+def doctor(conn: psycopg.Connection[Any]) -> list[Finding]:
     """Every problem with auditing (see ``audit.doctor()``)."""
     with translated_errors(), conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute("SELECT severity, object, problem, fix FROM audit.doctor()").fetchall()
+        rows = cur.execute("SELECT severity, object, problem, fix FROM audit.doctor()").fetchall()
+    return cast("list[Finding]", rows)
 
 
 def apply_fixes(conn: psycopg.Connection[Any], fixes: list[str]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.rows import dict_row
@@ -16,6 +16,7 @@ from pgaudit_tool.db import (
     write_transaction,
 )
 from pgaudit_tool.errors import InvalidInput, TableNotSuitable
+from pgaudit_tool.results import TableStatus
 
 STATUS_COLUMNS = (
     "table",
@@ -72,7 +73,7 @@ def enable(
     capture_truncate: bool | None = None,
     schemas: Sequence[str] = (),
     progress: Callable[[int, int, str], None] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[TableStatus]:
     """Enable capture on every table, in one transaction (all or nothing).
 
     ``exclude`` names columns never stored (None keeps each table's current list; a name
@@ -118,11 +119,11 @@ def refresh(conn: psycopg.Connection[Any], refs: Sequence[TableRef]) -> None:
             conn.execute("SELECT audit.refresh(%s::oid::regclass)", (ref.oid,))
 
 
-def status(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+def status(conn: psycopg.Connection[Any]) -> list[TableStatus]:
     """One record per registered table (see ``audit.status()``)."""
     with translated_errors(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM audit.status()")
         rows = cur.fetchall()
     for row in rows:
         row["table"] = row.pop("table_name")
-    return rows
+    return cast("list[TableStatus]", rows)
