@@ -293,29 +293,38 @@ COMMENT ON FUNCTION audit._pk_variants(regclass, jsonb) IS
     'Internal. A key under today''s column names and under the names it had in every past layout (key columns renamed).';
 
 
-CREATE OR REPLACE FUNCTION audit._renamed_sql(p_table regclass, p_column text) RETURNS text
+-- One pair of helpers for every query that reads images under today's column names (earlier
+-- versions had a second pair in the revert).
+DROP FUNCTION IF EXISTS audit._renamed_sql(regclass, text);
+DROP FUNCTION IF EXISTS audit._renames_join_sql(regclass);
+DROP FUNCTION IF EXISTS audit._revert_mapped(text, text, boolean);
+DROP FUNCTION IF EXISTS audit._revert_renames_join(text, oid, boolean);
+
+CREATE OR REPLACE FUNCTION audit._renamed_sql(p_table regclass, p_column text, p_alias text DEFAULT 'c') RETURNS text
 LANGUAGE sql STABLE AS $$
-    -- c.<column> (pk, old or new) under today's column names; plain when nothing was renamed.
+    -- <alias>.<column> (pk, old or new) of a change under today's column names; plain when
+    -- nothing was renamed.
     SELECT CASE WHEN EXISTS (SELECT FROM audit._renames(p_table))
-                THEN pg_catalog.format('audit._rename_keys(c.%I, rn.map)', p_column)
-                ELSE pg_catalog.format('c.%I', p_column) END
+                THEN pg_catalog.format('audit._rename_keys(%1$s.%2$I, %1$s_rn.map)', p_alias, p_column)
+                ELSE pg_catalog.format('%s.%I', p_alias, p_column) END
 $$;
 
-COMMENT ON FUNCTION audit._renamed_sql(regclass, text) IS
-    'Internal. SQL expression of a key or image column of audit.change AS c under today''s column names (needs audit._renames_join_sql).';
+COMMENT ON FUNCTION audit._renamed_sql(regclass, text, text) IS
+    'Internal. SQL expression of a key or image column (pk, old, new) of the change alias p_alias (an audit.change row) under today''s column names (needs audit._renames_join_sql for the same alias).';
 
 
-CREATE OR REPLACE FUNCTION audit._renames_join_sql(p_table regclass) RETURNS text
+CREATE OR REPLACE FUNCTION audit._renames_join_sql(p_table regclass, p_alias text DEFAULT 'c') RETURNS text
 LANGUAGE sql STABLE AS $$
-    -- The join that gives each change c the name map of its time (rn.map); empty when no renames.
+    -- The join that gives the change p_alias the name map of its time (<alias>_rn.map); empty
+    -- when nothing was renamed.
     SELECT CASE WHEN EXISTS (SELECT FROM audit._renames(p_table))
-                THEN pg_catalog.format('LEFT JOIN audit._renames(%s::oid) AS rn ON c.clock_at >= rn.valid_from'
-                                       ' AND (rn.valid_to IS NULL OR c.clock_at < rn.valid_to)', p_table::oid)
+                THEN pg_catalog.format('LEFT JOIN audit._renames(%2$s::oid) AS %1$s_rn ON %1$s.clock_at >= %1$s_rn.valid_from'
+                                       ' AND (%1$s_rn.valid_to IS NULL OR %1$s.clock_at < %1$s_rn.valid_to)', p_alias, p_table::oid)
                 ELSE '' END
 $$;
 
-COMMENT ON FUNCTION audit._renames_join_sql(regclass) IS
-    'Internal. SQL join giving each change of audit.change AS c the column name map of its time (rn.map).';
+COMMENT ON FUNCTION audit._renames_join_sql(regclass, text) IS
+    'Internal. SQL join giving the change alias p_alias (an audit.change row) the column name map of its time (<alias>_rn.map).';
 
 
 CREATE OR REPLACE FUNCTION audit._first_after_sql(p_table regclass) RETURNS text

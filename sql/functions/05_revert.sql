@@ -280,29 +280,6 @@ COMMENT ON FUNCTION audit.revert_selection(jsonb) IS
     'The ids of the changes a revert selection names, validated: {"changes": [ids]}, {"txids": [txids]}, {"actor": A and/or "db_user": U, "since": T1, "until": T2} (transactions committed after T1 and at or before T2), {"table": T, "to": T1} or {"table": T, "pk": KEY, "to": T1} (changes committed after T1). Raises a clear error for unknown ids, bad combinations or an empty actor/db_user window.';
 
 
-CREATE OR REPLACE FUNCTION audit._revert_mapped(p_alias text, p_column text, p_renames boolean) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    -- An image or key column of the change alias p_alias, under today's column names.
-    SELECT CASE WHEN p_renames THEN pg_catalog.format('audit._rename_keys(%1$s.%2$I, %1$s_rn.map)', p_alias, p_column)
-                ELSE pg_catalog.format('%s.%I', p_alias, p_column) END
-$$;
-
-COMMENT ON FUNCTION audit._revert_mapped(text, text, boolean) IS
-    'Internal. SQL of an image (old, new) or key (pk) of a change under today''s column names (with p_renames, through the join of audit._revert_renames_join).';
-
-
-CREATE OR REPLACE FUNCTION audit._revert_renames_join(p_alias text, p_relid oid, p_renames boolean) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE WHEN p_renames THEN pg_catalog.format(
-               'LEFT JOIN audit._renames(%2$s::oid) AS %1$s_rn ON %1$s.clock_at >= %1$s_rn.valid_from'
-               ' AND (%1$s_rn.valid_to IS NULL OR %1$s.clock_at < %1$s_rn.valid_to)', p_alias, p_relid)
-                ELSE '' END
-$$;
-
-COMMENT ON FUNCTION audit._revert_renames_join(text, oid, boolean) IS
-    'Internal. The join that finds the column-name map of the layout a change (alias p_alias) was captured in, when the table has renamed columns.';
-
-
 CREATE OR REPLACE FUNCTION audit._revert_diff_sql(p_table regclass, p_excluded text[], p_side text) RETURNS text
 LANGUAGE sql STABLE AS $$
     -- SQL of the columns in which the image p_side (k.target or k.expected) differs from the
@@ -412,14 +389,14 @@ SELECT %3$s::oid::regclass, %10$L::text, k.pk, a.action,
          OR pg_catalog.cardinality(d.exp_cols) > 0) AS conflict
         OFFSET 0) AS a
 $q$,
-        audit._revert_mapped('c', 'pk', v_renames),
-        audit._revert_renames_join('c', v_oid, v_renames),
+        audit._renamed_sql(p_table, 'pk', 'c'),
+        audit._renames_join_sql(p_table, 'c'),
         v_oid,
-        audit._revert_mapped('f', 'old', v_renames),
-        audit._revert_mapped('l', 'new', v_renames),
+        audit._renamed_sql(p_table, 'old', 'f'),
+        audit._renamed_sql(p_table, 'new', 'l'),
         v_excluded,
-        audit._revert_renames_join('f', v_oid, v_renames),
-        audit._revert_renames_join('l', v_oid, v_renames),
+        audit._renames_join_sql(p_table, 'f'),
+        audit._renames_join_sql(p_table, 'l'),
         -- Later changes of the same row, by key (under every name the key columns had).
         CASE WHEN v_renames
              THEN pg_catalog.format('CROSS JOIN LATERAL pg_catalog.unnest(audit._pk_variants(%1$s::oid::regclass, k.pk)) AS v(pk)'
