@@ -353,10 +353,10 @@ COMMENT ON FUNCTION audit.install_guards() IS
     'Installs the event triggers that guard capture and keep capture functions current after ALTER TABLE (needs superuser; returns false without it). Run by install.';
 
 
-CREATE OR REPLACE FUNCTION audit.doctor()
+CREATE OR REPLACE FUNCTION audit._doctor_tables()
 RETURNS TABLE (severity text, object text, problem text, fix text)
 LANGUAGE plpgsql STABLE SET jit = off AS $$
--- Every check; one row per problem found. fix: SQL that repairs it safely, or NULL.
+-- Audited tables: dropped, key changed or lost, renamed, columns changed since capture was generated.
 DECLARE
     t record;
     v_key record;
@@ -410,6 +410,20 @@ BEGIN
             RETURN NEXT;
         END IF;
     END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION audit._doctor_tables() IS
+    'Internal. Part of audit.doctor(): the audited tables themselves (dropped, key, name, columns).';
+
+
+CREATE OR REPLACE FUNCTION audit._doctor_capture()
+RETURNS TABLE (severity text, object text, problem text, fix text)
+LANGUAGE plpgsql STABLE SET jit = off AS $$
+-- Capture triggers and functions exactly as pgaudit_tool made them; columns held back.
+DECLARE
+    t record;
+BEGIN
     -- Capture triggers on a table no enabled audited table contains (a detached partition):
     -- its writes are not recorded, and the triggers only cost time.
     FOR t IN SELECT g.tgrelid::regclass AS rel,
@@ -469,6 +483,20 @@ BEGIN
         fix := NULL;
         RETURN NEXT;
     END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION audit._doctor_capture() IS
+    'Internal. Part of audit.doctor(): capture triggers and functions, triggers left on detached partitions, columns held back.';
+
+
+CREATE OR REPLACE FUNCTION audit._doctor_history()
+RETURNS TABLE (severity text, object text, problem text, fix text)
+LANGUAGE plpgsql STABLE SET jit = off AS $$
+-- What limits history: inheritance, breaks, commit times, unaudited tables of audited schemas.
+DECLARE
+    t record;
+BEGIN
     -- Inheritance with an audited table (refused by the guard; possible without it).
     FOR t IN SELECT i.child, i.parent FROM audit._inheritance() AS i LOOP
         severity := 'error'; object := t.child::text;
@@ -501,8 +529,20 @@ BEGIN
         fix := pg_catalog.format('SELECT audit.enable(%L)', t.qualified);
         RETURN NEXT;
     END LOOP;
-    -- Guards (09_guard.sql): their triggers, tables, counters and excepted roles.
-    RETURN QUERY SELECT * FROM audit._guard_doctor();
+END
+$$;
+
+COMMENT ON FUNCTION audit._doctor_history() IS
+    'Internal. Part of audit.doctor(): inheritance, breaks in history, track_commit_timestamp, tables of audited schemas not audited.';
+
+
+CREATE OR REPLACE FUNCTION audit._doctor_privileges()
+RETURNS TABLE (severity text, object text, problem text, fix text)
+LANGUAGE plpgsql STABLE SET jit = off AS $$
+-- Privileges on the log and its functions; the guard event triggers.
+DECLARE
+    t record;
+BEGIN
     -- Privileges: nobody but the owner may write the log or run its writer functions.
     FOR t IN SELECT pg_catalog.format('%I.%I', 'audit', c.relname) AS qualified, a.privilege_type,
                     CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END AS grantee
@@ -540,6 +580,26 @@ BEGIN
         fix := NULL;
         RETURN NEXT;
     END IF;
+END
+$$;
+
+COMMENT ON FUNCTION audit._doctor_privileges() IS
+    'Internal. Part of audit.doctor(): privileges on the audit schema, its tables and writer functions; the guard event triggers.';
+
+
+CREATE OR REPLACE FUNCTION audit.doctor()
+RETURNS TABLE (severity text, object text, problem text, fix text)
+LANGUAGE plpgsql STABLE SET jit = off AS $$
+-- Every check; one row per problem found. fix: SQL that repairs it safely, or NULL.
+DECLARE
+    t record;
+BEGIN
+    RETURN QUERY SELECT * FROM audit._doctor_tables();
+    RETURN QUERY SELECT * FROM audit._doctor_capture();
+    RETURN QUERY SELECT * FROM audit._doctor_history();
+    -- Guards (09_guard.sql): their triggers, tables, counters and excepted roles.
+    RETURN QUERY SELECT * FROM audit._guard_doctor();
+    RETURN QUERY SELECT * FROM audit._doctor_privileges();
     FOR t IN SELECT * FROM audit.verify() LOOP
         severity := 'error'; object := pg_catalog.format('audit.seal block %s', t.seq); problem := t.problem; fix := NULL;
         RETURN NEXT;
