@@ -8,9 +8,17 @@ at the changes made after it started (``since``).
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import textwrap
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -368,3 +376,123 @@ def test_importing_pgaudit_tool_imports_no_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- PgBouncer
+
+PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+
+
+@pytest.fixture
+def bouncer(project: dict[str, str]) -> Iterator[str]:
+    """PgBouncer in transaction mode with ONE server connection, in front of "default"'s
+    database: every client shares it. Yields its DSN."""
+    if not os.path.exists(PGBOUNCER):
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+    server = conninfo_to_dict(project["default"])
+    # Not under pytest's tmp_path: its parents are private to root, pgbouncer runs as postgres.
+    with tempfile.TemporaryDirectory(prefix="pgaudit-pgbouncer-") as name:
+        yield from _run_pgbouncer(Path(name), server)
+
+
+def _run_pgbouncer(folder: Path, server: dict[str, Any]) -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (folder / "users.txt").write_text(f'"{server["user"]}" ""\n')
+    (folder / "pgbouncer.ini").write_text(
+        textwrap.dedent(f"""
+        [databases]
+        * = host={server["host"]} port={server["port"]}
+        [pgbouncer]
+        listen_addr = 127.0.0.1
+        listen_port = {port}
+        unix_socket_dir =
+        auth_type = trust
+        auth_file = {folder / "users.txt"}
+        pool_mode = transaction
+        default_pool_size = 1
+        max_client_conn = 10
+        ignore_startup_parameters = extra_float_digits
+        """)
+    )
+    as_postgres: dict[str, Any] = {}
+    if os.geteuid() == 0:  # pgbouncer refuses to run as root
+        for path in (folder, folder / "users.txt", folder / "pgbouncer.ini"):
+            shutil.chown(path, "postgres")
+        as_postgres = {"user": "postgres", "group": "postgres"}
+    process = subprocess.Popen(
+        [PGBOUNCER, str(folder / "pgbouncer.ini")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **as_postgres,
+    )
+    dsn = f"host=127.0.0.1 port={port} user={server['user']} dbname={server['dbname']}"
+    try:
+        for _ in range(100):
+            try:
+                psycopg.connect(dsn, connect_timeout=2).close()
+                break
+            except psycopg.OperationalError:
+                if process.poll() is not None:
+                    raise AssertionError(process.communicate()[0].decode()) from None
+                time.sleep(0.1)
+        yield dsn
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_behind_pgbouncer_in_transaction_mode(
+    project: dict[str, str], since: dict[str, int], bouncer: str
+) -> None:
+    """One server connection shared by a Django request (two autocommit writes, paused between
+    them) and another client writing in the pause: each write carries exactly its own
+    attribution, and a session-level setting, for contrast, does leak to the other client."""
+    from tests.djangoapp import views
+    from tests.djangoapp.models import Order
+
+    order = Order.objects.create(customer="pooled", amount=0)
+    grace = user("grace")
+    _point("default", bouncer)
+    reached, go = views.PAUSE
+    reached.clear()
+    go.clear()
+    outcome: dict[str, Any] = {}
+
+    def serve() -> None:
+        from django.db import connections
+
+        try:
+            outcome["status"] = client(grace).post(f"/pause/{order.pk}").status_code
+        except BaseException as exc:  # reported by the assertion below
+            outcome["error"] = exc
+        finally:
+            connections.close_all()
+
+    worker = threading.Thread(target=serve)
+    try:
+        worker.start()
+        assert reached.wait(30), outcome
+        with psycopg.connect(bouncer, autocommit=True) as other:
+            other.execute("UPDATE shop_order SET amount = 50 WHERE id = %s", (order.pk,))
+        go.set()
+        worker.join(30)
+        assert outcome == {"status": 200}
+        # The contrast: a session-level value set by one client reaches the next one.
+        with psycopg.connect(bouncer, autocommit=True) as careless:
+            careless.execute("SELECT set_config('pgaudit.actor', 'leaked', false)")
+        with psycopg.connect(bouncer, autocommit=True) as other:
+            other.execute("UPDATE shop_order SET amount = 60 WHERE id = %s", (order.pk,))
+            other.execute("RESET ALL")
+    finally:
+        go.set()
+        worker.join(30)
+        _point("default", project["default"])
+    found = [c for c in changes(project, since) if c["new"]["customer"] == "pooled"][1:]
+    assert [(c["new"]["amount"], c["actor"]) for c in found] == [
+        (1, "grace"), (50, None), (2, "grace"), (60, "leaked"),
+    ]  # fmt: skip
+    assert found[0]["context"]["path"] == f"/pause/{order.pk}"
+    assert found[1]["context"] is None
+    assert len({c["backend_pid"] for c in found}) == 1  # one server connection for all

@@ -10,4 +10,5 @@ urlpatterns = [
     path("ticket/<int:pk>", views.with_ticket),
     path("both", views.both_databases),
     path("bulk", views.bulk),
+    path("pause/<int:pk>", views.pause),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from django.db import connections, transaction
@@ -69,4 +70,19 @@ def bulk(request: HttpRequest) -> HttpResponse:
             "INSERT INTO shop_order (customer, amount) VALUES (%s, %s)",
             [("many1", 1), ("many2", 2)],
         )
+    return HttpResponse("ok")
+
+
+#: (reached, go): /pause waits on ``go`` between its two writes, after setting ``reached``.
+PAUSE: tuple[threading.Event, threading.Event] = (threading.Event(), threading.Event())
+
+
+def pause(request: HttpRequest, pk: int) -> HttpResponse:
+    """Two autocommit writes with a pause between them (another client writes meanwhile)."""
+    Order.objects.filter(pk=pk).update(amount=1)
+    reached, go = PAUSE
+    reached.set()
+    if not go.wait(30):
+        raise Boom("not released")
+    Order.objects.filter(pk=pk).update(amount=2)
     return HttpResponse("ok")
