@@ -41,7 +41,7 @@ _APPS = [
 ]
 
 
-def _database(dsn: str) -> dict[str, Any]:
+def _database(dsn: str, **options: Any) -> dict[str, Any]:
     params = conninfo_to_dict(dsn)
     return {
         "ENGINE": "django.db.backends.postgresql",
@@ -52,11 +52,11 @@ def _database(dsn: str) -> dict[str, Any]:
         "PORT": params.get("port", ""),
         "CONN_MAX_AGE": None,  # one connection reused by every request
         "ATOMIC_REQUESTS": False,
-        "OPTIONS": {"application_name": "django-test"},
+        "OPTIONS": {"application_name": "django-test", **options},
     }
 
 
-def _point(alias: str, dsn: str) -> None:
+def _point(alias: str, dsn: str, **options: Any) -> None:
     """Make the alias use ``dsn`` (settings are configured once per process)."""
     from django.db import connections
 
@@ -71,7 +71,13 @@ def _point(alias: str, dsn: str) -> None:
                 "django.contrib.auth.middleware.AuthenticationMiddleware",
                 "pgaudit_tool.contrib.django.AuditMiddleware",
             ],
-            DATABASES={"default": _database(dsn), "other": _database(dsn)},
+            DATABASES={
+                "default": _database(dsn),
+                "other": _database(dsn),
+                # The default database again, with server-side parameter binding: one
+                # statement per query, so the settings go in a statement of their own.
+                "bound": _database(dsn, server_side_binding=True),
+            },
             USE_TZ=True,
             PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
             PGAUDIT_TRUSTED_PROXY_HEADER="X-Forwarded-For",
@@ -80,8 +86,8 @@ def _point(alias: str, dsn: str) -> None:
         )
         django.setup()
     connections[alias].close()
-    settings.DATABASES[alias].update(_database(dsn))
-    connections[alias].settings_dict.update(_database(dsn))
+    settings.DATABASES[alias].update(_database(dsn, **options))
+    connections[alias].settings_dict.update(_database(dsn, **options))
 
 
 def _atomic_requests(on: bool) -> None:
@@ -102,6 +108,7 @@ def project(pg_server: PgServer) -> Iterator[dict[str, str]]:
     ):
         _point("default", default)
         _point("other", other)
+        _point("bound", default, server_side_binding=True)
         from django.core.management import call_command
         from django.db import connections
 
@@ -323,6 +330,42 @@ def staff_actor(request: Any) -> str | None:
     return f"staff:{request.user.get_username()}" if request.user.is_authenticated else None
 
 
+def test_server_side_binding_and_selects(project: dict[str, str], since: dict[str, int]) -> None:
+    """Server-side binding: the settings in a statement of their own, in the same transaction
+    (autocommit: a short atomic block around both). A SELECT of a function that writes is left
+    alone unless PGAUDIT_ATTRIBUTE_SELECTS."""
+    from django.db import connections, transaction
+    from django.test import override_settings
+
+    from pgaudit_tool.contrib.django import context
+    from tests.djangoapp.models import Order
+
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "CREATE OR REPLACE FUNCTION shop_touch(p_id int) RETURNS int LANGUAGE sql AS"
+            " 'UPDATE shop_order SET amount = amount + 1 WHERE id = p_id RETURNING amount'"
+        )
+    bound = connections["bound"]
+    with context(actor="binder", via="server-side binding"):
+        order = Order.objects.using("bound").create(customer="bound", amount=1)
+        assert bound.get_autocommit() and not bound.in_atomic_block  # the short block is over
+        with transaction.atomic(using="bound"):
+            assert Order.objects.using("bound").filter(pk=order.pk).update(amount=2) == 1
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT shop_touch(%s)", [order.pk])
+            with override_settings(PGAUDIT_ATTRIBUTE_SELECTS=True):
+                cursor.execute("SELECT shop_touch(%s)", [order.pk])
+                assert cursor.fetchone() == (4,)  # the function's result, not set_config's
+    with bound.cursor() as cursor:
+        assert type(cursor.cursor).__name__ == "ServerBindingCursor"
+    assert [(c["new"]["amount"], c["actor"], c["context"]) for c in changes(project, since)] == [
+        (1, "binder", {"via": "server-side binding"}),
+        (2, "binder", {"via": "server-side binding"}),
+        (3, None, None),
+        (4, "binder", {"via": "server-side binding"}),
+    ]
+
+
 def test_context_outside_requests(project: dict[str, str], since: dict[str, int]) -> None:
     """Management commands, Celery tasks, scripts: ``context(actor=...)``, nested, and
     nothing once the block is left."""
@@ -334,7 +377,7 @@ def test_context_outside_requests(project: dict[str, str], since: dict[str, int]
     with context(actor="nightly-import", job="import"):
         Order.objects.create(customer="batch", amount=1)  # autocommit
         with context(step="2"), transaction.atomic():
-            Order.objects.filter(customer="batch").update(amount=2)
+            assert Order.objects.filter(customer="batch").update(amount=2) == 1  # its rowcount
         with context(actor=None):
             Order.objects.filter(customer="batch").update(amount=3)
     Order.objects.filter(customer="batch").update(amount=4)
@@ -366,6 +409,20 @@ def test_manage_py_pgaudit(
     assert "no_such_table" in capfd.readouterr().err
     with pytest.raises(CommandError, match="no database alias"):
         call_command("pgaudit", "status", database="nope")
+
+
+def test_refuses_to_run_without_the_app(project: dict[str, str]) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    from pgaudit_tool.contrib.django import AuditMiddleware, context
+
+    without = [app for app in _APPS if app != "pgaudit_tool.contrib.django"]
+    with override_settings(INSTALLED_APPS=without):
+        with pytest.raises(ImproperlyConfigured, match="INSTALLED_APPS"):
+            AuditMiddleware(lambda request: None)
+        with pytest.raises(ImproperlyConfigured, match="INSTALLED_APPS"), context(actor="x"):
+            pass
 
 
 def test_importing_pgaudit_tool_imports_no_framework() -> None:

@@ -11,8 +11,12 @@ class PgauditConfig(AppConfig):
     verbose_name = "pgaudit_tool"
 
     def ready(self) -> None:
+        from django.db import connections
         from django.db.backends.signals import connection_created
 
         from pgaudit_tool.contrib.django.attribution import install_on
 
         connection_created.connect(install_on, dispatch_uid="pgaudit_tool.install_on")
+        for connection in connections.all(initialized_only=True):  # opened before ready()
+            if connection.connection is not None:
+                install_on(connection=connection)

@@ -88,6 +88,7 @@ def context(actor: str | None = INHERIT, **values: Any) -> Iterator[Attribution]
     attributes whole transactions: a transaction's actor and context are those in force at its
     first audited change, so enter the block before the ``atomic()`` whose writes it names.
     """
+    require_app()
     parent = _current.get()
     if actor is INHERIT:
         resolve = parent.resolve_actor if parent is not None else _nobody
@@ -109,6 +110,20 @@ def attributed(
         yield scope
     finally:
         _current.reset(token)
+
+
+def require_app() -> None:
+    """Refuse to attribute anything when the app, which installs the execute wrapper on each
+    connection, is missing: the writes would silently go unattributed."""
+    from django.apps import apps
+
+    if not apps.is_installed("pgaudit_tool.contrib.django"):
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            "add 'pgaudit_tool.contrib.django' to INSTALLED_APPS: it attaches the actor to "
+            "each connection's statements (without it nothing is attributed)"
+        )
 
 
 def _nobody() -> None:

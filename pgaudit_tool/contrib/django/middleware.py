@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
-from pgaudit_tool.contrib.django.attribution import attributed
+from pgaudit_tool.contrib.django.attribution import attributed, require_app
 
 _MAX_TEXT = 512
 
@@ -41,6 +41,7 @@ class AuditMiddleware:
     async_capable = False
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        require_app()
         self.get_response = get_response
 
     def __call__(self, request: Any) -> Any:
