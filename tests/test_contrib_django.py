@@ -33,6 +33,8 @@ django = pytest.importorskip("django")
 from django.conf import settings  # noqa: E402
 
 _APPS = [
+    "django.contrib.admin",
+    "django.contrib.messages",
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.sessions",
@@ -69,7 +71,21 @@ def _point(alias: str, dsn: str, **options: Any) -> None:
             MIDDLEWARE=[
                 "django.contrib.sessions.middleware.SessionMiddleware",
                 "django.contrib.auth.middleware.AuthenticationMiddleware",
+                "django.contrib.messages.middleware.MessageMiddleware",
                 "pgaudit_tool.contrib.django.AuditMiddleware",
+            ],
+            TEMPLATES=[
+                {
+                    "BACKEND": "django.template.backends.django.DjangoTemplates",
+                    "APP_DIRS": True,
+                    "OPTIONS": {
+                        "context_processors": [
+                            "django.template.context_processors.request",
+                            "django.contrib.auth.context_processors.auth",
+                            "django.contrib.messages.context_processors.messages",
+                        ]
+                    },
+                }
             ],
             DATABASES={
                 "default": _database(dsn),
@@ -409,6 +425,52 @@ def test_manage_py_pgaudit(
     assert "no_such_table" in capfd.readouterr().err
     with pytest.raises(CommandError, match="no database alias"):
         call_command("pgaudit", "status", database="nope")
+
+
+def test_admin_history_page(project: dict[str, str], since: dict[str, int]) -> None:
+    import html
+
+    from django.contrib.auth.models import Permission
+
+    from pgaudit_tool.contrib.django import context
+    from tests.djangoapp.models import Order
+
+    root = user("root", is_staff=True, is_superuser=True)
+    alice = user("alice_admin")
+    pk = client(alice).post("/create", {"customer": "Acme", "amount": 1}).json()["id"]
+    with context(actor="cron", job="nightly"):
+        Order.objects.filter(pk=pk).update(amount=2)
+    ids = [c["id"] for c in changes(project, since) if c["new"] and c["new"]["id"] == pk]
+    assert len(ids) == 2
+    admin = client(root)
+    form = admin.get(f"/admin/djangoapp/order/{pk}/change/")
+    history_url = f"/admin/djangoapp/order/{pk}/pgaudit-history/"
+    assert form.status_code == 200 and history_url in form.content.decode()
+    page = admin.get(history_url)
+    assert page.status_code == 200
+    text = html.unescape(page.content.decode())
+    rows = text.split('<tr class="pgaudit-change">')[1:]
+    assert len(rows) == 2  # newest first: cron's update, then alice's insert
+    assert (
+        'class="pgaudit-actor">cron<' in rows[0]
+        and "<th>amount</th><td>1</td><td>→</td><td>2</td>" in rows[0]
+    )
+    assert "<th>customer</th>" not in rows[0]  # an UPDATE shows what changed
+    assert f"pgaudit-tool revert --change {ids[1]} --dry-run" in rows[0]
+    assert 'class="pgaudit-actor">alice_admin<' in rows[1] and "POST /create" in rows[1]
+    assert "<th>customer</th><td></td><td>→</td><td>Acme</td>" in rows[1]
+    assert f"pgaudit-tool revert --change {ids[0]} --dry-run" in rows[1]
+    # Viewing the history is not a change: nothing new was recorded.
+    assert [c["id"] for c in changes(project, since) if c["new"] and c["new"]["id"] == pk] == ids
+
+    # Deleted, its history stays readable; others need the model's view permission.
+    Order.objects.filter(pk=pk).delete()
+    assert "DELETE" in admin.get(history_url).content.decode()
+    clerk = user("clerk", is_staff=True)
+    assert client(clerk).get(history_url).status_code == 403
+    clerk.user_permissions.add(Permission.objects.get(codename="view_order"))
+    assert client(clerk).get(history_url).status_code == 200
+    assert client().get(history_url).status_code == 302  # to the login page
 
 
 def test_refuses_to_run_without_the_app(project: dict[str, str]) -> None:

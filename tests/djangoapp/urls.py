@@ -1,8 +1,10 @@
+from django.contrib import admin
 from django.urls import path
 
 from tests.djangoapp import views
 
 urlpatterns = [
+    path("admin/", admin.site.urls),
     path("create", views.create),
     path("raw/<int:pk>", views.raw_update),
     path("atomic-fail", views.atomic_then_fail),
