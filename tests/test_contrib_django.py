@@ -389,7 +389,7 @@ def test_context_outside_requests(project: dict[str, str], since: dict[str, int]
     from pgaudit_tool.contrib.django import context
     from tests.djangoapp.models import Order
 
-    with context(actor="nightly-import", job="import"):
+    with context(actor="nightly-import", job="import", path="C:\\in\\n.csv"):  # backslashes
         Order.objects.create(customer="batch", amount=1)  # autocommit
         with context(step="2"), transaction.atomic():
             assert Order.objects.filter(customer="batch").update(amount=2) == 1  # its rowcount
@@ -398,9 +398,9 @@ def test_context_outside_requests(project: dict[str, str], since: dict[str, int]
     Order.objects.filter(customer="batch").update(amount=4)
     found = changes(project, since)
     assert [(c["new"]["amount"], c["actor"], c["context"]) for c in found] == [
-        (1, "nightly-import", {"job": "import"}),
-        (2, "nightly-import", {"job": "import", "step": "2"}),
-        (3, None, {"job": "import"}),
+        (1, "nightly-import", {"job": "import", "path": "C:\\in\\n.csv"}),
+        (2, "nightly-import", {"job": "import", "path": "C:\\in\\n.csv", "step": "2"}),
+        (3, None, {"job": "import", "path": "C:\\in\\n.csv"}),
         (4, None, None),
     ]
 
