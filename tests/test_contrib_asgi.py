@@ -179,3 +179,37 @@ def test_acting_as_and_set_actor_outside_requests(shop: str) -> None:
         ("2", "dba", {"ticket": "OPS-7"}),
         ("3", None, None),
     ]
+
+
+def test_fastapi(shop: str) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi import FastAPI
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import sessionmaker
+
+    from pgaudit_tool.contrib.asgi import AuditMiddleware
+
+    engine = create_engine(_url(shop), pool_size=1, max_overflow=0)
+    Session = sessionmaker(engine)
+    track_sessions(Session)
+    app = FastAPI()
+    app.add_middleware(AuditMiddleware, actor=lambda conn: conn.headers.get("x-user"))
+
+    @app.post("/orders/{order_id}/pay")
+    def pay(order_id: int) -> dict[str, int]:  # sync: run in a worker thread
+        with Session.begin() as session:
+            session.execute(
+                text("UPDATE sales.orders SET amount = 0 WHERE id = :id"), {"id": order_id}
+            )
+        return {"paid": order_id}
+
+    try:
+        with TestClient(app) as client:
+            assert client.post("/orders/1/pay", headers={"x-user": "alice"}).status_code == 200
+            assert client.post("/orders/2/pay").status_code == 200
+    finally:
+        engine.dispose()
+    assert [(pk, actor, ctx["path"]) for pk, actor, ctx, *_ in history(shop)] == [
+        ("1", "alice", "/orders/1/pay"),
+        ("2", None, "/orders/2/pay"),
+    ]
