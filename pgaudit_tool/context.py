@@ -1,9 +1,14 @@
 """Name the application user behind database changes, one transaction at a time.
 
 The capture triggers read two transaction-local settings, ``pgaudit.actor`` (text) and
-``pgaudit.context`` (a JSON object). Both helpers here set them with
+``pgaudit.context`` (a JSON object). Every helper here sets them with
 ``set_config(..., is_local => true)``: they never outlive the transaction, so they are safe behind
 PgBouncer in transaction mode, where a session setting would leak to other clients.
+
+For SQLAlchemy, :func:`track_sessions` writes them at the start of each transaction of a
+session: the actor given to that session with :func:`set_actor`, else the one in force where the
+transaction starts, set with :func:`acting_as` (a context variable: per thread, per asyncio
+task; what a web middleware sets for its request).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -19,13 +25,14 @@ from pgaudit_tool.errors import InvalidInput
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection as SAConnection
-    from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+    from sqlalchemy.orm import Session, SessionTransaction
 
 ACTOR_SETTING = "pgaudit.actor"
 CONTEXT_SETTING = "pgaudit.context"
 _SET_SQL = "SELECT set_config('pgaudit.actor', %s, true), set_config('pgaudit.context', %s, true)"
 _GET_SQL = "SELECT current_setting('pgaudit.actor', true), current_setting('pgaudit.context', true)"
 _INFO_KEY = "pgaudit_tool.actor"
+_ambient: ContextVar[tuple[str, str] | None] = ContextVar("pgaudit_tool_actor", default=None)
 
 
 def _context_text(context: Mapping[str, Any] | None) -> str:
@@ -76,21 +83,55 @@ def set_actor(
         _apply(session.connection(), values)
 
 
-def track_sessions(target: type[Session] | Session | sessionmaker[Any]) -> None:
-    """Make every transaction of ``target`` carry the actor set with :func:`set_actor`.
+@contextmanager
+def acting_as(actor: str | None, context: Mapping[str, Any] | None = None) -> Iterator[None]:
+    """Inside the block, the transactions that sessions tracked by :func:`track_sessions` begin
+    are attributed to ``actor`` (with ``context``), unless :func:`set_actor` named another for
+    the session. Per thread and per asyncio task (a context variable); blocks nest.
 
-    ``target`` is a Session, a Session subclass or a sessionmaker. The settings are written at
-    the start of each transaction, transaction-local.
+        with acting_as("alice", {"request_id": "r-42"}):
+            with Session() as session, session.begin():
+                session.add(order)
+    """
+    token = _ambient.set((actor or "", _context_text(context)))
+    try:
+        yield
+    finally:
+        _ambient.reset(token)
+
+
+def track_sessions(target: Any) -> None:
+    """Make every transaction of ``target`` carry the actor of :func:`set_actor` (for that
+    session) or :func:`acting_as` (where the transaction begins).
+
+    ``target`` is a Session, a Session subclass or a sessionmaker, or for asyncio an
+    AsyncSession or an async_sessionmaker (whose sessions then use a tracked subclass of its
+    ``sync_session_class``). The settings are written at the start of each transaction,
+    transaction-local.
     """
     from sqlalchemy import event
+    from sqlalchemy.orm import Session as SyncSession
 
-    event.listen(target, "after_begin", _after_begin)
+    try:
+        from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+    except ImportError:  # pragma: no cover - SQLAlchemy without its asyncio extension
+        AsyncSession = async_sessionmaker = None  # type: ignore[assignment,misc]
+    if AsyncSession is not None and isinstance(target, AsyncSession):
+        target = target.sync_session
+    elif async_sessionmaker is not None and isinstance(target, async_sessionmaker):
+        base = target.kw.get("sync_session_class") or SyncSession
+        if not getattr(base, "_pgaudit_tracked", False):
+            base = type(f"Tracked{base.__name__}", (base,), {"_pgaudit_tracked": True})
+            target.kw["sync_session_class"] = base
+        target = base
+    if not event.contains(target, "after_begin", _after_begin):
+        event.listen(target, "after_begin", _after_begin)
 
 
 def _after_begin(
     session: Session, transaction: SessionTransaction, connection: SAConnection
 ) -> None:
-    values = session.info.get(_INFO_KEY)
+    values = session.info.get(_INFO_KEY) or _ambient.get()
     if values is not None:
         _apply(connection, values)
 
