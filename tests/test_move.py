@@ -27,7 +27,7 @@ from click.testing import CliRunner, Result
 
 from pgaudit_tool import Audit
 from pgaudit_tool.cli import main
-from pgaudit_tool.cluster import PgInstall, TempCluster
+from pgaudit_tool.cluster import PgInstall, TempCluster, available_installs
 from pgaudit_tool.errors import AuditError
 from tests.conftest import PgServer, fresh_database
 
@@ -329,6 +329,54 @@ def test_restore_into_another_cluster(
             assert conn.execute("SELECT system_identifier FROM audit.home").fetchone() != system
             check_after_move(audit, before)
             assert collisions, "no OID of before the move is another relation's here"
+    finally:
+        source.stop()
+        target.stop()
+
+
+def test_pg_upgrade_keeps_history(pg_server: PgServer, cluster_dirs: list[Path]) -> None:
+    """pg_upgrade keeps OIDs and the transaction counter: history and capture just work, and
+    doctor notes the new home (info), which reattach records without moving anything."""
+    _install(pg_server)
+    installs = {i.major: i for i in available_installs()}
+    if len(installs) < 2:
+        pytest.skip("pg_upgrade needs the binaries of two PostgreSQL majors; found only one")
+    old, new = installs[min(installs)], installs[max(installs)]
+    if not (new.bindir / "pg_upgrade").exists():
+        pytest.skip(f"no pg_upgrade in {new.bindir}")
+    source = TempCluster(old, base_dir=cluster_dirs[0])
+    target = TempCluster(new, base_dir=cluster_dirs[1])
+    try:
+        source.start()
+        target.start()  # initdb of the new major's cluster
+        with psycopg.connect(source.dsn, autocommit=True) as admin:
+            admin.execute("CREATE DATABASE app")
+        with Audit.connect(source.dsn_for("app")) as audit:
+            audit.install()
+            before = build_history(audit)
+            revision = audit.installed_revision()
+        source.stop()
+        target.stop()
+        target._run(
+            [
+                target._bindir / "pg_upgrade",
+                "-b", source._bindir, "-B", target._bindir,
+                "-d", source.data_dir, "-D", target.data_dir,
+                "-p", str(source.port), "-P", str(target.port), "-U", "postgres",
+            ],
+            timeout=600,
+        )  # fmt: skip
+        target.start()
+        with Audit.connect(target.dsn_for("app")) as audit:
+            assert audit.installed_revision() == revision
+            assert {t: oid(audit.conn, t) for t in before["oids"]} == before["oids"]
+            notes = [p for p in audit.doctor() if p["object"] == "schema audit"]
+            assert [p["severity"] for p in notes] == ["info"]
+            assert "every table kept its OID" in notes[0]["problem"]
+            assert {r["action"] for r in audit.reattach()} == {"unchanged"}
+            assert [p for p in audit.doctor() if p["object"] == "schema audit"] == []
+            assert audit.conn.execute("SELECT count(*) FROM audit.relocation").fetchone() == (0,)
+            check_after_move(audit, before)
     finally:
         source.stop()
         target.stop()

@@ -32,7 +32,7 @@ from tests.released import install_released
 
 REPO = Path(__file__).resolve().parents[1]
 # The schema revisions the checkout ships, oldest first, and the newest.
-REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
 HEAD = REVISIONS[-1]
 
 
