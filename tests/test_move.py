@@ -230,6 +230,18 @@ def test_tampered_row_from_before_the_move_is_caught(moved: tuple[str, dict[str,
         )
         assert any("edited" in p["problem"] for p in audit.verify())
         assert audit.conn.execute("SELECT count(*) FROM audit.verify()").fetchone() == (1,)
+        audit.conn.execute(
+            "UPDATE audit.change SET relid = %s"
+            " WHERE id = (SELECT min(id) FROM audit.change WHERE table_name = 'plain')",
+            (oid(audit.conn, "plain"),),
+        )
+        assert audit.verify() == []
+        # A relocation edited (its journal trigger off, as a superuser could): caught.
+        audit.conn.execute("ALTER TABLE audit.relocation DISABLE TRIGGER pgaudit_journal")
+        audit.conn.execute("UPDATE audit.relocation SET last_change = 0")
+        problems = [p["problem"] for p in audit.verify()]
+        assert any("edited" in p for p in problems), problems
+        assert any("audit.relocation row" in p for p in problems), problems
 
 
 def test_reattach_from_the_cli_and_privileges(
