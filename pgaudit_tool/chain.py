@@ -115,8 +115,12 @@ EFFECTIVE_FROM = {
 }
 APPEND_ONLY = frozenset({"table_layout", "history_break", "relocation"})
 # What audit.reattach() may rewrite in an append-only row, in the transaction that records the
-# relocations (audit.relocation): the table's OID, and the OIDs of its columns' own types.
-RELOCATABLE = {"table_layout": frozenset({"relid", "types"}), "history_break": frozenset({"relid"})}
+# relocations (audit.relocation): the table's OID, its columns' attribute numbers (pg_restore
+# does not keep dropped columns) and the OIDs of its columns' own types.
+RELOCATABLE = {
+    "table_layout": frozenset({"relid", "attnums", "types"}),
+    "history_break": frozenset({"relid"}),
+}
 
 _NEEDS_QUOTES = re.compile(rb'["\\(),\s]')
 

@@ -71,12 +71,12 @@ def oid(conn: Conn, name: str) -> int:
     return int(row[0])
 
 
-def build_history(audit: Audit) -> dict[str, Any]:
+def build_history(audit: Audit, pad: int = 0) -> dict[str, Any]:
     """Audited tables (an enum column, a mixed-case name with a space, a partitioned table, a
     guard), history before and after an instant ``mid``, a sealed block and unsealed rows."""
     conn = audit.conn
     conn.execute("CREATE TYPE mood AS ENUM ('sad', 'happy')")
-    conn.execute("CREATE TABLE plain (id int PRIMARY KEY, v text, m mood)")
+    conn.execute("CREATE TABLE plain (id int PRIMARY KEY, junk text, v text, m mood)")
     conn.execute('CREATE TABLE "Mixed Case" ("Id" int PRIMARY KEY, "Val ue" text)')
     conn.execute(
         "CREATE TABLE parted (id int, region text, n int, PRIMARY KEY (id, region))"
@@ -87,7 +87,12 @@ def build_history(audit: Audit) -> dict[str, Any]:
     audit.enable("plain", MIXED, "parted")
     audit.guard("plain", max_rows=100)
     with audit.actor("alice"):
-        conn.execute("INSERT INTO plain VALUES (1, 'one', 'sad'), (2, 'two', 'happy')")
+        conn.execute("INSERT INTO plain VALUES (1, 'j1', 'one', 'sad'), (2, 'j2', 'two', 'happy')")
+    early = now(conn)
+    # A dropped column: pg_restore gives the columns after it other attribute numbers.
+    conn.execute("ALTER TABLE plain DROP COLUMN junk")
+    # A table dropped after its history was recorded: not found by name after the move.
+    with audit.actor("alice"):
         conn.execute("""INSERT INTO "Mixed Case" VALUES (1, 'a'), (2, 'b')""")
         conn.execute("INSERT INTO parted VALUES (1, 'eu', 10), (2, 'us', 20)")
     mid = now(conn)
@@ -98,15 +103,37 @@ def build_history(audit: Audit) -> dict[str, Any]:
         conn.execute("UPDATE parted_eu SET n = 11")  # straight into a partition
     assert audit.checkpoint()["seq"] == 1
     conn.execute("INSERT INTO plain VALUES (3, 'three', 'sad')")  # not sealed yet
+    # A table dropped after its history was recorded: not found by name after the move. (pad:
+    # OIDs used up before it, so that another cluster's restore stays below its OID.)
+    conn.execute("CREATE TABLE pad (id int)")
+    for n in range(pad):
+        conn.execute(f"CREATE INDEX pad_{n} ON pad (id)")
+    conn.execute("DROP TABLE pad")
+    conn.execute("CREATE TABLE gone (id int PRIMARY KEY)")
+    gone_oid = oid(conn, "gone")
+    audit.enable("gone")
+    conn.execute("INSERT INTO gone VALUES (1), (2)")
+    audit.disable("gone")
+    conn.execute("DROP TABLE gone")
     return {
         "mid": mid,
         "history": {t: _history(audit, t) for t in ("plain", MIXED, "parted")},
         "plain_at_mid": list(audit.table_at("plain", mid)),
+        "plain_at_early": list(audit.table_at("plain", early)),
+        "early": early,
+        "gone_oid": gone_oid,
+        "gone": conn.execute(
+            "SELECT id, op, pk FROM audit.change WHERE table_name = 'gone' ORDER BY id"
+        ).fetchall(),
         "mixed_at_mid": list(audit.table_at(MIXED, mid)),
         "parted_at_mid": list(audit.table_at("parted", mid)),
         "row_at_mid": audit.row_at("plain", 1, mid),
         "oids": {t: oid(conn, t) for t in ("plain", MIXED, "parted")},
     }
+
+
+def qualified(table: str) -> str:
+    return table if "." in table else f"public.{table}"
 
 
 def _history(audit: Audit, table: str) -> list[tuple[Any, ...]]:
@@ -120,10 +147,28 @@ def check_after_move(audit: Audit, before: dict[str, Any]) -> None:
     for table, rows in before["history"].items():
         assert _history(audit, table) == rows, table
     assert list(audit.table_at("plain", mid)) == before["plain_at_mid"]
+    assert list(audit.table_at("plain", before["early"])) == before["plain_at_early"]
+    assert before["plain_at_early"] == [
+        {"id": 1, "v": "one", "m": "sad"},
+        {"id": 2, "v": "two", "m": "happy"},
+    ]
+    # The dropped table's history is kept, under an OID no table of the database has.
+    gone = conn.execute(
+        "SELECT id, op, pk FROM audit.change WHERE table_name = 'gone' ORDER BY id"
+    ).fetchall()
+    assert gone == before["gone"]
+    assert conn.execute(
+        "SELECT count(*) FROM audit.change AS c JOIN pg_class AS k ON k.oid = c.relid"
+        " WHERE c.table_name = 'gone' AND k.relnamespace <> 'audit'::regnamespace"
+    ).fetchone() == (0,)
     assert list(audit.table_at(MIXED, mid)) == before["mixed_at_mid"]
     assert list(audit.table_at("parted", mid)) == before["parted_at_mid"]
     assert audit.row_at("plain", 1, mid) == before["row_at_mid"]
-    assert [s["state"] for s in audit.status()] == ["ok", "ok", "ok"]
+    states = {s["table"]: s["state"] for s in audit.status()}
+    assert states == {
+        **dict.fromkeys(("public.plain", MIXED, "public.parted"), "ok"),
+        "public.gone": "table dropped",
+    }
     assert [d for d in audit.doctor() if d["severity"] != "info"] == []
     assert audit.verify() == []
     # New writes are captured under the OIDs here, partitions included.
@@ -181,12 +226,16 @@ def test_restore_into_another_database(moved: tuple[str, dict[str, Any]]) -> Non
         flagged = {p["object"] for p in problems if p["problem"].startswith("moved:")}
         assert flagged == {"public.plain", 'public."Mixed Case"', "public.parted"}
         assert {p["fix"] for p in problems if p["fix"]} == {"SELECT * FROM audit.reattach()"}
-        plan = audit.reattach(dry_run=True)
-        assert {(r["table_name"], r["old_relid"], r["action"]) for r in plan} == {
-            (t if t != MIXED else 'public."Mixed Case"', o, "moved")
-            for t, o in {
-                ("public." + k if "." not in k else k): v for k, v in before["oids"].items()
-            }.items()
+        gone = [p for p in problems if p["object"] == "public.gone"]
+        assert [p["severity"] for p in gone] == ["warning"] and "not found by name" in gone[0][
+            "problem"
+        ]
+        plan = {
+            r["table_name"]: (r["old_relid"], r["action"]) for r in audit.reattach(dry_run=True)
+        }
+        assert plan == {
+            **{qualified(t): (o, "moved") for t, o in before["oids"].items()},
+            "public.gone": (before["gone_oid"], "missing: history kept under its OID"),
         }
         assert audit.doctor() == problems  # a dry run changes nothing
         # doctor --fix runs the reattach.
@@ -200,7 +249,11 @@ def test_restore_into_another_database(moved: tuple[str, dict[str, Any]]) -> Non
         )
         check_after_move(audit, before)
         # Nothing left to move: reattach again changes nothing.
-        assert {r["action"] for r in audit.reattach()} == {"unchanged"}
+        again = {r["table_name"]: r["action"] for r in audit.reattach()}
+        assert again == {
+            **dict.fromkeys(map(qualified, before["oids"]), "unchanged"),
+            "public.gone": "missing: history kept under its OID",
+        }
         assert conn.execute("SELECT count(*) FROM audit.relocation").fetchone() == (3,)
 
 
@@ -306,7 +359,7 @@ def test_restore_into_another_cluster(
             admin.execute("CREATE DATABASE app")
         with Audit.connect(source.dsn_for("app")) as audit:
             audit.install()
-            before = build_history(audit)
+            before = build_history(audit, pad=300)
         with psycopg.connect(target.dsn, autocommit=True) as admin:
             admin.execute("CREATE DATABASE app")
             admin.execute("CREATE ROLE pgaudit_reader NOLOGIN")
@@ -334,12 +387,26 @@ def test_restore_into_another_cluster(
             collisions = set(before["oids"].values()) & (
                 set(new.values()) | {r[0] for r in conn.execute("SELECT oid FROM pg_class")}
             )
-            plan = audit.reattach(dry_run=True)
-            assert {r["action"] for r in plan} == {"moved"}, plan
+            # The dropped table's old OID taken by a relation here: its history must go
+            # under a placeholder's OID (one index at a time, until one gets that OID).
+            conn.execute("CREATE TABLE filler (id int)")
+            for n in range(1000):
+                made = oid(
+                    conn, conn.execute(f"CREATE INDEX fill_{n} ON filler (id)") and f"fill_{n}"
+                )
+                if made >= before["gone_oid"]:
+                    break
+            assert made == before["gone_oid"], "the OID counter passed the dropped table's OID"
+            plan = {r["table_name"]: r["action"] for r in audit.reattach(dry_run=True)}
+            assert {plan[qualified(t)] for t in before["oids"]} == {"moved"}, plan
+            assert plan["public.gone"] == "missing: history kept under a placeholder", plan
             result = cli(app, "reattach", "--yes")
             assert result.exit_code == 0, result.output
             assert conn.execute("SELECT system_identifier FROM audit.home").fetchone() != system
             check_after_move(audit, before)
+            again = {r["table_name"]: r["action"] for r in audit.reattach()}
+            assert again["public.gone"] == "missing: history kept under a placeholder"
+            assert {again[qualified(t)] for t in before["oids"]} == {"unchanged"}
             assert collisions, "no OID of before the move is another relation's here"
     finally:
         source.stop()

@@ -624,7 +624,8 @@ LANGUAGE sql STABLE SET jit = off AS $$
                CASE WHEN c.oid IS NULL THEN pg_catalog.format('%I.%I', r.schema_name, r.table_name)
                     ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END AS qualified
           FROM audit.tracked_table AS r
-          LEFT JOIN pg_catalog.pg_class AS c ON c.oid = r.relid
+          -- (A relation of the audit schema is a placeholder of audit.reattach(): the table is gone.)
+          LEFT JOIN pg_catalog.pg_class AS c ON c.oid = r.relid AND c.relnamespace <> 'audit'::pg_catalog.regnamespace
           LEFT JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
     ), counts AS (
         SELECT t.relid,

@@ -175,6 +175,16 @@ COMMENT ON FUNCTION audit._move_doctor() IS
     'Internal. The checks of audit.doctor() about a move: transaction ids of another cluster, tables found by name under other OIDs (audit.reattach() fixes it), a new home where nothing moved.';
 
 
+CREATE OR REPLACE FUNCTION audit._remap_attnums(p_attnums int2[], p_from int2[], p_to int2[]) RETURNS int2[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ARRAY(SELECT coalesce(p_to[pg_catalog.array_position(p_from, u.a)], u.a)
+                   FROM unnest(p_attnums) WITH ORDINALITY AS u(a, k) ORDER BY u.k)
+$$;
+
+COMMENT ON FUNCTION audit._remap_attnums(int2[], int2[], int2[]) IS
+    'Internal. Attribute numbers mapped from p_from to p_to (same positions); others kept.';
+
+
 CREATE OR REPLACE FUNCTION audit.reattach(p_dry_run boolean DEFAULT false)
 RETURNS TABLE (table_name text, old_relid oid, new_relid oid, action text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -196,6 +206,8 @@ DECLARE
     v_anchor_oid oid;
     v_told oid[];
     v_tnew oid[];
+    v_from_att int2[];
+    v_to_att int2[];
     v_xid record;
     r record;
     g record;
@@ -224,6 +236,9 @@ BEGIN
             new_relid := r.relid; action := 'unchanged';
         ELSIF r.found IS NOT NULL THEN
             new_relid := r.found; action := 'moved';
+        ELSIF EXISTS (SELECT FROM pg_catalog.pg_class AS c
+                       WHERE c.oid = r.relid AND c.relnamespace = 'audit'::regnamespace) THEN
+            new_relid := r.relid; action := 'missing: history kept under a placeholder';   -- placed before
         ELSIF EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = r.relid)
               OR EXISTS (SELECT FROM audit._relocations() AS o WHERE o.found = r.relid) THEN
             -- Not found by name, and its OID is another table's now: its history is filed under
@@ -283,6 +298,10 @@ BEGIN
         UPDATE audit.tracked_table AS x SET relid = u.t FROM unnest(v_old, v_tmp) AS u(o, t) WHERE x.relid = u.o;
         UPDATE audit.tracked_table AS x SET relid = u.n, capture_function = pg_catalog.format('capture_%s', u.n)
           FROM unnest(v_tmp, v_new) AS u(t, n) WHERE x.relid = u.t;
+        -- A table not found by name is not captured any more (its capture function is gone).
+        UPDATE audit.tracked_table AS x SET enabled = false, disabled_at = pg_catalog.now()
+          FROM unnest(v_new) AS u(n)
+         WHERE x.relid = u.n AND x.enabled AND NOT u.n = ANY (v_enabled);
         UPDATE audit.table_layout AS x SET relid = u.t FROM unnest(v_old, v_tmp) AS u(o, t) WHERE x.relid = u.o;
         UPDATE audit.table_layout AS x SET relid = u.n FROM unnest(v_tmp, v_new) AS u(t, n) WHERE x.relid = u.t;
         UPDATE audit.guard AS x SET relid = u.t FROM unnest(v_old, v_tmp) AS u(o, t) WHERE x.relid = u.o;
@@ -300,6 +319,37 @@ BEGIN
                   WHERE pg_catalog.to_regclass(pg_catalog.format('audit.%I', pg_catalog.format('guard_blocked_moving_%s', u.n))) IS NOT NULL LOOP
             EXECUTE pg_catalog.format('ALTER SEQUENCE audit.%I RENAME TO %I',
                                       pg_catalog.format('guard_blocked_moving_%s', r.n), pg_catalog.format('guard_blocked_%s', r.n));
+        END LOOP;
+
+        -- pg_restore does not keep dropped columns: the columns after one get other attribute
+        -- numbers. The recorded layouts and the registry follow them, matched by name in the
+        -- latest layout; an attribute number of a column dropped before is moved above the
+        -- highest possible one (1600), where no column of the table can ever be.
+        FOR r IN SELECT u.n FROM unnest(v_new) AS u(n)
+                  WHERE EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = u.n AND c.relkind IN ('r', 'p')) LOOP
+            SELECT * INTO l FROM audit.table_layout AS y WHERE y.relid = r.n ORDER BY y.valid_from DESC LIMIT 1;
+            CONTINUE WHEN NOT FOUND OR NOT EXISTS (
+                SELECT FROM unnest(l.attnums, l.columns) AS o(attnum, name)
+                  LEFT JOIN pg_catalog.pg_attribute AS a
+                    ON a.attrelid = r.n AND a.attname::text = o.name AND a.attnum > 0 AND NOT a.attisdropped
+                 WHERE a.attnum IS DISTINCT FROM o.attnum);
+            SELECT pg_catalog.array_agg(o.attnum ORDER BY o.attnum),
+                   pg_catalog.array_agg(coalesce(a.attnum, (1600 + o.attnum)::int2) ORDER BY o.attnum)
+              INTO v_from_att, v_to_att
+              FROM (SELECT DISTINCT e.attnum FROM audit.table_layout AS y, unnest(y.attnums) AS e(attnum)
+                     WHERE y.relid = r.n) AS o
+              LEFT JOIN unnest(l.attnums, l.columns) AS k(attnum, name) ON k.attnum = o.attnum
+              LEFT JOIN pg_catalog.pg_attribute AS a
+                ON a.attrelid = r.n AND a.attname::text = k.name AND a.attnum > 0 AND NOT a.attisdropped;
+            UPDATE audit.table_layout AS y
+               SET attnums = ARRAY(SELECT v_to_att[pg_catalog.array_position(v_from_att, u.a)]
+                                     FROM unnest(y.attnums) WITH ORDINALITY AS u(a, k) ORDER BY u.k)
+             WHERE y.relid = r.n;
+            UPDATE audit.tracked_table AS x
+               SET key_attnums = audit._remap_attnums(x.key_attnums, v_from_att, v_to_att),
+                   excluded_attnums = audit._remap_attnums(x.excluded_attnums, v_from_att, v_to_att),
+                   held_attnums = audit._remap_attnums(x.held_attnums, v_from_att, v_to_att)
+             WHERE x.relid = r.n;
         END LOOP;
 
         -- Types of the table's own making (enums, domains, composites) have new OIDs too: the
