@@ -251,6 +251,9 @@ BEGIN
                     'Placeholder of audit.reattach(): its OID files the history of %s (OID %s before the move), not found by name after it. Keep it.',
                     table_name, r.relid));
                 v_anchor_oid := pg_catalog.to_regclass(pg_catalog.format('audit.%I', v_anchor))::oid;
+                IF (SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = v_anchor_oid) <> audit._owner()::oid THEN
+                    EXECUTE pg_catalog.format('ALTER TABLE audit.%I OWNER TO %s', v_anchor, audit._owner());
+                END IF;
                 new_relid := v_anchor_oid;
             END IF;
         ELSE
