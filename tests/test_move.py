@@ -222,6 +222,13 @@ def test_restore_into_another_database(moved: tuple[str, dict[str, Any]]) -> Non
             "SELECT count(*) FROM audit.change WHERE pk = '{\"id\": 4}'"
         ).fetchone() == (0,)
         conn.execute("DELETE FROM plain WHERE id = 4")
+        # An install (repair) before the reattach leaves the registry alone: its OIDs would
+        # name other tables.
+        registry = conn.execute("SELECT * FROM audit.tracked_table ORDER BY relid").fetchall()
+        audit.install(repair=True)
+        assert (
+            conn.execute("SELECT * FROM audit.tracked_table ORDER BY relid").fetchall() == registry
+        )
         problems = audit.doctor()
         flagged = {p["object"] for p in problems if p["problem"].startswith("moved:")}
         assert flagged == {"public.plain", 'public."Mixed Case"', "public.parted"}
@@ -238,6 +245,8 @@ def test_restore_into_another_database(moved: tuple[str, dict[str, Any]]) -> Non
             "public.gone": (before["gone_oid"], "missing: history kept under its OID"),
         }
         assert audit.doctor() == problems  # a dry run changes nothing
+        result = cli(target, "doctor", "--format", "json")
+        assert result.exit_code == 7 and "moved:" in result.output
         # doctor --fix runs the reattach.
         result = cli(target, "doctor", "--fix", "--yes")
         assert "audit.reattach()" in result.output
