@@ -417,6 +417,15 @@ class Audit:
         self._require_installed()
         return _integrity.doctor(self.conn)
 
+    def reattach(self, *, dry_run: bool = False) -> list[dict[str, Any]]:
+        """After pg_dump/pg_restore into another database or cluster: find every registered
+        table by name and file its registry row, layouts, history, breaks, guard and alerts
+        under its OID here; regenerate capture (``audit.reattach()``, one transaction).
+        One record per table: ``table_name``, ``old_relid``, ``new_relid``, ``action``
+        (moved, unchanged, missing: ...). ``dry_run``: only report."""
+        self._require_installed()
+        return _integrity.reattach(self.conn, dry_run=dry_run)
+
     def apply_fixes(self, fixes: list[str]) -> None:
         """Run the fix statements :meth:`doctor` proposed, in one transaction."""
         self._require_installed()

@@ -103,18 +103,26 @@ SOURCES = (
 # The journaled tables; for each, its key in the row image (for readable messages), the column
 # saying from when a row applies, and whether its rows are append-only (never rewritten by a
 # later transaction, never deleted).
-JOURNALED = ("tracked_table", "table_layout", "history_break")
+JOURNALED = ("tracked_table", "table_layout", "history_break", "relocation")
 KEYS = {
     "tracked_table": ("relid",),
     "table_layout": ("relid", "valid_from"),
     "history_break": ("id",),
+    "relocation": ("id",),
 }
 EFFECTIVE_FROM = {
     "tracked_table": "history_since",
     "table_layout": "valid_from",
     "history_break": "at",
 }
-APPEND_ONLY = frozenset({"table_layout", "history_break"})
+APPEND_ONLY = frozenset({"table_layout", "history_break", "relocation"})
+# What audit.reattach() may rewrite in an append-only row, in the transaction that records the
+# relocations (audit.relocation): the table's OID, its columns' attribute numbers (pg_restore
+# does not keep dropped columns) and the OIDs of its columns' own types.
+RELOCATABLE = {
+    "table_layout": frozenset({"relid", "attnums", "types"}),
+    "history_break": frozenset({"relid"}),
+}
 
 _NEEDS_QUOTES = re.compile(rb'["\\(),\s]')
 
@@ -153,6 +161,28 @@ class Block:
     def recomputed(self) -> bytes:
         """sha256(prev_hash || sha256(row digests))."""
         return hashlib.sha256(self.prev_hash + self.inner.digest()).digest()
+
+
+@dataclass(frozen=True)
+class Relocation:
+    """A row of audit.relocation: change rows up to ``last_change`` filed under ``new_relid``
+    were captured under ``old_relid``."""
+
+    id: int
+    old_relid: bytes
+    new_relid: bytes
+    last_change: int
+
+
+def relid_as_captured(
+    relid: bytes | None, change_id: int, moves: Sequence[Relocation]
+) -> bytes | None:
+    """The relid a change row was captured with: the relocations that rewrote it undone,
+    newest first (``moves`` in id order)."""
+    for move in reversed(moves):
+        if change_id <= move.last_change and relid == move.new_relid:
+            relid = move.old_relid
+    return relid
 
 
 @dataclass
@@ -194,9 +224,10 @@ def verify(conn: psycopg.Connection[Any], head: Head | None = None) -> Report:
     with conn.transaction():
         _fixed_session(conn, fresh)
         blocks = _read_blocks(conn)
+        moves = _read_relocations(conn)
         for source in SOURCES:
             unsealed[source.table], orphans[source.table] = _hash_rows(
-                conn, source, blocks, journal
+                conn, source, blocks, journal, moves
             )
         current = {name: _current_rows(conn, name) for name in JOURNALED}
         # Read only: rolling back also undoes the settings in a caller's transaction.
@@ -241,6 +272,21 @@ def _read_blocks(conn: psycopg.Connection[Any]) -> list[Block]:
     ]
 
 
+def _read_relocations(conn: psycopg.Connection[Any]) -> list[Relocation]:
+    """The rows of audit.relocation in id order (none before revision 0008)."""
+    found = conn.execute("SELECT pg_catalog.to_regclass('audit.relocation') IS NOT NULL").fetchone()
+    if not found or not found[0]:
+        return []
+    cur = conn.execute(
+        "SELECT r.id, r.old_relid::pg_catalog.text, r.new_relid::pg_catalog.text, r.last_change"
+        " FROM audit.relocation AS r ORDER BY r.id"
+    )
+    return [
+        Relocation(int(r[0]), str(r[1]).encode(), str(r[2]).encode(), int(r[3]))
+        for r in cur.fetchall()
+    ]
+
+
 def _raw_rows(
     conn: psycopg.Connection[Any], query: sql.Composable, name: str
 ) -> Iterator[list[bytes | None]]:
@@ -263,9 +309,11 @@ def _hash_rows(
     source: Source,
     blocks: list[Block],
     journal: list[JournalEntry],
+    moves: Sequence[Relocation] = (),
 ) -> tuple[int, int]:
     """Feed each row's digest to the block whose range holds its txid; count the rows not
-    sealed yet (at or above the last block's txid_to) and those below it in no block."""
+    sealed yet (at or above the last block's txid_to) and those below it in no block. A
+    change row's relid is hashed as captured (:func:`relid_as_captured`)."""
     query = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
         sql.SQL(", ").join(sql.Identifier("r", c) for c in source.columns),
         sql.SQL("{} AS r").format(sql.Identifier("audit", source.table)),
@@ -274,6 +322,8 @@ def _hash_rows(
     starts = sorted((b.txid_from, i) for i, b in enumerate(blocks))
     keys = [s[0] for s in starts]
     txid_at = source.columns.index("txid")
+    relid_at = source.columns.index("relid") if source.letter == b"C" and moves else None
+    last_moved = max((m.last_change for m in moves), default=0)
     horizon = max((b.txid_to for b in blocks), default=0)
     unsealed = orphans = 0
     for values in _raw_rows(conn, query, f"pgaudit_verify_{source.table}"):
@@ -288,6 +338,8 @@ def _hash_rows(
             else:
                 orphans += 1
             continue
+        if relid_at is not None and int(values[0] or b"0") <= last_moved:
+            values[relid_at] = relid_as_captured(values[relid_at], int(values[0] or b"0"), moves)
         block.inner.update(row_digest(source.letter, values))
         block.found[source.letter] += 1
     return unsealed, orphans
@@ -384,6 +436,7 @@ def _journal_problems(
     state: dict[str, dict[str, list[JournalEntry]]] = {
         name: defaultdict(list) for name in JOURNALED
     }
+    relocating = {e.txid for e in journal if e.relation == "relocation" and e.op == "I"}
     for entry in sorted(journal, key=lambda e: e.id):
         rows = state.setdefault(entry.relation, defaultdict(list))
         if entry.old is not None:
@@ -392,13 +445,26 @@ def _journal_problems(
                 problems.append(_at(entry, blocks, "its previous version is not in the journal"))
             else:
                 previous = writers.pop()
-                problems += _rewrite_problems(entry, previous, blocks)
+                if not _relocated(entry, relocating):
+                    problems += _rewrite_problems(entry, previous, blocks)
         if entry.new is not None:
             problems += _retroactive_problems(entry, blocks)
             rows[entry.new].append(entry)
     for name in JOURNALED:
         problems += _compare(name, state.get(name, {}), current.get(name))
     return problems
+
+
+def _relocated(entry: JournalEntry, relocating: set[int]) -> bool:
+    """An update by audit.reattach() of what it may rewrite: in a transaction that recorded
+    relocations, only the OIDs of an append-only row (``RELOCATABLE``) changed."""
+    allowed = RELOCATABLE.get(entry.relation)
+    if entry.op != "U" or entry.txid not in relocating or allowed is None:
+        return False
+    old, new = json.loads(entry.old or "null"), json.loads(entry.new or "null")
+    if not isinstance(old, dict) or not isinstance(new, dict) or set(old) != set(new):
+        return False
+    return all(k in allowed for k in old if old[k] != new[k])
 
 
 def _seq_of(txid: int, blocks: list[Block]) -> int | None:

@@ -830,6 +830,31 @@ def doctor(state: _State, fix: bool, yes: bool, dry_run: bool, fmt: str) -> None
 
 
 @main.command()
+@_yes_option
+@click.option("--dry-run", is_flag=True, help="Show what would be re-attached, change nothing.")
+@_format_option
+@click.pass_obj
+def reattach(state: _State, yes: bool, dry_run: bool, fmt: str) -> None:
+    """After pg_dump/pg_restore into another database: re-attach history and capture to the
+    tables by name (also done by doctor --fix)."""
+    from pgaudit_tool.integrity import REATTACH_COLUMNS
+
+    audit = state.audit()
+    plan = audit.reattach(dry_run=True)
+    moved = [r for r in plan if r["action"] != "unchanged"]
+    if dry_run or not moved:
+        _emit(plan, fmt, REATTACH_COLUMNS)
+        if not dry_run:
+            audit.reattach()  # records this database as the schema's home
+            _info("nothing moved: every registered table has its OID")
+        return
+    _info(f"{len(moved)} table(s) to re-attach (see --dry-run)")
+    _confirm(f"Re-attach {len(moved)} table(s)?", yes)
+    _emit(audit.reattach(), fmt, REATTACH_COLUMNS)
+    _info("re-attached; run 'pgaudit-tool doctor' to check")
+
+
+@main.command()
 @click.argument("table", required=False, shell_complete=_complete_tables)
 @click.option(
     "--max-rows",

@@ -646,6 +646,23 @@ def test_invalid_context_fails_the_write_clearly(orders: Audit) -> None:
     assert count(conn, "SELECT count(*) FROM audit.change") == 0
 
 
+def test_a_context_jsonb_cannot_hold_is_kept_as_text(orders: Audit) -> None:
+    """Valid JSON that jsonb cannot hold (a NUL escape, perhaps from a request header, a huge
+    number) does not fail the write: the context is kept as the text that was set."""
+    conn = orders.conn
+    key_row = conn.execute("SELECT audit._kept_as_text_key()").fetchone()
+    assert key_row is not None
+    for n, raw in enumerate(('{"agent": "x\\u0000y"}', '{"n": 1e999999}'), start=1):
+        with conn.transaction():
+            conn.execute("SELECT set_config('pgaudit.context', %s, true)", (raw,))
+            conn.execute("INSERT INTO sales.orders VALUES (%s, 'ann', 1, NULL)", (n,))
+    contexts = [r[0] for r in conn.execute("SELECT context FROM audit.transaction ORDER BY txid")]
+    assert contexts == [
+        {key_row[0]: '{"agent": "x\\u0000y"}'},
+        {key_row[0]: '{"n": 1e999999}'},
+    ]
+
+
 @pytest.mark.parametrize(
     ("columns", "pinned"),
     [

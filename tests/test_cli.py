@@ -56,6 +56,7 @@ COMMANDS = (
     "checkpoint",
     "verify",
     "doctor",
+    "reattach",
     "revert",
     "anomalies",
     "watch",
@@ -944,7 +945,7 @@ def test_ctrl_c_says_what_was_committed(
 
 # --------------------------------------------------------------------------- confirmation
 
-CONFIRMING = ("doctor", "revert")  # the commands that ask before changing anything
+CONFIRMING = ("doctor", "reattach", "revert")  # the commands that ask before changing anything
 
 
 def test_every_confirming_command_takes_yes() -> None:

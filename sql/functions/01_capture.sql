@@ -322,7 +322,7 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 COMMENT ON FUNCTION audit._kept_as_text_key() IS
-    'The key under which an image lists the columns whose json values jsonb cannot hold (a \u0000 escape, a number beyond numeric''s range): their values are the JSON text as a JSON string. Longer than any column name (63 bytes), so it is never a column.';
+    'The key under which an image lists the columns whose json values jsonb cannot hold (a \u0000 escape, a number beyond numeric''s range): their values are the JSON text as a JSON string. Longer than any column name (63 bytes), so it is never a column. A transaction''s context that jsonb cannot hold is stored as {key: its text}.';
 
 
 CREATE OR REPLACE FUNCTION audit._jsonb_kept(p_image jsonb, p_names text[], p_values json[]) RETURNS jsonb
@@ -519,7 +519,11 @@ DECLARE
 BEGIN
     BEGIN
         v_context := p_raw::jsonb;
-    EXCEPTION WHEN invalid_text_representation THEN
+    EXCEPTION WHEN untranslatable_character OR numeric_value_out_of_range THEN
+        -- Valid JSON that jsonb cannot hold (a \u0000 escape, a huge number), perhaps from a
+        -- request header: the write must not fail for it; the text is kept as it was set.
+        RETURN pg_catalog.jsonb_build_object(audit._kept_as_text_key(), p_raw);
+    WHEN invalid_text_representation THEN
         RAISE EXCEPTION 'pgaudit.context is not valid JSON: %', pg_catalog.left(p_raw, 200)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Set it to a JSON object, e.g. set_config(''pgaudit.context'', ''{"ticket": "T-1"}'', true).';
@@ -534,7 +538,7 @@ END
 $$;
 
 COMMENT ON FUNCTION audit._context(text) IS
-    'Internal. The value of the setting pgaudit.context as JSONB; raises a clear error unless it is a JSON object.';
+    'Internal. The value of the setting pgaudit.context as JSONB; raises a clear error unless it is a JSON object. JSON that jsonb cannot hold (a \u0000 escape) is kept as its text under audit._kept_as_text_key().';
 
 
 CREATE OR REPLACE FUNCTION audit._columns_now(p_relid oid, OUT attnums int2[], OUT columns text[], OUT types oid[])

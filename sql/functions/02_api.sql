@@ -265,7 +265,12 @@ DECLARE
     m regclass;
 BEGIN
     PERFORM audit._drop_triggers(p_table);
-    FOR m IN SELECT audit._members(p_table) LOOP
+    -- Partitions first, the deepest first: the ALTER TABLE of a partitioned table fires the
+    -- guard, which would take a partition with rows and no capture triggers yet for one just
+    -- attached with rows (a break in history).
+    FOR m IN SELECT x.member FROM audit._members(p_table) AS x(member)
+               LEFT JOIN pg_catalog.pg_partition_tree(p_table) AS t ON t.relid = x.member
+              ORDER BY coalesce(t.level, 0) DESC, x.member LOOP
         PERFORM audit._create_member_triggers(m, p_function);
     END LOOP;
 END
@@ -444,6 +449,9 @@ DECLARE
     r record;
     n integer := 0;
 BEGIN
+    IF audit._moved() THEN
+        RETURN 0;   -- the registry's OIDs name other tables until audit.reattach() (10_move.sql)
+    END IF;
     FOR r IN SELECT x.relid FROM audit.tracked_table AS x
               WHERE x.enabled AND EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = x.relid)
                 AND (p_every OR x.layout_check IS DISTINCT FROM (NOT audit._guarded())
@@ -616,7 +624,8 @@ LANGUAGE sql STABLE SET jit = off AS $$
                CASE WHEN c.oid IS NULL THEN pg_catalog.format('%I.%I', r.schema_name, r.table_name)
                     ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END AS qualified
           FROM audit.tracked_table AS r
-          LEFT JOIN pg_catalog.pg_class AS c ON c.oid = r.relid
+          -- (A relation of the audit schema is a placeholder of audit.reattach(): the table is gone.)
+          LEFT JOIN pg_catalog.pg_class AS c ON c.oid = r.relid AND c.relnamespace <> 'audit'::pg_catalog.regnamespace
           LEFT JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
     ), counts AS (
         SELECT t.relid,

@@ -21,6 +21,28 @@
 -- --against` recomputes the chain in the client from the raw rows (pgaudit_tool/chain.py) and
 -- checks it against a head kept outside the database (pgaudit-tool checkpoint).
 
+CREATE OR REPLACE FUNCTION audit._relid_as_captured(p_relid oid, p_id bigint) RETURNS oid
+LANGUAGE plpgsql STABLE STRICT AS $$
+-- The relid a change row had when it was captured: audit.reattach() rewrites the relids of a
+-- moved database and records each rewrite in audit.relocation; undone here, newest first, for
+-- the rows that existed then (id <= last_change).
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT l.old_relid, l.new_relid FROM audit.relocation AS l
+              WHERE l.last_change >= p_id ORDER BY l.id DESC LOOP
+        IF p_relid = r.new_relid THEN
+            p_relid := r.old_relid;
+        END IF;
+    END LOOP;
+    RETURN p_relid;
+END
+$$;
+
+COMMENT ON FUNCTION audit._relid_as_captured(oid, bigint) IS
+    'Internal. The relid of a change row as captured, before the relocations of audit.reattach() that rewrote it (audit.relocation); what the hash chain covers.';
+
+
 CREATE OR REPLACE FUNCTION audit._block_digest(p_from xid8, p_to xid8, OUT transactions bigint, OUT changes bigint, OUT journal bigint, OUT digest bytea)
 LANGUAGE sql STABLE
 -- Row texts must not depend on the session: fixed output settings.
@@ -38,7 +60,12 @@ AS $$
                   FROM audit.transaction AS x WHERE x.txid >= p_from AND x.txid < p_to), ''::bytea)
              || coalesce(
                (SELECT pg_catalog.string_agg(pg_catalog.sha256(pg_catalog.convert_to('C' || ROW(
-                           c.id, c.txid, c.relid, c.schema_name, c.table_name, c.op, c.role,
+                           c.id, c.txid,
+                           -- The relid as captured (before audit.reattach() rewrote it): only
+                           -- rows up to the last relocation pay for the lookup.
+                           CASE WHEN c.id <= (SELECT pg_catalog.max(l.last_change) FROM audit.relocation AS l)
+                                THEN audit._relid_as_captured(c.relid, c.id) ELSE c.relid END,
+                           c.schema_name, c.table_name, c.op, c.role,
                            c.statement_at, c.clock_at, c.pk, c.old, c.new)::text, 'UTF8')),
                        ''::bytea ORDER BY c.txid, c.id)
                   FROM audit.change AS c WHERE c.txid >= p_from AND c.txid < p_to), ''::bytea)
@@ -73,7 +100,7 @@ END
 $$;
 
 COMMENT ON FUNCTION audit._journal() IS
-    'Internal. Row trigger on audit.tracked_table, audit.table_layout and audit.history_break: appends each row version written to audit.journal, which the hash chain covers.';
+    'Internal. Row trigger on audit.tracked_table, audit.table_layout, audit.history_break and audit.relocation: appends each row version written to audit.journal, which the hash chain covers.';
 
 REVOKE ALL ON FUNCTION audit._journal() FROM PUBLIC;
 
@@ -85,7 +112,7 @@ DECLARE
     v_table text;
     v_rel regclass;
 BEGIN
-    FOREACH v_table IN ARRAY ARRAY['tracked_table', 'table_layout', 'history_break'] LOOP
+    FOREACH v_table IN ARRAY ARRAY['tracked_table', 'table_layout', 'history_break', 'relocation'] LOOP
         v_rel := pg_catalog.to_regclass(pg_catalog.format('audit.%I', v_table));
         CONTINUE WHEN v_rel IS NULL;
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgrelid = v_rel AND tgname = 'pgaudit_journal') THEN

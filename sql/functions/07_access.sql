@@ -105,6 +105,10 @@ DECLARE
     v_typed oid[];       -- audited tables using a type the command altered
     r record;
 BEGIN
+    -- Moved and not reattached: the registry's OIDs name other tables (audit.reattach()).
+    IF audit._moved() THEN
+        RETURN;
+    END IF;
     SELECT pg_catalog.array_agg(DISTINCT d.rel),
            pg_catalog.array_agg(DISTINCT d.rel) FILTER (WHERE d.tag = 'CREATE TABLE' OR (d.tag = 'ALTER TABLE' AND k.relkind = 'p')),
            pg_catalog.array_agg(DISTINCT d.rel) FILTER (WHERE d.tag = 'CREATE TRIGGER')
@@ -236,7 +240,8 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_audited oid;
 BEGIN
-    IF pg_catalog.pg_event_trigger_table_rewrite_reason() & 4 = 0 THEN   -- AT_REWRITE_COLUMN_REWRITE
+    IF pg_catalog.pg_event_trigger_table_rewrite_reason() & 4 = 0   -- AT_REWRITE_COLUMN_REWRITE
+       OR audit._moved() THEN          -- moved: the registry's OIDs name other tables
         RETURN;
     END IF;
     v_audited := audit._audited_of(pg_catalog.pg_event_trigger_table_rewrite_oid());
@@ -274,6 +279,10 @@ DECLARE
     r record;
     v_table regclass;
 BEGIN
+    -- Moved and not reattached: the registry's OIDs name other tables (audit.reattach()).
+    IF audit._moved() THEN
+        RETURN;
+    END IF;
     IF EXISTS (SELECT FROM pg_catalog.pg_event_trigger_dropped_objects() AS d
                 WHERE d.object_type IN ('index', 'table column', 'table constraint')) THEN
         FOR r IN SELECT x.relid, x.generated_layout FROM audit.tracked_table AS x
@@ -594,6 +603,12 @@ LANGUAGE plpgsql STABLE SET jit = off AS $$
 DECLARE
     t record;
 BEGIN
+    -- A moved schema (functions/10_move.sql): its OIDs name the wrong tables, so the checks
+    -- below would only add noise until audit.reattach() has run.
+    RETURN QUERY SELECT * FROM audit._move_doctor();
+    IF audit._moved() THEN
+        RETURN;
+    END IF;
     RETURN QUERY SELECT * FROM audit._doctor_tables();
     RETURN QUERY SELECT * FROM audit._doctor_capture();
     RETURN QUERY SELECT * FROM audit._doctor_history();

@@ -45,7 +45,8 @@ BEGIN
         GRANT USAGE ON SCHEMA audit TO pgaudit_reader;
         GRANT SELECT ON audit.tracked_table, audit.tracked_schema, audit.transaction, audit.table_layout,
                         audit.change, audit.seal, audit.history, audit.history_columns,
-                        audit.history_break, audit.journal, audit.alert, audit.watch_cursor, audit.guard TO pgaudit_reader;
+                        audit.history_break, audit.journal, audit.alert, audit.watch_cursor, audit.guard,
+                        audit.relocation, audit.home TO pgaudit_reader;
         -- alembic's version table (absent when the SQL is run by hand): readers check it too.
         IF pg_catalog.to_regclass('audit.schema_version') IS NOT NULL THEN
             GRANT SELECT ON audit.schema_version TO pgaudit_reader;

@@ -160,8 +160,10 @@ def _attributable(sql: str, selects: bool) -> bool:
 
 
 def _literal(value: str) -> str:
-    """A string constant that reads the same whatever standard_conforming_strings is."""
-    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    """A string constant that reads the same whatever standard_conforming_strings is; a NUL
+    character, which no PostgreSQL text can hold, is written as the four characters \\x00."""
+    escaped = value.replace("\\", "\\\\").replace("'", "''").replace("\x00", "\\\\x00")
+    return "E'" + escaped + "'"
 
 
 def _attach(

@@ -1,4 +1,5 @@
-"""Fidelity: reverts through application triggers, capture that never fails on an image (issue 15).
+"""History survives a move (audit.home, audit.relocation); reverts through application triggers;
+capture that never fails on a json value (issue 15).
 
 Revision ID: 0008
 Revises: 0007
