@@ -31,6 +31,8 @@ from pgaudit_tool.output import to_json_text, to_json_value
 FORMATS = ("html", "md", "json")
 #: A window at most this long is charted per hour, a longer one per day.
 HOURLY_UP_TO = timedelta(days=3)
+#: work_mem of the report's transaction, when the session's is lower.
+WORK_MEM = "64MB"
 #: ``progress(step, total, label)``: called before each step of :func:`collect`.
 Progress = Callable[[int, int, str], None]
 
@@ -97,6 +99,13 @@ def collect(
         with translated_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             if conn.isolation_level == IsolationLevel.REPEATABLE_READ:
                 cur.execute("SET TRANSACTION READ ONLY")
+            # The aggregates hash the window's keys: room for that, for this transaction only.
+            cur.execute(
+                "SELECT pg_catalog.set_config('work_mem', %s, true)"
+                " WHERE pg_catalog.pg_size_bytes(pg_catalog.current_setting('work_mem'))"
+                " < pg_catalog.pg_size_bytes(%s)",
+                [WORK_MEM, WORK_MEM],
+            )
             _require_functions(cur)
             return _collect(cur, flt, since, until, tables, actors, db_users, title, limits, step)
     finally:

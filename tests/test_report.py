@@ -103,8 +103,24 @@ def scene(audit: Audit) -> Audit:
         c.execute("UPDATE app.customers SET note = %s WHERE id = 11", (LONG,))
     with audit.actor("mallory"):
         c.execute(f"DELETE FROM app.payment WHERE id <= {MASS_DELETE}")
+    spread(audit)
     audit.watch(once=True)
     return audit
+
+
+def spread(audit: Audit) -> None:
+    """Move the scenario's transactions apart in time, 3 hours between two (the last one 10
+    minutes ago), so that the charts have several hours to show."""
+    audit.conn.execute(
+        "WITH n AS (SELECT txid, count(*) OVER () - row_number() OVER (ORDER BY txid) AS back"
+        "             FROM audit.transaction),"
+        "     moved AS (UPDATE audit.transaction AS t"
+        "                  SET started_at = now() - n.back * interval '3 hours' - interval '10 min',"
+        "                      committed_at = now() - n.back * interval '3 hours' - interval '10 min'"
+        "                 FROM n WHERE n.txid = t.txid RETURNING t.txid, t.committed_at)"
+        " UPDATE audit.change AS c SET clock_at = m.committed_at, statement_at = m.committed_at"
+        "   FROM moved AS m WHERE m.txid = c.txid"
+    )
 
 
 def sql_figures(conn: psycopg.Connection[Any]) -> dict[str, Any]:

@@ -235,27 +235,34 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    WITH r AS (  -- per row (key) and transaction
-        SELECT w.table_name, w.pk, w.txid, w.subject_kind, w.subject,
+    WITH per_tx AS (  -- per table and transaction: small next to the window
+        SELECT w.table_name, w.txid, w.subject_kind, w.subject,
                count(*) FILTER (WHERE w.op = 'I') AS i, count(*) FILTER (WHERE w.op = 'U') AS u,
                count(*) FILTER (WHERE w.op = 'D') AS d, count(*) FILTER (WHERE w.op = 'T') AS t,
                count(*) AS n, min(w.at) AS first_at, max(w.at) AS last_at
           FROM audit.report_window(p_since, p_until, p_tables, p_actors, p_db_users) AS w
-         GROUP BY 1, 2, 3, 4, 5
-    ), per_row AS (
-        SELECT r.table_name, r.pk, sum(r.n) AS n, max(r.last_at) AS last_at,
-               row_number() OVER (PARTITION BY r.table_name
-                                  ORDER BY sum(r.n) DESC, max(r.last_at) DESC) AS rn
-          FROM r WHERE r.pk IS NOT NULL GROUP BY r.table_name, r.pk
+         GROUP BY 1, 2, 3, 4
+    ), per_row AS MATERIALIZED (  -- per row (key)
+        SELECT w.table_name, w.pk, count(*) AS n, max(w.at) AS last_at
+          FROM audit.report_window(p_since, p_until, p_tables, p_actors, p_db_users) AS w
+         WHERE w.pk IS NOT NULL
+         GROUP BY 1, 2
+    ), top_rows AS (
+        SELECT q.table_name, count(*) AS keys,
+               COALESCE(jsonb_agg(jsonb_build_object('pk', q.pk, 'changes', q.n, 'last_at', q.last_at)
+                                  ORDER BY q.rn) FILTER (WHERE q.rn <= p_top_rows), '[]') AS top
+          FROM (SELECT p.*, row_number() OVER (PARTITION BY p.table_name
+                                               ORDER BY p.n DESC, p.last_at DESC) AS rn
+                  FROM per_row AS p) AS q
+         GROUP BY q.table_name
     )
-    SELECT r.table_name, sum(r.n)::bigint, sum(r.i)::bigint, sum(r.u)::bigint, sum(r.d)::bigint,
-           sum(r.t)::bigint, count(DISTINCT r.pk), count(DISTINCT r.txid),
-           count(DISTINCT (r.subject_kind, r.subject)), min(r.first_at), max(r.last_at),
-           (SELECT COALESCE(jsonb_agg(jsonb_build_object('pk', p.pk, 'changes', p.n,
-                                                         'last_at', p.last_at) ORDER BY p.rn), '[]')
-              FROM per_row AS p WHERE p.table_name = r.table_name AND p.rn <= p_top_rows)
-      FROM r
-     GROUP BY r.table_name
+    SELECT x.table_name, sum(x.n)::bigint, sum(x.i)::bigint, sum(x.u)::bigint, sum(x.d)::bigint,
+           sum(x.t)::bigint, COALESCE(tr.keys, 0)::bigint, count(DISTINCT x.txid),
+           count(DISTINCT (x.subject_kind, x.subject)), min(x.first_at), max(x.last_at),
+           COALESCE(tr.top, '[]')
+      FROM per_tx AS x
+      LEFT JOIN top_rows AS tr ON tr.table_name = x.table_name
+     GROUP BY x.table_name, tr.keys, tr.top
      ORDER BY 2 DESC, 1;
 END
 $$;
