@@ -8,17 +8,21 @@
 -- "Who" (a subject) is the application user when the transaction named one (kind 'actor'),
 -- else the login role (kind 'db_user'), as the watcher judges subjects.
 --
--- audit.report_window is a plain SQL function (no SET clause, operators qualified) so that the
--- planner inlines it into each report query; the report functions are PL/pgSQL so that their
--- queries are planned with the actual bounds (the BRIN index on capture time, the tables).
+-- audit.report_window (the changes) and audit.report_base (the changes counted per transaction,
+-- table, operation and hour: a few rows per transaction) are plain SQL functions (no SET
+-- clause, operators qualified) so that the planner inlines them into each report query; the
+-- report functions are PL/pgSQL so that their queries are planned with the actual bounds (the
+-- BRIN index on capture time, the tables). Every figure but the columns and the rows changed
+-- most comes from audit.report_base, whose grouping keys are the change table's own (no join,
+-- no text built per change), so that it is one hashed pass over the window.
 
 CREATE OR REPLACE FUNCTION audit.report_window(
     p_since timestamptz, p_until timestamptz, p_tables regclass[], p_actors text[], p_db_users text[])
-RETURNS TABLE (id bigint, txid xid8, relid oid, table_name text, op "char", pk jsonb, old jsonb,
+RETURNS TABLE (id bigint, txid xid8, relid oid, schema_name text, relname text, op "char", pk jsonb, old jsonb,
                new jsonb, at timestamptz, actor text, db_user text, client_addr inet,
                subject_kind text, subject text)
 LANGUAGE sql STABLE AS $$
-    SELECT c.id, c.txid, c.relid, pg_catalog.format('%I.%I', c.schema_name, c.table_name), c.op,
+    SELECT c.id, c.txid, c.relid, c.schema_name, c.table_name, c.op,
            c.pk, c.old, c.new, c.clock_at, t.actor, t.db_user, t.client_addr,
            CASE WHEN t.actor IS NOT NULL THEN 'actor' ELSE 'db_user' END,
            COALESCE(t.actor, t.db_user)
@@ -32,7 +36,35 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 COMMENT ON FUNCTION audit.report_window(timestamptz, timestamptz, regclass[], text[], text[]) IS
-    'The changes a report covers: captured in [since, until) (NULL: unbounded), of the tables, actors and login roles given (NULL: all), with their transaction''s context and subject (the actor, else the login role). Inlined into the report_* functions.';
+    'The changes a report covers: captured in [since, until) (NULL: unbounded), of the tables, actors and login roles given (NULL: all), with their transaction''s context and subject (the actor, else the login role). Inlined into the report_* functions, which group by the table''s schema and name (relname) before quoting them.';
+
+
+CREATE OR REPLACE FUNCTION audit.report_base(
+    p_since timestamptz, p_until timestamptz, p_tables regclass[], p_actors text[], p_db_users text[])
+RETURNS TABLE (txid xid8, relid oid, schema_name text, relname text, op "char", hour timestamptz,
+               changes bigint, first_at timestamptz, last_at timestamptz, actor text, db_user text,
+               client_addr inet, subject_kind text, subject text)
+LANGUAGE sql STABLE AS $$
+    SELECT b.txid, b.relid, b.schema_name, b.table_name, b.op, b.hour, b.n, b.first_at, b.last_at,
+           t.actor, t.db_user, t.client_addr,
+           CASE WHEN t.actor IS NOT NULL THEN 'actor' ELSE 'db_user' END,
+           COALESCE(t.actor, t.db_user)
+      FROM (SELECT c.txid, c.relid, c.schema_name, c.table_name, c.op,
+                   pg_catalog.date_trunc('hour', c.clock_at, 'UTC') AS hour,
+                   pg_catalog.count(*) AS n, pg_catalog.min(c.clock_at) AS first_at,
+                   pg_catalog.max(c.clock_at) AS last_at
+              FROM audit.change AS c
+             WHERE c.clock_at OPERATOR(pg_catalog.>=) COALESCE(p_since, '-infinity'::timestamptz)
+               AND c.clock_at OPERATOR(pg_catalog.<) COALESCE(p_until, 'infinity'::timestamptz)
+               AND (p_tables IS NULL OR c.relid OPERATOR(pg_catalog.=) ANY (p_tables::oid[]))
+             GROUP BY 1, 2, 3, 4, 5, 6) AS b
+      LEFT JOIN audit.transaction AS t ON t.txid OPERATOR(pg_catalog.=) b.txid
+     WHERE (p_actors IS NULL OR t.actor OPERATOR(pg_catalog.=) ANY (p_actors))
+       AND (p_db_users IS NULL OR t.db_user OPERATOR(pg_catalog.=) ANY (p_db_users))
+$$;
+
+COMMENT ON FUNCTION audit.report_base(timestamptz, timestamptz, regclass[], text[], text[]) IS
+    'The changes of a report''s window (as audit.report_window) counted per transaction, table, operation and hour (UTC), with first and last capture time, the transaction''s context and subject. Inlined into the report_* functions.';
 
 
 CREATE OR REPLACE FUNCTION audit.report_summary(
@@ -45,21 +77,15 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    WITH g AS (
-        SELECT w.txid, w.relid, w.op, w.actor, w.db_user, w.client_addr,
-               count(*) AS n, min(w.at) AS first_at, max(w.at) AS last_at
-          FROM audit.report_window(p_since, p_until, p_tables, p_actors, p_db_users) AS w
-         GROUP BY w.txid, w.relid, w.op, w.actor, w.db_user, w.client_addr
-    )
-    SELECT COALESCE(sum(g.n), 0)::bigint, count(DISTINCT g.txid), count(DISTINCT g.relid),
-           count(DISTINCT g.actor), count(DISTINCT g.db_user), count(DISTINCT g.client_addr),
-           COALESCE(sum(g.n) FILTER (WHERE g.op = 'I'), 0)::bigint,
-           COALESCE(sum(g.n) FILTER (WHERE g.op = 'U'), 0)::bigint,
-           COALESCE(sum(g.n) FILTER (WHERE g.op = 'D'), 0)::bigint,
-           COALESCE(sum(g.n) FILTER (WHERE g.op = 'T'), 0)::bigint,
-           min(g.first_at), max(g.last_at),
+    SELECT COALESCE(sum(b.changes), 0)::bigint, count(DISTINCT b.txid), count(DISTINCT b.relid),
+           count(DISTINCT b.actor), count(DISTINCT b.db_user), count(DISTINCT b.client_addr),
+           COALESCE(sum(b.changes) FILTER (WHERE b.op = 'I'), 0)::bigint,
+           COALESCE(sum(b.changes) FILTER (WHERE b.op = 'U'), 0)::bigint,
+           COALESCE(sum(b.changes) FILTER (WHERE b.op = 'D'), 0)::bigint,
+           COALESCE(sum(b.changes) FILTER (WHERE b.op = 'T'), 0)::bigint,
+           min(b.first_at), max(b.last_at),
            (SELECT count(*) FROM audit.report_alerts(p_since, p_until, p_tables, p_actors, p_db_users, NULL))
-      FROM g;
+      FROM audit.report_base(p_since, p_until, p_tables, p_actors, p_db_users) AS b;
 END
 $$;
 
@@ -112,11 +138,12 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH g AS (
-        SELECT date_trunc(p_bucket, w.at, 'UTC') AS bucket,
-               CASE WHEN p_by = 'table' THEN 'table' ELSE w.subject_kind END AS kind,
-               CASE WHEN p_by = 'table' THEN w.table_name ELSE w.subject END AS name,
-               count(*) AS n
-          FROM audit.report_window(p_since, p_until, p_tables, p_actors, p_db_users) AS w
+        SELECT date_trunc(p_bucket, b.hour, 'UTC') AS bucket,
+               CASE WHEN p_by = 'table' THEN 'table' ELSE b.subject_kind END AS kind,
+               CASE WHEN p_by = 'table' THEN format('%I.%I', b.schema_name, b.relname)
+                    ELSE b.subject END AS name,
+               sum(b.changes) AS n
+          FROM audit.report_base(p_since, p_until, p_tables, p_actors, p_db_users) AS b
          GROUP BY 1, 2, 3
     ), ranked AS (
         SELECT s.kind, s.name, rank() OVER (ORDER BY s.total DESC, s.kind, s.name) AS r
@@ -146,11 +173,10 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    WITH h AS (  -- per subject, transaction and hour: small next to the window
-        SELECT w.subject_kind AS kind, w.subject AS name, w.txid, w.db_user, w.client_addr,
-               date_trunc('hour', w.at, 'UTC') AS hour, count(*) AS n,
-               min(w.at) AS first_at, max(w.at) AS last_at
-          FROM audit.report_window(p_since, p_until, p_tables, p_actors, p_db_users) AS w
+    WITH h AS (  -- per subject, transaction and hour
+        SELECT b.subject_kind AS kind, b.subject AS name, b.txid, b.db_user, b.client_addr,
+               b.hour, sum(b.changes) AS n, min(b.first_at) AS first_at, max(b.last_at) AS last_at
+          FROM audit.report_base(p_since, p_until, p_tables, p_actors, p_db_users) AS b
          GROUP BY 1, 2, 3, 4, 5, 6
     ), per_tx AS (
         SELECT DISTINCT ON (h.kind, h.name) h.kind, h.name, h.txid, sum(h.n) AS n
@@ -190,11 +216,14 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    SELECT w.subject_kind, w.subject, w.table_name,
-           count(*) FILTER (WHERE w.op = 'I'), count(*) FILTER (WHERE w.op = 'U'),
-           count(*) FILTER (WHERE w.op = 'D'), count(*) FILTER (WHERE w.op = 'T'), count(*)
-      FROM audit.report_window(p_since, p_until, p_tables, p_actors, p_db_users) AS w
-     GROUP BY 1, 2, 3
+    SELECT b.subject_kind, b.subject, format('%I.%I', b.schema_name, b.relname),
+           COALESCE(sum(b.changes) FILTER (WHERE b.op = 'I'), 0)::bigint,
+           COALESCE(sum(b.changes) FILTER (WHERE b.op = 'U'), 0)::bigint,
+           COALESCE(sum(b.changes) FILTER (WHERE b.op = 'D'), 0)::bigint,
+           COALESCE(sum(b.changes) FILTER (WHERE b.op = 'T'), 0)::bigint,
+           sum(b.changes)::bigint
+      FROM audit.report_base(p_since, p_until, p_tables, p_actors, p_db_users) AS b
+     GROUP BY b.subject_kind, b.subject, b.schema_name, b.relname
      ORDER BY 1, 2, 8 DESC, 3;
 END
 $$;
@@ -211,11 +240,11 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    SELECT w.subject_kind, w.subject, w.table_name, k.key, count(*)
+    SELECT w.subject_kind, w.subject, format('%I.%I', w.schema_name, w.relname), k.key, count(*)
       FROM audit.report_window(p_since, p_until, p_tables, p_actors, p_db_users) AS w
      CROSS JOIN LATERAL jsonb_each(w.new) AS k
      WHERE w.op = 'U' AND w.old -> k.key IS DISTINCT FROM k.value
-     GROUP BY 1, 2, 3, 4
+     GROUP BY w.subject_kind, w.subject, w.schema_name, w.relname, k.key
      ORDER BY 5 DESC, 1, 2, 3, 4;
 END
 $$;
@@ -235,26 +264,31 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    WITH per_tx AS (  -- per table and transaction: small next to the window
-        SELECT w.table_name, w.txid, w.subject_kind, w.subject,
-               count(*) FILTER (WHERE w.op = 'I') AS i, count(*) FILTER (WHERE w.op = 'U') AS u,
-               count(*) FILTER (WHERE w.op = 'D') AS d, count(*) FILTER (WHERE w.op = 'T') AS t,
-               count(*) AS n, min(w.at) AS first_at, max(w.at) AS last_at
-          FROM audit.report_window(p_since, p_until, p_tables, p_actors, p_db_users) AS w
-         GROUP BY 1, 2, 3, 4
-    ), per_row AS MATERIALIZED (  -- per row (key)
-        SELECT w.table_name, w.pk, count(*) AS n, max(w.at) AS last_at
+    WITH per_tx AS (  -- per table and transaction
+        SELECT format('%I.%I', b.schema_name, b.relname) AS table_name, b.txid, b.subject_kind,
+               b.subject,
+               COALESCE(sum(b.changes) FILTER (WHERE b.op = 'I'), 0) AS i,
+               COALESCE(sum(b.changes) FILTER (WHERE b.op = 'U'), 0) AS u,
+               COALESCE(sum(b.changes) FILTER (WHERE b.op = 'D'), 0) AS d,
+               COALESCE(sum(b.changes) FILTER (WHERE b.op = 'T'), 0) AS t,
+               sum(b.changes) AS n, min(b.first_at) AS first_at, max(b.last_at) AS last_at
+          FROM audit.report_base(p_since, p_until, p_tables, p_actors, p_db_users) AS b
+         GROUP BY b.schema_name, b.relname, b.txid, b.subject_kind, b.subject
+    ), per_row AS (  -- per row (key); sorted below by integers only, not by names
+        SELECT w.relid, w.schema_name, w.relname, w.pk, count(*) AS n, max(w.at) AS last_at
           FROM audit.report_window(p_since, p_until, p_tables, p_actors, p_db_users) AS w
          WHERE w.pk IS NOT NULL
-         GROUP BY 1, 2
+         GROUP BY w.relid, w.schema_name, w.relname, w.pk
+    ), ranked_rows AS (
+        SELECT p.relid, p.schema_name, p.relname, p.pk, p.n, p.last_at,
+               row_number() OVER (PARTITION BY p.relid ORDER BY p.n DESC, p.last_at DESC) AS rn
+          FROM per_row AS p
     ), top_rows AS (
-        SELECT q.table_name, count(*) AS keys,
+        SELECT format('%I.%I', q.schema_name, q.relname) AS table_name, count(*) AS keys,
                COALESCE(jsonb_agg(jsonb_build_object('pk', q.pk, 'changes', q.n, 'last_at', q.last_at)
                                   ORDER BY q.rn) FILTER (WHERE q.rn <= p_top_rows), '[]') AS top
-          FROM (SELECT p.*, row_number() OVER (PARTITION BY p.table_name
-                                               ORDER BY p.n DESC, p.last_at DESC) AS rn
-                  FROM per_row AS p) AS q
-         GROUP BY q.table_name
+          FROM ranked_rows AS q
+         GROUP BY q.relid, q.schema_name, q.relname
     )
     SELECT x.table_name, sum(x.n)::bigint, sum(x.i)::bigint, sum(x.u)::bigint, sum(x.d)::bigint,
            sum(x.t)::bigint, COALESCE(tr.keys, 0)::bigint, count(DISTINCT x.txid),
@@ -284,12 +318,15 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
     WITH x AS (
-        SELECT w.txid, w.table_name, count(*) AS n,
-               count(*) FILTER (WHERE w.op = 'I') AS i, count(*) FILTER (WHERE w.op = 'U') AS u,
-               count(*) FILTER (WHERE w.op = 'D') AS d, count(*) FILTER (WHERE w.op = 'T') AS t,
-               max(w.at) AS last_at
-          FROM audit.report_window(p_since, p_until, p_tables, p_actors, p_db_users) AS w
-         GROUP BY 1, 2
+        SELECT b.txid, format('%I.%I', b.schema_name, b.relname) AS table_name,
+               sum(b.changes) AS n,
+               COALESCE(sum(b.changes) FILTER (WHERE b.op = 'I'), 0) AS i,
+               COALESCE(sum(b.changes) FILTER (WHERE b.op = 'U'), 0) AS u,
+               COALESCE(sum(b.changes) FILTER (WHERE b.op = 'D'), 0) AS d,
+               COALESCE(sum(b.changes) FILTER (WHERE b.op = 'T'), 0) AS t,
+               max(b.last_at) AS last_at
+          FROM audit.report_base(p_since, p_until, p_tables, p_actors, p_db_users) AS b
+         GROUP BY b.txid, b.schema_name, b.relname
     ), g AS (
         SELECT x.txid, sum(x.n)::bigint AS n, sum(x.i)::bigint AS i, sum(x.u)::bigint AS u,
                sum(x.d)::bigint AS d, sum(x.t)::bigint AS t,
