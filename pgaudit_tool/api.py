@@ -398,9 +398,9 @@ class Audit:
         *,
         since: When | None = None,
         until: When | None = None,
-        tables: Sequence[str] = (),
-        actors: Sequence[str] = (),
-        db_users: Sequence[str] = (),
+        tables: Sequence[str] | str = (),
+        actors: Sequence[str] | str = (),
+        db_users: Sequence[str] | str = (),
         title: str | None = None,
         limits: _report.Limits | None = None,
         progress: _report.Progress | None = None,
@@ -412,6 +412,10 @@ class Audit:
         writes it as ``html``, ``md`` or ``json``. ``progress(step, total, label)`` before each
         step."""
         self._require_installed()
+        tables, actors, db_users = (
+            [given] if isinstance(given, str) else list(given)
+            for given in (tables, actors, db_users)
+        )
         refs = [resolve_table(self.conn, t) for t in tables]
         start = self._instant(since)
         end = self._at("now") if until is None else self._at(until)

@@ -34,6 +34,7 @@ from click.testing import CliRunner, Result
 
 from pgaudit_tool import Audit
 from pgaudit_tool.cli import main
+from pgaudit_tool.errors import InvalidInput
 from pgaudit_tool.report import render
 from tests.conftest import PgServer
 
@@ -239,7 +240,7 @@ def test_filters_narrow_every_figure(scene: Audit) -> None:
     assert [p["name"] for p in alice["subjects"]] == ["alice"]
     assert alice["title"] == "Activity report: alice"
 
-    orders = scene.report(tables=["app.orders"])
+    orders = scene.report(tables="app.orders")  # one name, or a list of them
     assert orders["summary"]["changes"] == 40
     assert [t["table"] for t in orders["tables"]] == ["app.orders"]
     login = scalar(c, "SELECT session_user")
@@ -252,6 +253,8 @@ def test_filters_narrow_every_figure(scene: Audit) -> None:
     assert last["summary"]["changes"] == scalar(
         c, "SELECT count(*) FROM audit.change WHERE clock_at >= %s", (at,)
     )
+    with pytest.raises(InvalidInput, match="window is empty"):
+        scene.report(since="now", until="1 hour ago")
     # A small timeline cap: a note with how many more and the command that lists them.
     from pgaudit_tool.report import Limits
 
