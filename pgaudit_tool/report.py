@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -29,25 +29,12 @@ from pgaudit_tool.output import to_json_text, to_json_value
 
 #: The formats of ``pgaudit-tool report``.
 FORMATS = ("html", "md", "json")
-#: A window at most this long is charted per hour, a longer one per day.
-HOURLY_UP_TO = timedelta(days=3)
 #: work_mem of the report's transaction, when the session's is lower.
 WORK_MEM = "64MB"
 #: ``progress(step, total, label)``: called before each step of :func:`collect`.
 Progress = Callable[[int, int, str], None]
 
-_STEPS = (
-    "summary",
-    "activity by table",
-    "activity by actor",
-    "actors",
-    "actors by table",
-    "columns",
-    "tables",
-    "transactions",
-    "timeline rows",
-    "alerts",
-)
+_STEPS = ("summary, activity, actors, tables, transactions", "columns", "timeline rows", "alerts")
 
 
 @dataclass(frozen=True)
@@ -116,8 +103,8 @@ def collect(
 
 def _require_functions(cur: psycopg.Cursor[dict[str, Any]]) -> None:
     row = cur.execute(
-        "SELECT pg_catalog.to_regprocedure('audit.report_transactions(timestamptz, timestamptz,"
-        " regclass[], text[], text[], integer, integer)') IS NOT NULL AS ok"
+        "SELECT pg_catalog.to_regprocedure('audit.report_overview(timestamptz, timestamptz,"
+        " regclass[], text[], text[], text, integer, integer, integer, integer)') IS NOT NULL AS ok"
     ).fetchone()
     if not row or not row["ok"]:
         raise NotInstalled(
@@ -150,25 +137,33 @@ def _collect(
 
     now = cur.execute("SELECT pg_catalog.statement_timestamp() AS now").fetchone()
     generated_at = now["now"] if now else datetime.now(UTC)
-    [summary] = rows(0, "report_summary")
+    # One pass over the window for every section but the columns (audit.report_overview).
+    step(1, total, _STEPS[0])
+    overview = cur.execute(
+        "SELECT * FROM audit.report_overview(%s, %s, %s::oid[]::regclass[], %s::text[],"
+        " %s::text[], NULL, %s, %s, %s, %s)",
+        [*flt, limits.series, limits.top, limits.largest, limits.timeline],
+    ).fetchone()
+    assert overview is not None
+    summary = _plain(overview["summary"])
     first_at, last_at = summary.pop("first_at"), summary.pop("last_at")
-    start = since or first_at or until
-    bucket = "hour" if until - start <= HOURLY_UP_TO else "day"
-    by_table = rows(1, "report_activity", [bucket, "table", limits.series])
-    by_subject = rows(2, "report_activity", [bucket, "subject", limits.series])
-    subjects = rows(3, "report_subjects")
-    subject_tables = rows(4, "report_subject_tables")
-    columns = rows(5, "report_columns")
-    table_rows = rows(6, "report_tables", [limits.top])
-    txs = rows(
-        7,
-        "report_transactions",
-        [limits.largest, limits.timeline],
+    bucket = overview["bucket"]
+    by_table, by_subject, subjects, subject_tables, table_rows, txs = (
+        [_plain(r) for r in overview[key]]
+        for key in (
+            "by_table",
+            "by_subject",
+            "subjects",
+            "subject_tables",
+            "tables",
+            "transactions",
+        )
     )
+    columns = rows(1, "report_columns")
     latest = sorted(
         (t for t in txs if t["latest_rank"] is not None), key=lambda t: t["latest_rank"]
     )
-    step(9, total, _STEPS[8])
+    step(3, total, _STEPS[2])
     changes = [
         _plain(r)
         for r in cur.execute(
@@ -177,7 +172,7 @@ def _collect(
             [[str(t["txid"]) for t in latest], *flt[:3], limits.per_transaction],
         ).fetchall()
     ]
-    alerts = rows(9, "report_alerts", [limits.alerts])
+    alerts = rows(3, "report_alerts", [limits.alerts])
 
     for t in txs:
         t["revert"] = revert_command(t["txid"])

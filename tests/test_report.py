@@ -25,6 +25,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +228,7 @@ def test_json_figures_equal_sql_counts(scene: Audit, dsn: str) -> None:
     assert tl["transactions"][0]["txid"] == want["latest_txid"] == txid
     assert len(tl["transactions"][0]["rows"]) == tl["per_transaction"] == 20
     assert tl["transactions"][0]["rows_more"] == MASS_DELETE - 20
-    times = [t["committed_at"] for t in tl["transactions"]]
+    times = [datetime.fromisoformat(t["committed_at"]) for t in tl["transactions"]]
     assert times == sorted(times, reverse=True)
 
 
@@ -272,6 +273,28 @@ def test_reader_role_can_report(scene: Audit, pg_server: PgServer, make_role: An
     dbname = scene.conn.info.dbname
     with Audit.connect(pg_server.dsn_for(dbname, user=reviewer)) as mine:
         got = mine.report()
+        # The SQL API: each section as its own function, the same figures.
+        c = mine.conn
+        assert scalar(c, "SELECT changes FROM audit.report_summary()") == got["summary"]["changes"]
+        assert scalar(
+            c, "SELECT sum(changes) FROM audit.report_activity(p_by => 'subject', p_bucket => 'day')"
+        ) == got["summary"]["changes"]  # fmt: skip
+        assert c.execute(
+            "SELECT name, changes FROM audit.report_subjects() ORDER BY changes DESC, name"
+        ).fetchall() == sorted(
+            ((p["name"], p["changes"]) for p in got["subjects"]), key=lambda x: (-x[1], x[0])
+        )
+        assert c.execute(
+            "SELECT table_name, changes, rows FROM audit.report_tables() ORDER BY 1"
+        ).fetchall() == sorted((t["table"], t["changes"], t["rows"]) for t in got["tables"])
+        largest = got["incidents"]["largest_transactions"][0]
+        assert c.execute(
+            "SELECT txid::text::bigint, changes FROM audit.report_transactions(p_largest => 1,"
+            " p_latest => 0)"
+        ).fetchall() == [(largest["txid"], largest["changes"])]
+        assert scalar(c, "SELECT count(*) FROM audit.report_subject_tables()") == sum(
+            len(p["tables"]) for p in got["subjects"]
+        )
     assert got["summary"]["changes"] == scalar(scene.conn, "SELECT count(*) FROM audit.change")
 
 
