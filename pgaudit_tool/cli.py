@@ -1122,6 +1122,10 @@ def _bench_number(name: str, default: float, help: str) -> Callable[[F], F]:
     "--watch-changes", 1_000_000, "Changes the watcher evaluates in one pass (watch_changes_per_s)."
 )
 @click.option("--no-watch", is_flag=True, help="Skip the watcher and guard measurements.")
+@_bench_number(
+    "--report-changes", 1_000_000, "Changes written for the report measurement (report_s)."
+)
+@click.option("--no-report", is_flag=True, help="Skip the report measurement.")
 @_table_or(
     "json", "table: the figures with their targets and comparison points; json: every figure."
 )
@@ -1140,6 +1144,8 @@ def bench(
     no_reconstruction: bool,
     watch_changes: int,
     no_watch: bool,
+    report_changes: int,
+    no_report: bool,
     fmt: str,
 ) -> None:
     """Measure capture overhead: unaudited vs audited, in a scratch schema removed afterwards."""
@@ -1160,6 +1166,8 @@ def bench(
         reconstruction=not no_reconstruction,
         watch_changes=watch_changes,
         watching=not no_watch,
+        report_changes=report_changes,
+        reporting=not no_report,
     )
     result = state.audit().bench(config, progress=_info)
     if fmt == "json":
