@@ -32,6 +32,7 @@ from pgaudit_tool import chain as _chain
 from pgaudit_tool import history as _history
 from pgaudit_tool import integrity as _integrity
 from pgaudit_tool import reconstruct as _reconstruct
+from pgaudit_tool import report as _report
 from pgaudit_tool import revert as _revert
 from pgaudit_tool import schema, tables
 from pgaudit_tool import watch as _watch
@@ -391,6 +392,50 @@ class Audit:
     def instant(self, text: str) -> datetime:
         """The instant a user's text names (ISO-8601, ``yesterday``, ``1h30m ago``, ``@1700000000``)."""
         return instant(self.conn, text)
+
+    def report(
+        self,
+        *,
+        since: When | None = None,
+        until: When | None = None,
+        tables: Sequence[str] | str = (),
+        actors: Sequence[str] | str = (),
+        db_users: Sequence[str] | str = (),
+        title: str | None = None,
+        limits: _report.Limits | None = None,
+        progress: _report.Progress | None = None,
+    ) -> dict[str, Any]:
+        """The report of the changes captured in [since, until) (default: from the first change
+        recorded until now), of ``tables``, ``actors`` (application users) and ``db_users``
+        (login roles) when given: the aggregates computed on the server, as one dict (the json
+        format; keys in :mod:`pgaudit_tool.report`). ``pgaudit_tool.report.render(report, fmt)``
+        writes it as ``html``, ``md`` or ``json``. ``progress(step, total, label)`` before each
+        step."""
+        self._require_installed()
+        tables, actors, db_users = (
+            [given] if isinstance(given, str) else list(given)
+            for given in (tables, actors, db_users)
+        )
+        refs = [resolve_table(self.conn, t) for t in tables]
+        start = self._instant(since)
+        end = self._at("now") if until is None else self._at(until)
+        if start is not None and start >= end:
+            raise InvalidInput(
+                f"the report's window is empty: since ({start.isoformat()}) is not before until"
+                f" ({end.isoformat()})",
+                hint="Give a since before until.",
+            )
+        return _report.collect(
+            self.conn,
+            since=start,
+            until=end,
+            tables=refs,
+            actors=actors,
+            db_users=db_users,
+            title=title,
+            limits=limits or _report.Limits(),
+            progress=progress,
+        )
 
     # -- integrity -----------------------------------------------------------------------------
     def checkpoint(self, output: Path | None = None) -> dict[str, Any]:

@@ -1147,6 +1147,10 @@ def _bench_number(name: str, default: float, help: str) -> Callable[[F], F]:
     "--watch-changes", 1_000_000, "Changes the watcher evaluates in one pass (watch_changes_per_s)."
 )
 @click.option("--no-watch", is_flag=True, help="Skip the watcher and guard measurements.")
+@_bench_number(
+    "--report-changes", 1_000_000, "Changes written for the report measurement (report_s)."
+)
+@click.option("--no-report", is_flag=True, help="Skip the report measurement.")
 @_table_or(
     "json", "table: the figures with their targets and comparison points; json: every figure."
 )
@@ -1165,6 +1169,8 @@ def bench(
     no_reconstruction: bool,
     watch_changes: int,
     no_watch: bool,
+    report_changes: int,
+    no_report: bool,
     fmt: str,
 ) -> None:
     """Measure capture overhead: unaudited vs audited, in a scratch schema removed afterwards."""
@@ -1185,6 +1191,8 @@ def bench(
         reconstruction=not no_reconstruction,
         watch_changes=watch_changes,
         watching=not no_watch,
+        report_changes=report_changes,
+        reporting=not no_report,
     )
     result = state.audit().bench(config, progress=_info)
     if fmt == "json":
@@ -1293,6 +1301,103 @@ def anomalies(
         _info(f"{len(found)} finding(s)")
         return
     _emit(found, fmt)
+
+
+@main.command()
+@click.option(
+    "--since",
+    metavar="TIME",
+    callback=_time,
+    help="Start of the window (default: the first change recorded). " + _TIME_HELP,
+)
+@click.option("--until", metavar="TIME", callback=_time, help="End of the window (default: now).")
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    metavar="TABLE",
+    shell_complete=_complete_tables,
+    help="Only changes to this table (repeat for more).",
+)
+@click.option(
+    "--actor", "actors", multiple=True, metavar="NAME", help="Only this application user (repeat)."
+)
+@click.option(
+    "--db-user", "db_users", multiple=True, metavar="ROLE", help="Only this login role (repeat)."
+)
+@click.option("--title", metavar="TEXT", help="The report's title.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["html", "md", "json"]),
+    default="html",
+    show_default=True,
+    help="html: one self-contained file for a browser or printing; md: Markdown for mail, chat "
+    "or tickets; json: the aggregates for other tools.",
+)
+@click.option(
+    "--output",
+    "-o",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the report to FILE (default: stdout; html needs FILE on a terminal).",
+)
+@click.pass_obj
+def report(
+    state: _State,
+    /,
+    since: str | None,
+    until: str | None,
+    tables: tuple[str, ...],
+    actors: tuple[str, ...],
+    db_users: tuple[str, ...],
+    title: str | None,
+    fmt: str,
+    output: str | None,
+) -> None:
+    """A report of a window of history for people: summary, activity charts, who, what,
+    incidents (alerts, largest transactions with the command that undoes them) and timeline.
+
+    Aggregated on the server; the timeline and row changes are capped. Use --actor NAME for a
+    report about one user, --format md | mail for a weekly report.
+    """
+    from pgaudit_tool.report import render
+
+    if output is None and fmt == "html" and sys.stdout.isatty():
+        raise InvalidInput(
+            "an html report is a file for a browser, not for a terminal",
+            hint="Write it to a file (--output report.html), or choose --format md.",
+        )
+    show_progress = sys.stderr.isatty() and not _quiet()
+
+    def progress(step: int, total: int, label: str) -> None:
+        click.echo(f"\r\x1b[Kreport: {label} (step {step} of {total})", nl=False, err=True)
+
+    found = state.audit().report(
+        since=since,
+        until=until,
+        tables=tables,
+        actors=actors,
+        db_users=db_users,
+        title=title,
+        progress=progress if show_progress else None,
+    )
+    if show_progress:
+        click.echo("\r\x1b[K", nl=False, err=True)
+    text = render(found, fmt)
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
+    summary = found["summary"]
+    _info(
+        f"report: {summary['changes']} change(s) in {summary['transactions']} transaction(s)"
+        f" written to {output} ({len(text.encode()):,} bytes)"
+    )
 
 
 @main.command()

@@ -67,6 +67,8 @@ The table and the audit tables are then vacuumed and analysed.
   against those recorded at T (AuditError if not).
 * ``history_stream_ratio``, ``table_at_stream_ratio``: writing history (csv, json, jsonl) and
   table-at (csv) out against psql's COPY of the same rows; see :mod:`pgaudit_tool.bench.streaming`.
+* ``report_s``, ``report_bytes``: the html report of ``report_changes`` changes over 20 tables
+  and 50 actors, and its size; see :mod:`pgaudit_tool.bench.reporting`.
 """
 
 from __future__ import annotations

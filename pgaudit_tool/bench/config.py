@@ -68,6 +68,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "table_at_stream_ratio": ("<=", 1.5),
     "watch_changes_per_s": (">=", 50_000),
     "watch_lag_ms_p95": ("<=", 2000),
+    "report_s": ("<=", 10.0),
+    "report_bytes": ("<=", 3_000_000),
 }
 RATIO_KEYS = (
     "insert_ratio",
@@ -112,6 +114,8 @@ WATCH_KEYS = (
     "guard_cost_us_range",
     "guard_never_guarded_delta_us",
 )
+#: Figures of the report phase (None when it is disabled); see bench/reporting.py.
+REPORT_KEYS = ("report_s", "report_bytes", "report_changes")
 #: Every key of :func:`~pgaudit_tool.bench.run_bench`'s result, in display order.
 RESULT_KEYS = (
     *RATIO_KEYS,
@@ -123,6 +127,7 @@ RESULT_KEYS = (
     *RAW_KEYS,
     *RECONSTRUCTION_KEYS,
     *WATCH_KEYS,
+    *REPORT_KEYS,
     "rows",
     "history_rows",
     "clients",
@@ -146,7 +151,9 @@ class BenchConfig:
     ``large_scale``: that of the second TPC-B series (``tpcb_scale10_*``, in a schema of its
     own), which ``large_tpcb=False`` skips (its figures are None).
     ``history_rows``: audit rows built on the reconstruction table before row_at is measured;
-    ``reconstruction=False`` skips that phase (its figures are None)."""
+    ``reconstruction=False`` skips that phase (its figures are None). ``report_changes``:
+    changes the report phase writes and reports on (``report_s``); ``reporting=False`` skips
+    it."""
 
     rows: int = 100_000
     clients: int = 2
@@ -161,6 +168,8 @@ class BenchConfig:
     reconstruction: bool = True
     watch_changes: int = 1_000_000
     watching: bool = True
+    report_changes: int = 1_000_000
+    reporting: bool = True
 
 
 def validate(config: BenchConfig) -> None:
@@ -176,6 +185,7 @@ def validate(config: BenchConfig) -> None:
             ("large_scale", config.large_scale >= 1),
             ("history_rows", config.history_rows >= 1),
             ("watch_changes", config.watch_changes >= 1),
+            ("report_changes", config.report_changes >= 1),
         )
         if not ok
     ]

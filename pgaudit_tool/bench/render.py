@@ -43,6 +43,8 @@ COMPARED_WITH: dict[str, str] = {
     "guard_cost_us": _GUARD,
     "guard_cost_us_range": _GUARD,
     "guard_never_guarded_delta_us": _GUARD,
+    "report_s": "absolute",
+    "report_bytes": "absolute",
 }
 
 

@@ -145,6 +145,12 @@ def _standard_notes(cfg: BenchConfig) -> list[str]:
                 "alternating, medians of per-repetition ratios.",
             ]
         )
+    if cfg.reporting:
+        notes.append(
+            "report_s: pgaudit-tool report's html (aggregates in one snapshot, then rendered) of "
+            "report_changes changes over 20 tables and 50 actors (transactions of 50 rows), the "
+            "window narrowed to those tables; median of the repetitions; report_bytes: its size."
+        )
     return notes
 
 

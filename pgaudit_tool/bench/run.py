@@ -22,6 +22,7 @@ from pgaudit_tool.bench.config import (
 )
 from pgaudit_tool.bench.reconstruction import reconstruction_phase
 from pgaudit_tool.bench.report import build_report
+from pgaudit_tool.bench.reporting import report_phase
 from pgaudit_tool.bench.session import Session
 from pgaudit_tool.bench.sql import BARE_LOG_DDL, TABLE_DDL
 from pgaudit_tool.bench.throughput import single_row_phase, tpcb_phase
@@ -84,6 +85,8 @@ def _measure(s: Session) -> dict[str, Any]:
     reconstruction_phase(s)
     if s.config.watching:
         watch_phase(s)
+    if s.config.reporting:
+        report_phase(s)
     return build_report(s)
 
 
