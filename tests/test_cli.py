@@ -58,6 +58,7 @@ COMMANDS = (
     "doctor",
     "reattach",
     "revert",
+    "report",
     "anomalies",
     "watch",
     "alerts",
