@@ -160,6 +160,40 @@ def test_available_installs_finds_fetched_and_listed_dirs(tmp_path, monkeypatch)
     assert find_install() == found[99]
 
 
+def _fake_wheel(path: Path, version: str) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in ("initdb", "pg_ctl", "postgres"):
+            info = zipfile.ZipInfo(f"pkg/pginstall/bin/{name}")
+            info.external_attr = 0o755 << 16
+            archive.writestr(info, f"#!/bin/sh\necho '{name} (PostgreSQL) {version}'\n")
+        archive.writestr("pkg_x.libs/libfoo.so", b"x")
+    return path
+
+
+def test_pgfetch_fetch_checks_the_major_and_keeps_what_is_there(tmp_path, monkeypatch):
+    served = {"version": "98.1"}
+    downloads = []
+
+    def download(wheel: pgfetch.Wheel, into: Path) -> Path:
+        downloads.append(wheel.requirement)
+        into.mkdir()
+        return _fake_wheel(into / "x.whl", served["version"])
+
+    monkeypatch.setattr(pgfetch, "_download", download)
+    monkeypatch.setitem(pgfetch.WHEELS, 98, pgfetch.Wheel("fake==1", "3.11", "98.1"))
+    bindir = pgfetch.fetch(98, tmp_path)
+    assert bindir == tmp_path / "98" / "pkg" / "pginstall" / "bin"
+    assert (tmp_path / "98" / "pkg_x.libs" / "libfoo.so").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["98"], "no leftovers"
+    assert pgfetch.fetch(98, tmp_path) == bindir and len(downloads) == 1, "kept, not fetched"
+    served["version"] = "97.0"  # a wheel holding another major than announced
+    with pytest.raises(RuntimeError, match="expected a PostgreSQL 98 server, found 97"):
+        pgfetch.fetch(98, tmp_path, force=True)
+    assert (bindir / "postgres").is_file(), "a failed fetch leaves the old one in place"
+    with pytest.raises(ValueError, match="no known wheel"):
+        pgfetch.fetch(99, tmp_path)
+
+
 def test_pgfetch_unpacks_server_files_only_keeping_layout_and_modes(tmp_path):
     wheel = tmp_path / "w.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
