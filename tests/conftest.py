@@ -37,6 +37,10 @@ from pgaudit_tool.cluster import PgInstall, TempCluster, available_installs
 
 ENV_DSN = "PGAUDIT_TEST_DSN"
 ENV_VERSIONS = "PGAUDIT_TEST_VERSIONS"
+# Our clusters write no more WAL than crash recovery needs: CREATE/DROP DATABASE (twice per
+# test) take about half the CPU time they take at the default wal_level (replica). No test
+# (nor pgaudit_tool) uses replication, logical decoding or archiving.
+_TEST_CLUSTER_SETTINGS = {"wal_level": "minimal", "max_wal_senders": "0"}
 
 
 # --------------------------------------------------------------------------- servers
@@ -53,6 +57,7 @@ class PgServer:
     cluster: TempCluster | None = field(default=None, repr=False)
 
     started: bool = False
+    _audit_template: str | None = field(default=None, repr=False)
 
     @property
     def admin_user(self) -> str:
@@ -66,7 +71,7 @@ class PgServer:
         """
         return make_conninfo(self.admin_dsn, dbname=dbname, user=user or self.admin_user)
 
-    def janitor(self, dbname: str) -> DatabaseJanitor:
+    def janitor(self, dbname: str, template: str | None = None) -> DatabaseJanitor:
         params = conninfo_to_dict(self.admin_dsn)
         return DatabaseJanitor(
             user=self.admin_user,
@@ -74,16 +79,42 @@ class PgServer:
             host=str(params.get("host") or params.get("hostaddr") or "localhost"),
             port=str(params.get("port") or 5432),
             dbname=dbname,
+            template_dbname=template,
             maintenance_dbname=str(params.get("dbname") or "postgres"),
             connection_timeout=10,
         )
+
+    def audit_template(self) -> str | None:
+        """A database with the audit schema installed by the superuser, to copy per test.
+
+        Only on our own clusters (made once per cluster; never on ``PGAUDIT_TEST_DSN``'s
+        server).  ``CREATE DATABASE ... TEMPLATE`` copies it in the time an empty database
+        takes, and the ``audit`` fixture's ``install()`` then finds it at head: the same
+        state as a fresh install (nothing in it depends on the database's name or OID).
+        It does not accept connections, so role cleanup and tests never reach it.
+        """
+        if self.cluster is None:
+            return None
+        if self._audit_template is None:
+            name = "pgaudit_test_template"
+            with psycopg.connect(self.admin_dsn, autocommit=True) as admin:
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                with Audit.connect(self.dsn_for(name)) as handle:
+                    handle.install()
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
+                        sql.Identifier(name)
+                    )
+                )
+            self._audit_template = name
+        return self._audit_template
 
     def start(self) -> None:
         """Start the cluster (no-op for an existing server) and learn its major."""
         if self.started:
             return
         if self.install is not None:
-            self.cluster = TempCluster(self.install).start()
+            self.cluster = TempCluster(self.install, settings=_TEST_CLUSTER_SETTINGS).start()
             self.admin_dsn = self.cluster.dsn
         with psycopg.connect(self.admin_dsn, connect_timeout=10) as conn:
             row = conn.execute("SHOW server_version_num").fetchone()
@@ -95,6 +126,7 @@ class PgServer:
         if self.cluster is not None:
             self.cluster.stop()
             self.cluster = None
+        self._audit_template = None
         self.started = False
 
 
@@ -237,9 +269,12 @@ def _release_database(server: PgServer, dbname: str) -> None:
 
 
 @contextmanager
-def fresh_database(pg_server: PgServer, dbname: str) -> Iterator[str]:
-    """Create ``dbname`` on ``pg_server``, yield its superuser DSN, and drop it afterwards."""
-    janitor = pg_server.janitor(dbname)
+def fresh_database(pg_server: PgServer, dbname: str, template: str | None = None) -> Iterator[str]:
+    """Create ``dbname`` on ``pg_server``, yield its superuser DSN, and drop it afterwards.
+
+    From ``template`` if given, else from template1.
+    """
+    janitor = pg_server.janitor(dbname, template)
     janitor.init()
     try:
         yield pg_server.dsn_for(dbname)
@@ -264,9 +299,12 @@ def dsn(pg_server: PgServer, request: pytest.FixtureRequest) -> Iterator[str]:
     """DSN (superuser) of a brand-new, empty database used by this test only.
 
     Created from template1 and dropped at teardown even if the test left sessions open,
-    replication slots or prepared transactions behind.
+    replication slots or prepared transactions behind.  When the test uses the ``audit``
+    fixture, it is copied instead from :meth:`PgServer.audit_template` (the audit schema
+    already installed by the superuser, as ``audit`` would install it).
     """
-    with fresh_database(pg_server, _unique_name("t", request.node.name)) as created:
+    template = pg_server.audit_template() if "audit" in request.fixturenames else None
+    with fresh_database(pg_server, _unique_name("t", request.node.name), template) as created:
         yield created
 
 

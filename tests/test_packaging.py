@@ -249,6 +249,9 @@ _CATALOG: dict[str, str] = {
                obj_description(oid, 'pg_constraint')
           FROM pg_constraint
          WHERE connamespace = 'audit'::regnamespace AND conname {_NOT_VERSION}
+           -- PostgreSQL >= 18 records NOT NULL as constraints too: the version table's
+           -- (alembic's own, which only an alembic install has) is not part of the schema.
+           AND conrelid::regclass::text <> 'audit.schema_version'
          ORDER BY 1, 2""",
     "indexes": f"""
         SELECT c.relname, pg_get_indexdef(i.indexrelid)

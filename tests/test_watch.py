@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import selectors
 import signal
 import subprocess
 import sys
@@ -541,10 +542,23 @@ def test_tail_last_and_follow(shop: Audit, dsn: str) -> None:
         text=True,
     )
     try:
-        time.sleep(1.5)
+        # Change only once the follower has taken its starting snapshot (it then polls with
+        # audit.watch_pending): a change before that is history, not followed. A fixed sleep
+        # lost that race on a loaded machine, and readline() then waited forever.
+        deadline = time.monotonic() + 60
+        while not shop.conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND query LIKE '%watch_pending%'"
+        ).fetchone():
+            assert follower.poll() is None, "the follower exited"
+            assert time.monotonic() < deadline, "the follower did not start following in 60 s"
+            time.sleep(0.1)
         with shop.actor("zed"):
             shop.conn.execute("UPDATE app.users SET name = 'followed' WHERE id = 20")
         assert follower.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(follower.stdout, selectors.EVENT_READ)
+            assert selector.select(timeout=60), "the follower showed nothing in 60 s"
         line = follower.stdout.readline()
         assert json.loads(line)["actor"] == "zed"
     finally:
