@@ -90,7 +90,9 @@ class PgServer:
         Only on our own clusters (made once per cluster; never on ``PGAUDIT_TEST_DSN``'s
         server).  ``CREATE DATABASE ... TEMPLATE`` copies it in the time an empty database
         takes, and the ``audit`` fixture's ``install()`` then finds it at head: the same
-        state as a fresh install (nothing in it depends on the database's name or OID).
+        state as a fresh install (but audit.home, which names the template until the copy's
+        first ``enable()`` adopts it: an audit schema with nothing registered has nothing to
+        reattach).
         It does not accept connections, so role cleanup and tests never reach it.
         """
         if self.cluster is None:

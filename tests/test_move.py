@@ -472,3 +472,30 @@ def test_pg_upgrade_keeps_history(pg_server: PgServer, cluster_dirs: list[Path])
     finally:
         source.stop()
         target.stop()
+
+
+def test_a_copy_of_an_empty_audit_schema_adopts_its_database(pg_server: PgServer) -> None:
+    """CREATE DATABASE ... TEMPLATE of a database whose audit schema registers nothing: nothing
+    to reattach, so doctor says nothing, and the first enable records the copy as the home. A
+    copy with a registered table is noted (info: every table kept its OID)."""
+    src, empty, full = "pgaudit_copy_src", "pgaudit_copy_empty", "pgaudit_copy_full"
+    with fresh_database(pg_server, src) as source:
+        with Audit.connect(source) as audit:
+            audit.install()
+            audit.conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+            audit.conn.commit()
+        with fresh_database(pg_server, empty, template=src) as copy:
+            with Audit.connect(copy) as audit:
+                assert [p for p in audit.doctor() if p["object"] == "schema audit"] == []
+                audit.enable("t")
+                home = audit.conn.execute("SELECT database_name FROM audit.home").fetchone()
+                assert home == (empty,)
+                assert [p for p in audit.doctor() if p["object"] == "schema audit"] == []
+                audit.conn.commit()
+            with (
+                fresh_database(pg_server, full, template=empty) as second,
+                Audit.connect(second) as again,
+            ):
+                notes = [p for p in again.doctor() if p["object"] == "schema audit"]
+                assert [n["severity"] for n in notes] == ["info"]
+                assert "every table kept its OID" in notes[0]["problem"]

@@ -508,6 +508,7 @@ DECLARE
     v_row audit.tracked_table;
 BEGIN
     PERFORM audit._check_auditable(p_table);
+    PERFORM audit._adopt_home();
     k := audit._key_of(p_table);
     SELECT * INTO v_old FROM audit.tracked_table WHERE relid = p_table;
     IF p_exclude IS NULL AND v_old.relid IS NOT NULL THEN

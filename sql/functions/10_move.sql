@@ -124,6 +124,35 @@ COMMENT ON FUNCTION audit._txid_problem(xid8) IS
     'Internal. Why this cluster''s transaction ids from p_next on would collide with those in the audit log (a log from another cluster), with the pg_resetwal -e command that fixes it; null when they cannot.';
 
 
+CREATE OR REPLACE FUNCTION audit._record_home() RETURNS void
+LANGUAGE sql AS $$
+    -- This database (and cluster) as the audit schema's home.
+    INSERT INTO audit.home AS h (system_identifier, database_oid, database_name)
+    SELECT n.system_identifier, n.database_oid, n.database_name FROM audit._home_now() AS n
+    ON CONFLICT (singleton) DO UPDATE SET system_identifier = excluded.system_identifier,
+        database_oid = excluded.database_oid, database_name = excluded.database_name,
+        recorded_at = pg_catalog.now(), recorded_by = session_user
+$$;
+
+COMMENT ON FUNCTION audit._record_home() IS
+    'Internal. Records this database and cluster in audit.home (reattach; the first enable in a copy).';
+
+
+CREATE OR REPLACE FUNCTION audit._adopt_home() RETURNS void
+LANGUAGE plpgsql AS $$
+-- An audit schema with nothing registered has nothing to reattach: a database created from a
+-- template holding one (CREATE DATABASE ... TEMPLATE) takes it over at its first enable.
+BEGIN
+    IF NOT EXISTS (SELECT FROM audit.tracked_table) AND audit._home_changed() THEN
+        PERFORM audit._record_home();
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION audit._adopt_home() IS
+    'Internal. Called by audit.enable(): with nothing registered yet, records this database as the audit schema''s home (a copy of a database holding an empty audit schema).';
+
+
 CREATE OR REPLACE FUNCTION audit._move_doctor() RETURNS TABLE (severity text, object text, problem text, fix text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 -- audit.doctor()'s checks of a move: transaction ids from another cluster, tables found by name
@@ -161,7 +190,7 @@ BEGIN
             fix := NULL;
             RETURN NEXT;
         END LOOP;
-    ELSE
+    ELSIF EXISTS (SELECT FROM audit.tracked_table) THEN  -- a copy with nothing registered: nothing to say
         severity := 'info'; object := 'schema audit';
         problem := pg_catalog.format('recorded in %s; now in %s (pg_upgrade, or a copy): every table kept its OID, history and capture work',
                                      v_from, audit._home_text((SELECT pg_catalog.to_jsonb(n) FROM audit._home_now() AS n)));
@@ -378,11 +407,7 @@ BEGIN
 
     -- The new home: from here on the registry names the right tables, and the DDL guard,
     -- fired by the statements below, follows them again.
-    INSERT INTO audit.home AS h (system_identifier, database_oid, database_name)
-    SELECT n.system_identifier, n.database_oid, n.database_name FROM audit._home_now() AS n
-    ON CONFLICT (singleton) DO UPDATE SET system_identifier = excluded.system_identifier,
-        database_oid = excluded.database_oid, database_name = excluded.database_name,
-        recorded_at = pg_catalog.now(), recorded_by = session_user;
+    PERFORM audit._record_home();
 
     FOREACH v_anchor_oid IN ARRAY v_enabled LOOP
         PERFORM audit.enable(v_anchor_oid::regclass);
