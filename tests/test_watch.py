@@ -542,23 +542,24 @@ def test_tail_last_and_follow(shop: Audit, dsn: str) -> None:
         text=True,
     )
     try:
-        # Change only once the follower has taken its starting snapshot (it then polls with
-        # audit.watch_pending): a change before that is history, not followed. A fixed sleep
-        # lost that race on a loaded machine, and readline() then waited forever.
-        deadline = time.monotonic() + 60
-        while not shop.conn.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid() AND query LIKE '%watch_pending%'"
-        ).fetchone():
-            assert follower.poll() is None, "the follower exited"
-            assert time.monotonic() < deadline, "the follower did not start following in 60 s"
-            time.sleep(0.1)
-        with shop.actor("zed"):
-            shop.conn.execute("UPDATE app.users SET name = 'followed' WHERE id = 20")
+        # A change made before the follower took its starting snapshot is history, not
+        # followed (-n 0): change again every 2 s until the follower shows one, so that no
+        # fixed sleep or probe of its progress can lose the race on a loaded machine.
         assert follower.stdout is not None
+        deadline = time.monotonic() + 90
         with selectors.DefaultSelector() as selector:
             selector.register(follower.stdout, selectors.EVENT_READ)
-            assert selector.select(timeout=60), "the follower showed nothing in 60 s"
+            n = 0
+            while True:
+                n += 1
+                with shop.actor("zed"):
+                    shop.conn.execute(
+                        "UPDATE app.users SET name = %s WHERE id = 20", (f"followed {n}",)
+                    )
+                if selector.select(timeout=2):
+                    break
+                assert follower.poll() is None, "the follower exited"
+                assert time.monotonic() < deadline, "the follower showed nothing in 90 s"
         line = follower.stdout.readline()
         assert json.loads(line)["actor"] == "zed"
     finally:
