@@ -780,3 +780,130 @@ def test_a_partition_dropped_by_the_audit_owner_breaks_history(tenant: Tenant) -
     tenant.audit.conn.execute("DROP TABLE app.p2")
     with pytest.raises(AuditError, match="broken"):
         list(tenant.audit.table_at("app.p", t0))
+
+
+# ----------------------------------------------------------------- 8: reverts and live reads
+
+# Code a table owner attaches to its table runs whenever a row is written (or, for a policy, read).
+# Each entry: setup SQL on app.w (id int PRIMARY KEY, v text), after which app.spy(text) (which
+# tries to become superuser and to empty the log, and records who ran it) runs on writes.
+OWNER_CODE = {
+    "domain check": "CREATE DOMAIN app.dv AS text CHECK (app.spy(VALUE));"
+    " ALTER TABLE app.w ALTER COLUMN v TYPE app.dv",
+    "table check": "ALTER TABLE app.w ADD CHECK (app.spy(v))",
+    "index expression": "CREATE INDEX ON app.w (app.spy_i(v))",
+    "generated column": "ALTER TABLE app.w ADD COLUMN g boolean GENERATED ALWAYS AS (app.spy_i(v)) STORED",
+    "rule": "CREATE RULE r AS ON UPDATE TO app.w DO ALSO SELECT app.spy(NEW.v)",
+    "deferred constraint trigger": "CREATE CONSTRAINT TRIGGER c AFTER INSERT OR UPDATE OR DELETE ON app.w"
+    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION app.spy_t()",
+    "row-level security": "ALTER TABLE app.w ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;"
+    " CREATE POLICY p ON app.w USING (app.spy(v)) WITH CHECK (app.spy(v))",
+    "trigger fired on request": "CREATE TRIGGER b BEFORE INSERT OR UPDATE OR DELETE ON app.w"
+    " FOR EACH ROW EXECUTE FUNCTION app.spy_t()",
+}
+
+
+def _plant_spy(tenant: Tenant) -> None:
+    tenant.conn.execute(
+        "CREATE TABLE app.ran (who text); GRANT INSERT ON app.ran TO PUBLIC;"
+        "CREATE FUNCTION app.spy(text) RETURNS boolean LANGUAGE plpgsql AS $f$ BEGIN"
+        f" BEGIN EXECUTE 'ALTER ROLE {tenant.role} SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;"
+        " BEGIN DELETE FROM audit.change; EXCEPTION WHEN OTHERS THEN NULL; END;"
+        " INSERT INTO app.ran VALUES (current_user); RETURN true; END $f$;"
+        "CREATE FUNCTION app.spy_i(text) RETURNS boolean LANGUAGE sql IMMUTABLE AS $f$ SELECT app.spy($1) $f$;"
+        "CREATE FUNCTION app.spy_t() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
+        " PERFORM app.spy(NULL); RETURN coalesce(NEW, OLD); END $f$;"
+        "CREATE TABLE app.w (id int PRIMARY KEY, v text); INSERT INTO app.w VALUES (1, 'a'), (2, 'b')"
+    )
+
+
+def _who_ran(tenant: Tenant) -> set[str]:
+    return {r[0] for r in tenant.audit.conn.execute("SELECT who FROM app.ran").fetchall()}
+
+
+@pytest.mark.parametrize("code", list(OWNER_CODE), ids=list(OWNER_CODE))
+def test_a_revert_never_runs_the_owners_code_with_the_reverters_rights(
+    tenant: Tenant, code: str
+) -> None:
+    """A revert writes the table: its domains, constraints, index expressions, generated
+    columns, rules, constraint triggers and policies run. Run by the audit owner (or a
+    superuser), they must run with the table owner's rights, never the reverter's."""
+    _plant_spy(tenant)
+    tenant.conn.execute(OWNER_CODE[code])
+    tenant.audit.enable("app.w")
+    t1 = _instant(tenant)
+    tenant.conn.execute(
+        "UPDATE app.w SET v = 'x' WHERE id = 1; DELETE FROM app.w WHERE id = 2;"
+        "INSERT INTO app.w (id, v) VALUES (3, 'c')"
+    )
+    tenant.conn.execute("TRUNCATE app.ran")
+    logged = tenant.owner_changes_intact()
+    try:
+        tenant.audit.revert(table="app.w", to=t1, fire_triggers=code.startswith("trigger"))
+    except PermissionDenied as e:
+        # Refused before anything ran: a policy forced on the owner applies to the audit owner
+        # too when it is a member of the owner's role, so the plan cannot read the table.
+        assert code == "row-level security" and not superuser_tenant(tenant), e
+        assert _who_ran(tenant) == set()
+    except AuditError as e:  # refused by the server before anything ran
+        assert code == "rule" and "rules are not supported" in str(e), e
+        assert _who_ran(tenant) == set()
+    else:
+        assert tenant.conn.execute("SELECT id, v::text FROM app.w ORDER BY id").fetchall() == [
+            (1, "a"),
+            (2, "b"),
+        ]
+        assert _who_ran(tenant) <= {tenant.role}
+    assert not tenant.is_superuser()
+    assert tenant.owner_changes_intact() >= logged
+
+
+def test_a_revert_the_audit_owner_cannot_do_as_the_tables_owner_is_refused(
+    tenant: Tenant, pg_server: PgServer, make_role: Callable[..., str]
+) -> None:
+    """An audit owner that may not become a table's owner must not write it with its own rights
+    (the owner's code would run with them): the revert is refused, with the role to run it as."""
+    if superuser_tenant(tenant):
+        pytest.skip("a superuser may become any role")
+    other = make_role("other")
+    audit, dbname = tenant.audit, tenant.audit.conn.info.dbname
+    su = psycopg.connect(pg_server.dsn_for(dbname), autocommit=True)
+    grant = sql.SQL("GRANT CREATE ON DATABASE {0} TO {1}; GRANT {1} TO {2}").format(
+        sql.Identifier(dbname), sql.Identifier(other), sql.Identifier(audit.conn.info.user)
+    )
+    with su, psycopg.connect(pg_server.dsn_for(dbname, user=other), autocommit=True) as conn:
+        su.execute(grant)
+        conn.execute("CREATE SCHEMA other; CREATE TABLE other.o (id int PRIMARY KEY, v text)")
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA other TO {0}; GRANT ALL ON other.o TO {0}")
+                     .format(sql.Identifier(audit.conn.info.user)))  # fmt: skip
+        audit.enable("other.o")  # as a member of its owner's role, which it then stops being
+        su.execute(sql.SQL("REVOKE {} FROM {}").format(
+            sql.Identifier(other), sql.Identifier(audit.conn.info.user)))  # fmt: skip
+        t1 = _instant(tenant)
+        conn.execute("INSERT INTO other.o VALUES (1, 'a')")
+        with pytest.raises(PermissionDenied, match="SET ROLE") as refused:
+            audit.revert(table="other.o", to=t1, fire_triggers=True)
+        assert other in str(refused.value)
+        assert conn.execute("SELECT count(*) FROM other.o").fetchone() == (1,)
+
+
+def test_reading_history_never_runs_row_level_security_policies(tenant: Tenant) -> None:
+    """Reconstruction compares recorded rows with the live table: a policy on it is code of the
+    table owner, which must not run with a reviewer's rights (it refuses instead)."""
+    _plant_spy(tenant)
+    tenant.audit.enable("app.w")
+    t1 = _instant(tenant)
+    tenant.conn.execute("UPDATE app.w SET v = 'x' WHERE id = 1")
+    tenant.conn.execute(OWNER_CODE["row-level security"] + "; TRUNCATE app.ran")
+    audit = tenant.audit
+    for read in (
+        lambda: list(audit.table_at("app.w", t1)),
+        lambda: audit.row_at("app.w", {"id": 1}, t1),
+        lambda: list(audit.diff("app.w", t1, "now")),
+        lambda: list(audit.blame("app.w", {"id": 1})),
+        lambda: audit.revert(table="app.w", to=t1, dry_run=True),
+    ):
+        with contextlib.suppress(PermissionDenied):
+            read()
+        assert _who_ran(tenant) <= {tenant.role}
+    assert not tenant.is_superuser()

@@ -471,13 +471,14 @@ def test_an_ordinary_role_can_call_nothing_else(roles: tuple[Audit, Conn, str]) 
         with pytest.raises(psycopg.errors.InsufficientPrivilege), app_conn.transaction():
             app_conn.execute(attack)
     assert log_size(audit.conn) == before
-    # Every function of the schema but set_actor is closed to PUBLIC, new ones included.
+    # Every function of the schema but set_actor and the revert's row count check is closed
+    # to PUBLIC, new ones included.
     open_to_public = audit.conn.execute(
         "SELECT array_agg(p.proname ORDER BY p.proname) FROM pg_proc p"
         " WHERE p.pronamespace = 'audit'::regnamespace"
         " AND has_function_privilege('public', p.oid, 'EXECUTE')"
     ).fetchone()
-    assert open_to_public == (["set_actor"],)
+    assert open_to_public == (["_revert_count", "set_actor"],)
 
 
 def test_the_reader_can_run_every_read_command(roles: tuple[Audit, Conn, str]) -> None:

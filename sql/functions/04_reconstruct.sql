@@ -194,6 +194,8 @@ CREATE OR REPLACE FUNCTION audit.pk(p_table regclass, p_key text, p_part boolean
 LANGUAGE plpgsql STABLE
     -- Generated SQL compares values of the table's types: only pg_catalog's operators.
     SET search_path = pg_catalog, pg_temp
+    -- The live table is read: a row-level security policy (its owner's code) must refuse, not run.
+    SET row_security = off
     -- Keys and images are compared as JSON: the same output settings as capture.
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
     SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
@@ -256,6 +258,8 @@ COMMENT ON FUNCTION audit.pk(regclass, text, boolean) IS
 CREATE OR REPLACE FUNCTION audit._live_keys(p_table regclass, p_part jsonb) RETURNS SETOF jsonb
 LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
+    -- The live table is read: a row-level security policy (its owner's code) must refuse, not run.
+    SET row_security = off
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
     SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
 -- The keys (as the log stores them) of the rows of the table now that have the key columns of
@@ -424,6 +428,8 @@ CREATE OR REPLACE FUNCTION audit.table_at(p_row anyelement, p_at timestamptz) RE
 LANGUAGE plpgsql STABLE
     -- Generated SQL compares values of the table's types: only pg_catalog's operators.
     SET search_path = pg_catalog, pg_temp
+    -- The live table is read: a row-level security policy (its owner's code) must refuse, not run.
+    SET row_security = off
     -- Keys and images are compared as JSON: the same output settings as capture.
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
     SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
@@ -449,6 +455,8 @@ CREATE OR REPLACE FUNCTION audit.row_at(p_table regclass, p_pk jsonb, p_at times
 LANGUAGE plpgsql STABLE
     -- Generated SQL compares values of the table's types: only pg_catalog's operators.
     SET search_path = pg_catalog, pg_temp
+    -- The live table is read: a row-level security policy (its owner's code) must refuse, not run.
+    SET row_security = off
     -- Keys and images are compared as JSON: the same output settings as capture.
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
     SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
@@ -502,6 +510,8 @@ CREATE OR REPLACE FUNCTION audit.diff(p_table regclass, p_from timestamptz, p_to
 RETURNS TABLE (pk jsonb, change text, before jsonb, after jsonb, changed text[])
 LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
+    -- The live table is read: a row-level security policy (its owner's code) must refuse, not run.
+    SET row_security = off
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
     SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
 DECLARE
@@ -543,6 +553,8 @@ RETURNS TABLE (column_name text, value jsonb, change_id bigint, op text, at time
                actor text, db_user text, role text)
 LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
+    -- The live table is read: a row-level security policy (its owner's code) must refuse, not run.
+    SET row_security = off
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
     SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
 DECLARE

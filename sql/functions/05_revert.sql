@@ -422,7 +422,9 @@ RETURNS TABLE (relid regclass, table_name text, pk jsonb, action text, apply boo
                reason text, set_columns text[], conflict_columns text[], target jsonb, expected jsonb,
                live jsonb, live_xmin xid, first_change bigint, last_change bigint, changes bigint,
                later jsonb)
-LANGUAGE plpgsql STABLE SET jit = off SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET jit = off SET search_path = pg_catalog, pg_temp
+    -- The live tables are read: a row-level security policy (its owner's code) must refuse, not run.
+    SET row_security = off AS $$
 #variable_conflict use_column
 DECLARE
     r record;
@@ -606,7 +608,7 @@ LANGUAGE plpgsql AS $$
 BEGIN
     IF p_done IS DISTINCT FROM p_planned THEN
         RAISE EXCEPTION 'the revert was to % % row(s) of % but found % of them as planned: rows changed while the revert ran, so nothing was changed',
-                pg_catalog.lower(p_action), p_planned, audit._qualified(p_table), p_done
+                pg_catalog.lower(p_action), p_planned, p_table, p_done
             USING ERRCODE = 'serialization_failure',
                   HINT = 'Run the revert again: it plans from the current state.';
     END IF;
@@ -615,7 +617,7 @@ END
 $$;
 
 COMMENT ON FUNCTION audit._revert_count(regclass, text, bigint, bigint) IS
-    'Internal. Returns the number of rows a revert statement touched; raises (so the revert rolls back) when it differs from the plan.';
+    'Internal. Returns the number of rows a revert statement touched; raises (so the revert rolls back) when it differs from the plan. Executable by PUBLIC: the table''s owner runs it when a revert writes as that owner (audit._revert_writer); it calls nothing else of the schema.';
 
 
 CREATE OR REPLACE FUNCTION audit._revert_refuse(p_conflicts bigint, p_rows text[]) RETURNS void
@@ -728,6 +730,51 @@ COMMENT ON FUNCTION audit._revert_check_owner(regclass[]) IS
     'Internal. Raises insufficient_privilege, before a revert changes anything, when it would have to switch off triggers of a table the current user does not own.';
 
 
+CREATE OR REPLACE FUNCTION audit._revert_writer(p_table regclass) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+-- The role a revert writes p_table as. Writing runs code the table's owner wrote (domain and
+-- table CHECK constraints, index expressions, generated columns, rules, policies, constraint
+-- triggers) with the writer's rights: a reverter who may become the owner writes as the owner
+-- (SET ROLE), so that code never gains more rights than its author has; one who may not writes
+-- as itself, unless it is the audit owner or a superuser and the owner is less trusted: refused.
+-- Null: write as the current user.
+DECLARE
+    v_owner oid := (SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = p_table);
+BEGIN
+    IF v_owner = (SELECT r.oid FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
+        RETURN NULL;
+    ELSIF pg_catalog.pg_has_role(current_user, v_owner,
+                                 CASE WHEN pg_catalog.current_setting('server_version_num')::integer >= 160000
+                                      THEN 'SET' ELSE 'MEMBER' END) THEN
+        RETURN (SELECT r.rolname::text FROM pg_catalog.pg_roles AS r WHERE r.oid = v_owner);
+    ELSIF audit._trusted_role((SELECT r.oid FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user))
+          AND NOT audit._trusted_role(v_owner) THEN
+        RAISE EXCEPTION 'the revert would write table % as %, running code its owner % wrote (constraints, domains, indexes, rules, policies) with the rights of %',
+                        audit._qualified(p_table), current_user, v_owner::regrole, current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = pg_catalog.format('Run the revert as %s or as a role that may SET ROLE to it.', v_owner::regrole);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION audit._revert_writer(regclass) IS
+    'Internal. The role a revert writes a table as: its owner when the current user may SET ROLE to it (so the owner''s code in constraints, domains, indexes, rules and policies runs with the owner''s rights), null for the current user; raises when the current user is the audit owner or a superuser and may not become a less trusted owner.';
+
+
+CREATE OR REPLACE FUNCTION audit._revert_as(p_role text, p_owner boolean) RETURNS text[]
+LANGUAGE sql IMMUTABLE AS $$
+    -- Switching the role a revert writes as: to a table's owner (p_owner), whose row-level
+    -- security policies then apply (its own code, with its own rights); back to the reverter,
+    -- for whom a policy refuses the statement rather than run.
+    SELECT ARRAY[pg_catalog.format('SET LOCAL ROLE %I', p_role),
+                 pg_catalog.format('SET LOCAL row_security = %s', CASE WHEN p_owner THEN 'on' ELSE 'off' END)]
+$$;
+
+COMMENT ON FUNCTION audit._revert_as(text, boolean) IS
+    'Internal. The statements of a revert script that switch the role it writes as: SET LOCAL ROLE, and row_security on for a table''s owner, off for the reverter.';
+
+
 -- Revisions before the trigger switch had no p_fire_triggers.
 DROP FUNCTION IF EXISTS audit.revert(jsonb, text, text);
 DROP FUNCTION IF EXISTS audit.revert_script(jsonb, text, text);
@@ -746,6 +793,8 @@ DECLARE
     v_ids bigint[] := audit.revert_selection(p_selection);
     v_tables regclass[];
     v_step integer := 0;
+    v_self text := current_user;
+    v_as text;          -- the role the script writes as at this point (null: v_self)
     r record;
 BEGIN
     IF p_on_conflict IS NULL OR p_on_conflict NOT IN ('abort', 'skip', 'force') THEN
@@ -761,6 +810,7 @@ BEGIN
     IF NOT coalesce(p_fire_triggers, false) THEN
         PERFORM audit._revert_check_owner(v_tables);
     END IF;
+    PERFORM audit._revert_writer(t) FROM pg_catalog.unnest(v_tables) AS t;   -- refuses before anything runs
     FOR r IN
         SELECT v.kind, v.statement FROM (VALUES
             (1, 'begin', 'BEGIN'),
@@ -769,6 +819,9 @@ BEGIN
             -- Every statement names its tables and functions in full: operators (and functions)
             -- a table owner put on the reviewer's search_path must not be chosen.
             (4, 'setup', 'SET LOCAL search_path = pg_catalog, pg_temp'),
+            -- Live tables are read and written: a row-level security policy (code of a
+            -- table's owner) refuses the statement rather than run.
+            (4, 'setup', 'SET LOCAL row_security = off'),
             (5, 'select', pg_catalog.format(
                 E'CREATE TEMP TABLE pg_temp.pgaudit_revert_changes ON COMMIT DROP AS\n'
                  '    SELECT pg_catalog.unnest(audit.revert_selection(%L::jsonb)) AS id', p_selection)),
@@ -790,6 +843,13 @@ BEGIN
         v_step := v_step + 1;
         RETURN QUERY SELECT v_step, r.kind, NULL::text, NULL::text, r.statement;
     END LOOP;
+    -- The tables' owners (audit._revert_writer) read the plan.
+    FOR r IN SELECT DISTINCT audit._revert_writer(t) AS w FROM pg_catalog.unnest(v_tables) AS t ORDER BY 1 LOOP
+        CONTINUE WHEN r.w IS NULL;
+        v_step := v_step + 1;
+        RETURN QUERY SELECT v_step, 'setup'::text, NULL::text, NULL::text,
+                            pg_catalog.format('GRANT SELECT ON pg_temp.pgaudit_revert_plan TO %I', r.w);
+    END LOOP;
     -- The application's triggers stay off while the revert writes (unless told to fire them):
     -- the rows come back exactly as recorded. ALTER TABLE is transactional and locks each
     -- table against writers until COMMIT: nobody else ever sees them off, and an error or a
@@ -800,25 +860,52 @@ BEGIN
             RETURN QUERY SELECT v_step, 'suppress'::text, r.table_name, r.trigger_name, r.suppress;
         END LOOP;
     END IF;
-    -- Children before parents for DELETE; parents before children for UPDATE and INSERT.
+    -- Children before parents for DELETE; parents before children for UPDATE and INSERT. Each
+    -- table is written as the role audit._revert_writer gives (SET LOCAL ROLE when it changes).
     FOR r IN
-        SELECT a.action, o.relid::regclass AS rel, audit._revert_dml(o.relid::regclass, a.action) AS statement
+        SELECT a.action, o.relid::regclass AS rel, audit._revert_dml(o.relid::regclass, a.action) AS statement,
+               audit._revert_writer(o.relid::regclass) AS writer
           FROM audit._revert_order(v_tables::oid[]) AS o,
                (VALUES (1, 'DELETE'), (2, 'UPDATE'), (3, 'INSERT')) AS a(n, action)
          ORDER BY a.n, CASE WHEN a.action = 'DELETE' THEN -o.depth ELSE o.depth END, audit._qualified(o.relid::regclass)
     LOOP
         CONTINUE WHEN r.statement IS NULL;
+        IF r.writer IS DISTINCT FROM v_as THEN
+            v_as := r.writer;
+            RETURN QUERY SELECT v_step + s.n::integer, 'role'::text, NULL::text, NULL::text, s.statement
+                           FROM pg_catalog.unnest(audit._revert_as(coalesce(v_as, v_self), v_as IS NOT NULL))
+                                WITH ORDINALITY AS s(statement, n);
+            v_step := v_step + 2;
+        END IF;
         v_step := v_step + 1;
         RETURN QUERY SELECT v_step, r.action, audit._qualified(r.rel), r.action, r.statement;
     END LOOP;
-    IF NOT coalesce(p_fire_triggers, false) AND EXISTS (SELECT FROM audit.revert_triggers(v_tables)) THEN
-        FOR r IN SELECT NULL AS table_name, NULL AS trigger_name, audit._revert_deferred(v_tables) AS statement
-                 UNION ALL
-                 SELECT t.table_name, t.trigger_name, t.restore FROM audit.revert_triggers(v_tables) AS t LOOP
-            CONTINUE WHEN r.statement IS NULL;
+    -- Deferred checks of the tables' deferrable constraints now, each table's as the role that
+    -- wrote it (a constraint trigger is its owner's code), and before the triggers are switched
+    -- back (ALTER TABLE refuses a table with pending checks).
+    FOR r IN SELECT g.writer, audit._revert_deferred(pg_catalog.array_agg(g.t)) AS statement
+               FROM (SELECT t, audit._revert_writer(t) AS writer FROM pg_catalog.unnest(v_tables) AS t) AS g
+              GROUP BY g.writer ORDER BY g.writer NULLS FIRST LOOP
+        CONTINUE WHEN r.statement IS NULL;
+        IF r.writer IS DISTINCT FROM v_as THEN
+            v_as := r.writer;
+            RETURN QUERY SELECT v_step + s.n::integer, 'role'::text, NULL::text, NULL::text, s.statement
+                           FROM pg_catalog.unnest(audit._revert_as(coalesce(v_as, v_self), v_as IS NOT NULL))
+                                WITH ORDINALITY AS s(statement, n);
+            v_step := v_step + 2;
+        END IF;
+        v_step := v_step + 1;
+        RETURN QUERY SELECT v_step, 'check'::text, NULL::text, NULL::text, r.statement;
+    END LOOP;
+    IF v_as IS NOT NULL THEN
+        RETURN QUERY SELECT v_step + s.n::integer, 'role'::text, NULL::text, NULL::text, s.statement
+                       FROM pg_catalog.unnest(audit._revert_as(v_self, false)) WITH ORDINALITY AS s(statement, n);
+        v_step := v_step + 2;
+    END IF;
+    IF NOT coalesce(p_fire_triggers, false) THEN
+        FOR r IN SELECT t.table_name, t.trigger_name, t.restore FROM audit.revert_triggers(v_tables) AS t LOOP
             v_step := v_step + 1;
-            RETURN QUERY SELECT v_step, CASE WHEN r.trigger_name IS NULL THEN 'check' ELSE 'restore' END,
-                                r.table_name, r.trigger_name, r.statement;
+            RETURN QUERY SELECT v_step, 'restore'::text, r.table_name, r.trigger_name, r.restore;
         END LOOP;
     END IF;
     RETURN QUERY SELECT v_step + 1, 'cleanup', NULL::text, NULL::text,
@@ -828,7 +915,7 @@ END
 $$;
 
 COMMENT ON FUNCTION audit.revert_script(jsonb, text, text, boolean) IS
-    'The SQL statements of a revert, in order (kind: begin, setup, select, plan, guard, label, suppress, DELETE/UPDATE/INSERT, check, restore, cleanup, commit): run one after the other they are the revert, in one transaction, recorded under the actor p_actor. p_on_conflict: abort (any conflicting row makes the revert fail and change nothing), skip (conflicting rows are left as they are) or force (overwritten). The application triggers of the tables written (audit.revert_triggers: table_name and action name each one) are switched off around the data statements (suppress) and back on after them (restore), so rows come back exactly as recorded; p_fire_triggers => true lets them fire instead. Suppressing needs ownership of the tables.';
+    'The SQL statements of a revert, in order (kind: begin, setup, select, plan, guard, label, setup, suppress, role, DELETE/UPDATE/INSERT, role, check, role, restore, cleanup, commit): run one after the other they are the revert, in one transaction, recorded under the actor p_actor. p_on_conflict: abort (any conflicting row makes the revert fail and change nothing), skip (conflicting rows are left as they are) or force (overwritten). The application triggers of the tables written (audit.revert_triggers: table_name and action name each one) are switched off around the data statements (suppress) and back on after them (restore), so rows come back exactly as recorded; p_fire_triggers => true lets them fire instead. Suppressing needs ownership of the tables. Each table is written, and its deferred constraints checked, as the role audit._revert_writer gives (role: SET LOCAL ROLE to its owner when the caller may), so that code its owner wrote never runs with more rights than the owner has.';
 
 
 CREATE OR REPLACE FUNCTION audit.revert(

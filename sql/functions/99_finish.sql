@@ -1,7 +1,9 @@
 -- pgaudit_tool: last step of every install and upgrade, after the functions above.
 
 -- Functions: every role may name the application user of its own transaction
--- (audit.set_actor, which only sets two transaction-local settings), and nothing else. USAGE on
+-- (audit.set_actor, which only sets two transaction-local settings), and run the row count
+-- check of a revert's statements (audit._revert_count: a table's owner runs it when a revert
+-- writes as that owner), and nothing else. USAGE on
 -- the schema lets every role reach that function; every other function of the schema is taken
 -- from PUBLIC here, after the files above (re)created them, so that a function added by any
 -- version is covered. The log's tables and views grant nothing to PUBLIC. Capture functions,
@@ -24,7 +26,8 @@ DECLARE
     f regprocedure;
 BEGIN
     FOR f IN SELECT p.oid FROM pg_catalog.pg_proc AS p
-              WHERE p.pronamespace = 'audit'::regnamespace AND p.proname = 'set_actor' AND NOT p.prosecdef LOOP
+              WHERE p.pronamespace = 'audit'::regnamespace AND p.proname IN ('set_actor', '_revert_count')
+                AND NOT p.prosecdef LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC', f);
     END LOOP;
 END
