@@ -552,6 +552,11 @@ def _time(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return TimeText(value, max(param.opts, key=len)) if isinstance(value, str) else value
 
 
+def _time_option(flag: str, text: str) -> Callable[[Any], Any]:
+    """A --since/--until style option: an instant (see _TIME_HELP), checked by :func:`_time`."""
+    return click.option(flag, metavar="TIME", callback=_time, help=text)
+
+
 @main.command()
 @click.argument("table", required=False, shell_complete=_complete_tables)
 @click.option("--pk", metavar="KEY", help=_PK_HELP + _PART_HELP + " Needs TABLE.")
@@ -563,10 +568,8 @@ def _time(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     type=click.Choice(["INSERT", "UPDATE", "DELETE", "TRUNCATE"], case_sensitive=False),
     help="Only changes of this kind.",
 )
-@click.option(
-    "--since", metavar="TIME", callback=_time, help="Only changes at or after TIME: " + _TIME_HELP
-)
-@click.option("--until", metavar="TIME", callback=_time, help="Only changes before TIME.")
+@_time_option("--since", "Only changes at or after TIME: " + _TIME_HELP)
+@_time_option("--until", "Only changes before TIME.")
 @click.option("--limit", type=click.IntRange(min=0), help="At most this many changes: the oldest.")
 @click.option(
     "--last",
@@ -947,18 +950,8 @@ def guard(
 )
 @click.option("--actor", help="Revert what this application user did (needs --since).")
 @click.option("--db-user", help="Revert what this login role did (needs --since).")
-@click.option(
-    "--since",
-    metavar="TIME",
-    callback=_time,
-    help="With --actor/--db-user: transactions committed after TIME. " + _TIME_HELP,
-)
-@click.option(
-    "--until",
-    metavar="TIME",
-    callback=_time,
-    help="... and committed at or before TIME (default: now).",
-)
+@_time_option("--since", "With --actor/--db-user: transactions committed after TIME. " + _TIME_HELP)
+@_time_option("--until", "... and committed at or before TIME (default: now).")
 @click.option(
     "--table",
     shell_complete=_complete_tables,
@@ -1274,13 +1267,8 @@ def _alert_line(record: Mapping[str, Any]) -> str:
 
 
 @main.command()
-@click.option(
-    "--since",
-    metavar="TIME",
-    callback=_time,
-    help="Start of the window (default: 24 hours ago). " + _TIME_HELP,
-)
-@click.option("--until", metavar="TIME", callback=_time, help="End of the window (default: now).")
+@_time_option("--since", "Start of the window (default: 24 hours ago). " + _TIME_HELP)
+@_time_option("--until", "End of the window (default: now).")
 @click.option(
     "--rules", "rules_file", metavar="FILE", type=click.Path(dir_okay=False), help=_RULES_HELP
 )
@@ -1304,13 +1292,8 @@ def anomalies(
 
 
 @main.command()
-@click.option(
-    "--since",
-    metavar="TIME",
-    callback=_time,
-    help="Start of the window (default: the first change recorded). " + _TIME_HELP,
-)
-@click.option("--until", metavar="TIME", callback=_time, help="End of the window (default: now).")
+@_time_option("--since", "Start of the window (default: the first change recorded). " + _TIME_HELP)
+@_time_option("--until", "End of the window (default: now).")
 @click.option(
     "--table",
     "tables",
@@ -1430,12 +1413,7 @@ def watch(state: _State, rules_file: str | None, once: bool, interval: float, fm
 
 
 @main.command()
-@click.option(
-    "--since",
-    metavar="TIME",
-    callback=_time,
-    help="Only alerts raised at or after TIME. " + _TIME_HELP,
-)
+@_time_option("--since", "Only alerts raised at or after TIME. " + _TIME_HELP)
 @click.option(
     "--severity", type=click.Choice(["info", "warning", "critical"]), help="This level and above."
 )

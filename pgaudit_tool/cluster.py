@@ -147,31 +147,22 @@ def available_installs() -> list[PgInstall]:
     For one major, system installations win over ``pgserver``'s bundled binaries, which win
     over fetched ones (``PGAUDIT_PG_DIRS``, then the cache of ``pgaudit_tool.pgfetch``).
     """
+    pgserver_bin = _pgserver_bindir()
+    candidates = [
+        *(("system", b) for b in _system_bindirs()),
+        *([("pgserver", pgserver_bin)] if pgserver_bin is not None else []),
+        *(("fetched", b) for b in _listed_bindirs()),
+    ]
     by_major: dict[int, PgInstall] = {}
     seen: set[Path] = set()
-    for bindir in _system_bindirs():
+    for source, bindir in candidates:
         resolved = bindir.resolve()
         if resolved in seen:
             continue
         seen.add(resolved)
         major = server_major(resolved)
         if major is not None and major not in by_major:
-            by_major[major] = PgInstall(bindir=resolved, major=major, source="system")
-    pgserver_bin = _pgserver_bindir()
-    if pgserver_bin is not None:
-        major = server_major(pgserver_bin)
-        if major is not None and major not in by_major:
-            by_major[major] = PgInstall(
-                bindir=pgserver_bin.resolve(), major=major, source="pgserver"
-            )
-    for bindir in _listed_bindirs():
-        resolved = bindir.resolve()
-        if resolved in seen:
-            continue
-        seen.add(resolved)
-        major = server_major(resolved)
-        if major is not None and major not in by_major:
-            by_major[major] = PgInstall(bindir=resolved, major=major, source="fetched")
+            by_major[major] = PgInstall(bindir=resolved, major=major, source=source)
     return [by_major[m] for m in sorted(by_major)]
 
 

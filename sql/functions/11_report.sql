@@ -89,6 +89,24 @@ BEGIN
                                   <= interval '3 days'
                              THEN 'hour' ELSE 'day' END) AS bucket
           FROM b
+    ), series AS (  -- changes per bucket by table and by subject: the p_series largest of each, then 'other'
+        WITH g AS (
+            SELECT d.dim, date_trunc((SELECT kk.bucket FROM kk), b.hour, 'UTC') AS bucket,
+                   CASE d.dim WHEN 'table' THEN 'table' ELSE b.subject_kind END AS kind,
+                   CASE d.dim WHEN 'table' THEN format('%I.%I', b.schema_name, b.relname) ELSE b.subject END AS name,
+                   sum(b.changes) AS n
+              FROM b AS b CROSS JOIN (VALUES ('table'), ('subject')) AS d(dim)
+             GROUP BY 1, 2, 3, 4
+        ), ranked AS (
+            SELECT s.dim, s.kind, s.name, rank() OVER (PARTITION BY s.dim ORDER BY s.total DESC, s.kind, s.name) AS r
+              FROM (SELECT g.dim, g.kind, g.name, sum(g.n) AS total FROM g GROUP BY 1, 2, 3) AS s
+        )
+        SELECT g.dim, g.bucket,
+               CASE WHEN r.r <= p_series THEN g.kind ELSE 'other' END AS kind,
+               CASE WHEN r.r <= p_series THEN g.name END AS name,
+               sum(g.n)::bigint AS changes
+          FROM g JOIN ranked AS r ON r.dim = g.dim AND r.kind = g.kind AND r.name IS NOT DISTINCT FROM g.name
+         GROUP BY 1, 2, 3, 4
     )
     SELECT kk.bucket,
         (SELECT to_jsonb(x) FROM (
@@ -102,48 +120,10 @@ BEGIN
                        (SELECT count(*) FROM audit.report_alerts(p_since, p_until, p_tables, p_actors, p_db_users, NULL))
                   FROM b AS b
            ) AS x(changes, transactions, tables, actors, db_users, client_addrs, inserts, updates, deletes, truncates, first_at, last_at, alerts)),
-        COALESCE((SELECT jsonb_agg(to_jsonb(x)) FROM (
-                WITH g AS (
-                    SELECT date_trunc((SELECT kk.bucket FROM kk), b.hour, 'UTC') AS bucket,
-                           CASE WHEN true THEN 'table' ELSE b.subject_kind END AS kind,
-                           CASE WHEN true THEN format('%I.%I', b.schema_name, b.relname)
-                                ELSE b.subject END AS name,
-                           sum(b.changes) AS n
-                      FROM b AS b
-                     GROUP BY 1, 2, 3
-                ), ranked AS (
-                    SELECT s.kind, s.name, rank() OVER (ORDER BY s.total DESC, s.kind, s.name) AS r
-                      FROM (SELECT g.kind, g.name, sum(g.n) AS total FROM g GROUP BY g.kind, g.name) AS s
-                )
-                SELECT g.bucket,
-                       CASE WHEN r.r <= p_series THEN g.kind ELSE 'other' END,
-                       CASE WHEN r.r <= p_series THEN g.name END,
-                       sum(g.n)::bigint
-                  FROM g JOIN ranked AS r ON r.kind = g.kind AND r.name IS NOT DISTINCT FROM g.name
-                 GROUP BY 1, 2, 3
-                 ORDER BY 1, 2, 3
-           ) AS x(bucket, kind, name, changes)), '[]'),
-        COALESCE((SELECT jsonb_agg(to_jsonb(x)) FROM (
-                WITH g AS (
-                    SELECT date_trunc((SELECT kk.bucket FROM kk), b.hour, 'UTC') AS bucket,
-                           CASE WHEN false THEN 'table' ELSE b.subject_kind END AS kind,
-                           CASE WHEN false THEN format('%I.%I', b.schema_name, b.relname)
-                                ELSE b.subject END AS name,
-                           sum(b.changes) AS n
-                      FROM b AS b
-                     GROUP BY 1, 2, 3
-                ), ranked AS (
-                    SELECT s.kind, s.name, rank() OVER (ORDER BY s.total DESC, s.kind, s.name) AS r
-                      FROM (SELECT g.kind, g.name, sum(g.n) AS total FROM g GROUP BY g.kind, g.name) AS s
-                )
-                SELECT g.bucket,
-                       CASE WHEN r.r <= p_series THEN g.kind ELSE 'other' END,
-                       CASE WHEN r.r <= p_series THEN g.name END,
-                       sum(g.n)::bigint
-                  FROM g JOIN ranked AS r ON r.kind = g.kind AND r.name IS NOT DISTINCT FROM g.name
-                 GROUP BY 1, 2, 3
-                 ORDER BY 1, 2, 3
-           ) AS x(bucket, kind, name, changes)), '[]'),
+        COALESCE((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.bucket, x.kind, x.name) FROM (
+                SELECT s.bucket, s.kind, s.name, s.changes FROM series AS s WHERE s.dim = 'table') AS x), '[]'),
+        COALESCE((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.bucket, x.kind, x.name) FROM (
+                SELECT s.bucket, s.kind, s.name, s.changes FROM series AS s WHERE s.dim = 'subject') AS x), '[]'),
         COALESCE((SELECT jsonb_agg(to_jsonb(x)) FROM (
                 WITH h AS (  -- per subject, transaction and hour
                     SELECT b.subject_kind AS kind, b.subject AS name, b.txid, b.db_user, b.client_addr,

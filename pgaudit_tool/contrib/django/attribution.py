@@ -160,10 +160,9 @@ def _attributable(sql: str, selects: bool) -> bool:
 
 
 def _literal(value: str) -> str:
-    """A string constant that reads the same whatever standard_conforming_strings is; a NUL
-    character, which no PostgreSQL text can hold, is written as the four characters \\x00."""
-    escaped = value.replace("\\", "\\\\").replace("'", "''").replace("\x00", "\\\\x00")
-    return "E'" + escaped + "'"
+    """A string constant that reads the same whatever standard_conforming_strings is (values
+    come through :func:`_text`, without NUL characters)."""
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _attach(
