@@ -322,6 +322,9 @@ def test_markdown_has_the_sections_and_escapes(scene: Audit, dsn: str) -> None:
         if line.startswith("|"):
             assert line.endswith("|"), line
     assert "| &lt;script&gt;alert('actor')&lt;/script&gt; | actor |" in md
+    # Row diffs of the timeline's transactions: before and after, changed columns in bold.
+    assert "### txid " in md and "| column | before | after |" in md
+    assert re.search(r"^\| \*\*\w+\*\* \| .* \| .* \|$", md, re.MULTILINE), md
     Path(os.environ.get("PGAUDIT_REPORT_MD", os.devnull)).write_text(md)
 
 

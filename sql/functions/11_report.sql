@@ -174,7 +174,7 @@ BEGIN
            ) AS x(kind, name, table_name, inserts, updates, deletes, truncates, changes)), '[]'),
         COALESCE((SELECT jsonb_agg(to_jsonb(x)) FROM (
                 WITH per_tx AS (  -- per table and transaction
-                    SELECT format('%I.%I', b.schema_name, b.relname) AS table_name, b.txid, b.subject_kind,
+                    SELECT format('%I.%I', b.schema_name, b.relname) AS table_name, b.relid, b.txid, b.subject_kind,
                            b.subject,
                            COALESCE(sum(b.changes) FILTER (WHERE b.op = 'I'), 0) AS i,
                            COALESCE(sum(b.changes) FILTER (WHERE b.op = 'U'), 0) AS u,
@@ -182,29 +182,26 @@ BEGIN
                            COALESCE(sum(b.changes) FILTER (WHERE b.op = 'T'), 0) AS t,
                            sum(b.changes) AS n, min(b.first_at) AS first_at, max(b.last_at) AS last_at
                       FROM b AS b
-                     GROUP BY b.schema_name, b.relname, b.txid, b.subject_kind, b.subject
-                ), per_row AS (  -- per row (key); sorted below by integers only, not by names
-                    SELECT w.relid, w.schema_name, w.relname, w.pk, count(*) AS n, max(w.at) AS last_at
+                     GROUP BY b.relid, b.schema_name, b.relname, b.txid, b.subject_kind, b.subject
+                ), per_row AS MATERIALIZED (  -- per row (key)
+                    SELECT w.relid, w.pk, count(*) AS n, max(w.at) AS last_at
                       FROM audit.report_window(p_since, p_until, p_tables, p_actors, p_db_users) AS w
                      WHERE w.pk IS NOT NULL
-                     GROUP BY w.relid, w.schema_name, w.relname, w.pk
-                ), ranked_rows AS (
-                    SELECT p.relid, p.schema_name, p.relname, p.pk, p.n, p.last_at,
-                           row_number() OVER (PARTITION BY p.relid ORDER BY p.n DESC, p.last_at DESC) AS rn
-                      FROM per_row AS p
-                ), top_rows AS (
-                    SELECT format('%I.%I', q.schema_name, q.relname) AS table_name, count(*) AS keys,
-                           COALESCE(jsonb_agg(jsonb_build_object('pk', q.pk, 'changes', q.n, 'last_at', q.last_at)
-                                              ORDER BY q.rn) FILTER (WHERE q.rn <= p_top_rows), '[]') AS top
-                      FROM ranked_rows AS q
-                     GROUP BY q.relid, q.schema_name, q.relname
+                     GROUP BY w.relid, w.pk
+                ), top_rows AS (  -- per table: its keys, and the most changed (a top-N sort each, not a sort of all keys)
+                    SELECT k.relid, k.keys,
+                           (SELECT COALESCE(jsonb_agg(jsonb_build_object('pk', r.pk, 'changes', r.n, 'last_at', r.last_at)
+                                                      ORDER BY r.n DESC, r.last_at DESC), '[]')
+                              FROM (SELECT p.pk, p.n, p.last_at FROM per_row AS p WHERE p.relid = k.relid
+                                     ORDER BY p.n DESC, p.last_at DESC LIMIT p_top_rows) AS r) AS top
+                      FROM (SELECT p.relid, count(*) AS keys FROM per_row AS p GROUP BY p.relid) AS k
                 )
                 SELECT x.table_name, sum(x.n)::bigint, sum(x.i)::bigint, sum(x.u)::bigint, sum(x.d)::bigint,
                        sum(x.t)::bigint, COALESCE(tr.keys, 0)::bigint, count(DISTINCT x.txid),
                        count(DISTINCT (x.subject_kind, x.subject)), min(x.first_at), max(x.last_at),
                        COALESCE(tr.top, '[]')
                   FROM per_tx AS x
-                  LEFT JOIN top_rows AS tr ON tr.table_name = x.table_name
+                  LEFT JOIN top_rows AS tr ON tr.relid = x.relid
                  GROUP BY x.table_name, tr.keys, tr.top
                  ORDER BY 2 DESC, 1
            ) AS x(table_name, changes, inserts, updates, deletes, truncates, rows, transactions, subjects, first_at, last_at, top_rows)), '[]'),
