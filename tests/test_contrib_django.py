@@ -252,6 +252,45 @@ def test_anonymous_request_has_no_actor_but_its_context(
     assert found[0]["context"]["request_id"] != found[1]["context"]["request_id"]
 
 
+def test_async_views_under_asgi(project: dict[str, str], since: dict[str, int]) -> None:
+    """An async view served by Django's ASGI handler (AsyncClient): the middleware is adapted
+    into a thread, the ORM's async API writes from another, and two concurrent requests by
+    different users each get their own actor and context."""
+    import asyncio
+
+    from django.test import AsyncClient
+
+    carol, dave = user("carol-async"), user("dave-async")
+    clients = [AsyncClient(), AsyncClient()]
+    for c, who in zip(clients, (carol, dave), strict=True):
+        c.force_login(who)
+
+    async def both() -> list[Any]:
+        return list(
+            await asyncio.gather(
+                *(
+                    c.post(
+                        "/acreate",
+                        {"customer": f"async-{n}", "amount": n},
+                        headers={"X-Request-ID": f"areq-{n}"},
+                    )
+                    for n, c in enumerate(clients)
+                )
+            )
+        )
+
+    responses = asyncio.run(both())
+    assert [r.status_code for r in responses] == [200, 200]
+    found = {c["new"]["customer"]: c for c in changes(project, since)}
+    assert {k: v["actor"] for k, v in found.items()} == {
+        "async-0": "carol-async",
+        "async-1": "dave-async",
+    }
+    for n in (0, 1):
+        assert found[f"async-{n}"]["context"]["request_id"] == f"areq-{n}"
+        assert found[f"async-{n}"]["context"]["path"] == "/acreate"
+
+
 @pytest.mark.parametrize("atomic_requests", [False, True], ids=["autocommit", "atomic_requests"])
 def test_failing_requests(
     project: dict[str, str], since: dict[str, int], atomic_requests: bool

@@ -6,6 +6,7 @@ from tests.djangoapp import views
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("create", views.create),
+    path("acreate", views.acreate),
     path("raw/<int:pk>", views.raw_update),
     path("atomic-fail", views.atomic_then_fail),
     path("write-fail", views.write_then_fail),

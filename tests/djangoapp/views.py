@@ -28,6 +28,14 @@ def create(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"id": order.pk})
 
 
+async def acreate(request: HttpRequest) -> JsonResponse:
+    """An async view: the ORM's async API runs the write in a worker thread."""
+    order = await Order.objects.acreate(
+        customer=request.POST["customer"], amount=int(request.POST["amount"])
+    )
+    return JsonResponse({"id": order.pk})
+
+
 def raw_update(request: HttpRequest, pk: int) -> HttpResponse:
     with connections["default"].cursor() as cursor:
         cursor.execute("UPDATE shop_order SET amount = amount + 1 WHERE id = %s", [pk])
