@@ -775,6 +775,76 @@ COMMENT ON FUNCTION audit._revert_as(text, boolean) IS
     'Internal. The statements of a revert script that switch the role it writes as: SET LOCAL ROLE, and row_security on for a table''s owner, off for the reverter.';
 
 
+CREATE OR REPLACE FUNCTION audit._revert_write_steps(p_tables regclass[], p_fire_triggers boolean)
+RETURNS TABLE (kind text, table_name text, action text, statement text)
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+-- The steps of a revert script (audit.revert_script) that write, in order: the plan granted to
+-- the tables' owners, the application triggers switched off, the data statements (each table as
+-- the role audit._revert_writer gives), the deferred checks, the role and triggers switched back.
+DECLARE
+    v_self text := current_user;
+    v_as text;          -- the role the script writes as at this point (null: v_self)
+    r record;
+BEGIN
+    -- The tables' owners (audit._revert_writer) read the plan.
+    FOR r IN SELECT DISTINCT audit._revert_writer(t) AS w FROM pg_catalog.unnest(p_tables) AS t ORDER BY 1 LOOP
+        CONTINUE WHEN r.w IS NULL;
+        RETURN QUERY SELECT 'setup'::text, NULL::text, NULL::text,
+                            pg_catalog.format('GRANT SELECT ON pg_temp.pgaudit_revert_plan TO %I', r.w);
+    END LOOP;
+    -- The application's triggers stay off while the revert writes (unless told to fire them):
+    -- the rows come back exactly as recorded. ALTER TABLE is transactional and locks each
+    -- table against writers until COMMIT: nobody else ever sees them off, and an error or a
+    -- killed session leaves them as they were.
+    IF NOT p_fire_triggers THEN
+        RETURN QUERY SELECT 'suppress'::text, t.table_name, t.trigger_name, t.suppress FROM audit.revert_triggers(p_tables) AS t;
+    END IF;
+    -- Children before parents for DELETE; parents before children for UPDATE and INSERT. Each
+    -- table is written as the role audit._revert_writer gives (SET LOCAL ROLE when it changes).
+    FOR r IN
+        SELECT a.action, o.relid::regclass AS rel, audit._revert_dml(o.relid::regclass, a.action) AS statement,
+               audit._revert_writer(o.relid::regclass) AS writer
+          FROM audit._revert_order(p_tables::oid[]) AS o,
+               (VALUES (1, 'DELETE'), (2, 'UPDATE'), (3, 'INSERT')) AS a(n, action)
+         ORDER BY a.n, CASE WHEN a.action = 'DELETE' THEN -o.depth ELSE o.depth END, audit._qualified(o.relid::regclass)
+    LOOP
+        CONTINUE WHEN r.statement IS NULL;
+        IF r.writer IS DISTINCT FROM v_as THEN
+            v_as := r.writer;
+            RETURN QUERY SELECT 'role'::text, NULL::text, NULL::text, s.statement
+                           FROM pg_catalog.unnest(audit._revert_as(coalesce(v_as, v_self), v_as IS NOT NULL)) AS s(statement);
+        END IF;
+        RETURN QUERY SELECT r.action, audit._qualified(r.rel), r.action, r.statement;
+    END LOOP;
+    -- Deferred checks of the tables' deferrable constraints now, each table's as the role that
+    -- wrote it (a constraint trigger is its owner's code), and before the triggers are switched
+    -- back (ALTER TABLE refuses a table with pending checks).
+    FOR r IN SELECT g.writer, audit._revert_deferred(pg_catalog.array_agg(g.t)) AS statement
+               FROM (SELECT t, audit._revert_writer(t) AS writer FROM pg_catalog.unnest(p_tables) AS t) AS g
+              GROUP BY g.writer ORDER BY g.writer NULLS FIRST LOOP
+        CONTINUE WHEN r.statement IS NULL;
+        IF r.writer IS DISTINCT FROM v_as THEN
+            v_as := r.writer;
+            RETURN QUERY SELECT 'role'::text, NULL::text, NULL::text, s.statement
+                           FROM pg_catalog.unnest(audit._revert_as(coalesce(v_as, v_self), v_as IS NOT NULL)) AS s(statement);
+        END IF;
+        RETURN QUERY SELECT 'check'::text, NULL::text, NULL::text, r.statement;
+    END LOOP;
+    IF v_as IS NOT NULL THEN
+        RETURN QUERY SELECT 'role'::text, NULL::text, NULL::text, s.statement
+                       FROM pg_catalog.unnest(audit._revert_as(v_self, false)) AS s(statement);
+    END IF;
+    IF NOT p_fire_triggers THEN
+        RETURN QUERY SELECT 'restore'::text, t.table_name, t.trigger_name, t.restore FROM audit.revert_triggers(p_tables) AS t;
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION audit._revert_write_steps(regclass[], boolean) IS
+    'Internal. The writing steps of a revert script, in order (kind: setup, suppress, role, DELETE/UPDATE/INSERT, check, restore): see audit.revert_script.';
+
+
 -- Revisions before the trigger switch had no p_fire_triggers.
 DROP FUNCTION IF EXISTS audit.revert(jsonb, text, text);
 DROP FUNCTION IF EXISTS audit.revert_script(jsonb, text, text);
@@ -793,8 +863,7 @@ DECLARE
     v_ids bigint[] := audit.revert_selection(p_selection);
     v_tables regclass[];
     v_step integer := 0;
-    v_self text := current_user;
-    v_as text;          -- the role the script writes as at this point (null: v_self)
+    v_count integer;
     r record;
 BEGIN
     IF p_on_conflict IS NULL OR p_on_conflict NOT IN ('abort', 'skip', 'force') THEN
@@ -821,19 +890,19 @@ BEGIN
             (4, 'setup', 'SET LOCAL search_path = pg_catalog, pg_temp'),
             -- Live tables are read and written: a row-level security policy (code of a
             -- table's owner) refuses the statement rather than run.
-            (4, 'setup', 'SET LOCAL row_security = off'),
-            (5, 'select', pg_catalog.format(
+            (5, 'setup', 'SET LOCAL row_security = off'),
+            (6, 'select', pg_catalog.format(
                 E'CREATE TEMP TABLE pg_temp.pgaudit_revert_changes ON COMMIT DROP AS\n'
                  '    SELECT pg_catalog.unnest(audit.revert_selection(%L::jsonb)) AS id', p_selection)),
-            (6, 'plan', pg_catalog.format(
+            (7, 'plan', pg_catalog.format(
                 E'CREATE TEMP TABLE pg_temp.pgaudit_revert_plan ON COMMIT DROP AS\n'
                  '    SELECT * FROM audit.revert_plan(ARRAY(SELECT c.id FROM pg_temp.pgaudit_revert_changes AS c), %L)', p_on_conflict)),
-            (7, 'plan', 'ANALYZE pg_temp.pgaudit_revert_plan (relid, action, apply, conflict)'),
-            (8, 'guard', CASE WHEN p_on_conflict = 'abort' THEN
+            (8, 'plan', 'ANALYZE pg_temp.pgaudit_revert_plan (relid, action, apply, conflict)'),
+            (9, 'guard', CASE WHEN p_on_conflict = 'abort' THEN
                 E'SELECT audit._revert_refuse(pg_catalog.count(*),\n'
                  '       pg_catalog.array_agg(pg_catalog.format(''%s %s (%s)'', p.table_name, p.pk, p.reason) ORDER BY p.table_name, p.pk))\n'
                  '  FROM pg_temp.pgaudit_revert_plan AS p WHERE p.conflict' END),
-            (9, 'label', pg_catalog.format(
+            (10, 'label', pg_catalog.format(
                 E'SELECT audit.set_actor(%L, audit._revert_context(%L::jsonb,\n'
                  '       ARRAY(SELECT c.id FROM pg_temp.pgaudit_revert_changes AS c)))', p_actor, p_selection))
         ) AS v(n, kind, statement)
@@ -843,71 +912,12 @@ BEGIN
         v_step := v_step + 1;
         RETURN QUERY SELECT v_step, r.kind, NULL::text, NULL::text, r.statement;
     END LOOP;
-    -- The tables' owners (audit._revert_writer) read the plan.
-    FOR r IN SELECT DISTINCT audit._revert_writer(t) AS w FROM pg_catalog.unnest(v_tables) AS t ORDER BY 1 LOOP
-        CONTINUE WHEN r.w IS NULL;
-        v_step := v_step + 1;
-        RETURN QUERY SELECT v_step, 'setup'::text, NULL::text, NULL::text,
-                            pg_catalog.format('GRANT SELECT ON pg_temp.pgaudit_revert_plan TO %I', r.w);
-    END LOOP;
-    -- The application's triggers stay off while the revert writes (unless told to fire them):
-    -- the rows come back exactly as recorded. ALTER TABLE is transactional and locks each
-    -- table against writers until COMMIT: nobody else ever sees them off, and an error or a
-    -- killed session leaves them as they were.
-    IF NOT coalesce(p_fire_triggers, false) THEN
-        FOR r IN SELECT t.table_name, t.trigger_name, t.suppress FROM audit.revert_triggers(v_tables) AS t LOOP
-            v_step := v_step + 1;
-            RETURN QUERY SELECT v_step, 'suppress'::text, r.table_name, r.trigger_name, r.suppress;
-        END LOOP;
-    END IF;
-    -- Children before parents for DELETE; parents before children for UPDATE and INSERT. Each
-    -- table is written as the role audit._revert_writer gives (SET LOCAL ROLE when it changes).
-    FOR r IN
-        SELECT a.action, o.relid::regclass AS rel, audit._revert_dml(o.relid::regclass, a.action) AS statement,
-               audit._revert_writer(o.relid::regclass) AS writer
-          FROM audit._revert_order(v_tables::oid[]) AS o,
-               (VALUES (1, 'DELETE'), (2, 'UPDATE'), (3, 'INSERT')) AS a(n, action)
-         ORDER BY a.n, CASE WHEN a.action = 'DELETE' THEN -o.depth ELSE o.depth END, audit._qualified(o.relid::regclass)
-    LOOP
-        CONTINUE WHEN r.statement IS NULL;
-        IF r.writer IS DISTINCT FROM v_as THEN
-            v_as := r.writer;
-            RETURN QUERY SELECT v_step + s.n::integer, 'role'::text, NULL::text, NULL::text, s.statement
-                           FROM pg_catalog.unnest(audit._revert_as(coalesce(v_as, v_self), v_as IS NOT NULL))
-                                WITH ORDINALITY AS s(statement, n);
-            v_step := v_step + 2;
-        END IF;
-        v_step := v_step + 1;
-        RETURN QUERY SELECT v_step, r.action, audit._qualified(r.rel), r.action, r.statement;
-    END LOOP;
-    -- Deferred checks of the tables' deferrable constraints now, each table's as the role that
-    -- wrote it (a constraint trigger is its owner's code), and before the triggers are switched
-    -- back (ALTER TABLE refuses a table with pending checks).
-    FOR r IN SELECT g.writer, audit._revert_deferred(pg_catalog.array_agg(g.t)) AS statement
-               FROM (SELECT t, audit._revert_writer(t) AS writer FROM pg_catalog.unnest(v_tables) AS t) AS g
-              GROUP BY g.writer ORDER BY g.writer NULLS FIRST LOOP
-        CONTINUE WHEN r.statement IS NULL;
-        IF r.writer IS DISTINCT FROM v_as THEN
-            v_as := r.writer;
-            RETURN QUERY SELECT v_step + s.n::integer, 'role'::text, NULL::text, NULL::text, s.statement
-                           FROM pg_catalog.unnest(audit._revert_as(coalesce(v_as, v_self), v_as IS NOT NULL))
-                                WITH ORDINALITY AS s(statement, n);
-            v_step := v_step + 2;
-        END IF;
-        v_step := v_step + 1;
-        RETURN QUERY SELECT v_step, 'check'::text, NULL::text, NULL::text, r.statement;
-    END LOOP;
-    IF v_as IS NOT NULL THEN
-        RETURN QUERY SELECT v_step + s.n::integer, 'role'::text, NULL::text, NULL::text, s.statement
-                       FROM pg_catalog.unnest(audit._revert_as(v_self, false)) WITH ORDINALITY AS s(statement, n);
-        v_step := v_step + 2;
-    END IF;
-    IF NOT coalesce(p_fire_triggers, false) THEN
-        FOR r IN SELECT t.table_name, t.trigger_name, t.restore FROM audit.revert_triggers(v_tables) AS t LOOP
-            v_step := v_step + 1;
-            RETURN QUERY SELECT v_step, 'restore'::text, r.table_name, r.trigger_name, r.restore;
-        END LOOP;
-    END IF;
+    -- Grants, trigger switches, the data statements (each table as its writer), deferred checks.
+    RETURN QUERY SELECT v_step + w.n::integer, w.kind, w.table_name, w.action, w.statement
+                   FROM audit._revert_write_steps(v_tables, coalesce(p_fire_triggers, false))
+                        WITH ORDINALITY AS w(kind, table_name, action, statement, n);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    v_step := v_step + v_count;
     RETURN QUERY SELECT v_step + 1, 'cleanup', NULL::text, NULL::text,
                         'DROP TABLE pg_temp.pgaudit_revert_plan, pg_temp.pgaudit_revert_changes'
                  UNION ALL SELECT v_step + 2, 'commit', NULL, NULL, 'COMMIT';
