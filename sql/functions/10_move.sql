@@ -214,6 +214,186 @@ COMMENT ON FUNCTION audit._remap_attnums(int2[], int2[], int2[]) IS
     'Internal. Attribute numbers mapped from p_from to p_to (same positions); others kept.';
 
 
+CREATE OR REPLACE FUNCTION audit._reattach_placeholder(p_relid oid, p_table text) RETURNS oid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- A placeholder table audit.relocated_<old OID>, owned by the audit owner, whose OID files the
+-- history of a table not found by name after a move while its old OID is another table's now.
+DECLARE
+    v_name text := pg_catalog.format('relocated_%s', p_relid);
+    v_oid oid;
+BEGIN
+    EXECUTE pg_catalog.format('CREATE TABLE audit.%I ()', v_name);
+    EXECUTE pg_catalog.format('COMMENT ON TABLE audit.%I IS %L', v_name, pg_catalog.format(
+        'Placeholder of audit.reattach(): its OID files the history of %s (OID %s before the move), not found by name after it. Keep it.',
+        p_table, p_relid));
+    v_oid := pg_catalog.to_regclass(pg_catalog.format('audit.%I', v_name))::oid;
+    IF (SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = v_oid) <> audit._owner()::oid THEN
+        EXECUTE pg_catalog.format('ALTER TABLE audit.%I OWNER TO %s', v_name, audit._owner());
+    END IF;
+    RETURN v_oid;
+END
+$$;
+
+COMMENT ON FUNCTION audit._reattach_placeholder(oid, text) IS
+    'Internal. Creates the placeholder audit.relocated_<old OID> of audit.reattach() for a table not found by name whose old OID another table has now; returns its OID.';
+
+
+CREATE OR REPLACE FUNCTION audit._reattach_attnums(p_relid oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- pg_restore does not keep dropped columns: the columns after one get other attribute
+-- numbers. The recorded layouts and the registry follow them, matched by name in the
+-- latest layout; an attribute number of a column dropped before is moved above the
+-- highest possible one (1600), where no column of the table can ever be.
+DECLARE
+    l audit.table_layout;
+    v_from_att int2[];
+    v_to_att int2[];
+BEGIN
+    SELECT * INTO l FROM audit.table_layout AS y WHERE y.relid = p_relid ORDER BY y.valid_from DESC LIMIT 1;
+    IF NOT FOUND OR NOT EXISTS (
+        SELECT FROM unnest(l.attnums, l.columns) AS o(attnum, name)
+          LEFT JOIN pg_catalog.pg_attribute AS a
+            ON a.attrelid = p_relid AND a.attname::text = o.name AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE a.attnum IS DISTINCT FROM o.attnum) THEN
+        RETURN;
+    END IF;
+    SELECT pg_catalog.array_agg(o.attnum ORDER BY o.attnum),
+           pg_catalog.array_agg(coalesce(a.attnum, (1600 + o.attnum)::int2) ORDER BY o.attnum)
+      INTO v_from_att, v_to_att
+      FROM (SELECT DISTINCT e.attnum FROM audit.table_layout AS y, unnest(y.attnums) AS e(attnum)
+             WHERE y.relid = p_relid) AS o
+      LEFT JOIN unnest(l.attnums, l.columns) AS k(attnum, name) ON k.attnum = o.attnum
+      LEFT JOIN pg_catalog.pg_attribute AS a
+        ON a.attrelid = p_relid AND a.attname::text = k.name AND a.attnum > 0 AND NOT a.attisdropped;
+    UPDATE audit.table_layout AS y
+       SET attnums = ARRAY(SELECT v_to_att[pg_catalog.array_position(v_from_att, u.a)]
+                             FROM unnest(y.attnums) WITH ORDINALITY AS u(a, k) ORDER BY u.k)
+     WHERE y.relid = p_relid;
+    UPDATE audit.tracked_table AS x
+       SET key_attnums = audit._remap_attnums(x.key_attnums, v_from_att, v_to_att),
+           excluded_attnums = audit._remap_attnums(x.excluded_attnums, v_from_att, v_to_att),
+           held_attnums = audit._remap_attnums(x.held_attnums, v_from_att, v_to_att)
+     WHERE x.relid = p_relid;
+END
+$$;
+
+COMMENT ON FUNCTION audit._reattach_attnums(oid) IS
+    'Internal. Part of audit.reattach(): the recorded layouts and registry of a restored table follow the attribute numbers pg_restore gave its columns (matched by name).';
+
+
+CREATE OR REPLACE FUNCTION audit._reattach_types(p_relid oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- Types of the table's own making (enums, domains, composites) have new OIDs too: the
+-- recorded layouts follow them, column by column of the latest layout (same attnum and
+-- name), or the next layout recorded would see every such column change type.
+DECLARE
+    l audit.table_layout;
+    v_told oid[];
+    v_tnew oid[];
+BEGIN
+    SELECT * INTO l FROM audit.table_layout AS y WHERE y.relid = p_relid ORDER BY y.valid_from DESC LIMIT 1;
+    IF NOT FOUND OR l.types IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT pg_catalog.array_agg(o.typ ORDER BY o.attnum), pg_catalog.array_agg(a.atttypid ORDER BY o.attnum)
+      INTO v_told, v_tnew
+      FROM unnest(l.attnums, l.types, l.columns) AS o(attnum, typ, name)
+      JOIN pg_catalog.pg_attribute AS a ON a.attrelid = p_relid AND a.attnum = o.attnum AND a.attname::text = o.name
+                                        AND NOT a.attisdropped
+     WHERE o.typ >= 16384 AND a.atttypid <> o.typ;
+    IF v_told IS NULL THEN
+        RETURN;
+    END IF;
+    UPDATE audit.table_layout AS y
+       SET types = ARRAY(SELECT coalesce(v_tnew[pg_catalog.array_position(v_told, u.t)], u.t)
+                           FROM unnest(y.types) WITH ORDINALITY AS u(t, k) ORDER BY u.k)
+     WHERE y.relid = p_relid AND y.types && v_told;
+END
+$$;
+
+COMMENT ON FUNCTION audit._reattach_types(oid) IS
+    'Internal. Part of audit.reattach(): the recorded layouts of a restored table follow the new OIDs of the types of its own making.';
+
+
+CREATE OR REPLACE FUNCTION audit._reattach_rewrite(p_old oid[], p_new oid[], p_enabled oid[], p_keep text[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- audit.reattach()'s rewrite: records each move in audit.relocation, drops the old capture
+-- functions (p_keep) and their triggers, files the registry, layouts, guards, history, breaks,
+-- alerts and guard counters of each old OID (p_old) under its new one (p_new), marks tables not
+-- found by name (not in p_enabled) as not captured, and follows attribute numbers and types
+-- that pg_restore changed.
+DECLARE
+    v_old oid[] := p_old;
+    v_new oid[] := p_new;
+    v_enabled oid[] := p_enabled;
+    v_keep text[] := p_keep;
+    v_tmp oid[] := '{}';
+    v_last bigint;
+    v_from jsonb;
+    v_anchor text;
+    r record;
+    i integer;
+BEGIN
+    v_last := coalesce((SELECT pg_catalog.max(c.id) FROM audit.change AS c), 0);
+    v_from := (SELECT pg_catalog.to_jsonb(h) FROM audit.home AS h);
+    INSERT INTO audit.relocation (old_relid, new_relid, schema_name, table_name, last_change, moved_from)
+    SELECT u.o, u.n, x.schema_name, x.table_name, v_last, v_from
+      FROM unnest(v_old, v_new) AS u(o, n) JOIN audit.tracked_table AS x ON x.relid = u.o
+     ORDER BY x.schema_name, x.table_name;
+
+    -- The old capture functions and every trigger running them (their names may be the
+    -- new names of others: all go before any is generated again).
+    FOREACH v_anchor IN ARRAY v_keep LOOP
+        EXECUTE pg_catalog.format('DROP FUNCTION IF EXISTS audit.%I() CASCADE', v_anchor);
+    END LOOP;
+
+    -- Keys of the registry, layouts and guards go through temporary values (the top of
+    -- the OID range), since a unique index is checked row by row.
+    FOR i IN 1 .. pg_catalog.cardinality(v_old) LOOP
+        v_tmp := v_tmp || (4294967295 - i)::oid;
+    END LOOP;
+    IF EXISTS (SELECT FROM audit.tracked_table AS x WHERE x.relid = ANY (v_tmp))
+       OR EXISTS (SELECT FROM audit.guard AS x WHERE x.relid = ANY (v_tmp)) THEN
+        RAISE EXCEPTION 'the registry uses OIDs at the top of the OID range; cannot reattach' USING ERRCODE = 'internal_error';
+    END IF;
+    UPDATE audit.tracked_table AS x SET relid = u.t FROM unnest(v_old, v_tmp) AS u(o, t) WHERE x.relid = u.o;
+    UPDATE audit.tracked_table AS x SET relid = u.n, capture_function = pg_catalog.format('capture_%s', u.n)
+      FROM unnest(v_tmp, v_new) AS u(t, n) WHERE x.relid = u.t;
+    -- A table not found by name is not captured any more (its capture function is gone).
+    UPDATE audit.tracked_table AS x SET enabled = false, disabled_at = pg_catalog.now()
+      FROM unnest(v_new) AS u(n)
+     WHERE x.relid = u.n AND x.enabled AND NOT u.n = ANY (v_enabled);
+    UPDATE audit.table_layout AS x SET relid = u.t FROM unnest(v_old, v_tmp) AS u(o, t) WHERE x.relid = u.o;
+    UPDATE audit.table_layout AS x SET relid = u.n FROM unnest(v_tmp, v_new) AS u(t, n) WHERE x.relid = u.t;
+    UPDATE audit.guard AS x SET relid = u.t FROM unnest(v_old, v_tmp) AS u(o, t) WHERE x.relid = u.o;
+    UPDATE audit.guard AS x SET relid = u.n FROM unnest(v_tmp, v_new) AS u(t, n) WHERE x.relid = u.t;
+    UPDATE audit.change AS x SET relid = u.n FROM unnest(v_old, v_new) AS u(o, n) WHERE x.relid = u.o;
+    UPDATE audit.history_break AS x SET relid = u.n FROM unnest(v_old, v_new) AS u(o, n) WHERE x.relid = u.o;
+    UPDATE audit.alert AS x SET relid = u.n FROM unnest(v_old, v_new) AS u(o, n) WHERE x.relid = u.o;
+    -- The guards' counters of refusals are named after the OID (two steps, likewise).
+    FOR r IN SELECT u.o, u.n FROM unnest(v_old, v_new) AS u(o, n)
+              WHERE audit._guard_counter(u.o) IS NOT NULL LOOP
+        EXECUTE pg_catalog.format('ALTER SEQUENCE audit.%I RENAME TO %I',
+                                  pg_catalog.format('guard_blocked_%s', r.o), pg_catalog.format('guard_blocked_moving_%s', r.n));
+    END LOOP;
+    FOR r IN SELECT u.n FROM unnest(v_new) AS u(n)
+              WHERE pg_catalog.to_regclass(pg_catalog.format('audit.%I', pg_catalog.format('guard_blocked_moving_%s', u.n))) IS NOT NULL LOOP
+        EXECUTE pg_catalog.format('ALTER SEQUENCE audit.%I RENAME TO %I',
+                                  pg_catalog.format('guard_blocked_moving_%s', r.n), pg_catalog.format('guard_blocked_%s', r.n));
+    END LOOP;
+
+    FOR r IN SELECT u.n FROM unnest(v_new) AS u(n)
+              WHERE EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = u.n AND c.relkind IN ('r', 'p')) LOOP
+        PERFORM audit._reattach_attnums(r.n);
+        PERFORM audit._reattach_types(r.n);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION audit._reattach_rewrite(oid[], oid[], oid[], text[]) IS
+    'Internal. The rewrite of audit.reattach(): every row filed under an old OID moved to its new one, in one transaction (see audit.reattach).';
+
+
 CREATE OR REPLACE FUNCTION audit.reattach(p_dry_run boolean DEFAULT false)
 RETURNS TABLE (table_name text, old_relid oid, new_relid oid, action text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -223,26 +403,15 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 -- places are safe); regenerates the capture functions and triggers and the guards' triggers;
 -- records each move in audit.relocation (journaled, sealed) and the new home.
 DECLARE
-    v_plan record;
     v_old oid[] := '{}';
     v_new oid[] := '{}';
-    v_tmp oid[] := '{}';
     v_enabled oid[] := '{}';
     v_keep text[] := '{}';
-    v_last bigint;
-    v_from jsonb;
-    v_anchor text;
     v_anchor_oid oid;
-    v_told oid[];
-    v_tnew oid[];
-    v_from_att int2[];
-    v_to_att int2[];
     v_xid record;
     r record;
     g record;
-    l record;
     m regclass;
-    i integer;
 BEGIN
     IF NOT audit._is_owner() THEN
         RAISE EXCEPTION 'only the owner of the audit schema (%) or a superuser may reattach it', audit._owner()
@@ -274,16 +443,7 @@ BEGIN
             -- a placeholder's OID, which no table can take while the placeholder exists.
             new_relid := NULL; action := 'missing: history kept under a placeholder';
             IF NOT p_dry_run THEN
-                v_anchor := pg_catalog.format('relocated_%s', r.relid);
-                EXECUTE pg_catalog.format('CREATE TABLE audit.%I ()', v_anchor);
-                EXECUTE pg_catalog.format('COMMENT ON TABLE audit.%I IS %L', v_anchor, pg_catalog.format(
-                    'Placeholder of audit.reattach(): its OID files the history of %s (OID %s before the move), not found by name after it. Keep it.',
-                    table_name, r.relid));
-                v_anchor_oid := pg_catalog.to_regclass(pg_catalog.format('audit.%I', v_anchor))::oid;
-                IF (SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = v_anchor_oid) <> audit._owner()::oid THEN
-                    EXECUTE pg_catalog.format('ALTER TABLE audit.%I OWNER TO %s', v_anchor, audit._owner());
-                END IF;
-                new_relid := v_anchor_oid;
+                new_relid := audit._reattach_placeholder(r.relid, table_name);
             END IF;
         ELSE
             new_relid := r.relid; action := 'missing: history kept under its OID';
@@ -305,104 +465,7 @@ BEGIN
     END IF;
 
     IF pg_catalog.cardinality(v_old) > 0 THEN
-        v_last := coalesce((SELECT pg_catalog.max(c.id) FROM audit.change AS c), 0);
-        v_from := (SELECT pg_catalog.to_jsonb(h) FROM audit.home AS h);
-        INSERT INTO audit.relocation (old_relid, new_relid, schema_name, table_name, last_change, moved_from)
-        SELECT u.o, u.n, x.schema_name, x.table_name, v_last, v_from
-          FROM unnest(v_old, v_new) AS u(o, n) JOIN audit.tracked_table AS x ON x.relid = u.o
-         ORDER BY x.schema_name, x.table_name;
-
-        -- The old capture functions and every trigger running them (their names may be the
-        -- new names of others: all go before any is generated again).
-        FOREACH v_anchor IN ARRAY v_keep LOOP
-            EXECUTE pg_catalog.format('DROP FUNCTION IF EXISTS audit.%I() CASCADE', v_anchor);
-        END LOOP;
-
-        -- Keys of the registry, layouts and guards go through temporary values (the top of
-        -- the OID range), since a unique index is checked row by row.
-        FOR i IN 1 .. pg_catalog.cardinality(v_old) LOOP
-            v_tmp := v_tmp || (4294967295 - i)::oid;
-        END LOOP;
-        IF EXISTS (SELECT FROM audit.tracked_table AS x WHERE x.relid = ANY (v_tmp))
-           OR EXISTS (SELECT FROM audit.guard AS x WHERE x.relid = ANY (v_tmp)) THEN
-            RAISE EXCEPTION 'the registry uses OIDs at the top of the OID range; cannot reattach' USING ERRCODE = 'internal_error';
-        END IF;
-        UPDATE audit.tracked_table AS x SET relid = u.t FROM unnest(v_old, v_tmp) AS u(o, t) WHERE x.relid = u.o;
-        UPDATE audit.tracked_table AS x SET relid = u.n, capture_function = pg_catalog.format('capture_%s', u.n)
-          FROM unnest(v_tmp, v_new) AS u(t, n) WHERE x.relid = u.t;
-        -- A table not found by name is not captured any more (its capture function is gone).
-        UPDATE audit.tracked_table AS x SET enabled = false, disabled_at = pg_catalog.now()
-          FROM unnest(v_new) AS u(n)
-         WHERE x.relid = u.n AND x.enabled AND NOT u.n = ANY (v_enabled);
-        UPDATE audit.table_layout AS x SET relid = u.t FROM unnest(v_old, v_tmp) AS u(o, t) WHERE x.relid = u.o;
-        UPDATE audit.table_layout AS x SET relid = u.n FROM unnest(v_tmp, v_new) AS u(t, n) WHERE x.relid = u.t;
-        UPDATE audit.guard AS x SET relid = u.t FROM unnest(v_old, v_tmp) AS u(o, t) WHERE x.relid = u.o;
-        UPDATE audit.guard AS x SET relid = u.n FROM unnest(v_tmp, v_new) AS u(t, n) WHERE x.relid = u.t;
-        UPDATE audit.change AS x SET relid = u.n FROM unnest(v_old, v_new) AS u(o, n) WHERE x.relid = u.o;
-        UPDATE audit.history_break AS x SET relid = u.n FROM unnest(v_old, v_new) AS u(o, n) WHERE x.relid = u.o;
-        UPDATE audit.alert AS x SET relid = u.n FROM unnest(v_old, v_new) AS u(o, n) WHERE x.relid = u.o;
-        -- The guards' counters of refusals are named after the OID (two steps, likewise).
-        FOR r IN SELECT u.o, u.n FROM unnest(v_old, v_new) AS u(o, n)
-                  WHERE audit._guard_counter(u.o) IS NOT NULL LOOP
-            EXECUTE pg_catalog.format('ALTER SEQUENCE audit.%I RENAME TO %I',
-                                      pg_catalog.format('guard_blocked_%s', r.o), pg_catalog.format('guard_blocked_moving_%s', r.n));
-        END LOOP;
-        FOR r IN SELECT u.n FROM unnest(v_new) AS u(n)
-                  WHERE pg_catalog.to_regclass(pg_catalog.format('audit.%I', pg_catalog.format('guard_blocked_moving_%s', u.n))) IS NOT NULL LOOP
-            EXECUTE pg_catalog.format('ALTER SEQUENCE audit.%I RENAME TO %I',
-                                      pg_catalog.format('guard_blocked_moving_%s', r.n), pg_catalog.format('guard_blocked_%s', r.n));
-        END LOOP;
-
-        -- pg_restore does not keep dropped columns: the columns after one get other attribute
-        -- numbers. The recorded layouts and the registry follow them, matched by name in the
-        -- latest layout; an attribute number of a column dropped before is moved above the
-        -- highest possible one (1600), where no column of the table can ever be.
-        FOR r IN SELECT u.n FROM unnest(v_new) AS u(n)
-                  WHERE EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = u.n AND c.relkind IN ('r', 'p')) LOOP
-            SELECT * INTO l FROM audit.table_layout AS y WHERE y.relid = r.n ORDER BY y.valid_from DESC LIMIT 1;
-            CONTINUE WHEN NOT FOUND OR NOT EXISTS (
-                SELECT FROM unnest(l.attnums, l.columns) AS o(attnum, name)
-                  LEFT JOIN pg_catalog.pg_attribute AS a
-                    ON a.attrelid = r.n AND a.attname::text = o.name AND a.attnum > 0 AND NOT a.attisdropped
-                 WHERE a.attnum IS DISTINCT FROM o.attnum);
-            SELECT pg_catalog.array_agg(o.attnum ORDER BY o.attnum),
-                   pg_catalog.array_agg(coalesce(a.attnum, (1600 + o.attnum)::int2) ORDER BY o.attnum)
-              INTO v_from_att, v_to_att
-              FROM (SELECT DISTINCT e.attnum FROM audit.table_layout AS y, unnest(y.attnums) AS e(attnum)
-                     WHERE y.relid = r.n) AS o
-              LEFT JOIN unnest(l.attnums, l.columns) AS k(attnum, name) ON k.attnum = o.attnum
-              LEFT JOIN pg_catalog.pg_attribute AS a
-                ON a.attrelid = r.n AND a.attname::text = k.name AND a.attnum > 0 AND NOT a.attisdropped;
-            UPDATE audit.table_layout AS y
-               SET attnums = ARRAY(SELECT v_to_att[pg_catalog.array_position(v_from_att, u.a)]
-                                     FROM unnest(y.attnums) WITH ORDINALITY AS u(a, k) ORDER BY u.k)
-             WHERE y.relid = r.n;
-            UPDATE audit.tracked_table AS x
-               SET key_attnums = audit._remap_attnums(x.key_attnums, v_from_att, v_to_att),
-                   excluded_attnums = audit._remap_attnums(x.excluded_attnums, v_from_att, v_to_att),
-                   held_attnums = audit._remap_attnums(x.held_attnums, v_from_att, v_to_att)
-             WHERE x.relid = r.n;
-        END LOOP;
-
-        -- Types of the table's own making (enums, domains, composites) have new OIDs too: the
-        -- recorded layouts follow them, column by column of the latest layout (same attnum and
-        -- name), or the next layout recorded would see every such column change type.
-        FOR r IN SELECT u.n FROM unnest(v_new) AS u(n)
-                  WHERE EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = u.n AND c.relkind IN ('r', 'p')) LOOP
-            SELECT * INTO l FROM audit.table_layout AS y WHERE y.relid = r.n ORDER BY y.valid_from DESC LIMIT 1;
-            CONTINUE WHEN NOT FOUND OR l.types IS NULL;
-            SELECT pg_catalog.array_agg(o.typ ORDER BY o.attnum), pg_catalog.array_agg(a.atttypid ORDER BY o.attnum)
-              INTO v_told, v_tnew
-              FROM unnest(l.attnums, l.types, l.columns) AS o(attnum, typ, name)
-              JOIN pg_catalog.pg_attribute AS a ON a.attrelid = r.n AND a.attnum = o.attnum AND a.attname::text = o.name
-                                                AND NOT a.attisdropped
-             WHERE o.typ >= 16384 AND a.atttypid <> o.typ;
-            CONTINUE WHEN v_told IS NULL;
-            UPDATE audit.table_layout AS y
-               SET types = ARRAY(SELECT coalesce(v_tnew[pg_catalog.array_position(v_told, u.t)], u.t)
-                                   FROM unnest(y.types) WITH ORDINALITY AS u(t, k) ORDER BY u.k)
-             WHERE y.relid = r.n AND y.types && v_told;
-        END LOOP;
+        PERFORM audit._reattach_rewrite(v_old, v_new, v_enabled, v_keep);
     END IF;
 
     -- The new home: from here on the registry names the right tables, and the DDL guard,
