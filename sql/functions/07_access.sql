@@ -88,6 +88,89 @@ $$;
 COMMENT ON FUNCTION audit._inheritance() IS 'Internal. Inheritance (not partitioning) between tables of which one is audited.';
 
 
+CREATE OR REPLACE FUNCTION audit._guard_partitions(p_parents oid[]) RETURNS void
+LANGUAGE plpgsql AS $$
+-- Part of audit._guard_ddl (run with its rights): partitions attached to or detached from the
+-- audited tables among p_parents (and their ancestors).
+DECLARE
+    r record;
+BEGIN
+    -- New partitions of audited tables (CREATE TABLE ... PARTITION OF, ATTACH PARTITION) get
+    -- their capture triggers, so that writes made directly to them are captured too; one that
+    -- brings triggers of its own under their names is refused (the owner's are replaced). Rows a
+    -- partition brought along appear in the table without having been logged: a break.
+    FOR r IN SELECT m.member, x.relid, x.capture_function,
+                    pg_catalog.bool_or(p.problem NOT IN ('missing', 'not ENABLE ALWAYS')) AS altered,
+                    NOT pg_catalog.bool_or(p.problem IS NULL OR p.problem = 'not ENABLE ALWAYS') AS fresh
+               FROM audit.tracked_table AS x, audit._members(x.relid::regclass) AS m(member),
+                    audit._member_trigger_problems(m.member, audit._capture_fn(x.relid)) AS p
+              WHERE x.enabled
+                AND x.relid IN (SELECT a.relid FROM unnest(p_parents) AS p(objid),
+                                       pg_catalog.pg_partition_ancestors(p.objid) AS a)
+              GROUP BY m.member, x.relid, x.capture_function
+             HAVING pg_catalog.bool_or(p.problem IS NOT NULL AND p.problem <> 'not ENABLE ALWAYS') LOOP
+        IF r.altered AND NOT audit._is_owner() THEN
+            RAISE EXCEPTION 'partition % of audited table % has triggers of its own under the names of the capture triggers', r.member, r.relid::regclass
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Drop them before attaching it: capture installs its own.';
+        END IF;
+        PERFORM audit._create_member_triggers(r.member, r.capture_function);
+        IF r.fresh AND audit._has_rows(r.member) THEN
+            PERFORM audit._record_break(r.relid, pg_catalog.format('partition %s was attached with rows', r.member));
+        END IF;
+    END LOOP;
+    -- Partitions detached from an audited table: their rows leave it unlogged (a break), and
+    -- their capture triggers go.
+    FOR r IN SELECT g.tgrelid::regclass AS member, x.relid
+               FROM audit.tracked_table AS x
+               JOIN pg_catalog.pg_trigger AS g ON g.tgfoid = audit._capture_fn(x.relid) AND g.tgname = 'pgaudit_insert'
+              WHERE x.enabled AND x.relid = ANY (p_parents)
+                AND g.tgrelid NOT IN (SELECT audit._members(x.relid::regclass)) LOOP
+        IF audit._has_rows(r.member) THEN
+            PERFORM audit._record_break(r.relid, pg_catalog.format('partition %s was detached with rows', r.member));
+        END IF;
+        PERFORM audit._drop_member_triggers(r.member);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION audit._guard_partitions(oid[]) IS
+    'Internal. Part of the DDL guard: capture triggers for partitions attached to audited tables (refused when they bring their own under those names, unless by the audit owner) and breaks in history for partitions attached or detached with rows; the triggers of detached partitions dropped.';
+
+
+CREATE OR REPLACE FUNCTION audit._guard_capture_triggers(p_tables oid[], p_created oid[]) RETURNS void
+LANGUAGE plpgsql AS $$
+-- Part of audit._guard_ddl (run with its rights), for anyone but the audit owner: every capture
+-- trigger of the audited tables the command touched (p_tables; p_created: those one of whose
+-- triggers it created or replaced) exactly as enable created it.
+DECLARE
+    r record;
+BEGIN
+    -- Every member of every audited table the command touched (a partition attached with
+    -- triggers of its own is one the command did not name).
+    FOR r IN SELECT p.member, p.trigger_name, p.problem, (p.member::oid = ANY (coalesce(p_created, '{}'))) AS created
+               FROM (SELECT DISTINCT audit._audited_of(t.objid) AS relid FROM unnest(p_tables) AS t(objid)) AS a,
+                    LATERAL audit._trigger_problems(a.relid::regclass) AS p
+              WHERE a.relid IS NOT NULL AND p.problem IS NOT NULL AND p.problem <> 'missing' LOOP
+        IF r.problem = 'not ENABLE ALWAYS' AND r.created THEN
+            -- Created or replaced as it should be, but CREATE TRIGGER cannot say ALWAYS.
+            EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', r.member, r.trigger_name);
+            CONTINUE;
+        END IF;
+        RAISE EXCEPTION 'capture trigger % of audited table % cannot be changed: it would %', r.trigger_name, r.member,
+                CASE r.problem WHEN 'not ENABLE ALWAYS' THEN 'no longer be ENABLE ALWAYS'
+                               WHEN 'runs the capture function under another name' THEN 'be renamed'
+                               ELSE r.problem END
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Only the owner of the audit schema can change or stop auditing (pgaudit-tool disable).';
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION audit._guard_capture_triggers(oid[], oid[]) IS
+    'Internal. Part of the DDL guard: refuses a capture trigger of a touched audited table left other than as enable created it (a capture trigger created or replaced as it should be is made ENABLE ALWAYS).';
+
+
 CREATE OR REPLACE FUNCTION audit._guard_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 -- ddl_command_end of ALTER TABLE, CREATE TABLE, CREATE TRIGGER, ALTER TRIGGER and ALTER TYPE.
@@ -144,42 +227,7 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- New partitions of audited tables (CREATE TABLE ... PARTITION OF, ATTACH PARTITION) get
-    -- their capture triggers, so that writes made directly to them are captured too; one that
-    -- brings triggers of its own under their names is refused (the owner's are replaced). Rows a
-    -- partition brought along appear in the table without having been logged: a break.
-    FOR r IN SELECT m.member, x.relid, x.capture_function,
-                    pg_catalog.bool_or(p.problem NOT IN ('missing', 'not ENABLE ALWAYS')) AS altered,
-                    NOT pg_catalog.bool_or(p.problem IS NULL OR p.problem = 'not ENABLE ALWAYS') AS fresh
-               FROM audit.tracked_table AS x, audit._members(x.relid::regclass) AS m(member),
-                    audit._member_trigger_problems(m.member, audit._capture_fn(x.relid)) AS p
-              WHERE x.enabled
-                AND x.relid IN (SELECT a.relid FROM unnest(v_parents) AS p(objid),
-                                       pg_catalog.pg_partition_ancestors(p.objid) AS a)
-              GROUP BY m.member, x.relid, x.capture_function
-             HAVING pg_catalog.bool_or(p.problem IS NOT NULL AND p.problem <> 'not ENABLE ALWAYS') LOOP
-        IF r.altered AND NOT audit._is_owner() THEN
-            RAISE EXCEPTION 'partition % of audited table % has triggers of its own under the names of the capture triggers', r.member, r.relid::regclass
-                USING ERRCODE = 'insufficient_privilege',
-                      HINT = 'Drop them before attaching it: capture installs its own.';
-        END IF;
-        PERFORM audit._create_member_triggers(r.member, r.capture_function);
-        IF r.fresh AND audit._has_rows(r.member) THEN
-            PERFORM audit._record_break(r.relid, pg_catalog.format('partition %s was attached with rows', r.member));
-        END IF;
-    END LOOP;
-    -- Partitions detached from an audited table: their rows leave it unlogged (a break), and
-    -- their capture triggers go.
-    FOR r IN SELECT g.tgrelid::regclass AS member, x.relid
-               FROM audit.tracked_table AS x
-               JOIN pg_catalog.pg_trigger AS g ON g.tgfoid = audit._capture_fn(x.relid) AND g.tgname = 'pgaudit_insert'
-              WHERE x.enabled AND x.relid = ANY (v_parents)
-                AND g.tgrelid NOT IN (SELECT audit._members(x.relid::regclass)) LOOP
-        IF audit._has_rows(r.member) THEN
-            PERFORM audit._record_break(r.relid, pg_catalog.format('partition %s was detached with rows', r.member));
-        END IF;
-        PERFORM audit._drop_member_triggers(r.member);
-    END LOOP;
+    PERFORM audit._guard_partitions(v_parents);
     -- Guards (09_guard.sql): their triggers on new and detached partitions; for non-owners, any
     -- guard trigger left other than as audit.guard() created it is refused. (Nothing to do, and
     -- nothing called, without a guard: DDL an upgrade runs before 09_guard.sql is applied.)
@@ -190,24 +238,7 @@ BEGIN
     IF audit._is_owner() THEN
         RETURN;
     END IF;
-    -- Every member of every audited table the command touched (a partition attached with
-    -- triggers of its own is one the command did not name).
-    FOR r IN SELECT p.member, p.trigger_name, p.problem, (p.member::oid = ANY (coalesce(v_created, '{}'))) AS created
-               FROM (SELECT DISTINCT audit._audited_of(t.objid) AS relid FROM unnest(v_tables) AS t(objid)) AS a,
-                    LATERAL audit._trigger_problems(a.relid::regclass) AS p
-              WHERE a.relid IS NOT NULL AND p.problem IS NOT NULL AND p.problem <> 'missing' LOOP
-        IF r.problem = 'not ENABLE ALWAYS' AND r.created THEN
-            -- Created or replaced as it should be, but CREATE TRIGGER cannot say ALWAYS.
-            EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', r.member, r.trigger_name);
-            CONTINUE;
-        END IF;
-        RAISE EXCEPTION 'capture trigger % of audited table % cannot be changed: it would %', r.trigger_name, r.member,
-                CASE r.problem WHEN 'not ENABLE ALWAYS' THEN 'no longer be ENABLE ALWAYS'
-                               WHEN 'runs the capture function under another name' THEN 'be renamed'
-                               ELSE r.problem END
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Only the owner of the audit schema can change or stop auditing (pgaudit-tool disable).';
-    END LOOP;
+    PERFORM audit._guard_capture_triggers(v_tables, v_created);
 END
 $$;
 
