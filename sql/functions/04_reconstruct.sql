@@ -194,8 +194,6 @@ CREATE OR REPLACE FUNCTION audit.pk(p_table regclass, p_key text, p_part boolean
 LANGUAGE plpgsql STABLE
     -- Generated SQL compares values of the table's types: only pg_catalog's operators.
     SET search_path = pg_catalog, pg_temp
-    -- The live table is read: a row-level security policy (its owner's code) must refuse, not run.
-    SET row_security = off
     -- Keys and images are compared as JSON: the same output settings as capture.
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
     SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
@@ -510,8 +508,6 @@ CREATE OR REPLACE FUNCTION audit.diff(p_table regclass, p_from timestamptz, p_to
 RETURNS TABLE (pk jsonb, change text, before jsonb, after jsonb, changed text[])
 LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
-    -- The live table is read: a row-level security policy (its owner's code) must refuse, not run.
-    SET row_security = off
     SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
     SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
 DECLARE
