@@ -809,6 +809,11 @@ def _plant_spy(tenant: Tenant) -> None:
         "CREATE FUNCTION app.spy(text) RETURNS boolean LANGUAGE plpgsql AS $f$ BEGIN"
         f" BEGIN EXECUTE 'ALTER ROLE {tenant.role} SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;"
         " BEGIN DELETE FROM audit.change; EXCEPTION WHEN OTHERS THEN NULL; END;"
+        # Back to the session's own role (the reverter's), if the revert wrote by SET ROLE.
+        f" BEGIN RESET ROLE; EXECUTE 'ALTER ROLE {tenant.role} SUPERUSER';"
+        " EXCEPTION WHEN OTHERS THEN NULL; END;"
+        f" BEGIN SET SESSION AUTHORIZATION DEFAULT; EXECUTE 'ALTER ROLE {tenant.role} SUPERUSER';"
+        " EXCEPTION WHEN OTHERS THEN NULL; END;"
         " INSERT INTO app.ran VALUES (current_user); RETURN true; END $f$;"
         "CREATE FUNCTION app.spy_i(text) RETURNS boolean LANGUAGE sql IMMUTABLE AS $f$ SELECT app.spy($1) $f$;"
         "CREATE FUNCTION app.spy_t() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"

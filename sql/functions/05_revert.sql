@@ -762,37 +762,70 @@ COMMENT ON FUNCTION audit._revert_writer(regclass) IS
     'Internal. The role a revert writes a table as: its owner when the current user may SET ROLE to it (so the owner''s code in constraints, domains, indexes, rules and policies runs with the owner''s rights), null for the current user; raises when the current user is the audit owner or a superuser and may not become a less trusted owner.';
 
 
-CREATE OR REPLACE FUNCTION audit._revert_as(p_role text, p_owner boolean) RETURNS text[]
-LANGUAGE sql IMMUTABLE AS $$
-    -- Switching the role a revert writes as: to a table's owner (p_owner), whose row-level
-    -- security policies then apply (its own code, with its own rights); back to the reverter,
-    -- for whom a policy refuses the statement rather than run.
-    SELECT ARRAY[pg_catalog.format('SET LOCAL ROLE %I', p_role),
-                 pg_catalog.format('SET LOCAL row_security = %s', CASE WHEN p_owner THEN 'on' ELSE 'off' END)]
+CREATE OR REPLACE FUNCTION audit._revert_wrapper(p_role text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT pg_catalog.format('pg_temp.%I', pg_catalog.format('pgaudit_revert_as_%s',
+                             (SELECT r.oid FROM pg_catalog.pg_roles AS r WHERE r.rolname = p_role)))
 $$;
 
-COMMENT ON FUNCTION audit._revert_as(text, boolean) IS
-    'Internal. The statements of a revert script that switch the role it writes as: SET LOCAL ROLE, and row_security on for a table''s owner, off for the reverter.';
+COMMENT ON FUNCTION audit._revert_wrapper(text) IS
+    'Internal. The name of the temporary function through which a revert writes as a table''s owner (audit._revert_wrapper_sql).';
+
+
+CREATE OR REPLACE FUNCTION audit._revert_wrapper_sql(p_role text) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    -- A revert writes a table as its owner through a temporary SECURITY DEFINER function that
+    -- the owner owns, not by SET ROLE: code of the owner's that the writes run (constraints,
+    -- domains, index expressions, rules, policies, constraint triggers) runs in a security-
+    -- definer context, where it cannot SET ROLE or SET SESSION AUTHORIZATION back to the
+    -- reverter (a superuser, say), and settings it makes with SET LOCAL to search_path and
+    -- row_security end with the call. p_count: the statement returns the row count.
+    SELECT ARRAY[
+        pg_catalog.format(
+            E'CREATE FUNCTION %s(p_statement pg_catalog.text, p_count pg_catalog.bool) RETURNS pg_catalog.int8\n'
+             '    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET row_security = on AS\n'
+             '    $f$DECLARE n pg_catalog.int8; BEGIN IF p_count THEN EXECUTE p_statement INTO n; ELSE EXECUTE p_statement; END IF; RETURN n; END$f$',
+            audit._revert_wrapper(p_role)),
+        pg_catalog.format('ALTER FUNCTION %s(pg_catalog.text, pg_catalog.bool) OWNER TO %I', audit._revert_wrapper(p_role), p_role),
+        pg_catalog.format('GRANT SELECT ON pg_temp.pgaudit_revert_plan TO %I', p_role)]
+$$;
+
+COMMENT ON FUNCTION audit._revert_wrapper_sql(text) IS
+    'Internal. The statements that prepare a revert to write as the role p_role (a table''s owner): a temporary SECURITY DEFINER function it owns, which runs a statement, and its right to read the plan.';
+
+
+CREATE OR REPLACE FUNCTION audit._revert_as_sql(p_role text, p_statement text, p_count boolean) RETURNS text
+LANGUAGE sql STABLE AS $$
+    -- p_statement as the revert runs it: itself (p_role null: as the reverter), or through the
+    -- table owner's wrapper (audit._revert_wrapper_sql).
+    SELECT CASE WHEN p_role IS NULL THEN p_statement
+                ELSE pg_catalog.format('SELECT %s(%L::pg_catalog.text, %L::pg_catalog.bool)',
+                                       audit._revert_wrapper(p_role), p_statement, p_count) END
+$$;
+
+COMMENT ON FUNCTION audit._revert_as_sql(text, text, boolean) IS
+    'Internal. A statement of a revert as run by the role p_role through its wrapper (null: as is).';
 
 
 CREATE OR REPLACE FUNCTION audit._revert_write_steps(p_tables regclass[], p_fire_triggers boolean)
 RETURNS TABLE (kind text, table_name text, action text, statement text)
 LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_column
--- The steps of a revert script (audit.revert_script) that write, in order: the plan granted to
--- the tables' owners, the application triggers switched off, the data statements (each table as
--- the role audit._revert_writer gives), the deferred checks, the role and triggers switched back.
+-- The steps of a revert script (audit.revert_script) that write, in order: the wrappers through
+-- which tables are written as their owners (audit._revert_writer, audit._revert_wrapper_sql),
+-- the application triggers switched off, the data statements, the deferred checks (each
+-- table's as the role that wrote it: a constraint trigger is its owner's code; before the
+-- triggers are switched back, since ALTER TABLE refuses a table with pending checks), the
+-- triggers switched back, the wrappers dropped.
 DECLARE
-    v_self text := current_user;
-    v_as text;          -- the role the script writes as at this point (null: v_self)
+    v_writers text[] := ARRAY(SELECT DISTINCT audit._revert_writer(t) FROM pg_catalog.unnest(p_tables) AS t
+                               WHERE audit._revert_writer(t) IS NOT NULL ORDER BY 1);
     r record;
 BEGIN
-    -- The tables' owners (audit._revert_writer) read the plan.
-    FOR r IN SELECT DISTINCT audit._revert_writer(t) AS w FROM pg_catalog.unnest(p_tables) AS t ORDER BY 1 LOOP
-        CONTINUE WHEN r.w IS NULL;
-        RETURN QUERY SELECT 'setup'::text, NULL::text, NULL::text,
-                            pg_catalog.format('GRANT SELECT ON pg_temp.pgaudit_revert_plan TO %I', r.w);
-    END LOOP;
+    RETURN QUERY SELECT 'setup'::text, NULL::text, NULL::text, x.statement
+                   FROM pg_catalog.unnest(v_writers) WITH ORDINALITY AS w(role, n),
+                        pg_catalog.unnest(audit._revert_wrapper_sql(w.role)) WITH ORDINALITY AS x(statement, k)
+                  ORDER BY w.n, x.k;
     -- The application's triggers stay off while the revert writes (unless told to fire them):
     -- the rows come back exactly as recorded. ALTER TABLE is transactional and locks each
     -- table against writers until COMMIT: nobody else ever sees them off, and an error or a
@@ -800,8 +833,7 @@ BEGIN
     IF NOT p_fire_triggers THEN
         RETURN QUERY SELECT 'suppress'::text, t.table_name, t.trigger_name, t.suppress FROM audit.revert_triggers(p_tables) AS t;
     END IF;
-    -- Children before parents for DELETE; parents before children for UPDATE and INSERT. Each
-    -- table is written as the role audit._revert_writer gives (SET LOCAL ROLE when it changes).
+    -- Children before parents for DELETE; parents before children for UPDATE and INSERT.
     FOR r IN
         SELECT a.action, o.relid::regclass AS rel, audit._revert_dml(o.relid::regclass, a.action) AS statement,
                audit._revert_writer(o.relid::regclass) AS writer
@@ -810,44 +842,32 @@ BEGIN
          ORDER BY a.n, CASE WHEN a.action = 'DELETE' THEN -o.depth ELSE o.depth END, audit._qualified(o.relid::regclass)
     LOOP
         CONTINUE WHEN r.statement IS NULL;
-        IF r.writer IS DISTINCT FROM v_as THEN
-            v_as := r.writer;
-            RETURN QUERY SELECT 'role'::text, NULL::text, NULL::text, s.statement
-                           FROM pg_catalog.unnest(audit._revert_as(coalesce(v_as, v_self), v_as IS NOT NULL)) AS s(statement);
-        END IF;
-        RETURN QUERY SELECT r.action, audit._qualified(r.rel), r.action, r.statement;
+        RETURN QUERY SELECT r.action, audit._qualified(r.rel), r.action, audit._revert_as_sql(r.writer, r.statement, true);
     END LOOP;
-    -- Deferred checks of the tables' deferrable constraints now, each table's as the role that
-    -- wrote it (a constraint trigger is its owner's code), and before the triggers are switched
-    -- back (ALTER TABLE refuses a table with pending checks).
-    FOR r IN SELECT g.writer, audit._revert_deferred(pg_catalog.array_agg(g.t)) AS statement
-               FROM (SELECT t, audit._revert_writer(t) AS writer FROM pg_catalog.unnest(p_tables) AS t) AS g
-              GROUP BY g.writer ORDER BY g.writer NULLS FIRST LOOP
-        CONTINUE WHEN r.statement IS NULL;
-        IF r.writer IS DISTINCT FROM v_as THEN
-            v_as := r.writer;
-            RETURN QUERY SELECT 'role'::text, NULL::text, NULL::text, s.statement
-                           FROM pg_catalog.unnest(audit._revert_as(coalesce(v_as, v_self), v_as IS NOT NULL)) AS s(statement);
-        END IF;
-        RETURN QUERY SELECT 'check'::text, NULL::text, NULL::text, r.statement;
-    END LOOP;
-    IF v_as IS NOT NULL THEN
-        RETURN QUERY SELECT 'role'::text, NULL::text, NULL::text, s.statement
-                       FROM pg_catalog.unnest(audit._revert_as(v_self, false)) AS s(statement);
-    END IF;
+    RETURN QUERY
+        SELECT 'check'::text, NULL::text, NULL::text, audit._revert_as_sql(g.writer, g.statement, false)
+          FROM (SELECT w.writer, audit._revert_deferred(pg_catalog.array_agg(w.t)) AS statement
+                  FROM (SELECT t, audit._revert_writer(t) AS writer FROM pg_catalog.unnest(p_tables) AS t) AS w
+                 GROUP BY w.writer) AS g
+         WHERE g.statement IS NOT NULL
+         ORDER BY g.writer NULLS FIRST;
     IF NOT p_fire_triggers THEN
         RETURN QUERY SELECT 'restore'::text, t.table_name, t.trigger_name, t.restore FROM audit.revert_triggers(p_tables) AS t;
     END IF;
+    RETURN QUERY SELECT 'cleanup'::text, NULL::text, NULL::text,
+                        pg_catalog.format('DROP FUNCTION %s(pg_catalog.text, pg_catalog.bool)', audit._revert_wrapper(w.role))
+                   FROM pg_catalog.unnest(v_writers) AS w(role);
 END
 $$;
 
 COMMENT ON FUNCTION audit._revert_write_steps(regclass[], boolean) IS
-    'Internal. The writing steps of a revert script, in order (kind: setup, suppress, role, DELETE/UPDATE/INSERT, check, restore): see audit.revert_script.';
+    'Internal. The writing steps of a revert script, in order (kind: setup, suppress, DELETE/UPDATE/INSERT, check, restore, cleanup): see audit.revert_script.';
 
 
 -- Revisions before the trigger switch had no p_fire_triggers.
 DROP FUNCTION IF EXISTS audit.revert(jsonb, text, text);
 DROP FUNCTION IF EXISTS audit.revert_script(jsonb, text, text);
+DROP FUNCTION IF EXISTS audit._revert_as(text, boolean);
 
 CREATE OR REPLACE FUNCTION audit.revert_script(
     p_selection jsonb,
@@ -925,7 +945,7 @@ END
 $$;
 
 COMMENT ON FUNCTION audit.revert_script(jsonb, text, text, boolean) IS
-    'The SQL statements of a revert, in order (kind: begin, setup, select, plan, guard, label, setup, suppress, role, DELETE/UPDATE/INSERT, role, check, role, restore, cleanup, commit): run one after the other they are the revert, in one transaction, recorded under the actor p_actor. p_on_conflict: abort (any conflicting row makes the revert fail and change nothing), skip (conflicting rows are left as they are) or force (overwritten). The application triggers of the tables written (audit.revert_triggers: table_name and action name each one) are switched off around the data statements (suppress) and back on after them (restore), so rows come back exactly as recorded; p_fire_triggers => true lets them fire instead. Suppressing needs ownership of the tables. Each table is written, and its deferred constraints checked, as the role audit._revert_writer gives (role: SET LOCAL ROLE to its owner when the caller may), so that code its owner wrote never runs with more rights than the owner has.';
+    'The SQL statements of a revert, in order (kind: begin, setup, select, plan, guard, label, setup, suppress, DELETE/UPDATE/INSERT, check, restore, cleanup, commit): run one after the other they are the revert, in one transaction, recorded under the actor p_actor. p_on_conflict: abort (any conflicting row makes the revert fail and change nothing), skip (conflicting rows are left as they are) or force (overwritten). The application triggers of the tables written (audit.revert_triggers: table_name and action name each one) are switched off around the data statements (suppress) and back on after them (restore), so rows come back exactly as recorded; p_fire_triggers => true lets them fire instead. Suppressing needs ownership of the tables. Each table is written, and its deferred constraints checked, as the role audit._revert_writer gives (its owner when the caller may become it, through a temporary SECURITY DEFINER function the owner owns: audit._revert_wrapper_sql), so that code its owner wrote never runs with more rights than the owner has.';
 
 
 CREATE OR REPLACE FUNCTION audit.revert(
