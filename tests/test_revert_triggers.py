@@ -288,6 +288,31 @@ def test_partitions_and_deferred_foreign_keys(audit: Audit) -> None:
     )
 
 
+def test_a_deferrable_foreign_key_of_an_unreverted_table(audit: Audit) -> None:
+    """A table the revert does not write references one it does, by a deferrable key: the
+    server's pending check of the revert's DELETE is run before the triggers are switched back."""
+    conn = audit.conn
+    conn.execute(
+        """
+        CREATE TABLE kind (id int PRIMARY KEY, name text, touched timestamptz);
+        CREATE TABLE thing (id int PRIMARY KEY, kind int REFERENCES kind DEFERRABLE);
+        CREATE FUNCTION touch_kind() RETURNS trigger LANGUAGE plpgsql AS
+            $$BEGIN NEW.touched := clock_timestamp(); RETURN NEW; END$$;
+        CREATE TRIGGER touch BEFORE INSERT OR UPDATE ON kind FOR EACH ROW EXECUTE FUNCTION touch_kind();
+        INSERT INTO kind (id, name) VALUES (1, 'a');
+        INSERT INTO thing VALUES (1, 1);
+        """
+    )
+    audit.enable("kind")
+    conn.execute("INSERT INTO kind (id, name) VALUES (2, 'b')")
+    row = conn.execute("SELECT max(txid)::text FROM audit.change").fetchone()
+    assert row is not None
+    result = audit.revert(txids=[int(row[0])])
+    assert "SET CONSTRAINTS public.thing_kind_fkey IMMEDIATE" in result.sql
+    assert query(conn, "SELECT id FROM kind ORDER BY id") == [(1,)]
+    assert query(conn, "SELECT tgenabled FROM pg_trigger WHERE tgname = 'touch'") == [("O",)]
+
+
 @pytest.fixture
 def cli_film(film: Film, dsn: str) -> Iterator[tuple[Film, Callable[..., Any]]]:
     def invoke(*args: str) -> Any:

@@ -682,24 +682,32 @@ COMMENT ON FUNCTION audit.revert_triggers(regclass[]) IS
     'The application triggers that a revert writing the given tables suppresses (unless told to fire them): enabled, user-defined, non-constraint triggers on INSERT/UPDATE/DELETE of the tables and their partitions, other than pgaudit_tool''s own; with the ALTER TABLE statements that switch each off and back to its state (enabled: O, A or R as in pg_trigger.tgenabled).';
 
 
-CREATE OR REPLACE FUNCTION audit._revert_deferred(p_tables regclass[]) RETURNS text
+CREATE OR REPLACE FUNCTION audit._revert_deferred(p_tables regclass[], p_referencing boolean) RETURNS text
 LANGUAGE sql STABLE AS $$
     -- SET CONSTRAINTS ... IMMEDIATE for the deferrable constraints whose checks can be pending
-    -- on the tables (foreign keys from or to them, constraint triggers on them): ALTER TABLE
-    -- refuses a table with pending trigger events, so they are checked before the triggers are
-    -- switched back. Null when there are none.
+    -- on the tables: with p_referencing false, those defined on them (foreign keys from them,
+    -- constraint triggers on them: run as the tables' writer); with p_referencing true, foreign
+    -- keys of other tables referencing them (the server's own checks: run as the reverter, who
+    -- may name the other tables' schemas). ALTER TABLE refuses a table with pending trigger
+    -- events, so they are checked before the triggers are switched back. Null when none.
+    WITH tree AS (
+        SELECT DISTINCT p.relid
+          FROM pg_catalog.unnest(p_tables) AS r(relid)
+         -- pg_partition_tree lists nothing for a table that is not partitioned.
+         CROSS JOIN LATERAL (SELECT r.relid UNION SELECT t.relid FROM pg_catalog.pg_partition_tree(r.relid) AS t) AS p
+    )
     SELECT 'SET CONSTRAINTS ' || pg_catalog.string_agg(DISTINCT pg_catalog.format('%I.%I', n.nspname, k.conname), ', ')
            || ' IMMEDIATE'
-      FROM pg_catalog.unnest(p_tables) AS r(relid)
-     -- pg_partition_tree lists nothing for a table that is not partitioned.
-     CROSS JOIN LATERAL (SELECT r.relid UNION SELECT t.relid FROM pg_catalog.pg_partition_tree(r.relid) AS t) AS p
-      JOIN pg_catalog.pg_constraint AS k ON p.relid IN (k.conrelid, k.confrelid)
+      FROM pg_catalog.pg_constraint AS k
       JOIN pg_catalog.pg_namespace AS n ON n.oid = k.connamespace
      WHERE k.condeferrable
+       AND CASE WHEN p_referencing
+                THEN k.confrelid IN (SELECT t.relid FROM tree AS t) AND k.conrelid NOT IN (SELECT t.relid FROM tree AS t)
+                ELSE k.conrelid IN (SELECT t.relid FROM tree AS t) END
 $$;
 
-COMMENT ON FUNCTION audit._revert_deferred(regclass[]) IS
-    'Internal. The SET CONSTRAINTS ... IMMEDIATE statement that checks the deferrable constraints of the given tables (and their partitions) now, so that ALTER TABLE may switch their triggers back; null when none.';
+COMMENT ON FUNCTION audit._revert_deferred(regclass[], boolean) IS
+    'Internal. The SET CONSTRAINTS ... IMMEDIATE statement that checks now the deferrable constraints defined on the given tables (and their partitions), or (p_referencing) those of other tables referencing them, so that ALTER TABLE may switch their triggers back; null when none.';
 
 
 CREATE OR REPLACE FUNCTION audit._revert_check_owner(p_tables regclass[]) RETURNS void
@@ -846,11 +854,13 @@ BEGIN
     END LOOP;
     RETURN QUERY
         SELECT 'check'::text, NULL::text, NULL::text, audit._revert_as_sql(g.writer, g.statement, false)
-          FROM (SELECT w.writer, audit._revert_deferred(pg_catalog.array_agg(w.t)) AS statement
+          FROM (SELECT 1 AS k, w.writer, audit._revert_deferred(pg_catalog.array_agg(w.t), false) AS statement
                   FROM (SELECT t, audit._revert_writer(t) AS writer FROM pg_catalog.unnest(p_tables) AS t) AS w
-                 GROUP BY w.writer) AS g
+                 GROUP BY w.writer
+                 UNION ALL
+                SELECT 2, NULL, audit._revert_deferred(p_tables, true)) AS g
          WHERE g.statement IS NOT NULL
-         ORDER BY g.writer NULLS FIRST;
+         ORDER BY g.k, g.writer NULLS FIRST;
     IF NOT p_fire_triggers THEN
         RETURN QUERY SELECT 'restore'::text, t.table_name, t.trigger_name, t.restore FROM audit.revert_triggers(p_tables) AS t;
     END IF;
@@ -867,7 +877,7 @@ COMMENT ON FUNCTION audit._revert_write_steps(regclass[], boolean) IS
 -- Revisions before the trigger switch had no p_fire_triggers.
 DROP FUNCTION IF EXISTS audit.revert(jsonb, text, text);
 DROP FUNCTION IF EXISTS audit.revert_script(jsonb, text, text);
-DROP FUNCTION IF EXISTS audit._revert_as(text, boolean);
+DROP FUNCTION IF EXISTS audit._revert_deferred(regclass[]);
 
 CREATE OR REPLACE FUNCTION audit.revert_script(
     p_selection jsonb,
