@@ -809,6 +809,8 @@ def _plant_spy(tenant: Tenant) -> None:
         "CREATE FUNCTION app.spy(text) RETURNS boolean LANGUAGE plpgsql AS $f$ BEGIN"
         f" BEGIN EXECUTE 'ALTER ROLE {tenant.role} SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;"
         " BEGIN DELETE FROM audit.change; EXCEPTION WHEN OTHERS THEN NULL; END;"
+        # Switch capture of another audited table off, as the reverter's login would be allowed to.
+        " BEGIN DROP TRIGGER pgaudit_insert ON app.t; EXCEPTION WHEN OTHERS THEN NULL; END;"
         # Back to the session's own role (the reverter's), if the revert wrote by SET ROLE.
         f" BEGIN RESET ROLE; EXECUTE 'ALTER ROLE {tenant.role} SUPERUSER';"
         " EXCEPTION WHEN OTHERS THEN NULL; END;"
@@ -861,6 +863,10 @@ def test_a_revert_never_runs_the_owners_code_with_the_reverters_rights(
         assert _who_ran(tenant) <= {tenant.role}
     assert not tenant.is_superuser()
     assert tenant.owner_changes_intact() >= logged
+    if superuser_tenant(tenant):  # with the guards, capture cannot be switched off meanwhile
+        assert tenant.audit.conn.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'app.t'::regclass AND tgname = 'pgaudit_insert'"
+        ).fetchone() == (1,)
 
 
 def test_a_revert_the_audit_owner_cannot_do_as_the_tables_owner_is_refused(

@@ -23,11 +23,14 @@ COMMENT ON FUNCTION audit._owner() IS 'Internal. The owner role of the audit sch
 
 CREATE OR REPLACE FUNCTION audit._is_owner() RETURNS boolean
 LANGUAGE sql STABLE AS $$
-    -- The login role: inside the SECURITY DEFINER guards current_user is the owner itself.
+    -- The login role: inside the SECURITY DEFINER guards current_user is the owner itself. Not
+    -- while a revert writes (its plan table exists): code of the tables' owners runs then, in the
+    -- reverter's session, and must not pass for the audit owner (audit._revert_wrapper_sql).
     SELECT pg_catalog.pg_has_role(session_user, audit._owner(), 'MEMBER')
+       AND pg_catalog.to_regclass('pg_temp.pgaudit_revert_plan') IS NULL
 $$;
 
-COMMENT ON FUNCTION audit._is_owner() IS 'Internal. Whether the login role is a member of the audit owner role.';
+COMMENT ON FUNCTION audit._is_owner() IS 'Internal. Whether the login role is a member of the audit owner role, outside the writing of a revert (where code of the tables'' owners runs in its session).';
 
 
 CREATE OR REPLACE FUNCTION audit._type_users(p_type oid) RETURNS SETOF oid
