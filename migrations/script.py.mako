@@ -14,8 +14,10 @@ depends_on = ${repr(depends_on)}
 
 
 def upgrade() -> None:
-    run_sql_revision("v${up_revision}")
+    run_sql_revision(${repr(up_revision)})
 
 
 def downgrade() -> None:
-    raise NotImplementedError("pgaudit_tool schema revisions are not reversible: history would be lost")
+    raise NotImplementedError(
+        "pgaudit_tool schema revisions are not reversible: history would be lost"
+    )

@@ -28,9 +28,11 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import set_json_loads
 
+from pgaudit_tool import archive as _archive
 from pgaudit_tool import chain as _chain
 from pgaudit_tool import history as _history
 from pgaudit_tool import integrity as _integrity
+from pgaudit_tool import partitions as _partitions
 from pgaudit_tool import reconstruct as _reconstruct
 from pgaudit_tool import report as _report
 from pgaudit_tool import revert as _revert
@@ -135,17 +137,31 @@ class Audit:
         self.close()
 
     # -- setup -------------------------------------------------------------------------------
-    def install(self, *, repair: bool = False) -> InstallResult:
+    def install(
+        self,
+        *,
+        repair: bool = False,
+        partition_interval: str | None = None,
+        partitions_ahead: int | None = None,
+    ) -> InstallResult:
         """Create or upgrade the audit schema to this tool's revision (idempotent, one transaction).
 
         ``repair``: also when already at this revision, re-apply its functions, views and
         triggers (after one was dropped or edited by hand) and regenerate capture functions.
+        ``partition_interval`` (PostgreSQL interval text: "1 week", the default, "1 day",
+        "1 month", at least "1 minute") and ``partitions_ahead`` (intervals after now that
+        :meth:`maintain` keeps partitions for, default 3): settings of the partitioned log, from
+        the first partition on at install, for the partitions created from now on otherwise.
         """
+        wanted = None
+        if partition_interval is not None or partitions_ahead is not None:
+            wanted = schema.Partitioning(partition_interval, partitions_ahead)
         with translated_errors():
             before, after = schema.install(
                 self.conninfo,
                 lock_timeout_of(self.conn),
                 repair=repair,
+                partitioning=wanted,
                 committing=lambda: note_change(self.conn),
             )
         return InstallResult(before, after)
@@ -447,20 +463,139 @@ class Audit:
         self._require_installed()
         return _integrity.checkpoint(self.conn, output)
 
-    def verify(self, against: dict[str, Any] | None = None) -> list[ChainProblem]:
+    def verify(
+        self, against: dict[str, Any] | None = None, *, archive: Path | str | None = None
+    ) -> list[ChainProblem]:
         """Problems in the hash chain and the registry (empty: intact), recomputed in the client
-        from the raw rows; also against a kept checkpoint (InvalidInput if it is malformed)."""
-        return self.verify_report(against).problems
+        from the raw rows; also against a kept checkpoint (InvalidInput if it is malformed).
+        ``archive``: a directory written by :meth:`archive`; the rows of dropped partitions are
+        read from it and their blocks recomputed (a file missing, replaced or edited is a
+        problem)."""
+        return self.verify_report(against, archive=archive).problems
 
-    def verify_report(self, against: dict[str, Any] | None = None) -> _chain.Report:
-        """:meth:`verify`'s problems, and how many rows are not sealed yet, per table."""
+    def verify_report(
+        self, against: dict[str, Any] | None = None, *, archive: Path | str | None = None
+    ) -> _chain.Report:
+        """:meth:`verify`'s problems, how many rows are not sealed yet, per table, and notes on
+        history that left the log."""
         self._require_installed()
-        return _integrity.verify_report(self.conn, against)
+        return _integrity.verify_report(
+            self.conn, against, None if archive is None else Path(archive)
+        )
 
     def doctor(self) -> list[Finding]:
         """Problems with auditing: triggers, drift after DDL, keys, privileges, guards, chain."""
         self._require_installed()
         return _integrity.doctor(self.conn)
+
+    def maintain(self) -> list[dict[str, Any]]:
+        """For cron: seal the finished transactions and create the partitions the log needs
+        (ahead of now, and for rows that landed in the default partitions), in one transaction,
+        without making audited writes wait. One record per action: ``action`` (sealed, created
+        partitions), ``object``, ``lower``/``upper`` (a partition's range), ``rows`` (changes
+        sealed, or rows moved out of the default partitions). Idempotent."""
+        self._require_installed()
+        return _partitions.maintain(self.conn)
+
+    def archive(
+        self,
+        before: When,
+        directory: Path | str,
+        *,
+        drop: bool = False,
+        dry_run: bool = False,
+        confirm: Callable[[_archive.Plan], bool] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> _archive.Result:
+        """Write the sealed partition pairs of the log older than ``before`` (whole partitions,
+        ending at or before it) to Parquet files in ``directory`` with a manifest, read them
+        back, and with ``drop`` drop them in one transaction (refused under a legal hold, or
+        when they changed since). Re-running resumes: intact files are kept. ``confirm(plan)``
+        is asked before a drop; ``dry_run`` only plans (``Result.drop_sql``: the drop's SQL).
+        Needs DuckDB (``pip install 'pgaudit-tool[archive]'``)."""
+        self._require_installed()
+        return _archive.run(
+            self.conn,
+            self._at(before),
+            Path(directory),
+            drop=drop,
+            dry_run=dry_run,
+            confirm=confirm,
+            progress=progress,
+        )
+
+    def retention(
+        self,
+        keep: str,
+        *,
+        archive_to: Path | str | None = None,
+        no_archive: bool = False,
+        dry_run: bool = False,
+        confirm: Callable[[_archive.Plan], bool] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> _archive.Result:
+        """The retention policy, for cron: seal, then drop the partition pairs that ended more
+        than ``keep`` ago (PostgreSQL interval text: "90 days", "7 years"), oldest first, up to
+        the first one under a legal hold, after archiving them to ``archive_to``; with
+        ``no_archive`` (which must be said) they are dropped without an archive, and recorded in
+        audit.retired_partition, sealed at once: ``verify`` still proves the rest and says
+        where history starts."""
+        self._require_installed()
+        if (archive_to is None) == (not no_archive):
+            raise InvalidInput(
+                "retention needs an archive directory or an explicit no-archive",
+                hint="--archive-to DIR, or --no-archive to delete history for good",
+            )
+        return _archive.retention(
+            self.conn,
+            keep,
+            None if archive_to is None else Path(archive_to),
+            dry_run=dry_run,
+            confirm=confirm,
+            progress=progress,
+        )
+
+    def hold(
+        self, table: str | None = None, *, until: When | None = None, reason: str | None = None
+    ) -> dict[str, Any]:
+        """Place a legal hold on a table's history (``table`` None: the whole log): archive
+        --drop and retention refuse to drop what it covers until it is released or ``until``
+        passes. Returns the hold."""
+        self._require_installed()
+        ref = None if table is None else resolve_table(self.conn, table)
+        return _archive.hold(
+            self.conn, None if ref is None else ref.oid, self._instant(until), reason
+        )
+
+    def release_holds(
+        self,
+        ids: Sequence[int] | None = None,
+        *,
+        table: str | None = None,
+        everything: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Release legal holds: by id, every active hold on ``table``, or (``everything``) the
+        holds on the whole log. Returns the holds released."""
+        self._require_installed()
+        ref = None if table is None else resolve_table(self.conn, table)
+        return _archive.release_holds(
+            self.conn,
+            None if ids is None else list(ids),
+            None if ref is None else ref.oid,
+            everything,
+        )
+
+    def holds(self, *, active: bool = True) -> list[dict[str, Any]]:
+        """The legal holds (only the active ones unless ``active`` is False)."""
+        self._require_installed()
+        return _archive.holds(self.conn, active)
+
+    def partitions(self) -> list[dict[str, Any]]:
+        """The partitions of the log: ``log`` (change or transaction), ``partition``, the range
+        [``lower``, ``upper``) of transaction start times (None: the default partition) and
+        ``estimated_rows`` (the planner's estimate, None before the first ANALYZE)."""
+        self._require_installed()
+        return _partitions.partitions(self.conn)
 
     def reattach(self, *, dry_run: bool = False) -> list[dict[str, Any]]:
         """After pg_dump/pg_restore into another database or cluster: find every registered

@@ -37,7 +37,7 @@ def prepare(conn: psycopg.Connection[Any]) -> None:
     conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS pgaudit_watch_tx (txid xid8 PRIMARY KEY,"
         " committed_at timestamptz, actor text, db_user text, client_addr inet,"
-        " application_name text)"
+        " application_name text, started_at timestamptz)"
     )
     conn.execute(
         'CREATE TEMP TABLE IF NOT EXISTS pgaudit_watch_tt (txid xid8, relid oid, op "char",'
@@ -53,7 +53,7 @@ def load_batch(conn: psycopg.Connection[Any], source: str, params: Sequence[Any]
     conn.execute("DELETE FROM pg_temp.pgaudit_watch_tt")
     fill = sql.SQL(
         "INSERT INTO pg_temp.pgaudit_watch_tx SELECT t.txid, coalesce(t.committed_at, t.started_at),"
-        " t.actor, t.db_user, t.client_addr, t.application_name FROM "
+        " t.actor, t.db_user, t.client_addr, t.application_name, t.started_at FROM "
     ) + sql.SQL(source)
     conn.execute(fill, params)
     # Statistics first, whatever the batch's size: without them the planner takes a temporary
@@ -62,7 +62,8 @@ def load_batch(conn: psycopg.Connection[Any], source: str, params: Sequence[Any]
     conn.execute(
         "INSERT INTO pg_temp.pgaudit_watch_tt SELECT c.txid, c.relid, c.op, count(*), min(c.role),"
         " min(pg_catalog.quote_ident(c.schema_name) || '.' || pg_catalog.quote_ident(c.table_name))"
-        " FROM pg_temp.pgaudit_watch_tx AS x JOIN audit.change AS c ON c.txid = x.txid"
+        " FROM pg_temp.pgaudit_watch_tx AS x"
+        " JOIN audit.change AS c ON c.txid = x.txid AND c.started_at = x.started_at"
         " GROUP BY c.txid, c.relid, c.op"
     )
     conn.execute("ANALYZE pg_temp.pgaudit_watch_tt")
@@ -120,7 +121,7 @@ SELECT c.id, c.txid::text::bigint AS txid, c.op, c.pk, col AS column_name,
        pg_catalog.quote_ident(c.schema_name) || '.' || pg_catalog.quote_ident(c.table_name) AS table_name,
        (SELECT count(*) FROM pg_temp.pgaudit_watch_tt AS t2 WHERE t2.txid = c.txid AND t2.relid <> c.relid) AS other_tables
   FROM pg_temp.pgaudit_watch_tx AS x
-  JOIN audit.change AS c ON c.txid = x.txid
+  JOIN audit.change AS c ON c.txid = x.txid AND c.started_at = x.started_at
   CROSS JOIN LATERAL pg_catalog.unnest(%s::text[]) AS col
  WHERE c.relid = %s::oid AND c.op IN ('I', 'U', 'D')
    AND (c.old -> col) IS DISTINCT FROM (c.new -> col)

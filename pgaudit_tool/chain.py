@@ -23,6 +23,8 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from heapq import merge
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -103,19 +105,32 @@ SOURCES = (
 # The journaled tables; for each, its key in the row image (for readable messages), the column
 # saying from when a row applies, and whether its rows are append-only (never rewritten by a
 # later transaction, never deleted).
-JOURNALED = ("tracked_table", "table_layout", "history_break", "relocation")
+JOURNALED = (
+    "tracked_table",
+    "table_layout",
+    "history_break",
+    "relocation",
+    "retired_partition",
+    "retired_block",
+    "hold",
+)
 KEYS = {
     "tracked_table": ("relid",),
     "table_layout": ("relid", "valid_from"),
     "history_break": ("id",),
     "relocation": ("id",),
+    "retired_partition": ("id", "suffix"),
+    "retired_block": ("seq",),
+    "hold": ("id",),
 }
 EFFECTIVE_FROM = {
     "tracked_table": "history_since",
     "table_layout": "valid_from",
     "history_break": "at",
 }
-APPEND_ONLY = frozenset({"table_layout", "history_break", "relocation"})
+APPEND_ONLY = frozenset(
+    {"table_layout", "history_break", "relocation", "retired_partition", "retired_block"}
+)
 # What audit.reattach() may rewrite in an append-only row, in the transaction that records the
 # relocations (audit.relocation): the table's OID, its columns' attribute numbers (pg_restore
 # does not keep dropped columns) and the OIDs of its columns' own types.
@@ -157,6 +172,7 @@ class Block:
     hash: bytes
     inner: Any = field(default_factory=hashlib.sha256)
     found: dict[bytes, int] = field(default_factory=lambda: defaultdict(int))
+    retired: bool = False  # every row left the log (audit.retired_block): links checked only
 
     def recomputed(self) -> bytes:
         """sha256(prev_hash || sha256(row digests))."""
@@ -200,10 +216,23 @@ class JournalEntry:
 
 @dataclass
 class Report:
-    """Result of a client-side verification: problems (empty: intact) and what is not sealed."""
+    """Result of a client-side verification: problems (empty: intact), what is not sealed,
+    and what was checked by its links only because its rows left the log (``notes``)."""
 
     problems: list[ChainProblem]
     unsealed: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Retirement:
+    """A row of audit.retired_partition: partitions dropped, and their archive files."""
+
+    id: int
+    suffix: str
+    lower: str
+    reason: str
+    files: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -215,24 +244,35 @@ class Head:
     txid_to: int | None = None
 
 
-def verify(conn: psycopg.Connection[Any], head: Head | None = None) -> Report:
-    """Recompute the whole chain from the raw rows in one snapshot; check the registry."""
+def verify(
+    conn: psycopg.Connection[Any], head: Head | None = None, archive: Path | None = None
+) -> Report:
+    """Recompute the whole chain from the raw rows in one snapshot; check the registry. With
+    ``archive``, the rows of dropped partitions are read from its files (each must be the file
+    recorded when it was dropped) and their blocks recomputed too."""
     fresh = conn.info.transaction_status == pq.TransactionStatus.IDLE
     unsealed: dict[str, int] = {}
     orphans: dict[str, int] = {}
     journal: list[JournalEntry] = []
+    problems: list[ChainProblem] = []
     with conn.transaction():
         _fixed_session(conn, fresh)
         blocks = _read_blocks(conn)
         moves = _read_relocations(conn)
+        retired = _read_retirements(conn)
+        files, read = ({}, set()) if archive is None else _archive_files(retired, archive, problems)
         for source in SOURCES:
-            unsealed[source.table], orphans[source.table] = _hash_rows(
-                conn, source, blocks, journal, moves
+            rows = merge(
+                _live_digests(conn, source, journal, moves),
+                _retired_digests(conn, source, read),
+                *_archived_digests(files.get(source.table, []), source, moves),
+                key=lambda d: (d[0], d[1]),
             )
+            unsealed[source.table], orphans[source.table] = _hash_rows(source, blocks, rows)
         current = {name: _current_rows(conn, name) for name in JOURNALED}
         # Read only: rolling back also undoes the settings in a caller's transaction.
         raise psycopg.Rollback()
-    problems = _chain_problems(blocks, head)
+    problems += _chain_problems(blocks, head, archive is not None)
     problems += [
         {
             "seq": None,
@@ -242,7 +282,7 @@ def verify(conn: psycopg.Connection[Any], head: Head | None = None) -> Report:
         if n
     ]
     problems += _journal_problems(journal, current, blocks)
-    return Report(problems, unsealed)
+    return Report(problems, unsealed, _retired_notes(retired, blocks, archive))
 
 
 def _fixed_session(conn: psycopg.Connection[Any], fresh: bool) -> None:
@@ -254,10 +294,19 @@ def _fixed_session(conn: psycopg.Connection[Any], fresh: bool) -> None:
 
 
 def _read_blocks(conn: psycopg.Connection[Any]) -> list[Block]:
+    retired = _exists(conn, "audit.retired_block")
     cur = conn.execute(
-        "SELECT s.seq, s.txid_from::pg_catalog.text, s.txid_to::pg_catalog.text,"
-        " s.transactions, s.changes, s.journal, s.prev_hash, s.hash"
-        " FROM audit.seal AS s ORDER BY s.seq"
+        sql.SQL(
+            "SELECT s.seq, s.txid_from::pg_catalog.text, s.txid_to::pg_catalog.text,"
+            " s.transactions, s.changes, s.journal, s.prev_hash, s.hash, {}"
+            " FROM audit.seal AS s ORDER BY s.seq"
+        ).format(
+            sql.SQL(
+                "EXISTS (SELECT FROM audit.retired_block AS r WHERE r.seq = s.seq)"
+                if retired
+                else "false"
+            )
+        )
     )
     return [
         Block(
@@ -267,15 +316,21 @@ def _read_blocks(conn: psycopg.Connection[Any]) -> list[Block]:
             counts={b"T": int(r[3]), b"C": int(r[4]), b"J": int(r[5])},
             prev_hash=bytes(r[6]),
             hash=bytes(r[7]),
+            retired=bool(r[8]),
         )
         for r in cur.fetchall()
     ]
 
 
+def _exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    """Whether a table exists (tables of later revisions are absent from older schemas)."""
+    found = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+    return bool(found and found[0])
+
+
 def _read_relocations(conn: psycopg.Connection[Any]) -> list[Relocation]:
     """The rows of audit.relocation in id order (none before revision 0008)."""
-    found = conn.execute("SELECT pg_catalog.to_regclass('audit.relocation') IS NOT NULL").fetchone()
-    if not found or not found[0]:
+    if not _exists(conn, "audit.relocation"):
         return []
     cur = conn.execute(
         "SELECT r.id, r.old_relid::pg_catalog.text, r.new_relid::pg_catalog.text, r.last_change"
@@ -304,32 +359,158 @@ def _raw_rows(
     conn.execute(sql.SQL("CLOSE {}").format(cursor))
 
 
-def _hash_rows(
+#: A row's place in its block and its digest: (txid, id (0 for a transaction), D(row)).
+Digest = tuple[int, int, bytes]
+
+
+def _live_digests(
     conn: psycopg.Connection[Any],
     source: Source,
-    blocks: list[Block],
     journal: list[JournalEntry],
     moves: Sequence[Relocation] = (),
-) -> tuple[int, int]:
-    """Feed each row's digest to the block whose range holds its txid; count the rows not
-    sealed yet (at or above the last block's txid_to) and those below it in no block. A
-    change row's relid is hashed as captured (:func:`relid_as_captured`)."""
+) -> Iterator[Digest]:
+    """The digests of the rows of one table in the log, in block order; journal rows are also
+    collected for the replay. A change row's relid is hashed as captured
+    (:func:`relid_as_captured`)."""
     query = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
         sql.SQL(", ").join(sql.Identifier("r", c) for c in source.columns),
         sql.SQL("{} AS r").format(sql.Identifier("audit", source.table)),
         sql.SQL(", ").join(sql.Identifier("r", c) for c in source.order),
     )
-    starts = sorted((b.txid_from, i) for i, b in enumerate(blocks))
-    keys = [s[0] for s in starts]
     txid_at = source.columns.index("txid")
+    id_at = source.columns.index("id") if "id" in source.columns else None
     relid_at = source.columns.index("relid") if source.letter == b"C" and moves else None
     last_moved = max((m.last_change for m in moves), default=0)
-    horizon = max((b.txid_to for b in blocks), default=0)
-    unsealed = orphans = 0
     for values in _raw_rows(conn, query, f"pgaudit_verify_{source.table}"):
         txid = int(values[txid_at] or b"0")
+        row_id = 0 if id_at is None else int(values[id_at] or b"0")
         if source.letter == b"J":
             journal.append(_journal_entry(values, txid))
+        if relid_at is not None and row_id <= last_moved:
+            values[relid_at] = relid_as_captured(values[relid_at], row_id, moves)
+        yield txid, row_id, row_digest(source.letter, values)
+
+
+def _retired_digests(
+    conn: psycopg.Connection[Any], source: Source, read: set[int]
+) -> Iterator[Digest]:
+    """The digests kept of rows dropped from the log (audit.retired_row), in block order, but
+    for the retirements whose rows are read from the archive (``read``)."""
+    if source.letter == b"J" or not _exists(conn, "audit.retired_row"):
+        return
+    query = sql.SQL(
+        "SELECT r.txid::pg_catalog.text, r.id, r.digest FROM audit.retired_row AS r"
+        " WHERE r.kind = {} AND r.retirement <> ALL ({}) ORDER BY r.txid, r.id"
+    ).format(sql.Literal(source.letter.decode()), sql.Literal(sorted(read)))
+    for values in _raw_rows(conn, query, f"pgaudit_verify_retired_{source.table}"):
+        txid, row_id, digest = (v or b"" for v in values)
+        yield int(txid), int(row_id), bytes.fromhex(digest.decode()[2:])
+
+
+def _read_retirements(conn: psycopg.Connection[Any]) -> list[Retirement]:
+    """The rows of audit.retired_partition in id order (none before revision 0009)."""
+    if not _exists(conn, "audit.retired_partition"):
+        return []
+    cur = conn.execute(
+        "SELECT r.id, r.suffix, r.lower::pg_catalog.text, r.reason, r.files"
+        " FROM audit.retired_partition AS r ORDER BY r.id"
+    )
+    return [
+        Retirement(int(r[0]), str(r[1]), str(r[2]), str(r[3]), _json_or_none(r[4]))
+        for r in cur.fetchall()
+    ]
+
+
+def _json_or_none(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    data = json.loads(value) if isinstance(value, str | bytes) else value
+    return data if isinstance(data, dict) else None
+
+
+def _archive_files(
+    retired: list[Retirement], archive: Path, problems: list[ChainProblem]
+) -> tuple[dict[str, list[Path]], set[int]]:
+    """The archive's files of the dropped partitions, per table, each checked against the
+    sha256 recorded when it was dropped; the retirements whose files are all there."""
+    from pgaudit_tool.archive import sha256_of
+
+    files: dict[str, list[Path]] = defaultdict(list)
+    read: set[int] = set()
+    for r in retired:
+        if r.files is None:
+            continue  # dropped without an archive (retention --no-archive)
+        found: dict[str, Path] = {}
+        for log in ("transaction", "change"):
+            meta = r.files.get(log) or {}
+            path = archive / str(meta.get("file", f"{log}_p{r.suffix}.parquet"))
+            if not path.is_file():
+                problems.append(
+                    {"seq": None, "problem": f"archived partition {r.suffix}: {path} is missing"}
+                )
+            elif sha256_of(path) != meta.get("sha256"):
+                problems.append(
+                    {
+                        "seq": None,
+                        "problem": f"archived partition {r.suffix}: {path} is not the file"
+                        " archived (its sha256 differs from the one recorded when the partition"
+                        " was dropped)",
+                    }
+                )
+            else:
+                found[log] = path
+        if len(found) == 2:  # else the digests kept in the log stand in for the pair's rows
+            read.add(r.id)
+            for log, path in found.items():
+                files[log].append(path)
+    return files, read
+
+
+def _archived_digests(
+    paths: list[Path], source: Source, moves: Sequence[Relocation]
+) -> list[Iterator[Digest]]:
+    """One iterator of digests per archive file of this table, each in block order."""
+    from pgaudit_tool.archive import archived_digest_rows
+
+    last_moved = max((m.last_change for m in moves), default=0)
+
+    def digests(path: Path) -> Iterator[Digest]:
+        for txid, row_id, values in archived_digest_rows(path, source.table):
+            if source.letter == b"C" and moves and row_id <= last_moved:
+                values[2] = relid_as_captured(values[2], row_id, moves)
+            yield txid, row_id, row_digest(source.letter, values)
+
+    return [digests(p) for p in paths]
+
+
+def _retired_notes(
+    retired: list[Retirement], blocks: list[Block], archive: Path | None
+) -> list[str]:
+    """What verify could only check by its links, and where history in the log starts."""
+    if not retired:
+        return []
+    archived = sum(r.files is not None for r in retired)
+    notes = [
+        f"{len(retired)} partition pair(s) left the log (the oldest from {retired[0].lower}):"
+        f" {archived} archived, {len(retired) - archived} dropped by retention without archive"
+    ]
+    linked = sum(b.retired and (archive is None or not any(b.found.values())) for b in blocks)
+    if linked:
+        notes.append(
+            f"{linked} block(s) whose rows all left the log were checked by their links only"
+            + ("" if archive else "; verify --archive DIR recomputes the archived ones")
+        )
+    return notes
+
+
+def _hash_rows(source: Source, blocks: list[Block], rows: Iterator[Digest]) -> tuple[int, int]:
+    """Feed each row's digest to the block whose range holds its txid; count the rows not
+    sealed yet (at or above the last block's txid_to) and those below it in no block."""
+    starts = sorted((b.txid_from, i) for i, b in enumerate(blocks))
+    keys = [s[0] for s in starts]
+    horizon = max((b.txid_to for b in blocks), default=0)
+    unsealed = orphans = 0
+    for txid, _, digest in rows:
         pos = bisect_right(keys, txid) - 1
         block = blocks[starts[pos][1]] if pos >= 0 else None
         if block is None or txid >= block.txid_to:
@@ -338,9 +519,7 @@ def _hash_rows(
             else:
                 orphans += 1
             continue
-        if relid_at is not None and int(values[0] or b"0") <= last_moved:
-            values[relid_at] = relid_as_captured(values[relid_at], int(values[0] or b"0"), moves)
-        block.inner.update(row_digest(source.letter, values))
+        block.inner.update(digest)
         block.found[source.letter] += 1
     return unsealed, orphans
 
@@ -377,7 +556,9 @@ def _current_rows(conn: psycopg.Connection[Any], name: str) -> list[str] | None:
 # -- the chain ---------------------------------------------------------------------------------
 
 
-def _chain_problems(blocks: list[Block], head: Head | None) -> list[ChainProblem]:
+def _chain_problems(
+    blocks: list[Block], head: Head | None, archived: bool = False
+) -> list[ChainProblem]:
     problems: list[ChainProblem] = []
 
     def report(seq: int, text: str) -> None:
@@ -396,7 +577,9 @@ def _chain_problems(blocks: list[Block], head: Head | None) -> list[ChainProblem
             report(block.seq, "previous-hash link broken: a block before it was changed or removed")
         found = [block.found.get(k, 0) for k in (b"T", b"C", b"J")]
         sealed = [block.counts[k] for k in (b"T", b"C", b"J")]
-        if found != sealed:
+        if block.retired and (not archived or not any(found)):
+            pass  # its rows left the log (and are not in the archive): links checked only
+        elif found != sealed:
             report(
                 block.seq,
                 "rows inserted or deleted: {} transactions, {} changes and {} journal rows now,"

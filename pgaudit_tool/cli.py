@@ -426,14 +426,39 @@ def main(
     help="Also at the newest revision, re-apply its functions, views and triggers (after one "
     "was dropped or edited by hand) and regenerate capture functions. History is untouched.",
 )
+@click.option(
+    "--partition-interval",
+    metavar="INTERVAL",
+    help="Time range of each partition of the log, a PostgreSQL interval of at least 1 minute: "
+    "'1 week' (default), '1 day', '6 hours', '1 month'. At install, from the first partition "
+    "on; later, for the partitions created from then on.",
+)
+@click.option(
+    "--partitions-ahead",
+    type=click.IntRange(1, 1000),
+    metavar="N",
+    help="How many intervals after now maintain keeps partitions for (default 3).",
+)
 @click.pass_obj
-def install(state: _State, dry_run: bool, repair: bool) -> None:
+def install(
+    state: _State,
+    dry_run: bool,
+    repair: bool,
+    partition_interval: str | None,
+    partitions_ahead: int | None,
+) -> None:
     """Create or upgrade the audit schema (idempotent, one transaction)."""
     audit = state.audit()
     if dry_run:
+        if partition_interval is not None or partitions_ahead is not None:
+            raise click.UsageError(
+                "--dry-run does not take --partition-interval or --partitions-ahead"
+            )
         click.echo(audit.install_sql(repair=repair), nl=False)
         return
-    result = audit.install(repair=repair)
+    result = audit.install(
+        repair=repair, partition_interval=partition_interval, partitions_ahead=partitions_ahead
+    )
     if result.before is None:
         _info(f"installed the audit schema, revision {result.after}")
     elif result.changed:
@@ -775,17 +800,26 @@ def checkpoint(state: _State, output: str | None) -> None:
     help="A checkpoint file kept outside the database: the chain is then recomputed here, in"
     " the client, from the raw rows, and must still contain that head.",
 )
+@click.option(
+    "--archive",
+    type=click.Path(file_okay=False),
+    help="An archive directory (see archive): the dropped partitions' rows are read from its"
+    " files, each checked against the sha256 recorded when it was dropped, and their blocks"
+    " recomputed.",
+)
 @_format_option
 @click.pass_obj
-def verify(state: _State, against: str | None, fmt: str) -> None:
+def verify(state: _State, against: str | None, archive: str | None, fmt: str) -> None:
     """Recompute the hash chain in the client; exit 0 only when no audit row (changes,
     transactions, registry, layouts, history breaks) was edited, deleted, inserted or reordered."""
     from pgaudit_tool.integrity import VERIFY_COLUMNS, read_checkpoint
 
     head = None if against is None else read_checkpoint(Path(against))
     audit = state.audit()
-    report = audit.verify_report(head)
+    report = audit.verify_report(head, archive=archive)
     _emit(report.problems, fmt, VERIFY_COLUMNS)
+    for note in report.notes:
+        _info(note)
     transactions = report.unsealed.get("transaction", 0)
     changes = report.unsealed.get("change", 0)
     journal = report.unsealed.get("journal", 0)
@@ -830,6 +864,222 @@ def doctor(state: _State, fix: bool, yes: bool, dry_run: bool, fmt: str) -> None
         raise IntegrityProblem(
             f"auditing is not intact: {len(errors)} problem(s)", hint="pgaudit-tool doctor --fix"
         )
+
+
+@main.command()
+@_format_option
+@click.pass_obj
+def maintain(state: _State, fmt: str) -> None:
+    """For cron: seal the log and create the partitions it needs (idempotent).
+
+    Prints one row per action taken (nothing when nothing was needed). Audited writes do not
+    wait for it. Schedule it at least once per partition interval.
+    """
+    from pgaudit_tool.partitions import MAINTAIN_COLUMNS
+
+    done = state.audit().maintain()
+    _emit(done, fmt, MAINTAIN_COLUMNS)
+    if not done:
+        _info("nothing to do: the log is sealed and its partitions reach far enough ahead")
+
+
+@main.command()
+@click.option(
+    "--before",
+    required=True,
+    metavar="TIME",
+    callback=_time,
+    help="Archive the partitions that end at or before TIME. " + _TIME_HELP,
+)
+@click.option(
+    "--to",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The archive directory (created if needed; one per database).",
+)
+@click.option(
+    "--drop",
+    is_flag=True,
+    help="Then drop the archived partitions from the log, in one transaction (asks first).",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be archived and the drop's SQL.")
+@_yes_option
+@_format_option
+@click.pass_obj
+def archive(
+    state: _State, before: Any, directory: str, drop: bool, dry_run: bool, yes: bool, fmt: str
+) -> None:
+    """Write old, sealed partitions of the log to Parquet files with a manifest (and drop them).
+
+    Re-running resumes: files already written intact are kept. Only sealed partitions are
+    archived; the output says how to seal the rest. A legal hold (see hold) blocks --drop.
+    """
+    from pgaudit_tool.archive import ARCHIVE_COLUMNS
+
+    def confirm(plan: Any) -> bool:
+        changes = sum(p.changes for p in plan.parts)
+        _confirm(
+            f"Archive and then drop {len(plan.parts)} partition pair(s) ({changes} changes)"
+            " from the log?",
+            yes,
+        )
+        return True
+
+    result = state.audit().archive(
+        before,
+        directory,
+        drop=drop,
+        dry_run=dry_run,
+        confirm=confirm,
+        progress=None if _quiet() or not sys.stderr.isatty() else _info,
+    )
+    if result.stopped:
+        _info(result.stopped)
+    if dry_run:
+        _emit([p.row() for p in result.parts], fmt, ARCHIVE_COLUMNS)
+        if result.drop_sql:
+            _info(f"--drop would run, in one transaction:\n{result.drop_sql}")
+        return
+    _emit([p.row() for p in result.parts], fmt, ARCHIVE_COLUMNS)
+    if not result.parts:
+        _info("nothing to archive before that time")
+
+
+@main.command()
+@click.option(
+    "--keep",
+    required=True,
+    metavar="INTERVAL",
+    help="How much history stays in the log: a PostgreSQL interval ('90 days', '90d', '7 years').",
+)
+@click.option(
+    "--archive-to",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Archive what is older to this directory before dropping it (see archive).",
+)
+@click.option(
+    "--no-archive",
+    is_flag=True,
+    help="Drop what is older without an archive: deleted for good (recorded, and sealed).",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be dropped and the drop's SQL.")
+@_yes_option
+@_format_option
+@click.pass_obj
+def retention(
+    state: _State,
+    keep: str,
+    archive_to: str | None,
+    no_archive: bool,
+    dry_run: bool,
+    yes: bool,
+    fmt: str,
+) -> None:
+    """The retention policy, for cron: seal, archive (or not) and drop old history.
+
+    Drops the partition pairs of the log that ended more than --keep ago, oldest first, up to
+    the first one under a legal hold or with rows not sealed. Needs --archive-to DIR, or
+    --no-archive to delete them for good. The drop is recorded and sealed at once.
+    """
+    from pgaudit_tool.archive import ARCHIVE_COLUMNS
+
+    if archive_to is not None and no_archive:
+        raise click.UsageError("--archive-to and --no-archive exclude each other")
+
+    def confirm(plan: Any) -> bool:
+        changes = sum(p.changes for p in plan.parts)
+        fate = "archive and drop" if archive_to else "DELETE FOR GOOD, without an archive,"
+        _confirm(f"{fate} {len(plan.parts)} partition pair(s) ({changes} changes)?", yes)
+        return True
+
+    result = state.audit().retention(
+        keep,
+        archive_to=archive_to,
+        no_archive=no_archive,
+        dry_run=dry_run,
+        confirm=confirm,
+        progress=None if _quiet() or not sys.stderr.isatty() else _info,
+    )
+    if result.stopped:
+        _info(result.stopped)
+    _emit([p.row() for p in result.parts], fmt, ARCHIVE_COLUMNS)
+    if dry_run and result.drop_sql:
+        _info(f"would run, in one transaction:\n{result.drop_sql}")
+    elif not result.parts:
+        _info(f"nothing to drop: the log holds no partition that ended more than {keep} ago")
+
+
+@main.command()
+@click.option("--table", "table", metavar="TABLE", help="Hold the history of this table.")
+@click.option("--all", "everything", is_flag=True, help="Hold the whole log.")
+@_time_option("--until", "The hold ends by itself at TIME (default: when released).")
+@click.option("--reason", help="Why (case number, request); kept with the hold.")
+@click.option(
+    "--release",
+    "release",
+    multiple=True,
+    type=int,
+    metavar="ID",
+    help="Release the hold with this id (repeatable).",
+)
+@click.option("--release-table", metavar="TABLE", help="Release every active hold on this table.")
+@click.option("--release-all", is_flag=True, help="Release the holds on the whole log.")
+@click.option("--list", "listing", is_flag=True, help="List the holds (with --all: released too).")
+@_format_option
+@click.pass_obj
+def hold(
+    state: _State,
+    table: str | None,
+    everything: bool,
+    until: Any,
+    reason: str | None,
+    release: tuple[int, ...],
+    release_table: str | None,
+    release_all: bool,
+    listing: bool,
+    fmt: str,
+) -> None:
+    """Legal holds: keep history from being dropped by archive --drop or retention.
+
+    hold --table T | --all [--until TIME] [--reason TEXT] places one; hold --release ID,
+    --release-table T or --release-all releases; hold --list lists them.
+    """
+    from pgaudit_tool.archive import HOLD_COLUMNS
+
+    audit = state.audit()
+    releasing = bool(release) + bool(release_table) + release_all
+    placing = bool(table) + everything
+    if listing:
+        if releasing or table or until is not None or reason:
+            raise click.UsageError("--list takes no other option but --all")
+        _emit(audit.holds(active=not everything), fmt, HOLD_COLUMNS)
+        return
+    if releasing:
+        if releasing > 1 or placing or until is not None or reason:
+            raise click.UsageError(
+                "release with one of --release ID, --release-table T or --release-all"
+            )
+        done = audit.release_holds(
+            list(release) or None, table=release_table, everything=release_all
+        )
+        _emit(done, fmt, HOLD_COLUMNS)
+        _info(f"released {len(done)} hold(s)")
+        return
+    if placing != 1:
+        raise click.UsageError("name what to hold: --table T or --all (or --list, --release)")
+    _emit([audit.hold(table, until=until, reason=reason)], fmt, HOLD_COLUMNS)
+
+
+@main.command()
+@_format_option
+@click.pass_obj
+def partitions(state: _State, fmt: str) -> None:
+    """List the partitions of the log with their time ranges (transaction start, UTC)."""
+    from pgaudit_tool.partitions import PARTITION_COLUMNS
+
+    _emit(state.audit().partitions(), fmt, PARTITION_COLUMNS)
 
 
 @main.command()

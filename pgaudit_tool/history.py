@@ -124,8 +124,9 @@ def _where(flt: HistoryFilter) -> tuple[sql.Composable, list[Any]]:
         clauses.append(sql.SQL("h.at >= %s"))
         params.append(flt.since)
     if flt.until is not None:
-        clauses.append(sql.SQL("h.at < %s"))
-        params.append(flt.until)
+        # A transaction starts before its changes: partitions of later starts are skipped.
+        clauses.append(sql.SQL("h.at < %s AND h.transaction_started_at < %s"))
+        params.extend([flt.until, flt.until])
     if not clauses:
         return sql.SQL(""), params
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses), params

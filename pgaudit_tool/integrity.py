@@ -156,10 +156,18 @@ def parse_head(data: Any, source: str = "the checkpoint") -> chain.Head:
 
 
 def verify_report(
-    conn: psycopg.Connection[Any], against: dict[str, Any] | None = None
+    conn: psycopg.Connection[Any],
+    against: dict[str, Any] | None = None,
+    archive: Path | None = None,
 ) -> chain.Report:
     """Recompute the chain in the client from the raw rows (no function of the audit schema is
-    trusted), check the registry against its journal, and check a kept checkpoint."""
+    trusted), check the registry against its journal, and check a kept checkpoint; with
+    ``archive``, recompute the dropped partitions' blocks from its files."""
+    if archive is not None:
+        from pgaudit_tool.archive import duckdb_module, read_manifest
+
+        duckdb_module()
+        read_manifest(archive)
     head = None if against is None else parse_head(against)
     problems: list[ChainProblem] = []
     if against is not None and against.get("database") not in (None, conn.info.dbname):
@@ -170,7 +178,7 @@ def verify_report(
             }
         )
     with translated_errors():
-        report = chain.verify(conn, head)
+        report = chain.verify(conn, head, archive)
     report.problems[:0] = problems
     return report
 

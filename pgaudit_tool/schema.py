@@ -11,12 +11,13 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
-from pgaudit_tool.errors import AuditError, LockTimeout, NotInstalled
+from pgaudit_tool.errors import AuditError, InvalidInput, LockTimeout, NotInstalled
 from pgaudit_tool.resources import data_dir, function_files, read_sql, schema_file
 
 if TYPE_CHECKING:
@@ -177,6 +178,7 @@ def install(
     lock_timeout: str | None = None,
     *,
     repair: bool = False,
+    partitioning: Partitioning | None = None,
     committing: Callable[[], None] | None = None,
 ) -> tuple[str | None, str]:
     """Install or upgrade the audit schema to the head revision, in one transaction.
@@ -184,8 +186,11 @@ def install(
     Returns (revision before, revision after). Idempotent: nothing runs when already at head,
     unless ``repair``: then ``sql/functions/`` is re-applied (functions, views and triggers
     dropped or edited by hand come back as this version has them; capture functions are
-    regenerated). ``lock_timeout``: of the install's transaction (see ``db.choose_lock_timeout``).
-    ``committing``: called right before the transaction commits a change.
+    regenerated). ``partitioning``: settings of the partitioned log, used from the first
+    partitions on when the schema is created (or upgraded to revision 0009), for the partitions
+    created from now on otherwise. ``lock_timeout``: of the install's transaction (see
+    ``db.choose_lock_timeout``). ``committing``: called right before the transaction commits a
+    change.
     """
     from alembic import command
     from sqlalchemy import text
@@ -201,17 +206,77 @@ def install(
                 )
             before = _current_revision(connection)
             refuse_newer(before)
-            cfg = alembic_config()
-            cfg.attributes["connection"] = connection
-            command.upgrade(cfg, "head")
-            after = _current_revision(connection)
-            if repair and before == after:
-                _psycopg(connection).execute(read_sql(function_files()))
-            if committing is not None and (repair or before != after):
+            with _partitioning_errors(partitioning):
+                if partitioning is not None and partitioning.interval is not None:
+                    connection.execute(
+                        text("SELECT set_config('pgaudit.partition_interval', :v, true)"),
+                        {"v": partitioning.interval},
+                    )
+                cfg = alembic_config()
+                cfg.attributes["connection"] = connection
+                command.upgrade(cfg, "head")
+                after = _current_revision(connection)
+                if repair and before == after:
+                    _psycopg(connection).execute(read_sql(function_files()))
+                changed = partitioning is not None and _set_partitioning(connection, partitioning)
+            if committing is not None and (repair or before != after or changed):
                 committing()
     finally:
         engine.dispose()
     return before, after or head_revision()
+
+
+@dataclass(frozen=True)
+class Partitioning:
+    """Settings of the partitioned log (``audit.partitioning``); None leaves one as it is.
+
+    ``interval``: time range of each new partition, PostgreSQL interval text of at least one
+    minute, whole months ("1 month", "1 year") or no months ("1 day", "1 week", "6 hours").
+    ``ahead``: how many intervals after now ``maintain`` keeps partitions (1 to 1000).
+    """
+
+    interval: str | None = None
+    ahead: int | None = None
+
+
+def _set_partitioning(connection: SAConnection, partitioning: Partitioning) -> bool:
+    """Apply the settings (and create the partitions they call for); True when they changed."""
+    from sqlalchemy import text
+
+    before = connection.execute(text("SELECT * FROM audit.partitioning")).one()
+    after = connection.execute(
+        text("SELECT * FROM audit.set_partitioning(CAST(:i AS interval), CAST(:a AS integer))"),
+        {"i": partitioning.interval, "a": partitioning.ahead},
+    ).one()
+    if before == after:
+        return False
+    connection.execute(text("SELECT count(*) FROM audit._partition_ahead()"))
+    return True
+
+
+@contextmanager
+def _partitioning_errors(partitioning: Partitioning | None) -> Iterator[None]:
+    """Bad partitioning settings as InvalidInput (the server refuses them: nothing changed)."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        yield
+    except (DBAPIError, psycopg.Error) as exc:
+        # Revisions run on the psycopg connection itself: its errors come unwrapped.
+        orig = exc.orig if isinstance(exc, DBAPIError) else exc
+        bad = isinstance(
+            orig, psycopg.errors.InvalidDatetimeFormat | psycopg.errors.DatetimeFieldOverflow
+        ) or (
+            isinstance(orig, psycopg.errors.CheckViolation)
+            and orig.diag.constraint_name == "partition_interval_check"
+        )
+        if partitioning is None or not bad:
+            raise
+        raise InvalidInput(
+            f"partition interval {partitioning.interval!r} is not allowed: it must be a"
+            " PostgreSQL interval of at least 1 minute, and either whole months or no months",
+            hint="Examples: 1 minute, 6 hours, 1 day, 1 week, 1 month, 1 year.",
+        ) from None
 
 
 @contextmanager

@@ -570,15 +570,17 @@ def tail(
     stop = stop or threading.Event()
     recent = sql.SQL(_TAIL).format(
         source=sql.SQL(
-            "(SELECT c.* FROM audit.change AS c JOIN audit.transaction AS t ON t.txid = c.txid"
+            "(SELECT c.* FROM audit.change AS c"
+            " JOIN audit.transaction AS t ON t.txid = c.txid AND t.started_at = c.started_at"
             " WHERE {} ORDER BY c.id DESC LIMIT %s) AS c"
-            " JOIN audit.transaction AS t ON t.txid = c.txid"
+            " JOIN audit.transaction AS t ON t.txid = c.txid AND t.started_at = c.started_at"
         ).format(where),
         where=sql.SQL("true"),
     ) + sql.SQL(" ORDER BY t.committed_at, c.id")
     pending = sql.SQL(_TAIL).format(
         source=sql.SQL(
-            "audit.watch_pending(%s::pg_snapshot) AS t JOIN audit.change AS c ON c.txid = t.txid"
+            "audit.watch_pending(%s::pg_snapshot) AS t"
+            " JOIN audit.change AS c ON c.txid = t.txid AND c.started_at = t.started_at"
         ),
         where=where,
     ) + sql.SQL(" ORDER BY t.committed_at, c.id")

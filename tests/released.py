@@ -2,7 +2,8 @@
 
 ``tests/fixtures/released/<revision>.sql.gz`` is the SQL that the tool of that revision ran
 (``pgaudit-tool install --dry-run`` output of the release, frozen): ``0001`` installs revision
-0001 on an empty database, ``0002`` upgrades 0001 to 0002, ``0003`` 0002 to 0003.
+0001 on an empty database, ``0002`` upgrades 0001 to 0002, ``0003`` 0002 to 0003, ``0008``
+0003 to 0008 (the last release with an unpartitioned log, commit c1e7354).
 They are artifacts, never edited: the current sources no longer contain the old function bodies.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import psycopg
 
 RELEASED = Path(__file__).resolve().parent / "fixtures" / "released"
-ORDER = ("0001", "0002", "0003")
+ORDER = ("0001", "0002", "0003", "0008")
 
 
 def install_released(dsn: str, revision: str) -> None:

@@ -57,6 +57,10 @@ COMMANDS = (
     "verify",
     "doctor",
     "reattach",
+    "maintain",
+    "partitions",
+    "archive",
+    "hold",
     "revert",
     "report",
     "anomalies",
@@ -949,7 +953,7 @@ def test_ctrl_c_says_what_was_committed(
 
 # --------------------------------------------------------------------------- confirmation
 
-CONFIRMING = ("doctor", "reattach", "revert")  # the commands that ask before changing anything
+CONFIRMING = ("doctor", "reattach", "revert", "archive")  # the commands that ask before changing anything
 
 
 def test_every_confirming_command_takes_yes() -> None:

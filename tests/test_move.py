@@ -368,6 +368,12 @@ def test_restore_into_another_cluster(
             admin.execute("CREATE DATABASE app")
         with Audit.connect(source.dsn_for("app")) as audit:
             audit.install()
+            # The source's OID counter well ahead of where the restore will leave the
+            # target's, so that the target's next relations take the tables' old OIDs.
+            audit.conn.execute(
+                "DO $$ BEGIN FOR i IN 1..300 LOOP"
+                " CREATE TABLE oid_pusher (); DROP TABLE oid_pusher; END LOOP; END $$"
+            )
             before = build_history(audit, pad=300)
         with psycopg.connect(target.dsn, autocommit=True) as admin:
             admin.execute("CREATE DATABASE app")
@@ -390,22 +396,23 @@ def test_restore_into_another_cluster(
         _resetwal(target, 2)
         with Audit.connect(app) as audit:
             conn = audit.conn
-            # An old OID that is another table's here (both clusters count OIDs from the same
-            # start): the single remapping statement per table must not mix them up.
-            new = {t: oid(conn, t) for t in before["oids"]}
-            collisions = set(before["oids"].values()) & (
-                set(new.values()) | {r[0] for r in conn.execute("SELECT oid FROM pg_class")}
-            )
             # The dropped table's old OID taken by a relation here: its history must go
             # under a placeholder's OID (one index at a time, until one gets that OID).
             conn.execute("CREATE TABLE filler (id int)")
-            for n in range(1000):
+            for n in range(3000):
                 made = oid(
                     conn, conn.execute(f"CREATE INDEX fill_{n} ON filler (id)") and f"fill_{n}"
                 )
                 if made >= before["gone_oid"]:
                     break
             assert made == before["gone_oid"], "the OID counter passed the dropped table's OID"
+            # An old OID that is another relation's here (the source's counter was ahead, so
+            # the indexes above took the old OIDs): the single remapping statement per table
+            # must not mix them up.
+            new = {t: oid(conn, t) for t in before["oids"]}
+            collisions = set(before["oids"].values()) & (
+                set(new.values()) | {r[0] for r in conn.execute("SELECT oid FROM pg_class")}
+            )
             plan = {r["table_name"]: r["action"] for r in audit.reattach(dry_run=True)}
             assert {plan[qualified(t)] for t in before["oids"]} == {"moved"}, plan
             assert plan["public.gone"] == "missing: history kept under a placeholder", plan

@@ -32,7 +32,7 @@ from tests.released import install_released
 
 REPO = Path(__file__).resolve().parents[1]
 # The schema revisions the checkout ships, oldest first, and the newest.
-REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009")
 HEAD = REVISIONS[-1]
 
 
@@ -412,3 +412,33 @@ def test_repair_restores_what_was_dropped_or_edited(
     fresh, repaired = _catalog(dsn), _catalog(hand_dsn)
     for name in _CATALOG:
         assert fresh[name] == repaired[name], f"{name} differ"
+
+
+def test_a_revision_made_from_the_template_installs(
+    dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`alembic revision` with the packaged template makes a migration that runs its SQL file,
+    sql/schema/<rev>_<name>.sql, as the shipped ones do."""
+    import shutil
+
+    from alembic import command
+
+    from pgaudit_tool import resources, schema
+
+    for name in ("sql", "migrations"):
+        shutil.copytree(data_dir(name), tmp_path / name)
+    monkeypatch.setattr(resources, "data_dir", lambda name: tmp_path / name)
+    monkeypatch.setattr(schema, "data_dir", lambda name: tmp_path / name)
+    command.revision(schema.alembic_config(), message="probe", rev_id="9999")
+    made = tmp_path / "migrations" / "versions" / "9999_probe.py"
+    assert "run_sql_revision('9999')" in made.read_text(encoding="utf-8")
+    (tmp_path / "sql" / "schema" / "9999_probe.sql").write_text(
+        "CREATE TABLE audit.probe (id int);\n", encoding="utf-8"
+    )
+    assert schema.head_revision() == "9999"
+    with Audit.connect(dsn) as audit:
+        result = audit.install()
+        assert (result.before, result.after) == (None, "9999")
+        assert audit.conn.execute("SELECT to_regclass('audit.probe')::text").fetchone() == (
+            "audit.probe",
+        )

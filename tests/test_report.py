@@ -120,7 +120,8 @@ def spread(audit: Audit) -> None:
         "                  SET started_at = now() - n.back * interval '3 hours' - interval '10 min',"
         "                      committed_at = now() - n.back * interval '3 hours' - interval '10 min'"
         "                 FROM n WHERE n.txid = t.txid RETURNING t.txid, t.committed_at)"
-        " UPDATE audit.change AS c SET clock_at = m.committed_at, statement_at = m.committed_at"
+        " UPDATE audit.change AS c SET clock_at = m.committed_at, statement_at = m.committed_at,"
+        "                              started_at = m.committed_at"
         "   FROM moved AS m WHERE m.txid = c.txid"
     )
 

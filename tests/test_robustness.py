@@ -496,6 +496,8 @@ def test_the_reader_can_run_every_read_command(roles: tuple[Audit, Conn, str]) -
         ["diff", "public.orders", "--from", enabled],
         ["verify"],
         ["revert", "--table", "public.orders", "--to", enabled, "--dry-run"],
+        ["partitions"],
+        ["hold", "--list"],
     ]
     for command in reads:
         result = cli(reviewer_dsn, *command)
@@ -512,6 +514,11 @@ def test_the_reader_can_run_every_read_command(roles: tuple[Audit, Conn, str]) -
             "SELECT audit.seal()",
             "DELETE FROM audit.change",
             "SELECT audit.disable('public.orders')",
+            "SELECT * FROM audit.maintain()",
+            "SELECT audit.hold()",
+            "SELECT * FROM audit.release_holds(p_all => true)",
+            "SELECT * FROM audit.retire('[]')",
+            "SELECT audit.set_partitioning('1 day')",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute(attack)

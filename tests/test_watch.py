@@ -92,6 +92,11 @@ def age_history(audit: Audit) -> None:
         "     started_at = now() - (1 + n.i % 28) * interval '1 day' - (n.i % 24) * interval '1 hour'"
         " FROM n WHERE n.txid = t.txid"
     )
+    # A change's started_at is its transaction's (the key both tables are partitioned by).
+    audit.conn.execute(
+        "UPDATE audit.change AS c SET started_at = t.started_at FROM audit.transaction AS t"
+        " WHERE t.txid = c.txid AND c.started_at <> t.started_at"
+    )
     # As if auditing had started 40 days ago: the registry and its journal (which verify
     # replays) both say so.
     with audit.conn.transaction():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pgaudit_tool.bench.archiving import archive_phase
 from pgaudit_tool.bench.config import AUDITED, BARE_LOG, OPERATIONS, PLAIN
 from pgaudit_tool.bench.session import Session, audit_tables, order, timed
 from pgaudit_tool.bench.sql import bare_log_sql, bulk_sql
@@ -16,6 +17,7 @@ def bulk_phase(s: Session) -> None:
             for name in order(rep):
                 _bulk_step(s, op, name)
     record_storage(s)
+    archive_phase(s)
 
 
 def _bulk_step(s: Session, op: str, name: str) -> None:

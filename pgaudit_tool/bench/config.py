@@ -70,6 +70,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "watch_lag_ms_p95": ("<=", 2000),
     "report_s": ("<=", 10.0),
     "report_bytes": ("<=", 3_000_000),
+    "archive_changes_per_s": (">=", 100_000),
+    "archive_bytes_ratio": ("<=", 0.25),
 }
 RATIO_KEYS = (
     "insert_ratio",
@@ -124,6 +126,10 @@ RESULT_KEYS = (
     "old_image_bytes",
     "new_image_bytes",
     "changes_measured",
+    "live_bytes_per_change",
+    "archive_changes_per_s",
+    "archive_bytes_per_change",
+    "archive_bytes_ratio",
     *RAW_KEYS,
     *RECONSTRUCTION_KEYS,
     *WATCH_KEYS,

@@ -31,6 +31,8 @@ COMPARED_WITH: dict[str, str] = {
     **{f"{op}_floor_ratio": FLOOR_VS_SAME_RUN for op in OPERATIONS},
     **{f"{phase}_floor_tps_ratio": FLOOR_VS_SAME_RUN for phase in _TPS_PHASES},
     "audit_bytes_per_change": "images only (image_bytes_per_change)",
+    "archive_changes_per_s": "absolute",
+    "archive_bytes_ratio": "live_bytes_per_change, same run",
     "table_at_ratio": "CREATE TABLE AS of the live table, same run",
     "revert_ratio": "the UPDATE it reverts, same run",
     "history_stream_ratio": _COPY,

@@ -123,7 +123,12 @@ def _standard_notes(cfg: BenchConfig) -> list[str]:
         "audit_bytes_per_change: total size (heap, indexes, TOAST, maps) of copies of "
         "audit.change and audit.transaction (same columns and indexes) holding only the audit "
         "rows of the bulk phase / changes recorded then (inserts, updates, deletes); copies, "
-        "because free space left in the audit tables would distort their growth.",
+        "because free space left in the audit tables would distort their growth. "
+        "live_bytes_per_change is the same figure.",
+        "archive_changes_per_s: the bulk phase's change rows and their transaction rows written "
+        "to Parquet as pgaudit-tool archive writes a partition (server COPY to CSV, DuckDB to "
+        "zstd Parquet, fsync, counted back) / seconds; archive_bytes_per_change: the files' "
+        "bytes / changes; archive_bytes_ratio: that / live_bytes_per_change.",
     ]
     if cfg.duration != max(1, round(cfg.duration)):
         notes.append(f"pgbench takes whole seconds: runs lasted {max(1, round(cfg.duration))} s.")

@@ -762,7 +762,7 @@ BEGIN%6$s
                 pg_catalog.inet_client_addr(), pg_catalog.inet_client_port(), pg_catalog.pg_backend_pid(),
                 nullif(pg_catalog.current_setting('pgaudit.actor', true), ''),
                 audit._context(nullif(pg_catalog.current_setting('pgaudit.context', true), '')))
-        ON CONFLICT (txid) DO UPDATE SET committed_at = NULL WHERE x.committed_at IS NOT NULL;
+        ON CONFLICT (txid, started_at) DO UPDATE SET committed_at = NULL WHERE x.committed_at IS NOT NULL;
     END IF;
     RETURN NULL;
 END
@@ -803,7 +803,7 @@ BEGIN
             nullif(pg_catalog.current_setting('application_name'), ''),
             pg_catalog.inet_client_addr(), pg_catalog.inet_client_port(), pg_catalog.pg_backend_pid(),
             nullif(pg_catalog.current_setting('pgaudit.actor', true), ''), NULL)
-    ON CONFLICT (txid) DO NOTHING;
+    ON CONFLICT (txid, started_at) DO NOTHING;
 END
 $$;
 
@@ -860,7 +860,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET enable_seqscan = off AS $$
 -- whatever the statistics of audit.transaction say when the session first plans it.
 BEGIN
     UPDATE audit.transaction SET committed_at = pg_catalog.clock_timestamp()
-     WHERE txid OPERATOR(pg_catalog.=) NEW.txid;
+     WHERE txid OPERATOR(pg_catalog.=) NEW.txid AND started_at OPERATOR(pg_catalog.=) NEW.started_at;
     RETURN NULL;
 END
 $$;

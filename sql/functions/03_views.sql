@@ -22,7 +22,7 @@ SELECT c.id,
        c.txid,
        c.clock_at AS at,
        c.statement_at,
-       t.started_at AS transaction_started_at,
+       c.started_at AS transaction_started_at,
        t.db_user,
        c.role,
        t.actor,
@@ -32,7 +32,7 @@ SELECT c.id,
        t.application_name,
        t.backend_pid
   FROM audit.change AS c
-  LEFT JOIN audit.transaction AS t ON t.txid = c.txid;
+  LEFT JOIN audit.transaction AS t ON t.txid = c.txid AND t.started_at = c.started_at;
 
 COMMENT ON VIEW audit.history IS
     'Every captured change with the context of its transaction, one row per changed row. Filter on table_name/relid, pk, txid, at, actor or db_user.';
@@ -46,7 +46,7 @@ COMMENT ON COLUMN audit.history.new IS 'Row after the change (null for DELETE an
 COMMENT ON COLUMN audit.history.txid IS 'Transaction id.';
 COMMENT ON COLUMN audit.history.at IS 'When the change was captured (clock time at the end of its statement).';
 COMMENT ON COLUMN audit.history.statement_at IS 'Start of the client statement that made the change.';
-COMMENT ON COLUMN audit.history.transaction_started_at IS 'Start of the transaction.';
+COMMENT ON COLUMN audit.history.transaction_started_at IS 'Start of the transaction: the partition key of the log (a bound on it skips partitions).';
 COMMENT ON COLUMN audit.history.db_user IS 'Login role of the session (session_user).';
 COMMENT ON COLUMN audit.history.role IS 'Role that executed the statement (current_user).';
 COMMENT ON COLUMN audit.history.actor IS 'Application user set with pgaudit.actor.';

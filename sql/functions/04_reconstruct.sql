@@ -86,6 +86,31 @@ COMMENT ON FUNCTION audit._check_unbroken(regclass, timestamptz) IS
     'Internal. Raises a clear error when the history of a table was broken after an instant (audit.history_break), or its key changed since capture was generated.';
 
 
+CREATE OR REPLACE FUNCTION audit._check_retired(p_table regclass, p_at timestamptz) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+-- Raises when changes of p_table committed after p_at left the log (archive --drop, retention):
+-- the state at p_at cannot be rebuilt from the log alone.
+DECLARE
+    r audit.retired_partition;
+BEGIN
+    SELECT * INTO r FROM audit.retired_partition AS x
+     WHERE x.committed_max > p_at AND p_table::oid = ANY (x.tables)
+     ORDER BY x.committed_max DESC LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'changes of % committed up to % left the log (partitions dropped %), so its state at % cannot be rebuilt from the log',
+                        audit._qualified(p_table), audit._time_text(r.committed_max), audit._time_text(r.retired_at), audit._time_text(p_at)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = CASE WHEN r.files IS NOT NULL
+                              THEN pg_catalog.format('They were archived to %s: read them from there (--archive DIR).', r.files ->> 'archive')
+                              ELSE 'They were dropped without an archive (retention); no later instant is affected.' END;
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION audit._check_retired(regclass, timestamptz) IS
+    'Internal. Raises a clear error naming the archive when changes of a table committed after an instant left the log (audit.retired_partition).';
+
+
 CREATE OR REPLACE FUNCTION audit._check_since(p_table regclass, p_at timestamptz) RETURNS audit.tracked_table
 LANGUAGE plpgsql STABLE AS $$
 -- Raises unless the state of p_table at p_at can be rebuilt from the live table and the log.
@@ -109,8 +134,9 @@ BEGIN
                               ELSE 'Changes made before capture was enabled were not recorded.' END;
     END IF;
     PERFORM audit._check_unbroken(p_table, p_at);
+    PERFORM audit._check_retired(p_table, p_at);
     SELECT pg_catalog.min(c.clock_at) INTO v_marker
-      FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid
+      FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid AND x.started_at = c.started_at
      WHERE c.relid = p_table AND c.op = 'T' AND c.pk IS NULL AND (x.committed_at > p_at OR x.committed_at IS NULL);
     IF v_marker IS NOT NULL THEN
         RAISE EXCEPTION 'a TRUNCATE of % at % was recorded without its rows, so the table before it cannot be rebuilt', audit._qualified(p_table), audit._time_text(v_marker)
@@ -336,12 +362,12 @@ LANGUAGE sql STABLE AS $$
     -- their change ids only; the images are fetched afterwards by id.
     SELECT pg_catalog.format(
         'SELECT f.pk, %1$s AS old FROM ('
-        '  SELECT DISTINCT ON (m.pk) m.pk, m.id FROM ('
-        '   SELECT %2$s AS pk, c.id'
-        '     FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid %3$s'
+        '  SELECT DISTINCT ON (m.pk) m.pk, m.id, m.started_at FROM ('
+        '   SELECT %2$s AS pk, c.id, c.started_at'
+        '     FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid AND x.started_at = c.started_at %3$s'
         '    WHERE c.relid = %4$s::oid AND c.pk IS NOT NULL AND (x.committed_at > $1 OR x.committed_at IS NULL)) AS m'
         '  ORDER BY m.pk, m.id) AS f'
-        ' JOIN audit.change AS c ON c.id = f.id %3$s',
+        ' JOIN audit.change AS c ON c.id = f.id AND c.started_at = f.started_at %3$s',
         audit._renamed_sql(p_table, 'old'),
         audit._renamed_sql(p_table, 'pk'),
         audit._renames_join_sql(p_table),
@@ -472,7 +498,7 @@ BEGIN
     -- The first change of this row committed after p_at: its old image is the row at p_at.
     SELECT true, c.old, rn.map INTO v_found, v_old, v_map
       FROM audit.change AS c
-      JOIN audit.transaction AS x ON x.txid = c.txid
+      JOIN audit.transaction AS x ON x.txid = c.txid AND x.started_at = c.started_at
       LEFT JOIN audit._renames(p_table) AS rn
         ON c.clock_at >= rn.valid_from AND (rn.valid_to IS NULL OR c.clock_at < rn.valid_to)
      WHERE c.relid = p_table AND c.pk = ANY (v_variants)
@@ -520,7 +546,7 @@ BEGIN
     RETURN QUERY EXECUTE pg_catalog.format(
         'WITH win AS ('
         '  SELECT %1$s AS pk, %2$s AS old, %3$s AS new, c.id'
-        '    FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid %4$s'
+        '    FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid AND x.started_at = c.started_at %4$s'
         '   WHERE c.relid = %5$s::oid AND c.pk IS NOT NULL AND x.committed_at > $1 AND x.committed_at <= $2),'
         ' first AS (SELECT DISTINCT ON (w.pk) w.pk, w.old FROM win AS w ORDER BY w.pk, w.id),'
         ' last AS (SELECT DISTINCT ON (w.pk) w.pk, w.new FROM win AS w ORDER BY w.pk, w.id DESC)'
@@ -573,7 +599,7 @@ BEGIN
     v_live := v_live - audit._current_columns(p_table, t.excluded_attnums);
     RETURN QUERY
     WITH ch AS (
-        SELECT c.id, c.op, c.clock_at, c.txid, c.role,
+        SELECT c.id, c.op, c.clock_at, c.txid, c.started_at, c.role,
                audit._rename_keys(c.old, rn.map) AS old, audit._rename_keys(c.new, rn.map) AS new
           FROM audit.change AS c
           LEFT JOIN audit._renames(p_table) AS rn
@@ -590,7 +616,7 @@ BEGIN
            s.clock_at, s.txid, x.actor, x.db_user, s.role
       FROM pg_catalog.jsonb_each(v_live) AS e
       LEFT JOIN setter AS s ON s.k = e.key
-      LEFT JOIN audit.transaction AS x ON x.txid = s.txid
+      LEFT JOIN audit.transaction AS x ON x.txid = s.txid AND x.started_at = s.started_at
      ORDER BY (SELECT a.attnum FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = p_table AND a.attname = e.key);
 END
 $$;

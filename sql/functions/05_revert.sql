@@ -207,7 +207,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     v_ids := ARRAY(
-        SELECT c.id FROM audit.transaction AS x JOIN audit.change AS c ON c.txid = x.txid
+        SELECT c.id FROM audit.transaction AS x JOIN audit.change AS c ON c.txid = x.txid AND c.started_at = x.started_at
          WHERE x.committed_at > v_since AND (v_until IS NULL OR x.committed_at <= v_until)
            AND (NOT p_selection ? 'actor' OR x.actor = p_selection ->> 'actor')
            AND (NOT p_selection ? 'db_user' OR x.db_user = p_selection ->> 'db_user')
@@ -254,7 +254,7 @@ BEGIN
                                        THEN (p_selection -> 'pk')::text ELSE p_selection ->> 'pk' END);
     END IF;
     RETURN ARRAY(
-        SELECT c.id FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid
+        SELECT c.id FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid AND x.started_at = c.started_at
          WHERE c.relid = v_table AND (x.committed_at > v_to OR x.committed_at IS NULL)
            AND (v_pk IS NULL OR c.pk = ANY (audit._pk_variants(v_table, v_pk)))
          ORDER BY c.id);

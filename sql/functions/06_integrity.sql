@@ -43,32 +43,57 @@ COMMENT ON FUNCTION audit._relid_as_captured(oid, bigint) IS
     'Internal. The relid of a change row as captured, before the relocations of audit.reattach() that rewrote it (audit.relocation); what the hash chain covers.';
 
 
+CREATE OR REPLACE FUNCTION audit._row_digests(p_from xid8, p_to xid8, p_partitions oid[] DEFAULT NULL)
+RETURNS TABLE (kind "char", txid xid8, id bigint, digest bytea, partition oid)
+LANGUAGE sql STABLE AS $$
+-- D(row) of the transaction and change rows of the transactions in [p_from, p_to) (only of the
+-- given partitions, when given), with the keys that order them in a block. The caller fixes
+-- the output settings (audit._block_digest, audit.retire).
+    SELECT 'T'::"char", x.txid, 0::bigint,
+           pg_catalog.sha256(pg_catalog.convert_to('T' || ROW(
+               x.txid, x.started_at, x.db_user, x.application_name, x.client_addr,
+               x.client_port, x.backend_pid, x.actor, x.context, x.committed_at)::text, 'UTF8')),
+           x.tableoid
+      FROM audit.transaction AS x
+     WHERE x.txid >= p_from AND x.txid < p_to AND (p_partitions IS NULL OR x.tableoid = ANY (p_partitions))
+    UNION ALL
+    SELECT 'C'::"char", c.txid, c.id,
+           pg_catalog.sha256(pg_catalog.convert_to('C' || ROW(
+               c.id, c.txid,
+               -- The relid as captured (before audit.reattach() rewrote it): only rows up to
+               -- the last relocation pay for the lookup.
+               CASE WHEN c.id <= (SELECT pg_catalog.max(l.last_change) FROM audit.relocation AS l)
+                    THEN audit._relid_as_captured(c.relid, c.id) ELSE c.relid END,
+               c.schema_name, c.table_name, c.op, c.role,
+               c.statement_at, c.clock_at, c.pk, c.old, c.new)::text, 'UTF8')),
+           c.tableoid
+      FROM audit.change AS c
+     WHERE c.txid >= p_from AND c.txid < p_to AND (p_partitions IS NULL OR c.tableoid = ANY (p_partitions))
+$$;
+
+COMMENT ON FUNCTION audit._row_digests(xid8, xid8, oid[]) IS
+    'Internal. Digests D(row) (docs/chain.md) of the transaction (T) and change (C) rows of the transactions in [p_from, p_to), optionally of some partitions only, with their ordering keys and partition. The caller fixes the output settings.';
+
+
 CREATE OR REPLACE FUNCTION audit._block_digest(p_from xid8, p_to xid8, OUT transactions bigint, OUT changes bigint, OUT journal bigint, OUT digest bytea)
 LANGUAGE sql STABLE
 -- Row texts must not depend on the session: fixed output settings.
 SET timezone = 'UTC' SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres'
 SET extra_float_digits = 1 SET bytea_output = 'hex'
 AS $$
-    SELECT (SELECT pg_catalog.count(*) FROM audit.transaction AS x WHERE x.txid >= p_from AND x.txid < p_to),
-           (SELECT pg_catalog.count(*) FROM audit.change AS c WHERE c.txid >= p_from AND c.txid < p_to),
+    -- The rows in the log, and the digests of rows dropped since (audit.retired_row).
+    WITH r AS (
+        SELECT d.kind, d.txid, d.id, d.digest FROM audit._row_digests(p_from, p_to) AS d
+        UNION ALL
+        SELECT g.kind, g.txid, g.id, g.digest FROM audit.retired_row AS g
+         WHERE g.txid >= p_from AND g.txid < p_to
+    )
+    SELECT (SELECT pg_catalog.count(*) FROM r WHERE r.kind = 'T'),
+           (SELECT pg_catalog.count(*) FROM r WHERE r.kind = 'C'),
            (SELECT pg_catalog.count(*) FROM audit.journal AS j WHERE j.txid >= p_from AND j.txid < p_to),
            pg_catalog.sha256(coalesce(
-               (SELECT pg_catalog.string_agg(pg_catalog.sha256(pg_catalog.convert_to('T' || ROW(
-                           x.txid, x.started_at, x.db_user, x.application_name, x.client_addr,
-                           x.client_port, x.backend_pid, x.actor, x.context, x.committed_at)::text, 'UTF8')),
-                       ''::bytea ORDER BY x.txid)
-                  FROM audit.transaction AS x WHERE x.txid >= p_from AND x.txid < p_to), ''::bytea)
-             || coalesce(
-               (SELECT pg_catalog.string_agg(pg_catalog.sha256(pg_catalog.convert_to('C' || ROW(
-                           c.id, c.txid,
-                           -- The relid as captured (before audit.reattach() rewrote it): only
-                           -- rows up to the last relocation pay for the lookup.
-                           CASE WHEN c.id <= (SELECT pg_catalog.max(l.last_change) FROM audit.relocation AS l)
-                                THEN audit._relid_as_captured(c.relid, c.id) ELSE c.relid END,
-                           c.schema_name, c.table_name, c.op, c.role,
-                           c.statement_at, c.clock_at, c.pk, c.old, c.new)::text, 'UTF8')),
-                       ''::bytea ORDER BY c.txid, c.id)
-                  FROM audit.change AS c WHERE c.txid >= p_from AND c.txid < p_to), ''::bytea)
+               (SELECT pg_catalog.string_agg(r.digest, ''::bytea
+                                             ORDER BY CASE r.kind WHEN 'T' THEN 1 ELSE 2 END, r.txid, r.id) FROM r), ''::bytea)
              || coalesce(
                (SELECT pg_catalog.string_agg(pg_catalog.sha256(pg_catalog.convert_to('J' || ROW(
                            j.id, j.txid, j.relation, j.op, j.written_at, j.old, j.new)::text, 'UTF8')),
@@ -84,8 +109,9 @@ CREATE OR REPLACE FUNCTION audit._journal() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- Images must not depend on the session (to_jsonb renders timestamptz in the session's zone).
 SET timezone = 'UTC' SET intervalstyle = 'postgres' SET extra_float_digits = 1 AS $$
--- Appends the row version just written to a registry, layout or history-break table to
--- audit.journal, with the writing transaction's id. Rare writes only: never on the capture path.
+-- Appends the row version just written to a registry, layout, history-break, relocation,
+-- retirement or hold table to audit.journal, with the writing transaction's id. Rare writes
+-- only: never on the capture path.
 BEGIN
     IF TG_OP = 'UPDATE' AND OLD IS NOT DISTINCT FROM NEW THEN
         RETURN NULL;
@@ -100,7 +126,7 @@ END
 $$;
 
 COMMENT ON FUNCTION audit._journal() IS
-    'Internal. Row trigger on audit.tracked_table, audit.table_layout, audit.history_break and audit.relocation: appends each row version written to audit.journal, which the hash chain covers.';
+    'Internal. Row trigger on audit.tracked_table, audit.table_layout, audit.history_break, audit.relocation, audit.retired_partition, audit.retired_block and audit.hold: appends each row version written to audit.journal, which the hash chain covers.';
 
 REVOKE ALL ON FUNCTION audit._journal() FROM PUBLIC;
 
@@ -112,7 +138,8 @@ DECLARE
     v_table text;
     v_rel regclass;
 BEGIN
-    FOREACH v_table IN ARRAY ARRAY['tracked_table', 'table_layout', 'history_break', 'relocation'] LOOP
+    FOREACH v_table IN ARRAY ARRAY['tracked_table', 'table_layout', 'history_break', 'relocation',
+                                   'retired_partition', 'retired_block', 'hold'] LOOP
         v_rel := pg_catalog.to_regclass(pg_catalog.format('audit.%I', v_table));
         CONTINUE WHEN v_rel IS NULL;
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgrelid = v_rel AND tgname = 'pgaudit_journal') THEN
@@ -154,12 +181,12 @@ BEGIN
         RETURN 0;
     END IF;
     UPDATE audit.transaction AS x SET committed_at = c.at
-      FROM (SELECT y.txid, pg_catalog.pg_xact_commit_timestamp(pg_catalog.xid(y.txid)) AS at
+      FROM (SELECT y.txid, y.started_at, pg_catalog.pg_xact_commit_timestamp(pg_catalog.xid(y.txid)) AS at
               FROM audit.transaction AS y
              WHERE y.txid >= p_from AND y.txid < p_to
                -- Only ids of this xid epoch's half: an older 32-bit id may name a newer transaction.
                AND y.txid::text::numeric > pg_catalog.pg_current_xact_id()::text::numeric - 2147483648) AS c
-     WHERE x.txid = c.txid AND c.at > x.committed_at;
+     WHERE x.txid = c.txid AND x.started_at = c.started_at AND c.at > x.committed_at;
     GET DIAGNOSTICS v_moved = ROW_COUNT;
     RETURN v_moved;
 END
@@ -234,14 +261,17 @@ BEGIN
             seq := s.seq; problem := 'previous-hash link broken: a block before it was changed or removed';
             RETURN NEXT;
         END IF;
-        d := audit._block_digest(s.txid_from, s.txid_to);
-        IF d.transactions <> s.transactions OR d.changes <> s.changes OR d.journal <> s.journal THEN
-            seq := s.seq; problem := pg_catalog.format('rows inserted or deleted: %s transactions, %s changes and %s journal rows now, %s, %s and %s when sealed',
-                                                      d.transactions, d.changes, d.journal, s.transactions, s.changes, s.journal);
-            RETURN NEXT;
-        ELSIF pg_catalog.sha256(s.prev_hash || d.digest) <> s.hash THEN
-            seq := s.seq; problem := 'rows edited or reordered: the block''s hash does not match its rows';
-            RETURN NEXT;
+        -- A block whose rows all left the log (audit.retired_block): only its links are checked.
+        IF NOT EXISTS (SELECT FROM audit.retired_block AS r WHERE r.seq = s.seq) THEN
+            d := audit._block_digest(s.txid_from, s.txid_to);
+            IF d.transactions <> s.transactions OR d.changes <> s.changes OR d.journal <> s.journal THEN
+                seq := s.seq; problem := pg_catalog.format('rows inserted or deleted: %s transactions, %s changes and %s journal rows now, %s, %s and %s when sealed',
+                                                          d.transactions, d.changes, d.journal, s.transactions, s.changes, s.journal);
+                RETURN NEXT;
+            ELSIF pg_catalog.sha256(s.prev_hash || d.digest) <> s.hash THEN
+                seq := s.seq; problem := 'rows edited or reordered: the block''s hash does not match its rows';
+                RETURN NEXT;
+            END IF;
         END IF;
         IF p_head_seq IS NOT NULL AND s.seq = p_head_seq THEN
             v_found_head := true;

@@ -649,6 +649,7 @@ BEGIN
     -- Guards (09_guard.sql): their triggers, tables, counters and excepted roles.
     RETURN QUERY SELECT * FROM audit._guard_doctor();
     RETURN QUERY SELECT * FROM audit._doctor_privileges();
+    RETURN QUERY SELECT * FROM audit._doctor_partitions();
     FOR t IN SELECT * FROM audit.verify() LOOP
         severity := 'error'; object := pg_catalog.format('audit.seal block %s', t.seq); problem := t.problem; fix := NULL;
         RETURN NEXT;
@@ -657,4 +658,4 @@ END
 $$;
 
 COMMENT ON FUNCTION audit.doctor() IS
-    'Checks that auditing is intact: capture triggers present and ENABLE ALWAYS, capture up to date after DDL, audited tables present, keyed and not renamed, every table of an audited schema audited, row-limit guards intact (audit.guard), no privilege drift on the audit schema, guards enabled, hash chain intact. One row per problem, with the SQL that fixes it when there is a safe fix.';
+    'Checks that auditing is intact: capture triggers present and ENABLE ALWAYS, capture up to date after DDL, audited tables present, keyed and not renamed, every table of an audited schema audited, row-limit guards intact (audit.guard), no privilege drift on the audit schema, guards enabled, partitions of the log ahead of need and alike, hash chain intact. One row per problem, with the SQL that fixes it when there is a safe fix.';

@@ -49,9 +49,12 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
            CASE WHEN t.actor IS NOT NULL THEN 'actor' ELSE 'db_user' END,
            COALESCE(t.actor, t.db_user)
       FROM audit.change AS c
-      LEFT JOIN audit.transaction AS t ON t.txid OPERATOR(pg_catalog.=) c.txid
+      LEFT JOIN audit.transaction AS t
+        ON t.txid OPERATOR(pg_catalog.=) c.txid AND t.started_at OPERATOR(pg_catalog.=) c.started_at
      WHERE c.clock_at OPERATOR(pg_catalog.>=) COALESCE(p_since, '-infinity'::timestamptz)
        AND c.clock_at OPERATOR(pg_catalog.<) COALESCE(p_until, 'infinity'::timestamptz)
+       -- a transaction starts before its changes: partitions that start later are skipped
+       AND c.started_at OPERATOR(pg_catalog.<) COALESCE(p_until, 'infinity'::timestamptz)
        AND (p_tables IS NULL OR c.relid OPERATOR(pg_catalog.=) ANY (p_tables::oid[]))
        AND (p_actors IS NULL AND p_db_users IS NULL OR c.txid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT x.txid FROM audit._report_txids(p_actors, p_db_users) AS x)))
        AND (p_actors IS NULL OR t.actor OPERATOR(pg_catalog.=) ANY (p_actors))
@@ -72,17 +75,19 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
            t.actor, t.db_user, t.client_addr,
            CASE WHEN t.actor IS NOT NULL THEN 'actor' ELSE 'db_user' END,
            COALESCE(t.actor, t.db_user)
-      FROM (SELECT c.txid, c.relid, c.schema_name, c.table_name, c.op,
+      FROM (SELECT c.txid, c.started_at, c.relid, c.schema_name, c.table_name, c.op,
                    pg_catalog.date_trunc('hour', c.clock_at, 'UTC') AS hour,
                    pg_catalog.count(*) AS n, pg_catalog.min(c.clock_at) AS first_at,
                    pg_catalog.max(c.clock_at) AS last_at
               FROM audit.change AS c
              WHERE c.clock_at OPERATOR(pg_catalog.>=) COALESCE(p_since, '-infinity'::timestamptz)
                AND c.clock_at OPERATOR(pg_catalog.<) COALESCE(p_until, 'infinity'::timestamptz)
+               AND c.started_at OPERATOR(pg_catalog.<) COALESCE(p_until, 'infinity'::timestamptz)
                AND (p_tables IS NULL OR c.relid OPERATOR(pg_catalog.=) ANY (p_tables::oid[]))
                AND (p_actors IS NULL AND p_db_users IS NULL OR c.txid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT x.txid FROM audit._report_txids(p_actors, p_db_users) AS x)))
-             GROUP BY 1, 2, 3, 4, 5, 6) AS b
-      LEFT JOIN audit.transaction AS t ON t.txid OPERATOR(pg_catalog.=) b.txid
+             GROUP BY 1, 2, 3, 4, 5, 6, 7) AS b
+      LEFT JOIN audit.transaction AS t
+        ON t.txid OPERATOR(pg_catalog.=) b.txid AND t.started_at OPERATOR(pg_catalog.=) b.started_at
      WHERE (p_actors IS NULL OR t.actor OPERATOR(pg_catalog.=) ANY (p_actors))
        AND (p_db_users IS NULL OR t.db_user OPERATOR(pg_catalog.=) ANY (p_db_users))
 $$;

@@ -49,7 +49,8 @@ BEGIN
         GRANT SELECT ON audit.tracked_table, audit.tracked_schema, audit.transaction, audit.table_layout,
                         audit.change, audit.seal, audit.history, audit.history_columns,
                         audit.history_break, audit.journal, audit.alert, audit.watch_cursor, audit.guard,
-                        audit.relocation, audit.home TO pgaudit_reader;
+                        audit.relocation, audit.home, audit.partitioning, audit.retired_partition,
+                        audit.retired_block, audit.retired_row, audit.hold TO pgaudit_reader;
         -- alembic's version table (absent when the SQL is run by hand): readers check it too.
         IF pg_catalog.to_regclass('audit.schema_version') IS NOT NULL THEN
             GRANT SELECT ON audit.schema_version TO pgaudit_reader;
@@ -67,6 +68,24 @@ BEGIN
 END
 $$;
 
+
+-- The partitioned log (12_partition.sql): the rows of an unpartitioned log (before revision
+-- 0009) move into partitions, then partitions are made ahead of now, before the commit marker
+-- exists on the new table (moved rows keep their commit times).
+SELECT audit._partition_legacy();
+SELECT pg_catalog.count(*) FROM audit._partition_ahead();
+-- Readers read the log through its parents; doctor and audit.archivable() read partitions.
+DO $$
+DECLARE
+    v_part regclass;
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'pgaudit_reader') THEN
+        FOR v_part IN SELECT p.partition FROM audit.partitions() AS p LOOP
+            EXECUTE pg_catalog.format('GRANT SELECT ON %s TO pgaudit_reader', v_part);
+        END LOOP;
+    END IF;
+END
+$$;
 
 -- The commit marker: deferred to COMMIT, it stamps each audited transaction with its commit time.
 DO $$

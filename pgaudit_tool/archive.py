@@ -1,0 +1,659 @@
+"""Archive old partitions of the log to Parquet, drop them, and read the archive back.
+
+An archive is a directory: for each partition pair of the log (``audit.change_p<suffix>``,
+``audit.transaction_p<suffix>``), ``change_p<suffix>.parquet`` and
+``transaction_p<suffix>.parquet`` (zstd-compressed, columns in :data:`COLUMNS`), and
+``manifest.json`` listing every file with its rows, bytes, sha256, time and transaction id
+ranges and the hash-chain blocks it has rows of. Files are written by DuckDB (the optional
+extra ``pgaudit-tool[archive]``, imported only here) from the server's CSV output, fsynced,
+read back and hashed before anything is dropped; the drop (``audit.retire()``) is one
+transaction that records the files and their sha256 in ``audit.retired_partition``.
+
+Only sealed partitions are archived: every row in them belongs to a block of the chain, so that
+``verify --archive`` can recompute those blocks from the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from pgaudit_tool.db import translated_errors, write_transaction
+from pgaudit_tool.errors import AuditError, InvalidInput
+
+FORMAT = "pgaudit-tool archive 1"
+MANIFEST = "manifest.json"
+ARCHIVE_COLUMNS = (
+    "suffix",
+    "lower",
+    "upper",
+    "transactions",
+    "changes",
+    "bytes",
+    "status",
+)
+
+#: The columns of the archive's files, in order: name, DuckDB/Parquet type. Times are UTC
+#: timestamps (microseconds), JSON is PostgreSQL's jsonb text, inet its text form. Stable
+#: across versions: a later format adds columns at the end and says so in ``format``.
+COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "transaction": (
+        ("txid", "BIGINT"),
+        ("started_at", "TIMESTAMPTZ"),
+        ("db_user", "VARCHAR"),
+        ("application_name", "VARCHAR"),
+        ("client_addr", "VARCHAR"),
+        ("client_port", "INTEGER"),
+        ("backend_pid", "INTEGER"),
+        ("actor", "VARCHAR"),
+        ("context", "VARCHAR"),
+        ("committed_at", "TIMESTAMPTZ"),
+    ),
+    "change": (
+        ("id", "BIGINT"),
+        ("txid", "BIGINT"),
+        ("relid", "BIGINT"),
+        ("schema_name", "VARCHAR"),
+        ("table_name", "VARCHAR"),
+        ("op", "VARCHAR"),
+        ("role", "VARCHAR"),
+        ("statement_at", "TIMESTAMPTZ"),
+        ("clock_at", "TIMESTAMPTZ"),
+        ("pk", "VARCHAR"),
+        ("old", "VARCHAR"),
+        ("new", "VARCHAR"),
+        ("started_at", "TIMESTAMPTZ"),
+    ),
+}
+ORDER = {"transaction": ("txid",), "change": ("txid", "id")}
+# Text settings of the export (those of the hash chain: timestamps in UTC, ISO).
+_SETTINGS = (("timezone", "UTC"), ("datestyle", "ISO, YMD"), ("extra_float_digits", "1"))
+
+
+def duckdb_module() -> Any:
+    """DuckDB, imported on first use; InvalidInput naming the extra when it is missing."""
+    try:
+        import duckdb
+    except ImportError:
+        raise InvalidInput(
+            "archives need DuckDB, which is not installed",
+            hint="pip install 'pgaudit-tool[archive]'",
+        ) from None
+    return duckdb
+
+
+@dataclass
+class Part:
+    """One partition pair to archive, as ``audit.archivable()`` describes it."""
+
+    suffix: str
+    lower: datetime
+    upper: datetime
+    transactions: int
+    changes: int
+    txid_min: int | None
+    txid_max: int | None
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "planned"
+    label: str = ""  # the suffix, made unique in the archive when a range was dropped before
+
+    def file_name(self, log: str) -> str:
+        return f"{log}_p{self.label or self.suffix}.parquet"
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's entry for this pair."""
+        return {
+            "label": self.label or self.suffix,
+            "suffix": self.suffix,
+            "lower": self.lower.isoformat(),
+            "upper": self.upper.isoformat(),
+            "transactions": self.transactions,
+            "changes": self.changes,
+            "txid_min": self.txid_min,
+            "txid_max": self.txid_max,
+            "files": self.files,
+            "blocks": self.blocks,
+        }
+
+    def row(self) -> dict[str, Any]:
+        """A line of the command's output."""
+        return {
+            "suffix": self.suffix,
+            "lower": self.lower,
+            "upper": self.upper,
+            "transactions": self.transactions,
+            "changes": self.changes,
+            "bytes": sum(int(f.get("bytes", 0)) for f in self.files.values()) or None,
+            "status": self.status,
+        }
+
+
+@dataclass
+class Plan:
+    """What ``archive --before T`` would do: the sealed pairs before T, and why it stops there."""
+
+    parts: list[Part]
+    stopped: str | None
+
+
+def plan(conn: psycopg.Connection[Any], before: datetime, *, holds_stop: bool = False) -> Plan:
+    """The partition pairs entirely before ``before`` whose rows are all sealed, oldest first;
+    ``stopped`` says why a later pair before ``before`` is left out (rows not sealed, or, with
+    ``holds_stop``, a legal hold)."""
+    with translated_errors(), conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT suffix, lower, upper, transactions, changes, txid_min::text AS txid_min,"
+            " txid_max::text AS txid_max, unsealed, held_by FROM audit.archivable(%s)",
+            (before,),
+        ).fetchall()
+    parts: list[Part] = []
+    for r in rows:
+        if holds_stop and r["held_by"]:
+            return Plan(
+                parts,
+                f"partition audit.change_p{r['suffix']} (from {r['lower']}) and the later ones"
+                f" are kept: {r['held_by']}",
+            )
+        if r["unsealed"]:
+            return Plan(
+                parts,
+                f"partition audit.change_p{r['suffix']} (from {r['lower']}) and the later ones"
+                f" are left out: {r['unsealed']} of their rows are not sealed yet; seal them"
+                " with 'pgaudit-tool maintain' (a transaction still running keeps the rows"
+                " after it unsealed)",
+            )
+        parts.append(
+            Part(
+                r["suffix"],
+                r["lower"],
+                r["upper"],
+                int(r["transactions"]),
+                int(r["changes"]),
+                None if r["txid_min"] is None else int(r["txid_min"]),
+                None if r["txid_max"] is None else int(r["txid_max"]),
+            )
+        )
+    return Plan(parts, None)
+
+
+def write(
+    conn: psycopg.Connection[Any],
+    parts: Sequence[Part],
+    directory: Path,
+    progress: Callable[[str], None] | None = None,
+) -> list[Part]:
+    """Write each pair's files (kept when the manifest already lists them intact), read them
+    back, and update the manifest after each pair. Raises AuditError naming the files written
+    so far when something fails; the database is not changed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(directory, create=True)
+    identity = database_identity(conn)
+    _check_identity(manifest, identity, directory)
+    manifest["database"] = identity
+    entries = {e.get("label", e["suffix"]): e for e in manifest["partitions"]}
+    written: list[str] = []
+    try:
+        for part in parts:
+            part.label = _label(part.suffix, entries)
+            kept = entries.get(part.label)
+            if kept is not None and _intact(directory, kept, part):
+                part.files, part.status = kept["files"], "kept"
+            else:
+                for log in ("transaction", "change"):
+                    if progress is not None:
+                        progress(f"writing {part.file_name(log)}")
+                    part.files[log] = _export(conn, part, log, directory, identity)
+                    written.append(part.file_name(log))
+                part.status = "written"
+            part.blocks = _blocks(conn, part)
+            entries[part.label] = part.record()
+            manifest["partitions"] = sorted(entries.values(), key=lambda e: e["lower"])
+            _write_manifest(directory, manifest)
+    except (AuditError, psycopg.Error, OSError) as exc:
+        files = ", ".join(written) or "none"
+        raise AuditError(
+            f"the archive failed ({exc}); the database was not changed; files written in"
+            f" {directory} by this run: {files}",
+            hint="Run the same command again to resume (intact files are kept), or remove"
+            " those files.",
+        ) from exc
+    return list(parts)
+
+
+def drop_parts(conn: psycopg.Connection[Any], parts: Sequence[Part], directory: Path) -> list[Part]:
+    """Drop the archived pairs in one transaction (``audit.retire()``), after checking once
+    more that their files are on disk as written."""
+    for part in parts:
+        for meta in part.files.values():
+            path = directory / meta["file"]
+            if not path.is_file() or sha256_of(path) != meta["sha256"]:
+                raise AuditError(
+                    f"{path} is not the file just written (missing or changed); nothing was"
+                    " dropped",
+                    hint="Run the archive again.",
+                )
+    payload = retire_payload(parts, directory)
+    with translated_errors(), write_transaction(conn):
+        conn.execute("SELECT * FROM audit.retire(%s::jsonb, 'archive')", (payload,))
+    for part in parts:
+        part.status = "dropped"
+    return list(parts)
+
+
+def retire_payload(parts: Sequence[Part], directory: Path | None) -> str:
+    """The argument of ``audit.retire()`` for these pairs (counts the archive holds, files)."""
+    return json.dumps(
+        [
+            {
+                "suffix": p.suffix,
+                "transactions": p.transactions,
+                "changes": p.changes,
+                **(
+                    {"files": {**p.files, "archive": str(directory)}}
+                    if directory is not None
+                    else {}
+                ),
+            }
+            for p in parts
+        ]
+    )
+
+
+@dataclass
+class Result:
+    """What ``archive`` did (or, with ``dry_run``, would do): one :class:`Part` per pair, why
+    later pairs were left out, and the SQL of the drop."""
+
+    parts: list[Part]
+    stopped: str | None
+    drop_sql: str | None
+
+
+def run(
+    conn: psycopg.Connection[Any],
+    before: datetime,
+    directory: Path,
+    *,
+    drop: bool = False,
+    dry_run: bool = False,
+    confirm: Callable[[Plan], bool] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Result:
+    """Archive the sealed partition pairs before ``before`` into ``directory``, then (``drop``)
+    drop them in one transaction. ``confirm(plan)`` is asked before anything is written when
+    dropping; False stops with nothing done. ``dry_run``: plan only."""
+    duckdb_module()
+    found = plan(conn, before)
+    statement = None
+    if drop and found.parts:
+        statement = (
+            sql.SQL("SELECT * FROM audit.retire({}::jsonb, 'archive');")
+            .format(sql.Literal(retire_payload(found.parts, directory)))
+            .as_string(conn)
+        )
+    if dry_run or not found.parts:
+        return Result(found.parts, found.stopped, statement)
+    if drop and confirm is not None and not confirm(found):
+        return Result([], found.stopped, statement)
+    parts = write(conn, found.parts, directory, progress)
+    if drop:
+        try:
+            dropped = drop_parts(conn, parts, directory)
+        except AuditError as exc:
+            kept = f"The files written stay in {directory}: a re-run uses them."
+            exc.hint = f"{exc.hint} {kept}" if exc.hint else kept
+            raise
+        _record_drop(directory, dropped)
+    return Result(parts, found.stopped, statement)
+
+
+def retention(
+    conn: psycopg.Connection[Any],
+    keep: str,
+    directory: Path | None,
+    *,
+    dry_run: bool = False,
+    confirm: Callable[[Plan], bool] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Result:
+    """Keep ``keep`` (an interval: "90 days", "7 years") of history in the log: seal, then
+    archive to ``directory`` and drop the pairs that ended before now minus ``keep`` (None:
+    drop them without an archive, recorded in audit.retired_partition), oldest first, stopping
+    at the first held or unsealed one; seal again, so that the record of the drop is in the
+    chain at once."""
+    with translated_errors(), conn.cursor() as cur:
+        row = cur.execute(
+            "SELECT now() - %s::interval, %s::interval > interval '0'", (keep, keep)
+        ).fetchone()
+    assert row is not None
+    before, positive = row
+    if not positive:
+        raise InvalidInput(f"--keep {keep!r} is not a positive interval", hint="e.g. --keep 90d")
+    if not dry_run:
+        _maintain(conn)
+    found = plan(conn, before, holds_stop=True)
+    statement = (
+        sql.SQL("SELECT * FROM audit.retire({}::jsonb, {});")
+        .format(
+            sql.Literal(retire_payload(found.parts, directory)),
+            sql.Literal("archive" if directory is not None else "retention"),
+        )
+        .as_string(conn)
+        if found.parts
+        else None
+    )
+    if dry_run or not found.parts:
+        return Result(found.parts, found.stopped, statement)
+    if confirm is not None and not confirm(found):
+        return Result([], found.stopped, statement)
+    if directory is not None:
+        parts = write(conn, found.parts, directory, progress)
+        _record_drop(directory, drop_parts(conn, parts, directory))
+    else:
+        parts = found.parts
+        with translated_errors(), write_transaction(conn):
+            conn.execute(
+                "SELECT * FROM audit.retire(%s::jsonb, 'retention')",
+                (retire_payload(parts, None),),
+            )
+        for part in parts:
+            part.status = "dropped"
+    _maintain(conn)
+    return Result(parts, found.stopped, statement)
+
+
+def _maintain(conn: psycopg.Connection[Any]) -> None:
+    with translated_errors(), write_transaction(conn):
+        conn.execute("SELECT * FROM audit.maintain()")
+
+
+def _record_drop(directory: Path, parts: Sequence[Part]) -> None:
+    """Mark the dropped pairs in the manifest (the database's record is audit.retired_partition)."""
+    manifest = read_manifest(directory)
+    dropped = {p.label or p.suffix for p in parts}
+    for entry in manifest["partitions"]:
+        if entry.get("label", entry["suffix"]) in dropped:
+            entry["dropped"] = True
+    _write_manifest(directory, manifest)
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+def _export(
+    conn: psycopg.Connection[Any], part: Part, log: str, directory: Path, identity: dict[str, Any]
+) -> dict[str, Any]:
+    """One partition to its Parquet file, checked against the partition's row count."""
+    final = directory / part.file_name(log)
+    query = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c, _ in COLUMNS[log]),
+        sql.Identifier("audit", f"{log}_p{part.suffix}"),
+        sql.SQL(", ").join(sql.Identifier(c) for c in ORDER[log]),
+    )
+    metadata = {
+        "pgaudit_format": FORMAT,
+        "pgaudit_database": json.dumps(identity, sort_keys=True),
+        "pgaudit_partition": f"audit.{log}_p{part.suffix}",
+    }
+    rows = write_parquet(conn, query, log, final, metadata)
+    expected = part.changes if log == "change" else part.transactions
+    if rows != expected:
+        raise AuditError(f"{final} holds {rows} rows, the partition {expected}")
+    return {
+        "file": final.name,
+        "rows": rows,
+        "bytes": final.stat().st_size,
+        "sha256": sha256_of(final),
+    }
+
+
+def write_parquet(
+    conn: psycopg.Connection[Any],
+    query: sql.Composable,
+    log: str,
+    final: Path,
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Rows of ``query`` (the columns of ``COLUMNS[log]``, in order) to a Parquet file: the
+    server's CSV to a scratch file, DuckDB from it to Parquet under a temporary name, fsynced,
+    counted back, renamed. Returns the rows written."""
+    duckdb = duckdb_module()
+    scratch = final.with_name(f".{final.name}.csv")
+    staging = final.with_name(f".{final.name}.tmp")
+    columns = COLUMNS[log]
+    try:
+        with conn.transaction(), scratch.open("wb") as out:
+            for name, value in _SETTINGS:
+                conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+            copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
+            with conn.cursor().copy(copy_sql) as copy:
+                for chunk in copy:
+                    out.write(chunk)
+        con = duckdb.connect()
+        try:
+            spec = ", ".join(f"'{c}': '{t}'" for c, t in columns)
+            kv = ", ".join(f"{k}: {_duck_literal(v)}" for k, v in (metadata or {}).items())
+            # COPY takes no parameters: the paths and metadata, ours, are quoted literals.
+            con.execute(
+                f"COPY (SELECT * FROM read_csv({_duck_literal(str(scratch))}, header = false,"  # noqa: S608
+                " auto_detect = false, quote = '\"', escape = '\"', nullstr = '',"
+                f" allow_quoted_nulls = false, columns = {{{spec}}}))"
+                f" TO {_duck_literal(str(staging))} (FORMAT parquet, COMPRESSION zstd"
+                + (f", KV_METADATA {{{kv}}})" if kv else ")")
+            )
+            rows = int(
+                con.execute("SELECT count(*) FROM read_parquet(?)", [str(staging)]).fetchone()[0]
+            )
+        finally:
+            con.close()
+        _fsync(staging)
+        os.replace(staging, final)
+        _fsync_dir(final.parent)
+    finally:
+        scratch.unlink(missing_ok=True)
+        staging.unlink(missing_ok=True)
+    return rows
+
+
+def _label(suffix: str, entries: dict[str, dict[str, Any]]) -> str:
+    """The suffix, or, when the archive holds a dropped pair of that range already (rows of a
+    long transaction got a partition there again), the suffix with the next free number."""
+    label, n = suffix, 1
+    while label in entries and entries[label].get("dropped"):
+        n += 1
+        label = f"{suffix}_{n}"
+    return label
+
+
+def _duck_literal(text: str) -> str:
+    """A DuckDB string literal (paths and metadata we write ourselves)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _intact(directory: Path, entry: dict[str, Any], part: Part) -> bool:
+    """Whether the manifest's files for this pair exist as listed and hold its row counts."""
+    files = entry.get("files") or {}
+    counts = {"transaction": part.transactions, "change": part.changes}
+    for log, rows in counts.items():
+        meta = files.get(log)
+        if not meta or meta.get("rows") != rows:
+            return False
+        path = directory / str(meta.get("file"))
+        if not path.is_file() or sha256_of(path) != meta.get("sha256"):
+            return False
+    return True
+
+
+def sha256_of(path: Path) -> str:
+    """The file's SHA-256, lowercase hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- the manifest --------------------------------------------------------------------------
+
+
+def read_manifest(directory: Path, *, create: bool = False) -> dict[str, Any]:
+    """The archive's manifest; an empty one when ``create`` and there is none yet."""
+    path = directory / MANIFEST
+    if not path.exists():
+        if create:
+            return {"format": FORMAT, "database": None, "partitions": []}
+        raise InvalidInput(f"{directory} is not an archive of pgaudit_tool: it has no {MANIFEST}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"cannot read {path}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise InvalidInput(f"{path} is not a manifest of format {FORMAT!r}")
+    return manifest
+
+
+def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    staging = directory / f".{MANIFEST}.tmp"
+    staging.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    _fsync(staging)
+    os.replace(staging, directory / MANIFEST)
+    _fsync_dir(directory)
+
+
+def database_identity(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """Where the log comes from (``audit.home``): cluster system identifier, database OID, name."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "SELECT system_identifier::text AS system_identifier, database_oid::bigint AS"
+            " database_oid, database_name FROM audit.home"
+        ).fetchone()
+    return dict(row) if row else {}
+
+
+def _check_identity(manifest: dict[str, Any], identity: dict[str, Any], directory: Path) -> None:
+    known = manifest.get("database")
+    if known and known != identity:
+        raise InvalidInput(
+            f"{directory} is the archive of another database ({known}), not of this one"
+            f" ({identity})",
+            hint="Archive each database into a directory of its own.",
+        )
+
+
+def _blocks(conn: psycopg.Connection[Any], part: Part) -> list[dict[str, Any]]:
+    """The chain blocks holding rows of this pair, with their hashes."""
+    if part.txid_min is None or part.txid_max is None:
+        return []
+    rows = conn.execute(
+        "SELECT s.seq, encode(s.hash, 'hex') FROM audit.seal AS s"
+        " WHERE s.txid_to > %s::text::xid8 AND s.txid_from <= %s::text::xid8 ORDER BY s.seq",
+        (str(part.txid_min), str(part.txid_max)),
+    ).fetchall()
+    return [{"seq": int(r[0]), "hash": r[1]} for r in rows]
+
+
+# -- reading the archive back (verify --archive) -------------------------------------------
+
+
+def archived_digest_rows(path: Path, log: str) -> Iterator[tuple[int, int, list[bytes | None]]]:
+    """The rows of an archive file in block order, as (txid, id, the columns' PostgreSQL text
+    forms under the chain's settings), for hashing (docs/chain.md)."""
+    duckdb = duckdb_module()
+    names = [c for c, _ in COLUMNS[log]]
+    hashed = names[:-1] if log == "change" else names  # started_at is not hashed
+    types = dict(COLUMNS[log])
+    select = ", ".join(f"epoch_us({c})" if types[c] == "TIMESTAMPTZ" else c for c in hashed)
+    con = duckdb.connect()
+    try:
+        cur = con.execute(
+            f"SELECT {select} FROM read_parquet(?) ORDER BY {', '.join(ORDER[log])}",  # noqa: S608
+            [str(path)],
+        )
+        while batch := cur.fetchmany(5000):
+            for values in batch:
+                text = [_pg_text(v, types[c]) for v, c in zip(values, hashed, strict=True)]
+                txid = int(values[hashed.index("txid")])
+                row_id = int(values[0]) if log == "change" else 0
+                yield txid, row_id, text
+    finally:
+        con.close()
+
+
+def _pg_text(value: Any, kind: str) -> bytes | None:
+    """PostgreSQL's text output of an archived value (``TimeZone = UTC``, ISO)."""
+    if value is None:
+        return None
+    if kind == "TIMESTAMPTZ":
+        return pg_timestamptz(int(value)).encode()
+    return str(value).encode("utf-8")
+
+
+def pg_timestamptz(epoch_us: int) -> str:
+    """timestamptz_out in UTC with DateStyle ISO: fraction without trailing zeros, '+00'."""
+    at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=epoch_us)
+    text = at.strftime("%Y-%m-%d %H:%M:%S")
+    if at.microsecond:
+        text += f".{at.microsecond:06d}".rstrip("0")
+    return text + "+00"
+
+
+# -- legal holds ---------------------------------------------------------------------------
+
+HOLD_COLUMNS = ("id", "table_name", "until", "reason", "placed_at", "placed_by", "released_at")
+
+
+def hold(
+    conn: psycopg.Connection[Any], relid: int | None, until: datetime | None, reason: str | None
+) -> dict[str, Any]:
+    """Place a hold (``audit.hold()``)."""
+    with translated_errors(), write_transaction(conn), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "SELECT * FROM audit.hold(%s::oid::regclass, %s, %s)", (relid, until, reason)
+        ).fetchone()
+    assert row is not None
+    return row
+
+
+def release_holds(
+    conn: psycopg.Connection[Any], ids: list[int] | None, relid: int | None, everything: bool
+) -> list[dict[str, Any]]:
+    """Release holds (``audit.release_holds()``)."""
+    with translated_errors(), write_transaction(conn), conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT * FROM audit.release_holds(%s::bigint[], %s::oid::regclass, %s) ORDER BY id",
+            (ids, relid, everything),
+        ).fetchall()
+
+
+def holds(conn: psycopg.Connection[Any], active: bool) -> list[dict[str, Any]]:
+    """The holds, oldest first (only the active ones when ``active``)."""
+    with translated_errors(), conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT * FROM audit.hold AS h WHERE NOT %s OR (h.released_at IS NULL"
+            " AND (h.until IS NULL OR h.until > now())) ORDER BY h.id",
+            (active,),
+        ).fetchall()

@@ -1,0 +1,70 @@
+"""Archive: the bulk phase's audit rows written to Parquet as ``archive`` writes them.
+
+``archive_changes_per_s``: change rows (with their transaction rows) exported per second,
+from the server's COPY to a compressed Parquet file read back (``archive.write_parquet``).
+``archive_bytes_per_change``: the two files' bytes per change; ``archive_bytes_ratio``: that
+over ``live_bytes_per_change`` (the live log's bytes per change, as ``audit_bytes_per_change``
+measures it). Skipped (None) without DuckDB.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from psycopg import sql
+
+from pgaudit_tool import archive
+from pgaudit_tool.bench.config import AUDITED
+from pgaudit_tool.bench.session import Session
+from pgaudit_tool.bench.stats import rounded
+from pgaudit_tool.errors import InvalidInput
+
+ARCHIVE_KEYS = (
+    "live_bytes_per_change",
+    "archive_changes_per_s",
+    "archive_bytes_per_change",
+    "archive_bytes_ratio",
+)
+
+
+def archive_phase(s: Session) -> None:
+    """Export the ``audited`` table's change and transaction rows to Parquet, timed."""
+    live = s.result.get("audit_bytes_per_change")
+    s.result["live_bytes_per_change"] = live
+    try:
+        archive.duckdb_module()
+    except InvalidInput:
+        s.notes.append("archive figures skipped: DuckDB is not installed (pgaudit-tool[archive]).")
+        return
+    s.progress("archive: the bulk phase's audit rows to Parquet")
+    relid = sql.Literal(s.oid(AUDITED))
+    queries = {
+        log: sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
+            sql.SQL(", ").join(sql.Identifier(c) for c, _ in archive.COLUMNS[log]),
+            sql.Identifier("audit", log),
+            sql.SQL(
+                "relid = {}"
+                if log == "change"
+                else "txid IN (SELECT c.txid FROM audit.change AS c WHERE c.relid = {})"
+            ).format(relid),
+            sql.SQL(", ").join(sql.Identifier(c) for c in archive.ORDER[log]),
+        )
+        for log in ("change", "transaction")
+    }
+    with tempfile.TemporaryDirectory(prefix="pgaudit-bench-archive-") as tmp:
+        started = time.perf_counter()
+        rows = {
+            log: archive.write_parquet(s.conn, query, log, Path(tmp) / f"{log}.parquet")
+            for log, query in queries.items()
+        }
+        elapsed = time.perf_counter() - started
+        size = sum(p.stat().st_size for p in Path(tmp).glob("*.parquet"))
+    changes = rows["change"]
+    if not changes:
+        return
+    s.result["archive_changes_per_s"] = rounded(changes / elapsed, 0)
+    per_change = size / changes
+    s.result["archive_bytes_per_change"] = rounded(per_change, 1)
+    s.result["archive_bytes_ratio"] = rounded(per_change / live, 3) if live else None

@@ -1,0 +1,406 @@
+"""Archive (issue 16): sealed partitions of the log to Parquet with a manifest, dropped in one
+transaction, the chain still provable without the files and recomputed from them with verify
+--archive; tampering with the files detected; holds block the drop; a killed archive changes
+nothing and a re-run completes.
+
+Partitions of a few seconds (made with audit._partition_add) let a test spread history over
+several partitions without waiting for minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgaudit_tool import Audit
+from pgaudit_tool.archive import COLUMNS, duckdb_module
+from tests.conftest import PgServer, fresh_database
+from tests.test_cli import PGAUDIT_TOOL, failed, invoke, ok
+
+Conn = psycopg.Connection[Any]
+STEP = timedelta(seconds=2)
+
+
+def short_partitions(conn: Conn, count: int = 4) -> list[datetime]:
+    """Replace the log's (empty) partitions by ``count`` of 2 seconds from now on; their starts."""
+    for (name,) in conn.execute(
+        "SELECT partition::text FROM audit.partitions() WHERE lower IS NOT NULL"
+    ).fetchall():
+        conn.execute(f"DROP TABLE {name}")
+    start = conn.execute("SELECT date_trunc('second', clock_timestamp())").fetchone()[0]  # type: ignore[index]
+    starts = [start + i * STEP for i in range(count)]
+    for lower in starts:
+        conn.execute("SELECT audit._partition_add(%s, %s)", (lower, lower + STEP))
+    return starts
+
+
+def wait_until(moment: datetime) -> None:
+    while (left := (moment - datetime.now(moment.tzinfo)).total_seconds()) > 0:
+        time.sleep(min(left, 0.2) + 0.01)
+
+
+def write_batch(conn: Conn, first: int) -> None:
+    conn.execute(
+        "INSERT INTO t SELECT g, 'v' || g, g * 1.5, now() FROM generate_series(%s::int, %s::int) AS g",
+        (first, first + 19),
+    )
+    conn.execute("UPDATE t SET v = v || '!' WHERE id %% 3 = 0 AND id >= %s::int", (first,))
+    conn.execute("DELETE FROM t WHERE id = %s::int", (first + 1,))
+
+
+@pytest.fixture
+def spread(dsn: str, conn: Conn) -> Iterator[tuple[Audit, list[datetime]]]:
+    """History in two partitions of 2 seconds, sealed in one block that spans both."""
+    with Audit.connect(dsn) as audit:
+        audit.install(partition_interval="1 minute")
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, amount numeric, at timestamptz)")
+        conn.execute("SELECT audit.enable('t')")
+        starts = short_partitions(conn)
+        write_batch(conn, 1)
+        wait_until(starts[1] + timedelta(milliseconds=50))
+        write_batch(conn, 100)
+        audit.checkpoint()
+        yield audit, starts
+
+
+def counts(conn: Conn) -> tuple[int, int]:
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM audit.change), (SELECT count(*) FROM audit.transaction)"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def archive_cli(dsn: str, before: datetime, directory: Path, *args: str) -> Any:
+    return invoke(dsn, "archive", "--before", before.isoformat(), "--to", str(directory), *args)
+
+
+def test_archive_drop_keeps_the_chain_provable_with_and_without_the_files(
+    spread: tuple[Audit, list[datetime]], dsn: str, conn: Conn, tmp_path: Path
+) -> None:
+    audit, starts = spread
+    before_changes = counts(conn)[0]
+    first = conn.execute(
+        "SELECT count(*) FROM audit.change WHERE started_at < %s", (starts[1],)
+    ).fetchone()
+    assert first is not None and 0 < first[0] < before_changes
+    directory = tmp_path / "archive"
+    out = json.loads(
+        ok(archive_cli(dsn, starts[1], directory, "--drop", "--yes", "--format", "json"))
+    )
+    assert [p["status"] for p in out] == ["dropped"]
+    assert out[0]["changes"] == first[0]
+    assert counts(conn)[0] == before_changes - first[0]
+    assert conn.execute(
+        "SELECT to_regclass(%s)", (f"audit.change_p{out[0]['suffix']}",)
+    ).fetchone() == (None,)
+    # The block spanning both partitions keeps the digests of its dropped rows: plain verify
+    # still proves the rows left, in the client and in the database.
+    kept = conn.execute("SELECT count(*) FROM audit.retired_row").fetchone()
+    assert kept is not None and kept[0] > 0
+    assert audit.verify() == []
+    assert conn.execute("SELECT * FROM audit.verify()").fetchall() == []
+    assert audit.verify(archive=directory) == []
+    # The manifest lists both files, with their rows, sha256 and the blocks they cover.
+    manifest = json.loads((directory / "manifest.json").read_text())
+    entry = manifest["partitions"][0]
+    assert entry["changes"] == first[0] and entry["dropped"] is True
+    assert {f["rows"] for f in entry["files"].values()} == {first[0], entry["transactions"]}
+    assert entry["blocks"] and all(len(b["hash"]) == 64 for b in entry["blocks"])
+    # States before the dropped commits cannot be rebuilt from the log: the error names the
+    # archive; later ones still can.
+    dropped_until = conn.execute("SELECT committed_max FROM audit.retired_partition").fetchone()
+    assert dropped_until is not None
+    early = (dropped_until[0] - timedelta(milliseconds=1)).isoformat()
+    for command in (["row-at", "t", "--pk", "3", "--at", early], ["table-at", "t", "--at", early]):
+        failed(invoke(dsn, *command), 2, "left the log", str(directory))
+    assert audit.row_at("t", 3, dropped_until[0]) is not None
+    # A later change is sealed and verified as usual.
+    conn.execute("UPDATE t SET v = 'later' WHERE id = 100")
+    audit.checkpoint()
+    assert audit.verify() == [] and audit.verify(archive=directory) == []
+
+
+def tampered(directory: Path, tmp_path: Path, name: str) -> Path:
+    copy = tmp_path / name
+    shutil.copytree(directory, copy)
+    return copy
+
+
+def rewrite(path: Path, select: str) -> None:
+    """Rewrite a Parquet file through DuckDB: ``select`` reads it as ``src``."""
+    duckdb = duckdb_module()
+    con = duckdb.connect()
+    staging = path.with_suffix(".new")
+    con.execute(f"CREATE VIEW src AS SELECT * FROM read_parquet('{path}')")
+    con.execute(f"COPY ({select}) TO '{staging}' (FORMAT parquet)")
+    con.close()
+    staging.replace(path)
+
+
+def test_verify_archive_detects_every_kind_of_tampering(
+    spread: tuple[Audit, list[datetime]],
+    dsn: str,
+    conn: Conn,
+    tmp_path: Path,
+    pg_server: PgServer,
+) -> None:
+    audit, starts = spread
+    directory = tmp_path / "archive"
+    ok(archive_cli(dsn, starts[2], directory, "--drop", "--yes"))
+    assert audit.verify(archive=directory) == []
+    change = sorted(directory.glob("change_p*.parquet"))[0]
+    columns = [c for c, _ in COLUMNS["change"]]
+    edited = ", ".join("replace(new, 'v1', 'v9') AS new" if c == "new" else c for c in columns)
+    cases = {
+        "edited": f"SELECT {edited} FROM src",
+        "deleted": "SELECT * FROM src WHERE id <> (SELECT min(id) FROM src)",
+        "reordered": "SELECT * FROM src ORDER BY id DESC",
+    }
+    for case, select in cases.items():
+        copy = tampered(directory, tmp_path, case)
+        rewrite(copy / change.name, select)
+        problems = audit.verify(archive=copy)
+        assert any("not the file archived" in p["problem"] for p in problems), (case, problems)
+    missing = tampered(directory, tmp_path, "missing")
+    (missing / change.name).unlink()
+    problems = audit.verify(archive=missing)
+    assert any("is missing" in p["problem"] for p in problems), problems
+    result = invoke(dsn, "verify", "--archive", str(missing), "--format", "json")
+    assert result.exit_code == 7 and "NOT intact" in result.stderr
+    assert any("is missing" in p["problem"] for p in json.loads(result.stdout))
+    # Another database's archive of a partition with the same name, put in its place.
+    with (
+        fresh_database(pg_server, f"{conn.info.dbname}_other") as other_dsn,
+        Audit.connect(other_dsn) as other,
+        psycopg.connect(other_dsn, autocommit=True) as oc,
+    ):
+        other.install(partition_interval="1 minute")
+        oc.execute("CREATE TABLE t (id int PRIMARY KEY, v text, amount numeric, at timestamptz)")
+        oc.execute("SELECT audit.enable('t')")
+        for (name,) in oc.execute(
+            "SELECT partition::text FROM audit.partitions() WHERE lower IS NOT NULL"
+        ).fetchall():
+            oc.execute(f"DROP TABLE {name}")
+        oc.execute("SELECT audit._partition_add(%s, %s)", (starts[0], starts[0] + STEP))
+        foreign = tmp_path / "foreign"
+        ok(invoke(other_dsn, "archive", "--before", starts[1].isoformat(), "--to", str(foreign)))
+    swapped = tampered(directory, tmp_path, "swapped")
+    shutil.copy(foreign / change.name, swapped / change.name)
+    problems = audit.verify(archive=swapped)
+    assert any("not the file archived" in p["problem"] for p in problems), problems
+
+
+def test_a_hold_blocks_the_drop_until_released(
+    spread: tuple[Audit, list[datetime]], dsn: str, conn: Conn, tmp_path: Path
+) -> None:
+    audit, starts = spread
+    directory = tmp_path / "archive"
+    placed = json.loads(
+        ok(invoke(dsn, "hold", "--table", "t", "--reason", "case 7", "--format", "json"))
+    )
+    assert placed[0]["table_name"] == "public.t" and placed[0]["reason"] == "case 7"
+    before = counts(conn)
+    err = failed(
+        archive_cli(dsn, starts[1], directory, "--drop", "--yes"), 2, "legal hold", "case 7"
+    )
+    assert "a re-run uses them" in err
+    assert counts(conn) == before
+    assert conn.execute("SELECT count(*) FROM audit.retired_partition").fetchone() == (0,)
+    # Archiving without dropping is allowed under a hold.
+    ok(archive_cli(dsn, starts[1], directory))
+    assert counts(conn) == before
+    ok(invoke(dsn, "hold", "--release", str(placed[0]["id"])))
+    assert audit.holds() == []
+    out = json.loads(
+        ok(archive_cli(dsn, starts[1], directory, "--drop", "--yes", "--format", "json"))
+    )
+    assert [p["status"] for p in out] == ["dropped"]
+    # A hold on the whole log, then on an unrelated table: only the first blocks.
+    conn.execute("CREATE TABLE other (id int PRIMARY KEY)")
+    audit.hold(None, reason="everything")
+    failed(archive_cli(dsn, starts[2], directory, "--drop", "--yes"), 2, "whole log")
+    audit.release_holds(everything=True)
+    audit.hold("other")
+    ok(archive_cli(dsn, starts[2], directory, "--drop", "--yes"))
+    assert audit.verify(archive=directory) == []
+
+
+def test_a_killed_archive_changes_nothing_and_a_rerun_completes(
+    spread: tuple[Audit, list[datetime]], dsn: str, conn: Conn, tmp_path: Path
+) -> None:
+    audit, starts = spread
+    directory = tmp_path / "archive"
+    before = counts(conn)
+    # A reader holds the log: the archive writes its files, then waits to drop.
+    with psycopg.connect(dsn) as reader:
+        reader.execute("SELECT 1 FROM audit.change LIMIT 1")
+        proc = subprocess.Popen(
+            [
+                PGAUDIT_TOOL,
+                "--dsn",
+                dsn,
+                "--lock-timeout",
+                "0",
+                "archive",
+                "--before",
+                starts[1].isoformat(),
+                "--to",
+                str(directory),
+                "--drop",
+                "--yes",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _waiting_for_lock(conn):
+            time.sleep(0.1)
+        assert _waiting_for_lock(conn), "the archive never reached the drop"
+        assert (directory / "manifest.json").exists()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert counts(conn) == before
+    assert conn.execute("SELECT count(*) FROM audit.retired_partition").fetchone() == (0,)
+    assert audit.verify() == []
+    out = json.loads(
+        ok(archive_cli(dsn, starts[1], directory, "--drop", "--yes", "--format", "json"))
+    )
+    assert [p["status"] for p in out] == ["dropped"]
+    assert audit.verify(archive=directory) == []
+
+
+def _waiting_for_lock(conn: Conn) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND query LIKE '%%audit.retire%%')"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def test_unsealed_partitions_are_left_out_and_the_drop_needs_confirmation(
+    dsn: str, conn: Conn, tmp_path: Path
+) -> None:
+    with Audit.connect(dsn) as audit:
+        audit.install(partition_interval="1 minute")
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, amount numeric, at timestamptz)")
+        conn.execute("SELECT audit.enable('t')")
+        starts = short_partitions(conn)
+        write_batch(conn, 1)
+        later = starts[-1] + STEP
+        directory = tmp_path / "archive"
+        result = archive_cli(dsn, later, directory, "--drop", "--yes", "--format", "json")
+        assert ok(result) == "[]\n" or json.loads(ok(result)) == []
+        assert "not sealed" in result.stderr and "pgaudit-tool maintain" in result.stderr
+        before = counts(conn)
+        audit.checkpoint()
+        dry = archive_cli(dsn, later, directory, "--drop", "--dry-run")
+        assert "SELECT * FROM audit.retire(" in ok(dry) + dry.stderr
+        assert counts(conn) == before and not directory.exists()
+        failed(archive_cli(dsn, later, directory, "--drop"), 2, "confirmation")
+        assert counts(conn) == before
+        ok(archive_cli(dsn, later, directory, "--drop", "--yes"))
+        assert counts(conn) == (0, 0)
+        assert audit.verify(archive=directory) == [] and audit.verify() == []
+
+
+def test_the_archive_is_plain_parquet_other_engines_read(
+    spread: tuple[Audit, list[datetime]], dsn: str, conn: Conn, tmp_path: Path
+) -> None:
+    """The README's DuckDB query over the archive gives what the log gave before."""
+    starts = spread[1]
+    expected = conn.execute(
+        "SELECT c.id, c.op::text, c.new ->> 'v', t.db_user FROM audit.change AS c"
+        " JOIN audit.transaction AS t ON t.txid = c.txid AND t.started_at = c.started_at"
+        " WHERE c.table_name = 't' AND t.db_user = current_user ORDER BY c.id"
+    ).fetchall()
+    directory = tmp_path / "archive"
+    ok(archive_cli(dsn, starts[2], directory, "--drop", "--yes"))
+    duckdb = duckdb_module()
+    con = duckdb.connect()
+    got = con.execute(
+        "SELECT c.id, c.op, json_extract_string(c.new, '$.v'), t.db_user"
+        " FROM read_parquet(? || '/change_p*.parquet') AS c"
+        " JOIN read_parquet(? || '/transaction_p*.parquet') AS t USING (txid)"
+        " WHERE c.table_name = 't' AND t.db_user = ? ORDER BY c.id",
+        [str(directory), str(directory), "postgres"],
+    ).fetchall()
+    assert [tuple(r) for r in got] == [tuple(r) for r in expected]
+    schema = dict(
+        con.execute(
+            "SELECT name, type FROM parquet_schema(?) WHERE name <> 'duckdb_schema'",
+            [str(sorted(directory.glob("change_p*.parquet"))[0])],
+        ).fetchall()
+    )
+    assert list(schema) == [c for c, _ in COLUMNS["change"]]
+
+
+def test_retention_without_archive_must_be_said_and_is_recorded_and_sealed(
+    spread: tuple[Audit, list[datetime]], dsn: str, conn: Conn
+) -> None:
+    audit, starts = spread
+    failed(invoke(dsn, "retention", "--keep", "1 second", "--yes"), 2, "--no-archive")
+    failed(invoke(dsn, "retention", "--keep", "-1 day", "--no-archive", "--yes"), 2, "positive")
+    failed(invoke(dsn, "retention", "--keep", "soon", "--no-archive", "--yes"), 2)
+    wait_until(starts[1] + timedelta(seconds=1.2))
+    before = counts(conn)
+    dry = invoke(dsn, "retention", "--keep", "1 second", "--no-archive", "--dry-run")
+    assert "audit.retire(" in ok(dry) + dry.stderr and counts(conn) == before
+    failed(invoke(dsn, "retention", "--keep", "1 second", "--no-archive"), 2, "confirmation")
+    out = json.loads(
+        ok(
+            invoke(
+                dsn, "retention", "--keep", "1 second", "--no-archive", "--yes", "--format", "json"
+            )
+        )
+    )
+    assert [p["status"] for p in out] == ["dropped"] and counts(conn)[0] < before[0]
+    record = conn.execute("SELECT reason, files, changes FROM audit.retired_partition").fetchall()
+    assert record == [("retention", None, out[0]["changes"])]
+    # The record of the drop is sealed at once; the rest is still proven.
+    report = audit.verify_report()
+    assert report.problems == [] and report.unsealed["journal"] == 0
+    assert any("dropped by retention" in n for n in report.notes)
+    assert conn.execute("SELECT * FROM audit.verify()").fetchall() == []
+
+
+def test_retention_archives_first_and_stops_at_a_hold(
+    spread: tuple[Audit, list[datetime]], dsn: str, conn: Conn, tmp_path: Path
+) -> None:
+    audit, starts = spread
+    wait_until(starts[2] + timedelta(seconds=1.2))
+    audit.hold("t", reason="inquiry")
+    directory = tmp_path / "archive"
+    result = invoke(dsn, "retention", "--keep", "1 second", "--archive-to", str(directory), "--yes")
+    assert ok(result) == "" or "suffix" in result.stdout
+    assert "inquiry" in result.stderr
+    assert conn.execute("SELECT count(*) FROM audit.retired_partition").fetchone() == (0,)
+    audit.release_holds(table="t")
+    out = json.loads(
+        ok(
+            invoke(
+                dsn,
+                "retention",
+                "--keep",
+                "1 second",
+                "--archive-to",
+                str(directory),
+                "--yes",
+                "--format",
+                "json",
+            )
+        )
+    )
+    assert [p["status"] for p in out] == ["dropped", "dropped"]
+    assert audit.verify() == [] and audit.verify(archive=directory) == []
