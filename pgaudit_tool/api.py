@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import psycopg
 from psycopg.conninfo import make_conninfo
+from psycopg.sql import Composable
 from psycopg.types.json import set_json_loads
 
 from pgaudit_tool import archive as _archive
@@ -41,6 +42,7 @@ from pgaudit_tool import watch as _watch
 from pgaudit_tool.connection import PasswordPrompt, connect, login, resolve_conninfo
 from pgaudit_tool.context import audit_context
 from pgaudit_tool.db import (
+    jsonb,
     load_json,
     lock_timeout_of,
     note_change,
@@ -242,6 +244,7 @@ class Audit:
         until: When | None = None,
         limit: int | None = None,
         last: int | None = None,
+        archive: Path | str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Changes, oldest first, streamed from a server-side cursor.
 
@@ -249,21 +252,56 @@ class Audit:
         ``table``). ``since`` (inclusive) and ``until`` (exclusive): datetimes, ISO-8601 text,
         PostgreSQL words (``yesterday``), an interval and ``ago`` (``"1h30m ago"``) or
         ``"@1700000000"`` (Unix epoch seconds). ``limit``: only the oldest N matching changes;
-        ``last``: only the N most recent, still listed oldest first (not both).
+        ``last``: only the N most recent, still listed oldest first (not both). ``archive``: a
+        directory written by :meth:`archive`: changes of dropped partitions are read from it
+        too, as if they had never left the log (needs DuckDB).
         """
         flt = self._history_filter(
             table, pk=pk, actor=actor, db_user=db_user, txid=txid, op=op, since=since,
             until=until, limit=limit, last=last,
         )  # fmt: skip
-        return _history.history(self.conn, flt)
+        return _history.history(self.conn, flt, self._history_source(flt, archive))
 
     def export_history(
-        self, out: BinaryIO, fmt: str, table: str | None = None, **filters: Any
+        self,
+        out: BinaryIO,
+        fmt: str,
+        table: str | None = None,
+        *,
+        archive: Path | str | None = None,
+        **filters: Any,
     ) -> None:
         """Write the changes :meth:`history` would list (same filters) to ``out`` as ``csv``,
         ``json`` or ``jsonl`` text written by the server, at the speed of COPY (see
         :mod:`pgaudit_tool.export` for the forms of values)."""
-        _history.export_history(self.conn, self._history_filter(table, **filters), fmt, out)
+        flt = self._history_filter(table, **filters)
+        _history.export_history(self.conn, flt, fmt, out, self._history_source(flt, archive))
+
+    def _history_source(
+        self, flt: _history.HistoryFilter, archive: Path | str | None
+    ) -> Composable:
+        """The live history view, or with an archive a view that adds its rows."""
+        if archive is None:
+            return _history.LIVE
+        pk_texts = None
+        if flt.pk is not None and flt.table is not None and not flt.pk_part:
+            with translated_errors():
+                row = self.conn.execute(
+                    "SELECT ARRAY(SELECT v::text FROM unnest(audit._pk_variants("
+                    "%s::oid::regclass, %s)) AS v)",
+                    (flt.table.oid, jsonb(flt.pk)),
+                ).fetchone()
+            pk_texts = None if row is None else list(row[0])
+        selection = _archive.Selection(
+            relid=None if flt.table is None else flt.table.oid,
+            pk_texts=pk_texts,
+            txid=flt.txid,
+            since=flt.since,
+            until=flt.until,
+            actor=flt.actor,
+            db_user=flt.db_user,
+        )
+        return _archive.attach(self.conn, Path(archive), selection)
 
     def _history_filter(
         self,
@@ -292,9 +330,10 @@ class Audit:
             **rest,
         )
 
-    def transaction(self, txid: int) -> list[dict[str, Any]]:
-        """Everything one transaction did, across tables, in order."""
-        changes = list(self.history(txid=txid))
+    def transaction(self, txid: int, *, archive: Path | str | None = None) -> list[dict[str, Any]]:
+        """Everything one transaction did, across tables, in order (``archive``: also when
+        its partition was archived and dropped, see :meth:`history`)."""
+        changes = list(self.history(txid=txid, archive=archive))
         if not changes:
             raise InvalidInput(f"no audited change belongs to transaction {txid}")
         return changes

@@ -576,6 +576,149 @@ def _blocks(conn: psycopg.Connection[Any], part: Part) -> list[dict[str, Any]]:
     return [{"seq": int(r[0]), "hash": r[1]} for r in rows]
 
 
+# -- reading the archive with the live log (history --archive) -----------------------------
+
+ARCHIVED = {"change": "pgaudit_archived_change", "transaction": "pgaudit_archived_transaction"}
+HISTORY_VIEW = "pgaudit_history"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a reading needs of the archive: the archived rows matching these (None: any)."""
+
+    relid: int | None = None
+    pk_texts: list[str] | None = None  # the key's variants, as jsonb text
+    txid: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    actor: str | None = None
+    db_user: str | None = None
+
+
+def attach(conn: psycopg.Connection[Any], directory: Path, selection: Selection) -> sql.Composable:
+    """Load the archived rows of the dropped partitions that ``selection`` may need into
+    temporary tables, and return a temporary view shaped as ``audit.history`` over them and
+    the live log (read it in this session). Only partitions the database recorded as dropped
+    are read, from the files it recorded (a missing file is an error)."""
+    manifest = read_manifest(directory)
+    _check_identity(manifest, database_identity(conn), directory)
+    duckdb = duckdb_module()
+    with translated_errors():
+        for log, name in ARCHIVED.items():
+            conn.execute(
+                sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {})").format(
+                    sql.Identifier(name), sql.Identifier("audit", log)
+                )
+            )
+            conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier("pg_temp", name)))
+        files = conn.execute(
+            "SELECT files FROM audit.retired_partition WHERE files IS NOT NULL ORDER BY id"
+        ).fetchall()
+    con = duckdb.connect()
+    try:
+        for (recorded,) in files:
+            paths = {log: directory / str(recorded[log]["file"]) for log in ARCHIVED}
+            for path in paths.values():
+                if not path.is_file():
+                    raise InvalidInput(
+                        f"{path} is missing from the archive: the log recorded it as the file"
+                        " of a dropped partition"
+                    )
+            txids = _load_changes(conn, con, paths, selection)
+            _load_transactions(conn, con, paths["transaction"], txids)
+    finally:
+        con.close()
+    with translated_errors():
+        row = conn.execute(
+            "SELECT audit._history_sql(%s, %s)",
+            tuple(
+                sql.SQL("(SELECT * FROM {} UNION ALL SELECT * FROM {})")
+                .format(sql.Identifier("audit", log), sql.Identifier("pg_temp", name))
+                .as_string(conn)
+                for log, name in ARCHIVED.items()
+            ),
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            sql.SQL("CREATE OR REPLACE TEMP VIEW {} AS {}").format(
+                sql.Identifier(HISTORY_VIEW), sql.SQL(row[0])
+            )
+        )
+    return sql.Identifier("pg_temp", HISTORY_VIEW)
+
+
+def _load_changes(
+    conn: psycopg.Connection[Any], con: Any, paths: dict[str, Path], sel: Selection
+) -> list[int]:
+    """Copy the matching change rows of one archived partition; their transaction ids."""
+    where: list[str] = ["true"]
+    params: list[Any] = [str(paths["change"])]
+    if sel.relid is not None:
+        where.append("relid = ?")
+        params.append(sel.relid)
+    if sel.txid is not None:
+        where.append("txid = ?")
+        params.append(sel.txid)
+    if sel.since is not None:
+        where.append("clock_at >= ?")
+        params.append(sel.since)
+    if sel.until is not None:
+        where.append("clock_at < ?")
+        params.append(sel.until)
+    if sel.pk_texts is not None:
+        where.append("list_contains(?, pk)")
+        params.append(sel.pk_texts)
+    if sel.actor is not None:
+        where.append("txid IN (SELECT txid FROM read_parquet(?) WHERE actor = ?)")
+        params.extend([str(paths["transaction"]), sel.actor])
+    if sel.db_user is not None:
+        where.append("txid IN (SELECT txid FROM read_parquet(?) WHERE db_user = ?)")
+        params.extend([str(paths["transaction"]), sel.db_user])
+    names = [c for c, _ in COLUMNS["change"]]
+    rows = con.execute(
+        f"SELECT {', '.join(_as_epoch(c, 'change') for c in names)} FROM read_parquet(?)"  # noqa: S608
+        f" WHERE {' AND '.join(where)} ORDER BY id",
+        params,
+    ).fetchall()
+    _copy_rows(conn, "change", names, rows)
+    return sorted({int(r[names.index("txid")]) for r in rows})
+
+
+def _load_transactions(
+    conn: psycopg.Connection[Any], con: Any, path: Path, txids: list[int]
+) -> None:
+    if not txids:
+        return
+    names = [c for c, _ in COLUMNS["transaction"]]
+    rows = con.execute(
+        f"SELECT {', '.join(_as_epoch(c, 'transaction') for c in names)} FROM read_parquet(?)"  # noqa: S608
+        " WHERE list_contains(?, txid) ORDER BY txid",
+        [str(path), txids],
+    ).fetchall()
+    _copy_rows(conn, "transaction", names, rows)
+
+
+def _as_epoch(column: str, log: str) -> str:
+    """A column of the archive as selected for loading (times as microseconds since 1970)."""
+    return f"epoch_us({column})" if dict(COLUMNS[log])[column] == "TIMESTAMPTZ" else column
+
+
+def _copy_rows(conn: psycopg.Connection[Any], log: str, names: list[str], rows: list[Any]) -> None:
+    times = {i for i, c in enumerate(names) if dict(COLUMNS[log])[c] == "TIMESTAMPTZ"}
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier("pg_temp", ARCHIVED[log]), sql.SQL(", ").join(map(sql.Identifier, names))
+    )
+    with translated_errors(), conn.cursor().copy(statement) as copy:
+        for row in rows:
+            copy.write_row(
+                [
+                    epoch + timedelta(microseconds=v) if i in times and v is not None else v
+                    for i, v in enumerate(row)
+                ]
+            )
+
+
 # -- reading the archive back (verify --archive) -------------------------------------------
 
 

@@ -577,6 +577,17 @@ def _time(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return TimeText(value, max(param.opts, key=len)) if isinstance(value, str) else value
 
 
+def _archive_option(func: F) -> F:
+    """--archive DIR: also read the changes of partitions archived there and dropped."""
+    return click.option(
+        "--archive",
+        type=click.Path(file_okay=False, exists=True),
+        metavar="DIR",
+        help="Also the changes of partitions archived to DIR and dropped from the log, as if"
+        " they had never left it (needs pgaudit-tool[archive]).",
+    )(func)
+
+
 def _time_option(flag: str, text: str) -> Callable[[Any], Any]:
     """A --since/--until style option: an instant (see _TIME_HELP), checked by :func:`_time`."""
     return click.option(flag, metavar="TIME", callback=_time, help=text)
@@ -609,6 +620,7 @@ def _time_option(flag: str, text: str) -> Callable[[Any], Any]:
     "changes). Default: id, at, table, op, pk, actor, db_user, changes.",
 )
 @click.option("--wide", is_flag=True, help="Table format: every column, as json has them.")
+@_archive_option
 @_format_option
 @click.pass_obj
 def history(
@@ -660,13 +672,14 @@ def _history_columns(
 
 @main.command()
 @click.argument("txid", type=int)
+@_archive_option
 @_format_option
 @click.pass_obj
-def transaction(state: _State, txid: int, fmt: str) -> None:
+def transaction(state: _State, txid: int, archive: str | None, fmt: str) -> None:
     """Everything transaction TXID did, across tables, with its context."""
     from pgaudit_tool.history import HISTORY_COLUMNS
 
-    _emit(state.audit().transaction(txid), fmt, HISTORY_COLUMNS)
+    _emit(state.audit().transaction(txid, archive=archive), fmt, HISTORY_COLUMNS)
 
 
 @main.command()

@@ -48,8 +48,11 @@ SELECT h.id, h.table_name AS "table", h.op, h.pk, h.old, h.new,
        h.txid::text::bigint AS txid, h.at, h.db_user, h.role, h.actor, h.context,
        host(h.client_addr) AS client_addr, h.application_name, h.client_port, h.backend_pid,
        h.statement_at, h.transaction_started_at
-  FROM audit.history AS h
+  FROM {source} AS h
 """
+#: Where history is read from: the view of the live log (or, with an archive, a temporary view
+#: over the live log and the archived rows, see :func:`pgaudit_tool.archive.attach`).
+LIVE = sql.Identifier("audit", "history")
 
 
 @dataclass(frozen=True)
@@ -132,8 +135,10 @@ def _where(flt: HistoryFilter) -> tuple[sql.Composable, list[Any]]:
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses), params
 
 
-def _query(flt: HistoryFilter) -> tuple[sql.Composed, list[Any]]:
-    """The query of the changes ``flt`` selects, oldest first, and its parameters."""
+def _query(
+    flt: HistoryFilter, source: sql.Composable = LIVE
+) -> tuple[sql.Composed, list[Any]]:
+    """The query of the changes ``flt`` selects in ``source``, oldest first, and its parameters."""
     if flt.limit is not None and flt.limit < 0:
         raise InvalidInput("--limit must be zero or more")
     if flt.last is not None and flt.last < 0:
@@ -146,7 +151,8 @@ def _query(flt: HistoryFilter) -> tuple[sql.Composed, list[Any]]:
     if flt.pk is not None and flt.table is None:
         raise InvalidInput("a key needs a table", hint="Name the table: history TABLE --pk KEY.")
     where, params = _where(flt)
-    query = sql.SQL(_SELECT) + where + sql.SQL(" ORDER BY h.id")
+    select = sql.SQL(_SELECT).format(source=source)
+    query = select + where + sql.SQL(" ORDER BY h.id")
     if flt.limit is not None:
         query = query + sql.SQL(" LIMIT %s")
         params.append(flt.limit)
@@ -154,7 +160,7 @@ def _query(flt: HistoryFilter) -> tuple[sql.Composed, list[Any]]:
         # The most recent N (by id, the order of normal output), then back to oldest first.
         query = (
             sql.SQL("SELECT * FROM (")
-            + sql.SQL(_SELECT)
+            + select
             + where
             + sql.SQL(" ORDER BY h.id DESC LIMIT %s) AS recent ORDER BY id")
         )
@@ -163,21 +169,27 @@ def _query(flt: HistoryFilter) -> tuple[sql.Composed, list[Any]]:
 
 
 def history(
-    conn: psycopg.Connection[Any], flt: HistoryFilter | None = None
+    conn: psycopg.Connection[Any],
+    flt: HistoryFilter | None = None,
+    source: sql.Composable = LIVE,
 ) -> Iterator[dict[str, Any]]:
     """Changes matching ``flt``, oldest first, streamed (rows arrive as the server sends them)."""
     with translated_errors():
-        query, params = _query(flt or HistoryFilter())
+        query, params = _query(flt or HistoryFilter(), source)
     yield from stream(conn, "pgaudit_history", query, params)
 
 
 def export_history(
-    conn: psycopg.Connection[Any], flt: HistoryFilter, fmt: str, out: BinaryIO
+    conn: psycopg.Connection[Any],
+    flt: HistoryFilter,
+    fmt: str,
+    out: BinaryIO,
+    source: sql.Composable = LIVE,
 ) -> None:
     """Write the changes matching ``flt`` to ``out`` as csv, json or jsonl text rendered by
     the server (:mod:`pgaudit_tool.export`)."""
     with translated_errors():
-        query, params = _query(flt)
+        query, params = _query(flt, source)
         bound = _bind(conn, query, params)
     export(conn, bound, sql.SQL("x.id"), fmt, out)
 

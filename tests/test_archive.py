@@ -404,3 +404,34 @@ def test_retention_archives_first_and_stops_at_a_hold(
     )
     assert [p["status"] for p in out] == ["dropped", "dropped"]
     assert audit.verify() == [] and audit.verify(archive=directory) == []
+
+
+def test_history_with_the_archive_is_as_if_it_never_left(
+    spread: tuple[Audit, list[datetime]], dsn: str, conn: Conn, tmp_path: Path
+) -> None:
+    audit, starts = spread
+    conn.execute("SELECT set_config('pgaudit.actor', 'alice', false)")
+    conn.execute("UPDATE t SET v = 'by alice' WHERE id IN (3, 104)")
+    audit.checkpoint()
+    first_txid = conn.execute("SELECT min(txid)::text FROM audit.transaction").fetchone()[0]  # type: ignore[index]
+    queries = [
+        ["history", "--format", "json"],
+        ["history", "t", "--pk", "3", "--format", "jsonl"],
+        ["history", "t", "--actor", "alice", "--format", "csv"],
+        ["history", "--db-user", "postgres", "--last", "7", "--format", "json"],
+        ["history", "t", "--format", "table", "--wide"],
+        ["transaction", first_txid, "--format", "json"],
+    ]
+    before = [ok(invoke(dsn, *q)) for q in queries]
+    directory = tmp_path / "archive"
+    ok(archive_cli(dsn, starts[1], directory, "--drop", "--yes"))
+    assert ok(invoke(dsn, *queries[0])) != before[0]  # without the archive, some are gone
+    for query, expected in zip(queries, before, strict=True):
+        assert ok(invoke(dsn, *query, "--archive", str(directory))) == expected, query
+    listed = list(audit.history("t", pk=3, archive=directory))
+    assert [c["op"] for c in listed] == ["INSERT", "UPDATE", "UPDATE"]
+    # Another database's archive directory is refused.
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["database"]["database_oid"] = 1
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    failed(invoke(dsn, "history", "--archive", str(directory)), 2, "another database")

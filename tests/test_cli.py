@@ -60,6 +60,7 @@ COMMANDS = (
     "maintain",
     "partitions",
     "archive",
+    "retention",
     "hold",
     "revert",
     "report",
@@ -953,7 +954,7 @@ def test_ctrl_c_says_what_was_committed(
 
 # --------------------------------------------------------------------------- confirmation
 
-CONFIRMING = ("doctor", "reattach", "revert", "archive")  # the commands that ask before changing anything
+CONFIRMING = ("doctor", "reattach", "revert", "archive", "retention")  # the commands that ask before changing anything
 
 
 def test_every_confirming_command_takes_yes() -> None:

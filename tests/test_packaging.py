@@ -400,7 +400,7 @@ def test_repair_restores_what_was_dropped_or_edited(
             "DROP VIEW audit.history_columns;"
             "CREATE OR REPLACE FUNCTION audit._context(p_raw text) RETURNS jsonb"
             " LANGUAGE sql IMMUTABLE AS 'SELECT NULL::jsonb';"
-            "ALTER TABLE audit.transaction DISABLE TRIGGER mark_commit;"
+            "ALTER TABLE audit.transaction_default DISABLE TRIGGER mark_commit;"
             "DROP EVENT TRIGGER pgaudit_guard_drop;"
         )
         assert audit.install().changed is False

@@ -853,19 +853,5 @@ COMMENT ON FUNCTION audit._record_layout(oid, timestamptz) IS
 REVOKE ALL ON FUNCTION audit._record_layout(oid, timestamptz) FROM PUBLIC;
 
 
-CREATE OR REPLACE FUNCTION audit._mark_commit() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET enable_seqscan = off AS $$
--- Deferred to COMMIT: stamps the transaction with the clock time of its commit. Every name is
--- qualified (no search_path to pin); enable_seqscan = off keeps the lookup by key an index scan
--- whatever the statistics of audit.transaction say when the session first plans it.
-BEGIN
-    UPDATE audit.transaction SET committed_at = pg_catalog.clock_timestamp()
-     WHERE txid OPERATOR(pg_catalog.=) NEW.txid AND started_at OPERATOR(pg_catalog.=) NEW.started_at;
-    RETURN NULL;
-END
-$$;
-
-COMMENT ON FUNCTION audit._mark_commit() IS
-    'Internal. Deferred constraint trigger on audit.transaction: writes committed_at as late as possible in the transaction, at COMMIT.';
-
-REVOKE ALL ON FUNCTION audit._mark_commit() FROM PUBLIC;
+-- The commit marker (audit._mark_commit_<partition>, one per partition of audit.transaction)
+-- lives in 12_partition.sql: audit._partition_marker().

@@ -11,11 +11,15 @@ COMMENT ON FUNCTION audit.changed_columns(jsonb, jsonb) IS
     'The columns whose values differ between two row images (a column present in one image only counts), sorted.';
 
 
-CREATE OR REPLACE VIEW audit.history AS
-SELECT c.id,
-       pg_catalog.format('%I.%I', c.schema_name, c.table_name) AS table_name,
+CREATE OR REPLACE FUNCTION audit._history_sql(p_change text, p_transaction text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+-- The query of audit.history over the given change and transaction relations (SQL text the
+-- caller made safe: audit.change and audit.transaction, or with archived rows in temporary
+-- tables added by pgaudit_tool.archive for history --archive).
+    SELECT 'SELECT c.id,
+       pg_catalog.format(''%I.%I'', c.schema_name, c.table_name) AS table_name,
        c.relid,
-       CASE c.op WHEN 'I' THEN 'INSERT' WHEN 'U' THEN 'UPDATE' WHEN 'D' THEN 'DELETE' ELSE 'TRUNCATE' END AS op,
+       CASE c.op WHEN ''I'' THEN ''INSERT'' WHEN ''U'' THEN ''UPDATE'' WHEN ''D'' THEN ''DELETE'' ELSE ''TRUNCATE'' END AS op,
        c.pk,
        c.old,
        c.new,
@@ -31,8 +35,18 @@ SELECT c.id,
        t.client_port,
        t.application_name,
        t.backend_pid
-  FROM audit.change AS c
-  LEFT JOIN audit.transaction AS t ON t.txid = c.txid AND t.started_at = c.started_at;
+  FROM ' || p_change || ' AS c
+  LEFT JOIN ' || p_transaction || ' AS t ON t.txid = c.txid AND t.started_at = c.started_at'
+$$;
+
+COMMENT ON FUNCTION audit._history_sql(text, text) IS
+    'Internal. The query of the audit.history view over given change and transaction relations (one definition for the view and for history read with an archive).';
+
+DO $$
+BEGIN
+    EXECUTE 'CREATE OR REPLACE VIEW audit.history AS ' || audit._history_sql('audit.change', 'audit.transaction');
+END
+$$;
 
 COMMENT ON VIEW audit.history IS
     'Every captured change with the context of its transaction, one row per changed row. Filter on table_name/relid, pk, txid, at, actor or db_user.';

@@ -168,7 +168,7 @@ $$;
 
 CREATE OR REPLACE FUNCTION audit._settle_commit_times(p_from xid8, p_to xid8) RETURNS bigint
 LANGUAGE plpgsql AS $$
--- The commit marker (audit._mark_commit) stamps a transaction when its deferred trigger runs:
+-- The commit marker (audit._mark_commit_<partition>) stamps a transaction when its deferred trigger runs:
 -- at COMMIT, or earlier when the transaction ran SET CONSTRAINTS ALL IMMEDIATE after its last
 -- audited change, or PREPARE TRANSACTION (two-phase commit). With track_commit_timestamp on,
 -- the server knows the real commit time: before the transactions of [p_from, p_to) are sealed,

@@ -66,10 +66,64 @@ COMMENT ON FUNCTION audit.partitions() IS
     'The partitions of the log: for each of audit.change and audit.transaction (log), every partition with its range [lower, upper) of transaction start times (null for the default partition) and the planner''s row estimate (null before the first ANALYZE).';
 
 
-CREATE OR REPLACE FUNCTION audit._partition_add(p_from timestamptz, p_to timestamptz) RETURNS bigint
+CREATE OR REPLACE FUNCTION audit._partition_marker(p_partition regclass) RETURNS boolean
+LANGUAGE plpgsql AS $fn$
+-- The commit marker of one partition of audit.transaction: a deferred constraint trigger
+-- (ENABLE ALWAYS) whose function stamps committed_at at COMMIT by a static UPDATE of that
+-- partition. One function per partition: an UPDATE through the partitioned table costs about
+-- 100 µs more per transaction (executor set-up for rows that could move between partitions),
+-- and EXECUTE as much in planning. Returns whether anything was created or re-enabled.
+DECLARE
+    v_name text := (SELECT c.relname FROM pg_catalog.pg_class AS c WHERE c.oid = p_partition);
+    v_function text := '_mark_commit_' || pg_catalog.substr(v_name, pg_catalog.length('transaction_') + 1);
+    v_owner regrole := (SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = 'audit.transaction'::regclass);
+    v_trigger "char";
+BEGIN
+    SELECT g.tgenabled INTO v_trigger FROM pg_catalog.pg_trigger AS g
+     WHERE g.tgrelid = p_partition AND g.tgname = 'mark_commit';
+    IF v_trigger = 'A' AND pg_catalog.to_regprocedure(pg_catalog.format('audit.%I()', v_function)) IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE pg_catalog.format($f$
+CREATE OR REPLACE FUNCTION audit.%1$I() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET enable_seqscan = off AS $b$
+-- Deferred to COMMIT: stamps the transaction with the clock time of its commit. Every name is
+-- qualified (no search_path to pin); enable_seqscan = off keeps the lookup by key an index scan
+-- whatever the statistics of the partition say when the session first plans it.
+BEGIN
+    UPDATE %2$s SET committed_at = pg_catalog.clock_timestamp()
+     WHERE txid OPERATOR(pg_catalog.=) NEW.txid AND started_at OPERATOR(pg_catalog.=) NEW.started_at;
+    RETURN NULL;
+END
+$b$$f$, v_function, p_partition);
+    EXECUTE pg_catalog.format('ALTER FUNCTION audit.%I() OWNER TO %I', v_function, v_owner);
+    EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION audit.%I() FROM PUBLIC', v_function);
+    EXECUTE pg_catalog.format('COMMENT ON FUNCTION audit.%I() IS %L', v_function,
+        pg_catalog.format('Internal. Commit marker of %s: deferred constraint trigger function writing committed_at at COMMIT.', p_partition));
+    IF v_trigger IS NULL THEN
+        EXECUTE pg_catalog.format('CREATE CONSTRAINT TRIGGER mark_commit AFTER INSERT OR UPDATE ON %s'
+                                  ' DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.committed_at IS NULL)'
+                                  ' EXECUTE FUNCTION audit.%I()', p_partition, v_function);
+    END IF;
+    IF v_trigger IS DISTINCT FROM 'A' THEN
+        EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER mark_commit', p_partition);
+    END IF;
+    RETURN true;
+END
+$fn$;
+
+COMMENT ON FUNCTION audit._partition_marker(regclass) IS
+    'Internal. Creates (or re-enables) the commit marker of a partition of audit.transaction: its own deferred constraint trigger mark_commit, ENABLE ALWAYS, and function audit._mark_commit_<suffix>.';
+
+REVOKE ALL ON FUNCTION audit._partition_marker(regclass) FROM PUBLIC;
+
+
+CREATE OR REPLACE FUNCTION audit._partition_add(p_from timestamptz, p_to timestamptz, p_marker boolean DEFAULT true)
+RETURNS bigint
 LANGUAGE plpgsql AS $$
 -- Creates the partitions [p_from, p_to) of both log tables, moving into them the rows of that
--- range that the default partitions hold, owned by the log's owner. Returns the rows moved.
+-- range that the default partitions hold, owned by the log's owner, and the commit marker of
+-- the transaction partition (unless p_marker is false). Returns the rows moved.
 DECLARE
     v_log text;
     v_name text;
@@ -97,15 +151,18 @@ BEGIN
         EXECUTE pg_catalog.format('COMMENT ON TABLE audit.%I IS %L', v_name,
             pg_catalog.format('Partition of audit.%s: rows of the transactions started from %s to %s (UTC, upper bound excluded).',
                               v_log, p_from AT TIME ZONE 'UTC', p_to AT TIME ZONE 'UTC'));
+        IF v_log = 'transaction' AND p_marker THEN
+            PERFORM audit._partition_marker(pg_catalog.format('audit.%I', v_name)::regclass);
+        END IF;
     END LOOP;
     RETURN v_moved;
 END
 $$;
 
-COMMENT ON FUNCTION audit._partition_add(timestamptz, timestamptz) IS
+COMMENT ON FUNCTION audit._partition_add(timestamptz, timestamptz, boolean) IS
     'Internal. Creates the partitions of audit.change and audit.transaction for a range of transaction start times (plain tables, then ATTACH PARTITION, which audited writes do not wait for), moving into them the rows of the default partitions in that range.';
 
-REVOKE ALL ON FUNCTION audit._partition_add(timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit._partition_add(timestamptz, timestamptz, boolean) FROM PUBLIC;
 
 
 CREATE OR REPLACE FUNCTION audit._partition_holes()
@@ -273,7 +330,8 @@ BEGIN
                       HINT = 'Upgrade with a longer interval (pgaudit-tool install --partition-interval ''1 month''); it can be shortened later for new partitions.';
         END IF;
         WHILE v_first <= pg_catalog.now() LOOP
-            PERFORM audit._partition_add(v_first, audit._partition_next(v_first, v_step));
+            -- No commit marker yet: the rows moved keep their commit times (99_finish.sql).
+            PERFORM audit._partition_add(v_first, audit._partition_next(v_first, v_step), false);
             v_first := audit._partition_next(v_first, v_step);
         END LOOP;
     END IF;
@@ -328,6 +386,15 @@ BEGIN
         fix := 'SELECT * FROM audit.maintain()';
         RETURN NEXT;
     END IF;
+    FOR t IN SELECT p.partition FROM audit.partitions() AS p
+              WHERE p.log = 'transaction'
+                AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger AS g
+                                 WHERE g.tgrelid = p.partition AND g.tgname = 'mark_commit' AND g.tgenabled = 'A') LOOP
+        severity := 'error'; object := t.partition::text;
+        problem := 'its commit marker (trigger mark_commit, ENABLE ALWAYS) is missing or not always enabled: transactions written there get no commit time';
+        fix := pg_catalog.format('SELECT audit._partition_marker(%L)', t.partition);
+        RETURN NEXT;
+    END LOOP;
     FOR t IN SELECT coalesce(c.partition, x.partition) AS part, coalesce(c.lower, x.lower) AS lower,
                     CASE WHEN c.partition IS NULL THEN 'audit.change' ELSE 'audit.transaction' END AS missing_in
                FROM (SELECT * FROM audit.partitions() WHERE log = 'change' AND lower IS NOT NULL) AS c
@@ -343,4 +410,4 @@ END
 $$;
 
 COMMENT ON FUNCTION audit._doctor_partitions() IS
-    'Internal. Doctor checks of the partitioned log: partitions running out, rows in the default partitions, partitions of one log table without their counterpart in the other.';
+    'Internal. Doctor checks of the partitioned log: partitions running out, rows in the default partitions, commit markers missing, partitions of one log table without their counterpart in the other.';

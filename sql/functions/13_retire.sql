@@ -171,6 +171,10 @@ BEGIN
     FOR i IN 1 .. coalesce(pg_catalog.array_length(v_parts, 1), 0) LOOP
         EXECUTE pg_catalog.format('DROP TABLE %s', v_parts[i]::regclass);
     END LOOP;
+    FOR i IN 1 .. coalesce(pg_catalog.array_length(v_ids, 1), 0) BY 2 LOOP
+        EXECUTE pg_catalog.format('DROP FUNCTION IF EXISTS audit.%I()',
+                                  '_mark_commit_p' || (SELECT r.suffix FROM audit.retired_partition AS r WHERE r.id = v_ids[i]));
+    END LOOP;
     RETURN QUERY SELECT * FROM audit.retired_partition AS r WHERE r.id = ANY (v_ids) ORDER BY r.id;
 END
 $$;

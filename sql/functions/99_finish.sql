@@ -87,23 +87,10 @@ BEGIN
 END
 $$;
 
--- The commit marker: deferred to COMMIT, it stamps each audited transaction with its commit time.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                    WHERE tgrelid = 'audit.transaction'::regclass AND tgname = 'mark_commit') THEN
-        CREATE CONSTRAINT TRIGGER mark_commit AFTER INSERT OR UPDATE ON audit.transaction
-            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.committed_at IS NULL)
-            EXECUTE FUNCTION audit._mark_commit();
-    END IF;
-    -- Only when needed: ALTER TABLE would make every capture wait for this transaction.
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                    WHERE tgrelid = 'audit.transaction'::regclass AND tgname = 'mark_commit'
-                      AND tgenabled = 'A') THEN
-        ALTER TABLE audit.transaction ENABLE ALWAYS TRIGGER mark_commit;
-    END IF;
-END
-$$;
+-- The commit marker: deferred to COMMIT, it stamps each audited transaction with its commit
+-- time; one trigger and function per partition of audit.transaction (12_partition.sql), made
+-- after the rows of an unpartitioned log moved in (they keep their commit times).
+SELECT pg_catalog.count(audit._partition_marker(p.partition)) FROM audit.partitions() AS p WHERE p.log = 'transaction';
 
 -- The guard event triggers, when the installer is a superuser (re-created when their definition
 -- changed); then every capture function in this version's form, with or without the layout check.

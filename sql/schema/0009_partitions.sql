@@ -68,6 +68,8 @@ DROP VIEW IF EXISTS audit.history_columns;
 DROP VIEW IF EXISTS audit.history;
 DROP FUNCTION IF EXISTS audit.watch_pending(pg_snapshot);
 DROP TRIGGER IF EXISTS mark_commit ON audit.transaction;
+-- The commit marker becomes one function per partition (functions/12_partition.sql).
+DROP FUNCTION IF EXISTS audit._mark_commit();
 
 ALTER TABLE audit.change RENAME TO change_0008;
 ALTER INDEX audit.change_pkey RENAME TO change_0008_pkey;
