@@ -928,35 +928,44 @@ def archive(
     Re-running resumes: files already written intact are kept. Only sealed partitions are
     archived; the output says how to seal the rest. A legal hold (see hold) blocks --drop.
     """
-    from pgaudit_tool.archive import ARCHIVE_COLUMNS
-
-    def confirm(plan: Any) -> bool:
-        changes = sum(p.changes for p in plan.parts)
-        _confirm(
-            f"Archive and then drop {len(plan.parts)} partition pair(s) ({changes} changes)"
-            " from the log?",
-            yes,
-        )
-        return True
-
     result = state.audit().archive(
         before,
         directory,
         drop=drop,
         dry_run=dry_run,
-        confirm=confirm,
-        progress=None if _quiet() or not sys.stderr.isatty() else _info,
+        confirm=_confirm_drop("Archive and then drop", yes),
+        progress=_progress_lines(),
     )
+    _emit_dropping(result, fmt, dry_run, "nothing to archive before that time")
+
+
+def _confirm_drop(what: str, yes: bool) -> Callable[[Any], bool]:
+    """The question archive and retention ask before dropping partitions (see _confirm)."""
+
+    def confirm(plan: Any) -> bool:
+        changes = sum(p.changes for p in plan.parts)
+        _confirm(f"{what} {len(plan.parts)} partition pair(s) ({changes} changes)?", yes)
+        return True
+
+    return confirm
+
+
+def _progress_lines() -> Callable[[str], None] | None:
+    """Progress messages on stderr when it is a terminal (and not --quiet)."""
+    return None if _quiet() or not sys.stderr.isatty() else _info
+
+
+def _emit_dropping(result: Any, fmt: str, dry_run: bool, nothing: str) -> None:
+    """The partitions archive or retention handled, why it stopped, the drop's SQL (dry run)."""
+    from pgaudit_tool.archive import ARCHIVE_COLUMNS
+
     if result.stopped:
         _info(result.stopped)
-    if dry_run:
-        _emit([p.row() for p in result.parts], fmt, ARCHIVE_COLUMNS)
-        if result.drop_sql:
-            _info(f"--drop would run, in one transaction:\n{result.drop_sql}")
-        return
     _emit([p.row() for p in result.parts], fmt, ARCHIVE_COLUMNS)
-    if not result.parts:
-        _info("nothing to archive before that time")
+    if dry_run and result.drop_sql:
+        _info(f"the drop would run, in one transaction:\n{result.drop_sql}")
+    elif not result.parts:
+        _info(nothing)
 
 
 @main.command()
@@ -996,32 +1005,24 @@ def retention(
     the first one under a legal hold or with rows not sealed. Needs --archive-to DIR, or
     --no-archive to delete them for good. The drop is recorded and sealed at once.
     """
-    from pgaudit_tool.archive import ARCHIVE_COLUMNS
-
     if archive_to is not None and no_archive:
         raise click.UsageError("--archive-to and --no-archive exclude each other")
-
-    def confirm(plan: Any) -> bool:
-        changes = sum(p.changes for p in plan.parts)
-        fate = "archive and drop" if archive_to else "DELETE FOR GOOD, without an archive,"
-        _confirm(f"{fate} {len(plan.parts)} partition pair(s) ({changes} changes)?", yes)
-        return True
-
     result = state.audit().retention(
         keep,
         archive_to=archive_to,
         no_archive=no_archive,
         dry_run=dry_run,
-        confirm=confirm,
-        progress=None if _quiet() or not sys.stderr.isatty() else _info,
+        confirm=_confirm_drop(
+            "Archive and drop" if archive_to else "DELETE FOR GOOD, without an archive,", yes
+        ),
+        progress=_progress_lines(),
     )
-    if result.stopped:
-        _info(result.stopped)
-    _emit([p.row() for p in result.parts], fmt, ARCHIVE_COLUMNS)
-    if dry_run and result.drop_sql:
-        _info(f"would run, in one transaction:\n{result.drop_sql}")
-    elif not result.parts:
-        _info(f"nothing to drop: the log holds no partition that ended more than {keep} ago")
+    _emit_dropping(
+        result,
+        fmt,
+        dry_run,
+        f"nothing to drop: the log holds no partition that ended more than {keep} ago",
+    )
 
 
 @main.command()

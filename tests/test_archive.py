@@ -45,6 +45,14 @@ def short_partitions(conn: Conn, count: int = 4) -> list[datetime]:
     return starts
 
 
+def audited_table(audit: Audit, conn: Conn) -> list[datetime]:
+    """The schema installed, table t audited, partitions of 2 seconds; their starts."""
+    audit.install(partition_interval="1 minute")
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, amount numeric, at timestamptz)")
+    conn.execute("SELECT audit.enable('t')")
+    return short_partitions(conn)
+
+
 def wait_until(moment: datetime) -> None:
     while (left := (moment - datetime.now(moment.tzinfo)).total_seconds()) > 0:
         time.sleep(min(left, 0.2) + 0.01)
@@ -63,10 +71,7 @@ def write_batch(conn: Conn, first: int) -> None:
 def spread(dsn: str, conn: Conn) -> Iterator[tuple[Audit, list[datetime]]]:
     """History in two partitions of 2 seconds, sealed in one block that spans both."""
     with Audit.connect(dsn) as audit:
-        audit.install(partition_interval="1 minute")
-        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, amount numeric, at timestamptz)")
-        conn.execute("SELECT audit.enable('t')")
-        starts = short_partitions(conn)
+        starts = audited_table(audit, conn)
         write_batch(conn, 1)
         wait_until(starts[1] + timedelta(milliseconds=50))
         write_batch(conn, 100)
@@ -293,10 +298,7 @@ def test_unsealed_partitions_are_left_out_and_the_drop_needs_confirmation(
     dsn: str, conn: Conn, tmp_path: Path
 ) -> None:
     with Audit.connect(dsn) as audit:
-        audit.install(partition_interval="1 minute")
-        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, amount numeric, at timestamptz)")
-        conn.execute("SELECT audit.enable('t')")
-        starts = short_partitions(conn)
+        starts = audited_table(audit, conn)
         write_batch(conn, 1)
         later = starts[-1] + STEP
         directory = tmp_path / "archive"

@@ -94,7 +94,9 @@ def _clean_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in LIBPQ_ENV_VARS and k != "DATABASE_URL" and not k.startswith("PG")
+        if k not in LIBPQ_ENV_VARS
+        and k != "DATABASE_URL"
+        and not k.startswith("PG")
         # pytest-xdist's workers have COLUMNS=80 LINES=24, which would override the size of
         # the terminal a test gives the CLI (as in a shell that does not export them).
         and k not in ("COLUMNS", "LINES")
@@ -954,7 +956,13 @@ def test_ctrl_c_says_what_was_committed(
 
 # --------------------------------------------------------------------------- confirmation
 
-CONFIRMING = ("doctor", "reattach", "revert", "archive", "retention")  # the commands that ask before changing anything
+CONFIRMING = (
+    "doctor",
+    "reattach",
+    "revert",
+    "archive",
+    "retention",
+)  # the commands that ask before changing anything
 
 
 def test_every_confirming_command_takes_yes() -> None:
@@ -964,7 +972,10 @@ def test_every_confirming_command_takes_yes() -> None:
     asking = {
         name
         for name, command in main.commands.items()
-        if command.callback is not None and "_confirm(" in inspect.getsource(command.callback)
+        if command.callback is not None
+        and any(
+            f"{f}(" in inspect.getsource(command.callback) for f in ("_confirm", "_confirm_drop")
+        )
     }
     assert asking == set(CONFIRMING)
     options = [
