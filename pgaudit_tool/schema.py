@@ -207,11 +207,15 @@ def install(
             before = _current_revision(connection)
             refuse_newer(before)
             with _partitioning_errors(partitioning):
-                if partitioning is not None and partitioning.interval is not None:
-                    connection.execute(
-                        text("SELECT set_config('pgaudit.partition_interval', :v, true)"),
-                        {"v": partitioning.interval},
-                    )
+                # Read by revision 0009 when it creates the settings (the first partitions).
+                for name, value in (
+                    ("pgaudit.partition_interval", partitioning and partitioning.interval),
+                    ("pgaudit.partitions_ahead", partitioning and partitioning.ahead),
+                ):
+                    if value is not None:
+                        connection.execute(
+                            text("SELECT set_config(:n, :v, true)"), {"n": name, "v": str(value)}
+                        )
                 cfg = alembic_config()
                 cfg.attributes["connection"] = connection
                 command.upgrade(cfg, "head")
@@ -268,10 +272,17 @@ def _partitioning_errors(partitioning: Partitioning | None) -> Iterator[None]:
             orig, psycopg.errors.InvalidDatetimeFormat | psycopg.errors.DatetimeFieldOverflow
         ) or (
             isinstance(orig, psycopg.errors.CheckViolation)
-            and orig.diag.constraint_name == "partition_interval_check"
+            and orig.diag.constraint_name
+            in ("partition_interval_check", "partitioning_ahead_check")
         )
         if partitioning is None or not bad:
             raise
+        if isinstance(orig, psycopg.errors.CheckViolation) and "ahead" in str(
+            orig.diag.constraint_name
+        ):
+            raise InvalidInput(
+                f"partitions ahead must be from 1 to 1000, not {partitioning.ahead}"
+            ) from None
         raise InvalidInput(
             f"partition interval {partitioning.interval!r} is not allowed: it must be a"
             " PostgreSQL interval of at least 1 minute, and either whole months or no months",

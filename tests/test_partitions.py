@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from pgaudit_tool import Audit
+from pgaudit_tool.errors import InvalidInput
 from tests.measure_upgrade import Writer
 from tests.released import install_released
 from tests.test_cli import failed, invoke, ok
@@ -260,3 +261,39 @@ def test_the_upgrade_makes_audited_writes_wait_and_none_fails(dsn: str, conn: Co
         "SELECT count(*) FROM audit.change WHERE relid = 'pings'::regclass"
     ).fetchone()
     assert pings == logged and pings is not None and pings[0] == writer.count > 20
+
+
+def test_maintain_never_makes_audited_writes_fail_or_lose_rows(dsn: str, conn: Conn) -> None:
+    """Partitions are attached while writers write: none waits for long, fails or loses a row."""
+    with Audit.connect(dsn) as audit:
+        audit.install(partition_interval="1 hour", partitions_ahead=1)
+        writer = Writer(dsn)
+        writer.start()
+        try:
+            time.sleep(0.3)
+            for ahead in range(2, 8):
+                conn.execute("SELECT audit.set_partitioning(NULL, %s)", (ahead,))
+                assert [d["action"] for d in audit.maintain()].count("created partitions") >= 1
+            time.sleep(0.3)
+        finally:
+            writer.stop.set()
+            writer.join()
+    assert writer.errors == [] and writer.count > 10
+    assert writer.longest < 2.0
+    pings = conn.execute("SELECT count(*) FROM pings").fetchone()
+    logged = conn.execute(
+        "SELECT count(*) FROM audit.change WHERE relid = 'pings'::regclass"
+    ).fetchone()
+    assert pings == logged == (writer.count,)
+
+
+def test_bad_partitions_ahead_is_refused(dsn: str, conn: Conn) -> None:
+    with Audit.connect(dsn) as audit:
+        with pytest.raises(InvalidInput, match="from 1 to 1000"):
+            audit.install(partitions_ahead=0)
+        assert conn.execute("SELECT to_regclass('audit.change')").fetchone() == (None,)
+        audit.install()
+        with pytest.raises(InvalidInput, match="from 1 to 1000"):
+            audit.install(partitions_ahead=1001)
+    result = invoke(dsn, "install", "--partitions-ahead", "0")
+    assert result.exit_code == 2 and "--partitions-ahead" in result.stderr

@@ -17,7 +17,8 @@
 --
 -- audit.partitioning holds the settings: the interval of new partitions (install
 -- --partition-interval, or the setting pgaudit.partition_interval while this revision runs;
--- 1 week by default) and how many intervals ahead maintain keeps partitions.
+-- 1 week by default) and how many intervals ahead maintain keeps partitions (install
+-- --partitions-ahead, pgaudit.partitions_ahead; 3 by default).
 
 -- Audited writes stop first, in the order they take their locks (the audited table, then
 -- audit.change, then audit.transaction): a write in progress finishes, later ones wait at their
@@ -55,9 +56,10 @@ COMMENT ON COLUMN audit.partitioning.ahead IS 'Partitions are created until this
 COMMENT ON COLUMN audit.partitioning.changed_at IS 'When the settings were last changed.';
 COMMENT ON COLUMN audit.partitioning.changed_by IS 'Login role that last changed them.';
 
-INSERT INTO audit.partitioning (partition_interval)
+INSERT INTO audit.partitioning (partition_interval, ahead)
 VALUES (coalesce(nullif(pg_catalog.current_setting('pgaudit.partition_interval', true), '')::interval,
-                 '1 week'));
+                 '1 week'),
+        coalesce(nullif(pg_catalog.current_setting('pgaudit.partitions_ahead', true), '')::integer, 3));
 
 REVOKE ALL ON audit.partitioning FROM PUBLIC;
 
