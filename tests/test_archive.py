@@ -425,11 +425,12 @@ def test_history_with_the_archive_is_as_if_it_never_left(
         ["transaction", first_txid, "--format", "json"],
     ]
     before = [ok(invoke(dsn, *q)) for q in queries]
-    directory = tmp_path / "archive"
+    directory = tmp_path / "an archive, 'quoted' \"twice\" ü"  # paths reach DuckDB as literals
     ok(archive_cli(dsn, starts[1], directory, "--drop", "--yes"))
     assert ok(invoke(dsn, *queries[0])) != before[0]  # without the archive, some are gone
     for query, expected in zip(queries, before, strict=True):
         assert ok(invoke(dsn, *query, "--archive", str(directory))) == expected, query
+    assert audit.verify(archive=directory) == []
     listed = list(audit.history("t", pk=3, archive=directory))
     assert [c["op"] for c in listed] == ["INSERT", "UPDATE", "UPDATE"]
     # Another database's archive directory is refused.
