@@ -170,6 +170,7 @@ def _check_result(result: dict[str, Any], config: BenchConfig) -> None:
     assert all(isinstance(note, str) for note in result["notes"])
 
 
+@pytest.mark.one_major  # minutes of measuring; the bench's SQL runs on every major elsewhere
 def test_bench_reports_every_key_and_cleans_up(
     audit: Audit, dsn: str, history_before: dict[str, Any]
 ) -> None:
@@ -196,6 +197,7 @@ def test_bench_reports_every_key_and_cleans_up(
     assert history_before["changes"] == 4 and history_before["tracked"] == ["orders"]
 
 
+@pytest.mark.one_major  # minutes of measuring; the bench's SQL runs on every major elsewhere
 def test_bench_own_driver_without_pgbench(audit: Audit, dsn: str) -> None:
     config = tiny(use_pgbench=False, reconstruction=False, large_tpcb=False)
     result = run_bench(dsn, config)
@@ -435,6 +437,7 @@ def test_pgbench_target_hides_the_password() -> None:
     assert params["dbname"] == "shop"
 
 
+@pytest.mark.one_major  # minutes of measuring; the bench's SQL runs on every major elsewhere
 def test_bench_command_prints_json_data_and_progress_on_stderr(audit: Audit, dsn: str) -> None:
     import json
 
