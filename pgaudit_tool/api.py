@@ -42,6 +42,7 @@ from pgaudit_tool import watch as _watch
 from pgaudit_tool.connection import PasswordPrompt, connect, login, resolve_conninfo
 from pgaudit_tool.context import audit_context
 from pgaudit_tool.db import (
+    TableRef,
     jsonb,
     load_json,
     lock_timeout_of,
@@ -98,6 +99,7 @@ class Audit:
         # Row images are a writer's data: read them however deeply nested (see jsonsafe).
         set_json_loads(load_json, conn)
         self._conninfo = conninfo
+        self._archive_reads = False  # reconstruction reads an archive too (see _read_with)
 
     @classmethod
     def connect(
@@ -338,12 +340,17 @@ class Audit:
             raise InvalidInput(f"no audited change belongs to transaction {txid}")
         return changes
 
-    def blame(self, table: str, pk: Key) -> list[dict[str, Any]]:
+    def blame(
+        self, table: str, pk: Key, *, archive: Path | str | None = None
+    ) -> list[dict[str, Any]]:
         """Who last set each column of a row (that exists now), and when; each line names the
-        row's key (``pk``). A part of a composite key gives the lines of every row having it."""
+        row's key (``pk``). A part of a composite key gives the lines of every row having it.
+        ``archive``: also the changes of partitions archived there and dropped (see
+        :meth:`archive`)."""
         self._require_installed()
         ref = resolve_table(self.conn, table)
         key, whole = normalize_key_part(self.conn, ref, pk)
+        self._read_with(archive, ref)
         if whole:
             return _reconstruct.blame(self.conn, ref, key)
         rows = _reconstruct.live_keys(self.conn, ref, key)
@@ -354,38 +361,86 @@ class Audit:
             )
         return [line for row in rows for line in _reconstruct.blame(self.conn, ref, row)]
 
-    def row_at(self, table: str, pk: Key, at: When) -> dict[str, Any] | None:
-        """The row as it was at ``at`` (JSON values under today's column names), or None."""
+    def row_at(
+        self, table: str, pk: Key, at: When, *, archive: Path | str | None = None
+    ) -> dict[str, Any] | None:
+        """The row as it was at ``at`` (JSON values under today's column names), or None.
+        ``archive``: for instants before changes dropped from the log (see :meth:`archive`)."""
         self._require_installed()
         ref = resolve_table(self.conn, table)
-        found = _reconstruct.row_at(self.conn, ref, normalize_pk(self.conn, ref, pk), self._at(at))
+        key, instant = normalize_pk(self.conn, ref, pk), self._at(at)
+        self._read_with(archive, ref, committed_after=instant)
+        found = _reconstruct.row_at(self.conn, ref, key, instant)
         return None if found is None else dict(found)
 
-    def table_at(self, table: str, at: When) -> Iterator[dict[str, Any]]:
-        """The whole table as it was at ``at``: typed rows, streamed."""
+    def table_at(
+        self, table: str, at: When, *, archive: Path | str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The whole table as it was at ``at``: typed rows, streamed (``archive``: see
+        :meth:`row_at`)."""
         self._require_installed()
         ref = resolve_table(self.conn, table)
-        return _reconstruct.table_at(self.conn, ref, self._at(at))
+        instant = self._at(at)
+        self._read_with(archive, ref, committed_after=instant)
+        return _reconstruct.table_at(self.conn, ref, instant)
 
-    def export_table_at(self, out: BinaryIO, fmt: str, table: str, at: When) -> None:
+    def export_table_at(
+        self, out: BinaryIO, fmt: str, table: str, at: When, *, archive: Path | str | None = None
+    ) -> None:
         """Write the table as it was at ``at``, in key order, to ``out`` as ``csv`` (COPY's,
         which loads back with COPY FROM), ``json`` or ``jsonl`` written by the server."""
         self._require_installed()
         ref = resolve_table(self.conn, table)
-        _reconstruct.export_table_at(self.conn, ref, self._at(at), fmt, out)
+        instant = self._at(at)
+        self._read_with(archive, ref, committed_after=instant)
+        _reconstruct.export_table_at(self.conn, ref, instant, fmt, out)
 
-    def table_at_into(self, table: str, at: When, into: str) -> int:
+    def table_at_into(
+        self, table: str, at: When, into: str, *, archive: Path | str | None = None
+    ) -> int:
         """Create the new table ``into`` holding the table as it was at ``at`` (original column
         types); returns its row count. An existing ``into`` is an error."""
         self._require_installed()
         ref = resolve_table(self.conn, table)
-        return _reconstruct.table_at_into(self.conn, ref, self._at(at), into)
+        instant = self._at(at)
+        self._read_with(archive, ref, committed_after=instant)
+        return _reconstruct.table_at_into(self.conn, ref, instant, into)
 
-    def diff(self, table: str, since: When, until: When = "now") -> Iterator[dict[str, Any]]:
+    def diff(
+        self,
+        table: str,
+        since: When,
+        until: When = "now",
+        *,
+        archive: Path | str | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """Net change of every row between two instants, consolidated, streamed."""
         self._require_installed()
         ref = resolve_table(self.conn, table)
-        return _reconstruct.diff(self.conn, ref, self._at(since), self._at(until))
+        start = self._at(since)
+        self._read_with(archive, ref, committed_after=start)
+        return _reconstruct.diff(self.conn, ref, start, self._at(until))
+
+    def _read_with(
+        self,
+        archive: Path | str | None,
+        table: TableRef,
+        committed_after: datetime | None = None,
+    ) -> None:
+        """Make the reconstruction functions read the live log only, or (``archive``) the live
+        log and the archived changes of ``table`` they may need, loaded into temporary tables
+        of this session (``audit._log_sql``)."""
+        if archive is None:
+            if self._archive_reads:
+                with translated_errors():
+                    self.conn.execute("SELECT set_config('pgaudit.read_archive', 'off', false)")
+                self._archive_reads = False
+            return
+        selection = _archive.Selection(relid=table.oid, committed_after=committed_after)
+        _archive.attach(self.conn, Path(archive), selection)
+        with translated_errors():
+            self.conn.execute("SELECT set_config('pgaudit.read_archive', 'on', false)")
+        self._archive_reads = True
 
     def revert(
         self,

@@ -593,6 +593,7 @@ class Selection:
     until: datetime | None = None
     actor: str | None = None
     db_user: str | None = None
+    committed_after: datetime | None = None  # changes of transactions committed later (or not)
 
 
 def attach(conn: psycopg.Connection[Any], directory: Path, selection: Selection) -> sql.Composable:
@@ -674,6 +675,12 @@ def _load_changes(
     if sel.db_user is not None:
         where.append("txid IN (SELECT txid FROM read_parquet(?) WHERE db_user = ?)")
         params.extend([str(paths["transaction"]), sel.db_user])
+    if sel.committed_after is not None:
+        where.append(
+            "txid IN (SELECT txid FROM read_parquet(?)"
+            " WHERE committed_at > ? OR committed_at IS NULL)"
+        )
+        params.extend([str(paths["transaction"]), sel.committed_after])
     names = [c for c, _ in COLUMNS["change"]]
     rows = con.execute(
         f"SELECT {', '.join(_as_epoch(c, 'change') for c in names)} FROM read_parquet(?)"  # noqa: S608

@@ -685,13 +685,14 @@ def transaction(state: _State, txid: int, archive: str | None, fmt: str) -> None
 @main.command()
 @click.argument("table", shell_complete=_complete_tables)
 @click.option("--pk", metavar="KEY", required=True, help=_PK_HELP + _PART_HELP)
+@_archive_option
 @_format_option
 @click.pass_obj
-def blame(state: _State, table: str, pk: str, fmt: str) -> None:
+def blame(state: _State, table: str, pk: str, archive: str | None, fmt: str) -> None:
     """Who last set each column of a row of TABLE, and when."""
     from pgaudit_tool.reconstruct import BLAME_COLUMNS
 
-    _emit(state.audit().blame(table, pk), fmt, BLAME_COLUMNS)
+    _emit(state.audit().blame(table, pk, archive=archive), fmt, BLAME_COLUMNS)
 
 
 @main.command("row-at")
@@ -700,12 +701,13 @@ def blame(state: _State, table: str, pk: str, fmt: str) -> None:
 @click.option(
     "--at", "at", metavar="TIME", callback=_time, required=True, help="The instant: " + _TIME_HELP
 )
+@_archive_option
 @click.pass_obj
-def row_at(state: _State, table: str, pk: str, at: str) -> None:
+def row_at(state: _State, table: str, pk: str, at: str, archive: str | None) -> None:
     """Print a row of TABLE as it was at TIME, as JSON (null: it did not exist)."""
     from pgaudit_tool.output import to_json_text
 
-    click.echo(to_json_text(state.audit().row_at(table, pk, at)))
+    click.echo(to_json_text(state.audit().row_at(table, pk, at, archive=archive)))
 
 
 @main.command("table-at")
@@ -718,18 +720,22 @@ def row_at(state: _State, table: str, pk: str, at: str) -> None:
     metavar="SCHEMA.TABLE",
     help="Create this new table with the rows (original column types).",
 )
+@_archive_option
 @_format_option
 @click.pass_obj
-def table_at(state: _State, table: str, at: str, into: str | None, fmt: str) -> None:
+def table_at(
+    state: _State, table: str, at: str, into: str | None, archive: str | None, fmt: str
+) -> None:
     """TABLE as it was at TIME: streamed, or materialized as a new table (--into)."""
+    audit = state.audit()
     if into is not None:
-        count = state.audit().table_at_into(table, at, into)
+        count = audit.table_at_into(table, at, into, archive=archive)
         _info(f"{into}: {count} row(s) as of {at}")
         return
     if fmt == "table":
-        _emit(state.audit().table_at(table, at), fmt)
+        _emit(audit.table_at(table, at, archive=archive), fmt)
     else:
-        _export(lambda out: state.audit().export_table_at(out, fmt, table, at))
+        _export(lambda out: audit.export_table_at(out, fmt, table, at, archive=archive))
 
 
 @main.command()
@@ -751,13 +757,14 @@ def table_at(state: _State, table: str, at: str, into: str | None, fmt: str) -> 
     show_default=True,
     help="End instant.",
 )
+@_archive_option
 @_format_option
 @click.pass_obj
-def diff(state: _State, table: str, since: str, until: str, fmt: str) -> None:
+def diff(state: _State, table: str, since: str, until: str, archive: str | None, fmt: str) -> None:
     """Net change of every row of TABLE between two instants (inserted, deleted, changed columns)."""
     from pgaudit_tool.reconstruct import DIFF_COLUMNS
 
-    _emit(state.audit().diff(table, since, until), fmt, DIFF_COLUMNS)
+    _emit(state.audit().diff(table, since, until, archive=archive), fmt, DIFF_COLUMNS)
 
 
 def _yes_option(func: F) -> F:

@@ -416,6 +416,9 @@ def test_history_with_the_archive_is_as_if_it_never_left(
     conn.execute("UPDATE t SET v = 'by alice' WHERE id IN (3, 104)")
     audit.checkpoint()
     first_txid = conn.execute("SELECT min(txid)::text FROM audit.transaction").fetchone()[0]  # type: ignore[index]
+    # Right after the first transaction (in the partition that will leave the log).
+    early = conn.execute("SELECT min(committed_at) FROM audit.transaction").fetchone()[0]  # type: ignore[index]
+    at = early.isoformat()
     queries = [
         ["history", "--format", "json"],
         ["history", "t", "--pk", "3", "--format", "jsonl"],
@@ -423,11 +426,19 @@ def test_history_with_the_archive_is_as_if_it_never_left(
         ["history", "--db-user", "postgres", "--last", "7", "--format", "json"],
         ["history", "t", "--format", "table", "--wide"],
         ["transaction", first_txid, "--format", "json"],
+        ["row-at", "t", "--pk", "3", "--at", at],
+        ["row-at", "t", "--pk", "2", "--at", at],
+        ["table-at", "t", "--at", at, "--format", "jsonl"],
+        ["table-at", "t", "--at", at, "--format", "table"],
+        ["diff", "t", "--from", at, "--format", "json"],
+        ["blame", "t", "--pk", "3", "--format", "json"],
+        ["blame", "t", "--pk", "104", "--format", "json"],
     ]
     before = [ok(invoke(dsn, *q)) for q in queries]
     directory = tmp_path / "an archive, 'quoted' \"twice\" ü"  # paths reach DuckDB as literals
     ok(archive_cli(dsn, starts[1], directory, "--drop", "--yes"))
     assert ok(invoke(dsn, *queries[0])) != before[0]  # without the archive, some are gone
+    failed(invoke(dsn, *queries[6]), 2, "left the log")  # row-at: refused, naming the archive
     for query, expected in zip(queries, before, strict=True):
         assert ok(invoke(dsn, *query, "--archive", str(directory))) == expected, query
     assert audit.verify(archive=directory) == []

@@ -86,6 +86,23 @@ COMMENT ON FUNCTION audit._check_unbroken(regclass, timestamptz) IS
     'Internal. Raises a clear error when the history of a table was broken after an instant (audit.history_break), or its key changed since capture was generated.';
 
 
+CREATE OR REPLACE FUNCTION audit._log_sql(p_log text) RETURNS text
+LANGUAGE sql STABLE AS $$
+-- The relation reconstruction reads the log's changes or transactions from: audit.change or
+-- audit.transaction, or, while the session reads with an archive (the transaction-local setting
+-- pgaudit.read_archive = on, and the temporary tables pgaudit_tool.archive.attach() filled), a
+-- union of the log and the archived rows. Only the session's own reads see its temporary
+-- tables, and none of these functions writes.
+    SELECT CASE WHEN pg_catalog.current_setting('pgaudit.read_archive', true) = 'on'
+                 AND pg_catalog.to_regclass(pg_catalog.format('pg_temp.%I', 'pgaudit_archived_' || p_log)) IS NOT NULL
+           THEN pg_catalog.format('(SELECT * FROM audit.%1$I UNION ALL SELECT * FROM pg_temp.%2$I)', p_log, 'pgaudit_archived_' || p_log)
+           ELSE pg_catalog.format('audit.%I', p_log) END
+$$;
+
+COMMENT ON FUNCTION audit._log_sql(text) IS
+    'Internal. SQL naming the rows of audit.change or audit.transaction (p_log) that reconstruction reads: with the archive''s rows added while the session reads with an archive (setting pgaudit.read_archive, temporary tables of pgaudit_tool).';
+
+
 CREATE OR REPLACE FUNCTION audit._check_retired(p_table regclass, p_at timestamptz) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 -- Raises when changes of p_table committed after p_at left the log (archive --drop, retention):
@@ -95,6 +112,8 @@ DECLARE
 BEGIN
     SELECT * INTO r FROM audit.retired_partition AS x
      WHERE x.committed_max > p_at AND p_table::oid = ANY (x.tables)
+       -- read with the archive (pgaudit_tool.archive.attach): only what was not archived
+       AND (x.files IS NULL OR audit._log_sql('change') = 'audit.change')
      ORDER BY x.committed_max DESC LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'changes of % committed up to % left the log (partitions dropped %), so its state at % cannot be rebuilt from the log',
@@ -135,9 +154,12 @@ BEGIN
     END IF;
     PERFORM audit._check_unbroken(p_table, p_at);
     PERFORM audit._check_retired(p_table, p_at);
-    SELECT pg_catalog.min(c.clock_at) INTO v_marker
-      FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid AND x.started_at = c.started_at
-     WHERE c.relid = p_table AND c.op = 'T' AND c.pk IS NULL AND (x.committed_at > p_at OR x.committed_at IS NULL);
+    EXECUTE pg_catalog.format(
+        'SELECT pg_catalog.min(c.clock_at)'
+        '  FROM %s AS c JOIN %s AS x ON x.txid = c.txid AND x.started_at = c.started_at'
+        ' WHERE c.relid = $1 AND c.op = ''T'' AND c.pk IS NULL AND (x.committed_at > $2 OR x.committed_at IS NULL)',
+        audit._log_sql('change'), audit._log_sql('transaction'))
+       INTO v_marker USING p_table, p_at;
     IF v_marker IS NOT NULL THEN
         RAISE EXCEPTION 'a TRUNCATE of % at % was recorded without its rows, so the table before it cannot be rebuilt', audit._qualified(p_table), audit._time_text(v_marker)
             USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -364,14 +386,15 @@ LANGUAGE sql STABLE AS $$
         'SELECT f.pk, %1$s AS old FROM ('
         '  SELECT DISTINCT ON (m.pk) m.pk, m.id, m.started_at FROM ('
         '   SELECT %2$s AS pk, c.id, c.started_at'
-        '     FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid AND x.started_at = c.started_at %3$s'
+        '     FROM %5$s AS c JOIN %6$s AS x ON x.txid = c.txid AND x.started_at = c.started_at %3$s'
         '    WHERE c.relid = %4$s::oid AND c.pk IS NOT NULL AND (x.committed_at > $1 OR x.committed_at IS NULL)) AS m'
         '  ORDER BY m.pk, m.id) AS f'
-        ' JOIN audit.change AS c ON c.id = f.id AND c.started_at = f.started_at %3$s',
+        ' JOIN %5$s AS c ON c.id = f.id AND c.started_at = f.started_at %3$s',
         audit._renamed_sql(p_table, 'old'),
         audit._renamed_sql(p_table, 'pk'),
         audit._renames_join_sql(p_table),
-        p_table::oid)
+        p_table::oid,
+        audit._log_sql('change'), audit._log_sql('transaction'))
 $$;
 
 COMMENT ON FUNCTION audit._first_after_sql(regclass) IS
@@ -496,15 +519,17 @@ DECLARE
     v_gone text[];
 BEGIN
     -- The first change of this row committed after p_at: its old image is the row at p_at.
-    SELECT true, c.old, rn.map INTO v_found, v_old, v_map
-      FROM audit.change AS c
-      JOIN audit.transaction AS x ON x.txid = c.txid AND x.started_at = c.started_at
-      LEFT JOIN audit._renames(p_table) AS rn
-        ON c.clock_at >= rn.valid_from AND (rn.valid_to IS NULL OR c.clock_at < rn.valid_to)
-     WHERE c.relid = p_table AND c.pk = ANY (v_variants)
-       AND (x.committed_at > p_at OR x.committed_at IS NULL)
-     ORDER BY c.id
-     LIMIT 1;
+    EXECUTE pg_catalog.format(
+        'SELECT true, c.old, rn.map'
+        '  FROM %s AS c'
+        '  JOIN %s AS x ON x.txid = c.txid AND x.started_at = c.started_at'
+        '  LEFT JOIN audit._renames($1) AS rn'
+        '    ON c.clock_at >= rn.valid_from AND (rn.valid_to IS NULL OR c.clock_at < rn.valid_to)'
+        ' WHERE c.relid = $1 AND c.pk = ANY ($2)'
+        '   AND (x.committed_at > $3 OR x.committed_at IS NULL)'
+        ' ORDER BY c.id'
+        ' LIMIT 1', audit._log_sql('change'), audit._log_sql('transaction'))
+       INTO v_found, v_old, v_map USING p_table, v_variants, p_at;
     IF v_found THEN
         v_row := audit._rename_keys(v_old, v_map);
     ELSE
@@ -546,7 +571,7 @@ BEGIN
     RETURN QUERY EXECUTE pg_catalog.format(
         'WITH win AS ('
         '  SELECT %1$s AS pk, %2$s AS old, %3$s AS new, c.id'
-        '    FROM audit.change AS c JOIN audit.transaction AS x ON x.txid = c.txid AND x.started_at = c.started_at %4$s'
+        '    FROM %6$s AS c JOIN %7$s AS x ON x.txid = c.txid AND x.started_at = c.started_at %4$s'
         '   WHERE c.relid = %5$s::oid AND c.pk IS NOT NULL AND x.committed_at > $1 AND x.committed_at <= $2),'
         ' first AS (SELECT DISTINCT ON (w.pk) w.pk, w.old FROM win AS w ORDER BY w.pk, w.id),'
         ' last AS (SELECT DISTINCT ON (w.pk) w.pk, w.new FROM win AS w ORDER BY w.pk, w.id DESC)'
@@ -561,7 +586,8 @@ BEGIN
         audit._renamed_sql(p_table, 'old'),
         audit._renamed_sql(p_table, 'new'),
         audit._renames_join_sql(p_table),
-        p_table::oid)
+        p_table::oid,
+        audit._log_sql('change'), audit._log_sql('transaction'))
     USING p_from, p_to;
 END
 $$;
@@ -597,27 +623,29 @@ BEGIN
                   HINT = 'audit.history (pgaudit-tool history --pk) shows what happened to it.';
     END IF;
     v_live := v_live - audit._current_columns(p_table, t.excluded_attnums);
-    RETURN QUERY
-    WITH ch AS (
-        SELECT c.id, c.op, c.clock_at, c.txid, c.started_at, c.role,
-               audit._rename_keys(c.old, rn.map) AS old, audit._rename_keys(c.new, rn.map) AS new
-          FROM audit.change AS c
-          LEFT JOIN audit._renames(p_table) AS rn
-            ON c.clock_at >= rn.valid_from AND (rn.valid_to IS NULL OR c.clock_at < rn.valid_to)
-         WHERE c.relid = p_table AND c.pk = ANY (v_variants)
-    ), setter AS (
-        SELECT DISTINCT ON (k) k, ch.*
-          FROM ch, pg_catalog.jsonb_object_keys(ch.new) AS k
-         WHERE ch.old IS NULL OR ch.old -> k IS DISTINCT FROM ch.new -> k
-         ORDER BY k, ch.id DESC
-    )
-    SELECT e.key, e.value, s.id,
-           CASE s.op WHEN 'I' THEN 'INSERT' WHEN 'U' THEN 'UPDATE' END,
-           s.clock_at, s.txid, x.actor, x.db_user, s.role
-      FROM pg_catalog.jsonb_each(v_live) AS e
-      LEFT JOIN setter AS s ON s.k = e.key
-      LEFT JOIN audit.transaction AS x ON x.txid = s.txid AND x.started_at = s.started_at
-     ORDER BY (SELECT a.attnum FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = p_table AND a.attname = e.key);
+    RETURN QUERY EXECUTE pg_catalog.format(
+        'WITH ch AS ('
+        '    SELECT c.id, c.op, c.clock_at, c.txid, c.started_at, c.role,'
+        '           audit._rename_keys(c.old, rn.map) AS old, audit._rename_keys(c.new, rn.map) AS new'
+        '      FROM %s AS c'
+        '      LEFT JOIN audit._renames($1) AS rn'
+        '        ON c.clock_at >= rn.valid_from AND (rn.valid_to IS NULL OR c.clock_at < rn.valid_to)'
+        '     WHERE c.relid = $1 AND c.pk = ANY ($2)'
+        '), setter AS ('
+        '    SELECT DISTINCT ON (k) k, ch.*'
+        '      FROM ch, pg_catalog.jsonb_object_keys(ch.new) AS k'
+        '     WHERE ch.old IS NULL OR ch.old -> k IS DISTINCT FROM ch.new -> k'
+        '     ORDER BY k, ch.id DESC'
+        ')'
+        ' SELECT e.key, e.value, s.id,'
+        '        CASE s.op WHEN ''I'' THEN ''INSERT'' WHEN ''U'' THEN ''UPDATE'' END,'
+        '        s.clock_at, s.txid, x.actor, x.db_user, s.role'
+        '   FROM pg_catalog.jsonb_each($3) AS e'
+        '   LEFT JOIN setter AS s ON s.k = e.key'
+        '   LEFT JOIN %s AS x ON x.txid = s.txid AND x.started_at = s.started_at'
+        '  ORDER BY (SELECT a.attnum FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = $1 AND a.attname = e.key)',
+        audit._log_sql('change'), audit._log_sql('transaction'))
+      USING p_table, v_variants, v_live;
 END
 $$;
 
