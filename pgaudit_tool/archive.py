@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -630,6 +631,13 @@ def attach(conn: psycopg.Connection[Any], directory: Path, selection: Selection)
     finally:
         con.close()
     with translated_errors():
+        # Estimates for the join with the live log (a temporary table has none until then).
+        conn.execute(
+            sql.SQL("ANALYZE {}, {}").format(
+                *(sql.Identifier("pg_temp", name) for name in ARCHIVED.values())
+            )
+        )
+    with translated_errors():
         row = conn.execute(
             "SELECT audit._history_sql(%s, %s)",
             tuple(
@@ -667,8 +675,9 @@ def _load_changes(
         where.append("clock_at < ?")
         params.append(sel.until)
     if sel.pk_texts is not None:
-        where.append("list_contains(?, pk)")
-        params.append(sel.pk_texts)
+        # One parameter per variant (not a list): DuckDB pushes the filter into the scan.
+        where.append(f"pk IN ({', '.join('?' for _ in sel.pk_texts) or 'NULL'})")
+        params.extend(sel.pk_texts)
     if sel.actor is not None:
         where.append("txid IN (SELECT txid FROM read_parquet(?) WHERE actor = ?)")
         params.extend([str(paths["transaction"]), sel.actor])
@@ -681,14 +690,13 @@ def _load_changes(
             " WHERE committed_at > ? OR committed_at IS NULL)"
         )
         params.extend([str(paths["transaction"]), sel.committed_after])
-    names = [c for c, _ in COLUMNS["change"]]
-    rows = con.execute(
-        f"SELECT {', '.join(_as_epoch(c, 'change') for c in names)} FROM read_parquet(?)"  # noqa: S608
-        f" WHERE {' AND '.join(where)} ORDER BY id",
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE picked AS SELECT * FROM read_parquet(?)"  # noqa: S608
+        f" WHERE {' AND '.join(where)}",
         params,
-    ).fetchall()
-    _copy_rows(conn, "change", names, rows)
-    return sorted({int(r[names.index("txid")]) for r in rows})
+    )
+    _copy_picked(conn, con, "change")
+    return [int(r[0]) for r in con.execute("SELECT DISTINCT txid FROM picked").fetchall()]
 
 
 def _load_transactions(
@@ -696,34 +704,34 @@ def _load_transactions(
 ) -> None:
     if not txids:
         return
-    names = [c for c, _ in COLUMNS["transaction"]]
-    rows = con.execute(
-        f"SELECT {', '.join(_as_epoch(c, 'transaction') for c in names)} FROM read_parquet(?)"  # noqa: S608
-        " WHERE list_contains(?, txid) ORDER BY txid",
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE picked AS SELECT * FROM read_parquet(?)"
+        " WHERE list_contains(?, txid)",
         [str(path), txids],
-    ).fetchall()
-    _copy_rows(conn, "transaction", names, rows)
-
-
-def _as_epoch(column: str, log: str) -> str:
-    """A column of the archive as selected for loading (times as microseconds since 1970)."""
-    return f"epoch_us({column})" if dict(COLUMNS[log])[column] == "TIMESTAMPTZ" else column
-
-
-def _copy_rows(conn: psycopg.Connection[Any], log: str, names: list[str], rows: list[Any]) -> None:
-    times = {i for i, c in enumerate(names) if dict(COLUMNS[log])[c] == "TIMESTAMPTZ"}
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier("pg_temp", ARCHIVED[log]), sql.SQL(", ").join(map(sql.Identifier, names))
     )
-    with translated_errors(), conn.cursor().copy(statement) as copy:
-        for row in rows:
-            copy.write_row(
-                [
-                    epoch + timedelta(microseconds=v) if i in times and v is not None else v
-                    for i, v in enumerate(row)
-                ]
-            )
+    _copy_picked(conn, con, "transaction")
+
+
+def _copy_picked(conn: psycopg.Connection[Any], con: Any, log: str) -> None:
+    """DuckDB's table ``picked`` into this session's temporary table of ``log``, as CSV (times
+    in UTC), without a row passing through Python."""
+    names = [c for c, _ in COLUMNS[log]]
+    with tempfile.NamedTemporaryFile(suffix=".csv") as scratch:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(
+            f"COPY (SELECT {', '.join(names)} FROM picked)"  # noqa: S608
+            f" TO {_duck_literal(scratch.name)} (FORMAT csv, HEADER false)"
+        )
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+            sql.Identifier("pg_temp", ARCHIVED[log]), sql.SQL(", ").join(map(sql.Identifier, names))
+        )
+        with (
+            translated_errors(),
+            conn.cursor().copy(statement) as copy,
+            open(scratch.name, "rb") as f,
+        ):
+            while chunk := f.read(1 << 20):
+                copy.write(chunk)
 
 
 # -- reading the archive back (verify --archive) -------------------------------------------
