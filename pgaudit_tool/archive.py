@@ -221,7 +221,9 @@ def write(
             entries[part.label] = part.record()
             manifest["partitions"] = sorted(entries.values(), key=lambda e: e["lower"])
             _write_manifest(directory, manifest)
-    except (AuditError, psycopg.Error, OSError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, AuditError | psycopg.Error | OSError | duckdb_module().Error):
+            raise
         files = ", ".join(written) or "none"
         raise AuditError(
             f"the archive failed ({exc}); the database was not changed; files written in"
@@ -626,8 +628,15 @@ def attach(conn: psycopg.Connection[Any], directory: Path, selection: Selection)
                         f"{path} is missing from the archive: the log recorded it as the file"
                         " of a dropped partition"
                     )
-            txids = _load_changes(conn, con, paths, selection)
-            _load_transactions(conn, con, paths["transaction"], txids)
+            try:
+                txids = _load_changes(conn, con, paths, selection)
+                _load_transactions(conn, con, paths["transaction"], txids)
+            except duckdb.Error as exc:
+                raise InvalidInput(
+                    f"cannot read the archive file {paths['change'].name} or"
+                    f" {paths['transaction'].name} in {directory}: {str(exc).splitlines()[0]}",
+                    hint="pgaudit-tool verify --archive DIR checks the files.",
+                ) from None
     finally:
         con.close()
     with translated_errors():

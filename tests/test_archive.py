@@ -449,3 +449,16 @@ def test_history_with_the_archive_is_as_if_it_never_left(
     manifest["database"]["database_oid"] = 1
     (directory / "manifest.json").write_text(json.dumps(manifest))
     failed(invoke(dsn, "history", "--archive", str(directory)), 2, "another database")
+
+
+def test_a_damaged_archive_file_is_a_clear_error(
+    spread: tuple[Audit, list[datetime]], dsn: str, conn: Conn, tmp_path: Path
+) -> None:
+    starts = spread[1]
+    directory = tmp_path / "archive"
+    ok(archive_cli(dsn, starts[1], directory, "--drop", "--yes"))
+    change = sorted(directory.glob("change_p*.parquet"))[0]
+    change.write_bytes(b"not parquet at all")
+    failed(invoke(dsn, "history", "--archive", str(directory)), 2, "cannot read the archive file")
+    result = invoke(dsn, "verify", "--archive", str(directory))
+    assert result.exit_code == 7 and "Traceback" not in result.stderr
