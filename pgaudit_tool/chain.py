@@ -542,10 +542,7 @@ def _journal_entry(values: list[bytes | None], txid: int) -> JournalEntry:
 
 def _current_rows(conn: psycopg.Connection[Any], name: str) -> list[str] | None:
     """The rows of a journaled table now, as jsonb text (None: the table does not exist)."""
-    found = conn.execute(
-        "SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (f"audit.{name}",)
-    ).fetchone()
-    if not found or not found[0]:
+    if not _exists(conn, f"audit.{name}"):
         return None
     query = sql.SQL("SELECT pg_catalog.to_jsonb(r) FROM {} AS r").format(
         sql.Identifier("audit", name)

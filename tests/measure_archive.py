@@ -13,7 +13,6 @@ every row fetched), each the median of 3 runs. Prints JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 
 from pgaudit_tool import Audit
 from pgaudit_tool.archive import FORMAT, MANIFEST, database_identity, duckdb_module, sha256_of
-from pgaudit_tool.cluster import TempCluster, find_install
+from tests.measure_upgrade import target
 
 _CHANGES = """
 COPY (SELECT i AS id, i // 10 AS txid,
@@ -112,19 +111,10 @@ def measure(dsn: str, changes: int, directory: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--changes", type=int, default=10_000_000)
-    parser.add_argument("--dsn", help="an empty database to use (default: a throwaway cluster)")
-    parser.add_argument("--major", type=int, default=None, help="PostgreSQL major of the cluster")
-    args = parser.parse_args(argv)
     with ExitStack() as stack:
-        dsn = args.dsn
-        if dsn is None:
-            cluster = TempCluster(find_install(args.major)).start()
-            stack.callback(cluster.stop)
-            dsn = cluster.dsn
+        dsn, changes = target(argv, __doc__ or "", 10_000_000, stack)
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pgaudit-arch-")))
-        json.dump(measure(dsn, args.changes, directory), sys.stdout, indent=2)
+        json.dump(measure(dsn, changes, directory), sys.stdout, indent=2)
         print()
     return 0
 

@@ -113,19 +113,25 @@ def measure(dsn: str, changes: int) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--changes", type=int, default=1_000_000)
+def target(argv: list[str] | None, doc: str, changes: int, stack: ExitStack) -> tuple[str, int]:
+    """The measurement scripts' options (--changes, --dsn, --major): the database to measure
+    in (a throwaway cluster, stopped with ``stack``, unless --dsn names one) and the changes."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--changes", type=int, default=changes)
     parser.add_argument("--dsn", help="an empty database to use (default: a throwaway cluster)")
     parser.add_argument("--major", type=int, default=None, help="PostgreSQL major of the cluster")
     args = parser.parse_args(argv)
+    if args.dsn is not None:
+        return args.dsn, args.changes
+    cluster = TempCluster(find_install(args.major)).start()
+    stack.callback(cluster.stop)
+    return cluster.dsn, args.changes
+
+
+def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
-        dsn = args.dsn
-        if dsn is None:
-            cluster = TempCluster(find_install(args.major)).start()
-            stack.callback(cluster.stop)
-            dsn = cluster.dsn
-        json.dump(measure(dsn, args.changes), sys.stdout, indent=2)
+        dsn, changes = target(argv, __doc__ or "", 1_000_000, stack)
+        json.dump(measure(dsn, changes), sys.stdout, indent=2)
         print()
     return 0
 
