@@ -462,3 +462,26 @@ def test_a_damaged_archive_file_is_a_clear_error(
     failed(invoke(dsn, "history", "--archive", str(directory)), 2, "cannot read the archive file")
     result = invoke(dsn, "verify", "--archive", str(directory))
     assert result.exit_code == 7 and "Traceback" not in result.stderr
+
+
+def test_hostile_names_survive_the_archive(dsn: str, conn: Conn, tmp_path: Path) -> None:
+    """A table owner's names (quotes, commas, a line break, non-ASCII) and values go through
+    the CSV and Parquet of the archive and back unchanged."""
+    name = 'public."we\'ird ""t"", x\nü"'
+    with Audit.connect(dsn) as audit:
+        audit.install(partition_interval="1 minute")
+        conn.execute(f'CREATE TABLE {name} ("k,ey" int PRIMARY KEY, "v""" text)')
+        audit.enable(name)
+        starts = short_partitions(conn)
+        conn.execute(f"INSERT INTO {name} VALUES (1, E'a,\"b\"\\n\\\\.\\n'), (2, '')")
+        conn.execute(f'UPDATE {name} SET "v""" = NULL WHERE "k,ey" = 2')
+        audit.checkpoint()
+        before = ok(invoke(dsn, "history", name, "--format", "jsonl"))
+        wait_until(starts[1])
+        directory = tmp_path / "archive"
+        ok(archive_cli(dsn, starts[1], directory, "--drop", "--yes"))
+        assert (
+            ok(invoke(dsn, "history", name, "--format", "jsonl", "--archive", str(directory)))
+            == before
+        )
+        assert audit.verify(archive=directory) == [] and audit.verify() == []
