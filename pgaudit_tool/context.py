@@ -32,6 +32,7 @@ CONTEXT_SETTING = "pgaudit.context"
 _SET_SQL = "SELECT set_config('pgaudit.actor', %s, true), set_config('pgaudit.context', %s, true)"
 _GET_SQL = "SELECT current_setting('pgaudit.actor', true), current_setting('pgaudit.context', true)"
 _INFO_KEY = "pgaudit_tool.actor"
+_TRACKED_MARK = "_pgaudit_tracked"
 _ambient: ContextVar[tuple[str, str] | None] = ContextVar("pgaudit_tool_actor", default=None)
 
 
@@ -110,22 +111,38 @@ def track_sessions(target: Any) -> None:
     transaction-local.
     """
     from sqlalchemy import event
+
+    owner = _listener_owner(target)
+    # Marked on the owner itself, not looked up with event.contains: SQLAlchemy's event registry
+    # is keyed by id(), so a sessionmaker created after another was garbage-collected can reuse
+    # its id and look tracked while it is not (its sessions then wrote no actor).
+    if getattr(owner, _TRACKED_MARK, False):
+        return
+    event.listen(owner, "after_begin", _after_begin)
+    setattr(owner, _TRACKED_MARK, True)
+
+
+def _listener_owner(target: Any) -> Any:
+    """The Session or Session class whose ``after_begin`` event covers ``target``."""
     from sqlalchemy.orm import Session as SyncSession
+    from sqlalchemy.orm import sessionmaker
 
     try:
         from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
     except ImportError:  # pragma: no cover - SQLAlchemy without its asyncio extension
         AsyncSession = async_sessionmaker = None  # type: ignore[assignment,misc]
     if AsyncSession is not None and isinstance(target, AsyncSession):
-        target = target.sync_session
-    elif async_sessionmaker is not None and isinstance(target, async_sessionmaker):
+        return target.sync_session
+    if async_sessionmaker is not None and isinstance(target, async_sessionmaker):
         base = target.kw.get("sync_session_class") or SyncSession
-        if not getattr(base, "_pgaudit_tracked", False):
-            base = type(f"Tracked{base.__name__}", (base,), {"_pgaudit_tracked": True})
+        if not getattr(base, _TRACKED_MARK, False):
+            # A subclass of its own, so that tracking never reaches other users of ``base``.
+            base = type(f"Tracked{base.__name__}", (base,), {})
             target.kw["sync_session_class"] = base
-        target = base
-    if not event.contains(target, "after_begin", _after_begin):
-        event.listen(target, "after_begin", _after_begin)
+        return base
+    if isinstance(target, sessionmaker):
+        return target.class_  # a subclass made for this sessionmaker alone
+    return target
 
 
 def _after_begin(

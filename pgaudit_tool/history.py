@@ -135,9 +135,7 @@ def _where(flt: HistoryFilter) -> tuple[sql.Composable, list[Any]]:
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses), params
 
 
-def _query(
-    flt: HistoryFilter, source: sql.Composable = LIVE
-) -> tuple[sql.Composed, list[Any]]:
+def _query(flt: HistoryFilter, source: sql.Composable = LIVE) -> tuple[sql.Composed, list[Any]]:
     """The query of the changes ``flt`` selects in ``source``, oldest first, and its parameters."""
     if flt.limit is not None and flt.limit < 0:
         raise InvalidInput("--limit must be zero or more")

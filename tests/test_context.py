@@ -6,6 +6,7 @@ so the helpers are proven end to end, not only by the settings they write.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -260,6 +261,44 @@ def test_interleaved_sessions_keep_their_own_actor(
     assert _attribution(conn, t2) == ("carol", {"n": 2})
     assert _attribution(conn, t3) == ("carol", {"n": 2})
     assert _actor_of_item(conn, 3) == ("bob", {"n": 1})
+
+
+def test_every_new_sessionmaker_is_tracked(
+    engine: sqlalchemy.Engine, conn: psycopg.Connection[Any]
+) -> None:
+    """A sessionmaker made after another was garbage-collected may get its id(): it must be
+    tracked all the same (SQLAlchemy's event registry, keyed by id, once said it was)."""
+    txids = []
+    for n in range(1, 61):
+        factory = sessionmaker(engine)
+        track_sessions(factory)
+        with factory() as session:
+            set_actor(session, f"user{n}")
+            txids.append(_sa_insert(session, n))
+            session.commit()
+        del factory, session
+        gc.collect()
+    assert [_attribution(conn, t)[0] for t in txids] == [f"user{n}" for n in range(1, 61)]
+
+
+def test_tracking_a_session_class_covers_its_subclasses_once(
+    engine: sqlalchemy.Engine, conn: psycopg.Connection[Any]
+) -> None:
+    class Base(Session):
+        pass
+
+    class Child(Base):
+        pass
+
+    track_sessions(Base)
+    track_sessions(Child)  # covered by Base's listener: none of its own
+    track_sessions(Base)
+    with Child(engine) as session:
+        set_actor(session, "dana")
+        txid = _sa_insert(session, 1)
+        session.commit()
+    assert _attribution(conn, txid) == ("dana", None)
+    assert "_pgaudit_tracked" not in vars(Child)
 
 
 # --------------------------------------------------------------------------- pooler safety
