@@ -76,7 +76,11 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("started_at", "TIMESTAMPTZ"),
     ),
 }
-ORDER = {"transaction": ("txid",), "change": ("txid", "id")}
+#: The order of the rows in a file: transactions by id, changes by table, key and id, so that
+#: the row groups' statistics let a reader skip all but a few for a table or a row.
+ORDER = {"transaction": ("txid",), "change": ("relid", "pk", "id")}
+#: The order of the rows in the hash chain's blocks (docs/chain.md).
+BLOCK_ORDER = {"transaction": ("txid",), "change": ("txid", "id")}
 # Text settings of the export (those of the hash chain: timestamps in UTC, ISO).
 _SETTINGS = (("timezone", "UTC"), ("datestyle", "ISO, YMD"), ("extra_float_digits", "1"))
 
@@ -399,10 +403,9 @@ def _export(
 ) -> dict[str, Any]:
     """One partition to its Parquet file, checked against the partition's row count."""
     final = directory / part.file_name(log)
-    query = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+    query = sql.SQL("SELECT {} FROM {}").format(
         sql.SQL(", ").join(sql.Identifier(c) for c, _ in COLUMNS[log]),
         sql.Identifier("audit", f"{log}_p{part.suffix}"),
-        sql.SQL(", ").join(sql.Identifier(c) for c in ORDER[log]),
     )
     metadata = {
         "pgaudit_format": FORMAT,
@@ -429,8 +432,8 @@ def write_parquet(
     metadata: dict[str, str] | None = None,
 ) -> int:
     """Rows of ``query`` (the columns of ``COLUMNS[log]``, in order) to a Parquet file: the
-    server's CSV to a scratch file, DuckDB from it to Parquet under a temporary name, fsynced,
-    counted back, renamed. Returns the rows written."""
+    server's CSV to a scratch file, DuckDB from it to Parquet, sorted in ``ORDER[log]``, under
+    a temporary name, fsynced, counted back, renamed. Returns the rows written."""
     duckdb = duckdb_module()
     scratch = final.with_name(f".{final.name}.csv")
     staging = final.with_name(f".{final.name}.tmp")
@@ -451,7 +454,8 @@ def write_parquet(
             con.execute(
                 f"COPY (SELECT * FROM read_csv({_duck_literal(str(scratch))}, header = false,"  # noqa: S608
                 " auto_detect = false, quote = '\"', escape = '\"', nullstr = '',"
-                f" allow_quoted_nulls = false, columns = {{{spec}}}))"
+                f" allow_quoted_nulls = false, columns = {{{spec}}})"
+                f" ORDER BY {', '.join(ORDER[log])})"
                 f" TO {_duck_literal(str(staging))} (FORMAT parquet, COMPRESSION zstd"
                 + (f", KV_METADATA {{{kv}}})" if kv else ")")
             )
@@ -629,8 +633,7 @@ def attach(conn: psycopg.Connection[Any], directory: Path, selection: Selection)
                         " of a dropped partition"
                     )
             try:
-                txids = _load_changes(conn, con, paths, selection)
-                _load_transactions(conn, con, paths["transaction"], txids)
+                _load_partition(conn, con, paths, selection)
             except duckdb.Error as exc:
                 raise InvalidInput(
                     f"cannot read the archive file {paths['change'].name} or"
@@ -665,60 +668,73 @@ def attach(conn: psycopg.Connection[Any], directory: Path, selection: Selection)
     return sql.Identifier("pg_temp", HISTORY_VIEW)
 
 
-def _load_changes(
+def _load_partition(
     conn: psycopg.Connection[Any], con: Any, paths: dict[str, Path], sel: Selection
-) -> list[int]:
-    """Copy the matching change rows of one archived partition; their transaction ids."""
-    where: list[str] = ["true"]
-    params: list[Any] = [str(paths["change"])]
-    if sel.relid is not None:
-        where.append("relid = ?")
-        params.append(sel.relid)
-    if sel.txid is not None:
-        where.append("txid = ?")
-        params.append(sel.txid)
-    if sel.since is not None:
-        where.append("clock_at >= ?")
-        params.append(sel.since)
-    if sel.until is not None:
-        where.append("clock_at < ?")
-        params.append(sel.until)
-    if sel.pk_texts is not None:
-        # One parameter per variant (not a list): DuckDB pushes the filter into the scan.
-        where.append(f"pk IN ({', '.join('?' for _ in sel.pk_texts) or 'NULL'})")
-        params.extend(sel.pk_texts)
-    if sel.actor is not None:
-        where.append("txid IN (SELECT txid FROM read_parquet(?) WHERE actor = ?)")
-        params.extend([str(paths["transaction"]), sel.actor])
-    if sel.db_user is not None:
-        where.append("txid IN (SELECT txid FROM read_parquet(?) WHERE db_user = ?)")
-        params.extend([str(paths["transaction"]), sel.db_user])
-    if sel.committed_after is not None:
-        where.append(
-            "txid IN (SELECT txid FROM read_parquet(?)"
-            " WHERE committed_at > ? OR committed_at IS NULL)"
+) -> None:
+    """Copy the rows of one archived partition pair that ``sel`` may need: its matching changes
+    and their transactions. A filter on transactions (actor, login role, commit time) is applied
+    to the small transaction file first; a partition without a match is not read further."""
+    tx_where, tx_params = _transaction_filter(sel)
+    where, params = _change_filter(sel)
+    if tx_where:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE matched AS SELECT * FROM read_parquet(?)"  # noqa: S608
+            f" WHERE {' AND '.join(tx_where)}",
+            [str(paths["transaction"]), *tx_params],
         )
-        params.extend([str(paths["transaction"]), sel.committed_after])
+        if not con.execute("SELECT EXISTS (SELECT 1 FROM matched)").fetchone()[0]:
+            return
+        where.append("txid IN (SELECT txid FROM matched)")
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE picked AS SELECT * FROM read_parquet(?)"  # noqa: S608
         f" WHERE {' AND '.join(where)}",
-        params,
+        [str(paths["change"]), *params],
     )
-    _copy_picked(conn, con, "change")
-    return [int(r[0]) for r in con.execute("SELECT DISTINCT txid FROM picked").fetchall()]
-
-
-def _load_transactions(
-    conn: psycopg.Connection[Any], con: Any, path: Path, txids: list[int]
-) -> None:
-    if not txids:
+    if not con.execute("SELECT EXISTS (SELECT 1 FROM picked)").fetchone()[0]:
         return
+    _copy_picked(conn, con, "change")
+    source = "matched" if tx_where else "read_parquet(?)"
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE picked AS SELECT * FROM read_parquet(?)"
-        " WHERE list_contains(?, txid)",
-        [str(path), txids],
+        f"CREATE OR REPLACE TEMP TABLE picked AS SELECT * FROM {source}"  # noqa: S608
+        " WHERE txid IN (SELECT txid FROM picked)",
+        [] if tx_where else [str(paths["transaction"])],
     )
     _copy_picked(conn, con, "transaction")
+
+
+def _change_filter(sel: Selection) -> tuple[list[str], list[Any]]:
+    """DuckDB conditions on an archived change file for ``sel``, and their parameters."""
+    where: list[str] = ["true"]
+    params: list[Any] = []
+    for condition, value in (
+        ("relid = ?", sel.relid),
+        ("txid = ?", sel.txid),
+        ("clock_at >= ?", sel.since),
+        ("clock_at < ?", sel.until),
+    ):
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    if sel.pk_texts is not None:
+        # One parameter per variant (not a list): DuckDB pushes the filter into the scan, where
+        # the files' order (table, key) lets row-group statistics skip all but a few groups.
+        where.append(f"pk IN ({', '.join('?' for _ in sel.pk_texts) or 'NULL'})")
+        params.extend(sel.pk_texts)
+    return where, params
+
+
+def _transaction_filter(sel: Selection) -> tuple[list[str], list[Any]]:
+    """DuckDB conditions on an archived transaction file for ``sel`` (none: no filter)."""
+    where: list[str] = []
+    params: list[Any] = []
+    for condition, value in (("actor = ?", sel.actor), ("db_user = ?", sel.db_user)):
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    if sel.committed_after is not None:
+        where.append("(committed_at > ? OR committed_at IS NULL)")
+        params.append(sel.committed_after)
+    return where, params
 
 
 def _copy_picked(conn: psycopg.Connection[Any], con: Any, log: str) -> None:
@@ -757,7 +773,7 @@ def archived_digest_rows(path: Path, log: str) -> Iterator[tuple[int, int, list[
     con = duckdb.connect()
     try:
         cur = con.execute(
-            f"SELECT {select} FROM read_parquet(?) ORDER BY {', '.join(ORDER[log])}",  # noqa: S608
+            f"SELECT {select} FROM read_parquet(?) ORDER BY {', '.join(BLOCK_ORDER[log])}",  # noqa: S608
             [str(path)],
         )
         while batch := cur.fetchmany(5000):

@@ -59,8 +59,13 @@ def _text(data: str | bytes | bytearray | memoryview) -> str:
     return data if isinstance(data, str) else bytes(data).decode("utf-8")
 
 
+# One decoder for every value: json.loads with options builds a new one per call (most of the
+# time spent on a small row image).
+_DECODER = json.JSONDecoder(parse_float=Decimal)
+
+
 def _decode(text: str) -> Any:
-    return json.loads(text, parse_float=Decimal)
+    return _DECODER.decode(text)
 
 
 def depth(text: str) -> int:

@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from pgaudit_tool import Audit
-from pgaudit_tool.archive import FORMAT, MANIFEST, database_identity, duckdb_module, sha256_of
+from pgaudit_tool.archive import (
+    FORMAT,
+    MANIFEST,
+    ORDER,
+    database_identity,
+    duckdb_module,
+    sha256_of,
+)
 from tests.measure_upgrade import target
 
 _CHANGES = """
@@ -36,7 +43,7 @@ COPY (SELECT i AS id, i // 10 AS txid,
              '{"id": ' || ((i // 20) % 2000) || ', "v": "old ' || i || '"}' AS old,
              '{"id": ' || ((i // 20) % 2000) || ', "v": "new ' || i || '"}' AS new,
              TIMESTAMPTZ '2025-01-01 00:00:00+00' + to_microseconds((i // 10 * 10 * 259)::BIGINT) AS started_at
-        FROM range($n) AS r(i) ORDER BY txid, id)
+        FROM range($n) AS r(i) ORDER BY $order)
   TO '$path' (FORMAT parquet, COMPRESSION zstd)
 """
 _TRANSACTIONS = """
@@ -46,7 +53,7 @@ COPY (SELECT x AS txid,
              5432 AS client_port, 1000 + x % 30000 AS backend_pid, 'user' || (x % 50) AS actor,
              NULL::VARCHAR AS context,
              TIMESTAMPTZ '2025-01-01 00:00:00+00' + to_microseconds((x * 10 * 259 + 200)::BIGINT) AS committed_at
-        FROM range($n // 10) AS r(x) ORDER BY txid)
+        FROM range($n // 10) AS r(x) ORDER BY $order)
   TO '$path' (FORMAT parquet, COMPRESSION zstd)
 """
 
@@ -76,6 +83,7 @@ def measure(dsn: str, changes: int, directory: Path) -> dict[str, Any]:
                 template.replace("$relid", str(relid))
                 .replace("$n", str(changes))
                 .replace("$path", str(path))
+                .replace("$order", ", ".join(ORDER[log]))
             )
             rows = con.execute("SELECT count(*) FROM read_parquet(?)", [str(path)]).fetchone()[0]
             files[log] = {"file": path.name, "rows": rows, "bytes": path.stat().st_size,

@@ -670,40 +670,42 @@ def test_history_last(audited_shop: Audit, dsn: str, conn: psycopg.Connection[An
 # --------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize(
-    ("args", "code", "fragments"),
-    [
-        (("enable", "sales.nope"), EXIT_BAD_INPUT, ("sales.nope", "does not exist")),
-        (("enable", "misc.keyless"), EXIT_BAD_INPUT, ("misc.keyless", "primary key")),
-        (("enable", "misc.orders_view"), EXIT_BAD_INPUT, ("misc.orders_view", "not a table")),
-        (("enable", "a.b.c.d"), EXIT_BAD_INPUT, ("a.b.c.d",)),
-        (("enable", 'sales."unterminated'), EXIT_BAD_INPUT, ()),
-        (("enable",), EXIT_BAD_INPUT, ("no table",)),
-        (("enable", "--schema", "nope"), EXIT_BAD_INPUT, ("nope",)),
-        (("enable", "sales.orders", "--exclude", "nope"), EXIT_BAD_INPUT, ("nope",)),
-        (("enable", "sales.orders", "--exclude", "id"), EXIT_BAD_INPUT, ("key",)),
-        (("disable", "sales.nope"), EXIT_BAD_INPUT, ("does not exist",)),
-        (("refresh", "sales.orders"), EXIT_BAD_INPUT, ("not audited",)),
-        (("history", "sales.nope"), EXIT_BAD_INPUT, ("does not exist",)),
-        (("history", "--pk", "1"), EXIT_BAD_INPUT, ("needs a table",)),
-        (("history", "sales.orders", "--pk", "1"), EXIT_BAD_INPUT, ("not audited",)),
-        (("history", "--since", "not a time"), EXIT_BAD_INPUT, ("not a time",)),
-        (("history", "--until", "2024-13-45"), EXIT_BAD_INPUT, ()),
-    ],
-    ids=lambda v: "-".join(v) if isinstance(v, tuple) else None,
-)
-def test_bad_input_is_one_clean_error(
-    shop: Audit,
-    dsn: str,
-    conn: psycopg.Connection[Any],
-    args: tuple[str, ...],
-    code: int,
-    fragments: tuple[str, ...],
-) -> None:
+#: Bad input for the commands: (arguments, exit code, fragments of the error message).
+BAD_INPUT = [
+    (("enable", "sales.nope"), EXIT_BAD_INPUT, ("sales.nope", "does not exist")),
+    (("enable", "misc.keyless"), EXIT_BAD_INPUT, ("misc.keyless", "primary key")),
+    (("enable", "misc.orders_view"), EXIT_BAD_INPUT, ("misc.orders_view", "not a table")),
+    (("enable", "a.b.c.d"), EXIT_BAD_INPUT, ("a.b.c.d",)),
+    (("enable", 'sales."unterminated'), EXIT_BAD_INPUT, ()),
+    (("enable",), EXIT_BAD_INPUT, ("no table",)),
+    (("enable", "--schema", "nope"), EXIT_BAD_INPUT, ("nope",)),
+    (("enable", "sales.orders", "--exclude", "nope"), EXIT_BAD_INPUT, ("nope",)),
+    (("enable", "sales.orders", "--exclude", "id"), EXIT_BAD_INPUT, ("key",)),
+    (("disable", "sales.nope"), EXIT_BAD_INPUT, ("does not exist",)),
+    (("refresh", "sales.orders"), EXIT_BAD_INPUT, ("not audited",)),
+    (("history", "sales.nope"), EXIT_BAD_INPUT, ("does not exist",)),
+    (("history", "--pk", "1"), EXIT_BAD_INPUT, ("needs a table",)),
+    (("history", "sales.orders", "--pk", "1"), EXIT_BAD_INPUT, ("not audited",)),
+    (("history", "--since", "not a time"), EXIT_BAD_INPUT, ("not a time",)),
+    (("history", "--until", "2024-13-45"), EXIT_BAD_INPUT, ()),
+]
+
+
+def test_bad_input_is_one_clean_error(shop: Audit, dsn: str, conn: psycopg.Connection[Any]) -> None:
+    """Each bad input in turn, on one database: one clean error, its exit code, nothing changed."""
+    for args, code, fragments in BAD_INPUT:
+        try:
+            failed(invoke(dsn, *args), code, *fragments)
+            assert registered(conn) == 0
+            assert capture_triggers(conn) == 0
+            assert (
+                _count(conn, "SELECT count(*) FROM pg_proc WHERE proname LIKE 'capture\\_%'") == 0
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"pgaudit-tool {' '.join(args)}: {exc}") from None
+    # The installed command, in a process of its own, exits the same way.
+    args, code, fragments = BAD_INPUT[0]
     failed(run_cli("--dsn", dsn, *args), code, *fragments)
-    assert registered(conn) == 0
-    assert capture_triggers(conn) == 0
-    assert _count(conn, "SELECT count(*) FROM pg_proc WHERE proname LIKE 'capture\\_%'") == 0
 
 
 def test_usage_errors_are_clicks(dsn: str) -> None:

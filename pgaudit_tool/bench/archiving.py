@@ -41,7 +41,7 @@ def archive_phase(s: Session) -> None:
     s.progress("archive: the bulk phase's audit rows to Parquet")
     relid = sql.Literal(s.oid(AUDITED))
     queries = {
-        log: sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
+        log: sql.SQL("SELECT {} FROM {} WHERE {}").format(
             sql.SQL(", ").join(sql.Identifier(c) for c, _ in archive.COLUMNS[log]),
             sql.Identifier("audit", log),
             sql.SQL(
@@ -49,7 +49,6 @@ def archive_phase(s: Session) -> None:
                 if log == "change"
                 else "txid IN (SELECT c.txid FROM audit.change AS c WHERE c.relid = {})"
             ).format(relid),
-            sql.SQL(", ").join(sql.Identifier(c) for c in archive.ORDER[log]),
         )
         for log in ("change", "transaction")
     }
