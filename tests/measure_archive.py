@@ -8,12 +8,14 @@ synthetic changes (written by DuckDB in the archive's layout: 20 tables, one of 
 2,000 keys per table; 50 actors; one transaction per 10 changes, spread over 30 days), recorded
 in ``audit.retired_partition`` as ``archive --drop`` records it. Then times, with the archive,
 the history of one row of ``t`` and of one actor for one month (both through ``Audit.history``,
-every row fetched), each the median of 3 runs. Prints JSON.
+every row fetched as Python values; the month also as ``history --format jsonl`` writes it,
+rendered by the server), each the median of 3 runs. Prints JSON.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -67,6 +69,13 @@ def _timed(run: Any) -> tuple[float, int]:
     return statistics.median(times), rows
 
 
+def _export_jsonl(audit: Audit, month: dict[str, str], directory: Path) -> list[None]:
+    """As ``history --format jsonl`` writes it (rendered by the server), to /dev/null."""
+    with open(os.devnull, "wb") as sink:
+        audit.export_history(sink, "jsonl", archive=directory, **month)
+    return []
+
+
 def measure(dsn: str, changes: int, directory: Path) -> dict[str, Any]:
     duckdb = duckdb_module()
     with Audit.connect(dsn) as audit:
@@ -102,11 +111,9 @@ def measure(dsn: str, changes: int, directory: Path) -> dict[str, Any]:
              json.dumps({**files, "archive": str(directory)})),
         )  # fmt: skip
         row_ms, row_rows = _timed(lambda: audit.history("t", pk=7, archive=directory))
-        actor_ms, actor_rows = _timed(
-            lambda: audit.history(
-                actor="user7", since="2025-01-01", until="2025-02-01", archive=directory
-            )
-        )
+        month = {"actor": "user7", "since": "2025-01-01", "until": "2025-02-01"}
+        actor_ms, actor_rows = _timed(lambda: audit.history(**month, archive=directory))
+        export_ms, _ = _timed(lambda: _export_jsonl(audit, month, directory))
     return {
         "archived_changes": changes,
         "archive_bytes": sum(f["bytes"] for f in files.values()),
@@ -115,6 +122,7 @@ def measure(dsn: str, changes: int, directory: Path) -> dict[str, Any]:
         "history_archive_rows": row_rows,
         "history_archive_actor_month_ms": round(actor_ms, 1),
         "history_archive_actor_month_rows": actor_rows,
+        "history_archive_actor_month_jsonl_ms": round(export_ms, 1),
     }
 
 

@@ -652,3 +652,44 @@ def test_table_at_equals_every_snapshot(
 
 class _Rollback(Exception):
     pass
+
+
+# ----------------------------------------------------------------- changed columns
+
+_JSON_SCALARS = ["null", "true", "false", "0", "1", "1.0", "1.50", "1.5", "-2", '""', '"a"', '"A"']
+_json_value = st.recursive(
+    st.sampled_from(_JSON_SCALARS),
+    lambda inner: st.lists(inner, max_size=2).map(lambda xs: "[" + ",".join(xs) + "]")
+    | st.dictionaries(st.sampled_from(['"a"', '"b"']), inner, max_size=2).map(
+        lambda d: "{" + ",".join(f"{k}:{v}" for k, v in d.items()) + "}"
+    ),
+    max_leaves=4,
+)
+_image = st.one_of(
+    st.none(),
+    st.dictionaries(
+        st.sampled_from(['"id"', '"a"', '"B"', '"b"', '"é"', '"long name"']), _json_value, max_size=6
+    ).map(lambda d: "{" + ",".join(f"{k}:{v}" for k, v in d.items()) + "}"),
+)
+# The definition of changed columns, as first written (a UNION of both images' keys).
+_CHANGED_REFERENCE = """
+SELECT audit.changed_columns(%(o)s::jsonb, %(n)s::jsonb),
+       ARRAY(SELECT k FROM (SELECT jsonb_object_keys(%(o)s::jsonb)
+                            UNION SELECT jsonb_object_keys(%(n)s::jsonb)) AS u(k)
+              WHERE %(o)s::jsonb -> k IS DISTINCT FROM %(n)s::jsonb -> k ORDER BY k)
+"""
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(old=_image, new=_image)
+def test_changed_columns_are_the_keys_whose_values_differ(
+    audit: Audit, old: str | None, new: str | None
+) -> None:
+    """``audit.changed_columns`` (history's ``changed``) gives what its first definition gave
+    for any two images, SQL NULL included: equal numbers in other notations (1, 1.0) are not
+    a change, a key in one image only is."""
+    row = audit.conn.execute(_CHANGED_REFERENCE, {"o": old, "n": new}).fetchone()
+    assert row is not None
+    assert row[0] == row[1], (old, new)

@@ -2,8 +2,10 @@
 
 CREATE OR REPLACE FUNCTION audit.changed_columns(p_old jsonb, p_new jsonb) RETURNS text[]
 LANGUAGE sql IMMUTABLE AS $$
+    -- One pass over the keys of both images (those of the concatenation), no UNION: history
+    -- computes this for every UPDATE it lists, and the union's sort cost twice as much.
     SELECT ARRAY(
-        SELECT k FROM (SELECT pg_catalog.jsonb_object_keys(p_old) UNION SELECT pg_catalog.jsonb_object_keys(p_new)) AS u(k)
+        SELECT k FROM pg_catalog.jsonb_object_keys(coalesce(p_old, '{}') || coalesce(p_new, '{}')) AS k
          WHERE p_old -> k IS DISTINCT FROM p_new -> k ORDER BY k)
 $$;
 
