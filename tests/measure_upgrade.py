@@ -55,9 +55,10 @@ def _fill(dsn: str, changes: int) -> None:
 class Writer(threading.Thread):
     """Inserts one audited row per transaction until stopped; records the longest wait."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, pause: float = 0.01) -> None:
         super().__init__(daemon=True)
         self.dsn, self.stop, self.longest, self.count = dsn, threading.Event(), 0.0, 0
+        self.pause = pause
         self.errors: list[str] = []
 
     def run(self) -> None:
@@ -74,7 +75,7 @@ class Writer(threading.Thread):
                     self.errors.append(str(exc).splitlines()[0])
                 self.longest = max(self.longest, time.monotonic() - started)
                 self.count += 1
-                time.sleep(0.01)
+                time.sleep(self.pause)
 
 
 def measure(dsn: str, changes: int) -> dict[str, Any]:

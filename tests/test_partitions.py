@@ -287,6 +287,50 @@ def test_maintain_never_makes_audited_writes_fail_or_lose_rows(dsn: str, conn: C
     assert pings == logged == (writer.count,)
 
 
+def test_maintain_moves_rows_out_of_the_defaults_while_writers_write_there(
+    dsn: str, conn: Conn
+) -> None:
+    """Partitions ran out and writers keep writing into the defaults: maintain still gives the
+    current range its partitions (rows written while it moves the others follow them), no write
+    fails, none is lost, none stays in the defaults."""
+    with Audit.connect(dsn) as audit:
+        audit.install(partition_interval="1 day")
+        for log in ("change", "transaction"):
+            current = conn.execute(
+                "SELECT partition FROM audit.partitions() WHERE log = %s AND now() >= lower"
+                " AND now() < upper",
+                (log,),
+            ).fetchone()
+            assert current is not None
+            conn.execute(f"DROP TABLE {current[0]}")
+        first = Writer(dsn, pause=0)
+        first.start()
+        writers = [first]
+        try:
+            while first.count < 50:
+                time.sleep(0.05)
+            writers += [Writer(dsn, pause=0) for _ in range(2)]
+            for writer in writers[1:]:
+                writer.start()
+            time.sleep(0.3)
+            assert in_defaults(conn) > 0
+            done = audit.maintain()
+            time.sleep(0.3)
+        finally:
+            for writer in writers:
+                writer.stop.set()
+            for writer in writers:
+                writer.join()
+    assert next(d["rows"] for d in done if d["action"] == "created partitions") > 0
+    assert [e for w in writers for e in w.errors] == []
+    assert in_defaults(conn) == 0
+    pings = conn.execute("SELECT count(*) FROM pings").fetchone()
+    logged = conn.execute(
+        "SELECT count(*) FROM audit.change WHERE relid = 'pings'::regclass"
+    ).fetchone()
+    assert pings == logged == (sum(w.count for w in writers),)
+
+
 def test_bad_partitions_ahead_is_refused(dsn: str, conn: Conn) -> None:
     with Audit.connect(dsn) as audit:
         with pytest.raises(InvalidInput, match="from 1 to 1000"):

@@ -659,16 +659,20 @@ class _Rollback(Exception):
 _JSON_SCALARS = ["null", "true", "false", "0", "1", "1.0", "1.50", "1.5", "-2", '""', '"a"', '"A"']
 _json_value = st.recursive(
     st.sampled_from(_JSON_SCALARS),
-    lambda inner: st.lists(inner, max_size=2).map(lambda xs: "[" + ",".join(xs) + "]")
-    | st.dictionaries(st.sampled_from(['"a"', '"b"']), inner, max_size=2).map(
-        lambda d: "{" + ",".join(f"{k}:{v}" for k, v in d.items()) + "}"
+    lambda inner: (
+        st.lists(inner, max_size=2).map(lambda xs: "[" + ",".join(xs) + "]")
+        | st.dictionaries(st.sampled_from(['"a"', '"b"']), inner, max_size=2).map(
+            lambda d: "{" + ",".join(f"{k}:{v}" for k, v in d.items()) + "}"
+        )
     ),
     max_leaves=4,
 )
 _image = st.one_of(
     st.none(),
     st.dictionaries(
-        st.sampled_from(['"id"', '"a"', '"B"', '"b"', '"é"', '"long name"']), _json_value, max_size=6
+        st.sampled_from(['"id"', '"a"', '"B"', '"b"', '"é"', '"long name"']),
+        _json_value,
+        max_size=6,
     ).map(lambda d: "{" + ",".join(f"{k}:{v}" for k, v in d.items()) + "}"),
 )
 # The definition of changed columns, as first written (a UNION of both images' keys).

@@ -118,21 +118,59 @@ COMMENT ON FUNCTION audit._partition_marker(regclass) IS
 REVOKE ALL ON FUNCTION audit._partition_marker(regclass) FROM PUBLIC;
 
 
+CREATE OR REPLACE FUNCTION audit._partition_name(p_log text, p_from timestamptz) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT pg_catalog.format('%s_p%s', p_log, pg_catalog.to_char(p_from AT TIME ZONE 'UTC', 'YYYYMMDD"_"HH24MISS'))
+$$;
+
+COMMENT ON FUNCTION audit._partition_name(text, timestamptz) IS
+    'Internal. The name of the partition of audit.change or audit.transaction (p_log) whose range starts at p_from.';
+
+
+CREATE OR REPLACE FUNCTION audit._partition_move(p_log text, p_name text, p_from timestamptz, p_to timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+-- Moves the rows of [p_from, p_to) from the default partition of a log table to the table
+-- p_name (a partition to be); returns how many.
+DECLARE
+    v_rows bigint;
+BEGIN
+    EXECUTE pg_catalog.format(
+        'WITH m AS (DELETE FROM audit.%I WHERE started_at >= $1 AND started_at < $2 RETURNING *)'
+        ' INSERT INTO audit.%I SELECT * FROM m', p_log || '_default', p_name) USING p_from, p_to;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    RETURN v_rows;
+END
+$$;
+
+COMMENT ON FUNCTION audit._partition_move(text, text, timestamptz, timestamptz) IS
+    'Internal. Moves the rows of a range of transaction start times from the default partition of audit.change or audit.transaction to the given table.';
+
+REVOKE ALL ON FUNCTION audit._partition_move(text, text, timestamptz, timestamptz) FROM PUBLIC;
+
+
 CREATE OR REPLACE FUNCTION audit._partition_add(p_from timestamptz, p_to timestamptz, p_marker boolean DEFAULT true)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
 -- Creates the partitions [p_from, p_to) of both log tables, moving into them the rows of that
 -- range that the default partitions hold, owned by the log's owner, and the commit marker of
 -- the transaction partition (unless p_marker is false). Returns the rows moved.
+--
+-- A range that has begun (p_from <= now()) may be written to while this runs: writers put its
+-- rows in the default partitions until the new ones are attached, and ATTACH fails if the
+-- default holds a row of the range. So the rows found are moved first, without blocking anyone;
+-- then writes to the log stop (EXCLUSIVE: reads go on; in the order capture takes these locks),
+-- the rows written meanwhile follow, and the partitions are attached. A writer that waited
+-- then routes its rows with the new partitions.
 DECLARE
     v_log text;
     v_name text;
     v_owner regrole;
     v_moved bigint := 0;
-    v_rows bigint;
+    v_logs text[] := ARRAY['transaction', 'change'];
 BEGIN
-    FOREACH v_log IN ARRAY ARRAY['transaction', 'change'] LOOP
-        v_name := pg_catalog.format('%s_p%s', v_log, pg_catalog.to_char(p_from AT TIME ZONE 'UTC', 'YYYYMMDD"_"HH24MISS'));
+    FOREACH v_log IN ARRAY v_logs LOOP
+        v_name := audit._partition_name(v_log, p_from);
         SELECT c.relowner INTO v_owner FROM pg_catalog.pg_class AS c
          WHERE c.oid = pg_catalog.format('audit.%I', v_log)::regclass;
         EXECUTE pg_catalog.format('CREATE TABLE audit.%I (LIKE audit.%I INCLUDING DEFAULTS)', v_name, v_log);
@@ -141,11 +179,16 @@ BEGIN
         IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'pgaudit_reader') THEN
             EXECUTE pg_catalog.format('GRANT SELECT ON audit.%I TO pgaudit_reader', v_name);
         END IF;
-        EXECUTE pg_catalog.format(
-            'WITH m AS (DELETE FROM audit.%I WHERE started_at >= $1 AND started_at < $2 RETURNING *)'
-            ' INSERT INTO audit.%I SELECT * FROM m', v_log || '_default', v_name) USING p_from, p_to;
-        GET DIAGNOSTICS v_rows = ROW_COUNT;
-        v_moved := v_moved + v_rows;
+        v_moved := v_moved + audit._partition_move(v_log, v_name, p_from, p_to);
+    END LOOP;
+    IF p_from <= pg_catalog.now() THEN
+        LOCK TABLE audit.change, audit.transaction IN EXCLUSIVE MODE;
+        FOREACH v_log IN ARRAY v_logs LOOP
+            v_moved := v_moved + audit._partition_move(v_log, audit._partition_name(v_log, p_from), p_from, p_to);
+        END LOOP;
+    END IF;
+    FOREACH v_log IN ARRAY v_logs LOOP
+        v_name := audit._partition_name(v_log, p_from);
         EXECUTE pg_catalog.format('ALTER TABLE audit.%I ATTACH PARTITION audit.%I FOR VALUES FROM (%L) TO (%L)',
                                   v_log, v_name, p_from, p_to);
         EXECUTE pg_catalog.format('COMMENT ON TABLE audit.%I IS %L', v_name,
