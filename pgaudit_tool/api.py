@@ -378,10 +378,7 @@ class Audit:
     ) -> Iterator[dict[str, Any]]:
         """The whole table as it was at ``at``: typed rows, streamed (``archive``: see
         :meth:`row_at`)."""
-        self._require_installed()
-        ref = resolve_table(self.conn, table)
-        instant = self._at(at)
-        self._read_with(archive, ref, committed_after=instant)
+        ref, instant = self._reconstructing(table, at, archive)
         return _reconstruct.table_at(self.conn, ref, instant)
 
     def export_table_at(
@@ -389,10 +386,7 @@ class Audit:
     ) -> None:
         """Write the table as it was at ``at``, in key order, to ``out`` as ``csv`` (COPY's,
         which loads back with COPY FROM), ``json`` or ``jsonl`` written by the server."""
-        self._require_installed()
-        ref = resolve_table(self.conn, table)
-        instant = self._at(at)
-        self._read_with(archive, ref, committed_after=instant)
+        ref, instant = self._reconstructing(table, at, archive)
         _reconstruct.export_table_at(self.conn, ref, instant, fmt, out)
 
     def table_at_into(
@@ -400,10 +394,7 @@ class Audit:
     ) -> int:
         """Create the new table ``into`` holding the table as it was at ``at`` (original column
         types); returns its row count. An existing ``into`` is an error."""
-        self._require_installed()
-        ref = resolve_table(self.conn, table)
-        instant = self._at(at)
-        self._read_with(archive, ref, committed_after=instant)
+        ref, instant = self._reconstructing(table, at, archive)
         return _reconstruct.table_at_into(self.conn, ref, instant, into)
 
     def diff(
@@ -415,11 +406,19 @@ class Audit:
         archive: Path | str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Net change of every row between two instants, consolidated, streamed."""
+        ref, start = self._reconstructing(table, since, archive)
+        return _reconstruct.diff(self.conn, ref, start, self._at(until))
+
+    def _reconstructing(
+        self, table: str, at: When, archive: Path | str | None
+    ) -> tuple[TableRef, datetime]:
+        """The table and instant of a reconstruction, the archive's changes committed after
+        that instant loaded when ``archive`` is given (see :meth:`_read_with`)."""
         self._require_installed()
         ref = resolve_table(self.conn, table)
-        start = self._at(since)
-        self._read_with(archive, ref, committed_after=start)
-        return _reconstruct.diff(self.conn, ref, start, self._at(until))
+        instant = self._at(at)
+        self._read_with(archive, ref, committed_after=instant)
+        return ref, instant
 
     def _read_with(
         self,

@@ -72,20 +72,24 @@ def test_install_makes_aligned_partitions_ahead_and_rows_land_in_them(dsn: str, 
     assert sum(p["lower"] is None for p in listed) == 2  # the two default partitions
 
 
+def drop_current_partitions(conn: Conn) -> None:
+    """Partitions ran out: the current pair is gone, so new history goes to the defaults."""
+    for log in ("change", "transaction"):
+        current = conn.execute(
+            "SELECT partition FROM audit.partitions() WHERE log = %s AND now() >= lower"
+            " AND now() < upper",
+            (log,),
+        ).fetchone()
+        assert current is not None
+        conn.execute(f"DROP TABLE {current[0]}")
+
+
 def test_maintain_moves_rows_out_of_the_default_partitions(dsn: str, conn: Conn) -> None:
     with Audit.connect(dsn) as audit:
         audit.install(partition_interval="1 day")
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
         conn.execute("SELECT audit.enable('t')")
-        # Partitions ran out: the current one is gone, so new history goes to the defaults.
-        for log in ("change", "transaction"):
-            current = conn.execute(
-                "SELECT partition FROM audit.partitions() WHERE log = %s AND now() >= lower"
-                " AND now() < upper",
-                (log,),
-            ).fetchone()
-            assert current is not None
-            conn.execute(f"DROP TABLE {current[0]}")
+        drop_current_partitions(conn)
         conn.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
         conn.execute("UPDATE t SET v = 'c' WHERE id = 1")
         assert in_defaults(conn) == 3 + 2
@@ -295,14 +299,7 @@ def test_maintain_moves_rows_out_of_the_defaults_while_writers_write_there(
     fails, none is lost, none stays in the defaults."""
     with Audit.connect(dsn) as audit:
         audit.install(partition_interval="1 day")
-        for log in ("change", "transaction"):
-            current = conn.execute(
-                "SELECT partition FROM audit.partitions() WHERE log = %s AND now() >= lower"
-                " AND now() < upper",
-                (log,),
-            ).fetchone()
-            assert current is not None
-            conn.execute(f"DROP TABLE {current[0]}")
+        drop_current_partitions(conn)
         first = Writer(dsn, pause=0)
         first.start()
         writers = [first]

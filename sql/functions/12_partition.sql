@@ -118,9 +118,18 @@ COMMENT ON FUNCTION audit._partition_marker(regclass) IS
 REVOKE ALL ON FUNCTION audit._partition_marker(regclass) FROM PUBLIC;
 
 
+CREATE OR REPLACE FUNCTION audit._partition_suffix(p_from timestamptz) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT pg_catalog.to_char(p_from AT TIME ZONE 'UTC', 'YYYYMMDD"_"HH24MISS')
+$$;
+
+COMMENT ON FUNCTION audit._partition_suffix(timestamptz) IS
+    'Internal. The suffix of the partition pair whose range starts at p_from: its lower bound in UTC, YYYYMMDD_HHMMSS.';
+
+
 CREATE OR REPLACE FUNCTION audit._partition_name(p_log text, p_from timestamptz) RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT pg_catalog.format('%s_p%s', p_log, pg_catalog.to_char(p_from AT TIME ZONE 'UTC', 'YYYYMMDD"_"HH24MISS'))
+    SELECT pg_catalog.format('%s_p%s', p_log, audit._partition_suffix(p_from))
 $$;
 
 COMMENT ON FUNCTION audit._partition_name(text, timestamptz) IS
@@ -250,7 +259,7 @@ BEGIN
         CONTINUE WHEN v_min IS NULL;
         lower := GREATEST(h.lower, audit._partition_floor(v_min, v_step));
         upper := LEAST(h.upper, audit._partition_next(v_max, v_step));
-        partition := pg_catalog.to_char(lower AT TIME ZONE 'UTC', 'YYYYMMDD"_"HH24MISS');
+        partition := audit._partition_suffix(lower);
         moved := audit._partition_add(lower, upper);
         RETURN NEXT;
     END LOOP;
@@ -258,7 +267,7 @@ BEGIN
                         (SELECT pg_catalog.max(p.upper) FROM audit.partitions() AS p WHERE p.log = 'change'));
     WHILE v_start < pg_catalog.now() + v_ahead * v_step LOOP
         v_end := audit._partition_next(v_start, v_step);
-        partition := pg_catalog.to_char(v_start AT TIME ZONE 'UTC', 'YYYYMMDD"_"HH24MISS');
+        partition := audit._partition_suffix(v_start);
         lower := v_start;
         upper := v_end;
         moved := audit._partition_add(v_start, v_end);
