@@ -39,6 +39,7 @@ from pgaudit_tool import report as _report
 from pgaudit_tool import revert as _revert
 from pgaudit_tool import schema, tables
 from pgaudit_tool import watch as _watch
+from pgaudit_tool.archive_lines import archived_lines
 from pgaudit_tool.connection import PasswordPrompt, connect, login, resolve_conninfo
 from pgaudit_tool.context import audit_context
 from pgaudit_tool.db import (
@@ -277,7 +278,25 @@ class Audit:
         ``json`` or ``jsonl`` text written by the server, at the speed of COPY (see
         :mod:`pgaudit_tool.export` for the forms of values)."""
         flt = self._history_filter(table, **filters)
+        if archive is not None and fmt in ("json", "jsonl") and not flt.pk_part:
+            # Archived rows rendered by DuckDB, merged with the live log's (archive_lines).
+            pairs = _archive.archived_pairs(self.conn, Path(archive))
+            archived = archived_lines(self.conn, pairs, flt, self._pk_texts(flt))
+            _history.export_history(self.conn, flt, fmt, out, archived=archived)
+            return
         _history.export_history(self.conn, flt, fmt, out, self._history_source(flt, archive))
+
+    def _pk_texts(self, flt: _history.HistoryFilter) -> list[str] | None:
+        """The variants of the filter's whole key as jsonb text (None: no whole key)."""
+        if flt.pk is None or flt.table is None or flt.pk_part:
+            return None
+        with translated_errors():
+            row = self.conn.execute(
+                "SELECT ARRAY(SELECT v::text FROM unnest(audit._pk_variants("
+                "%s::oid::regclass, %s)) AS v)",
+                (flt.table.oid, jsonb(flt.pk)),
+            ).fetchone()
+        return None if row is None else list(row[0])
 
     def _history_source(
         self, flt: _history.HistoryFilter, archive: Path | str | None
@@ -285,18 +304,9 @@ class Audit:
         """The live history view, or with an archive a view that adds its rows."""
         if archive is None:
             return _history.LIVE
-        pk_texts = None
-        if flt.pk is not None and flt.table is not None and not flt.pk_part:
-            with translated_errors():
-                row = self.conn.execute(
-                    "SELECT ARRAY(SELECT v::text FROM unnest(audit._pk_variants("
-                    "%s::oid::regclass, %s)) AS v)",
-                    (flt.table.oid, jsonb(flt.pk)),
-                ).fetchone()
-            pk_texts = None if row is None else list(row[0])
         selection = _archive.Selection(
             relid=None if flt.table is None else flt.table.oid,
-            pk_texts=pk_texts,
+            pk_texts=self._pk_texts(flt),
             txid=flt.txid,
             since=flt.since,
             until=flt.until,

@@ -608,8 +608,7 @@ def attach(conn: psycopg.Connection[Any], directory: Path, selection: Selection)
     temporary tables, and return a temporary view shaped as ``audit.history`` over them and
     the live log (read it in this session). Only partitions the database recorded as dropped
     are read, from the files it recorded (a missing file is an error)."""
-    manifest = read_manifest(directory)
-    _check_identity(manifest, database_identity(conn), directory)
+    pairs = archived_pairs(conn, directory)
     duckdb = duckdb_module()
     with translated_errors():
         for log, name in ARCHIVED.items():
@@ -619,19 +618,9 @@ def attach(conn: psycopg.Connection[Any], directory: Path, selection: Selection)
                 )
             )
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier("pg_temp", name)))
-        files = conn.execute(
-            "SELECT files FROM audit.retired_partition WHERE files IS NOT NULL ORDER BY id"
-        ).fetchall()
     con = duckdb.connect()
     try:
-        for (recorded,) in files:
-            paths = {log: directory / str(recorded[log]["file"]) for log in ARCHIVED}
-            for path in paths.values():
-                if not path.is_file():
-                    raise InvalidInput(
-                        f"{path} is missing from the archive: the log recorded it as the file"
-                        " of a dropped partition"
-                    )
+        for paths in pairs:
             try:
                 _load_partition(conn, con, paths, selection)
             except duckdb.Error as exc:
@@ -666,6 +655,29 @@ def attach(conn: psycopg.Connection[Any], directory: Path, selection: Selection)
             )
         )
     return sql.Identifier("pg_temp", HISTORY_VIEW)
+
+
+def archived_pairs(conn: psycopg.Connection[Any], directory: Path) -> list[dict[str, Path]]:
+    """The files (``change``, ``transaction``) of each partition pair the database recorded as
+    dropped to ``directory``, oldest first, after checking that the archive is this database's
+    and that every file is there (InvalidInput naming the first missing one)."""
+    manifest = read_manifest(directory)
+    _check_identity(manifest, database_identity(conn), directory)
+    with translated_errors():
+        files = conn.execute(
+            "SELECT files FROM audit.retired_partition WHERE files IS NOT NULL ORDER BY id"
+        ).fetchall()
+    pairs = []
+    for (recorded,) in files:
+        paths = {log: directory / str(recorded[log]["file"]) for log in ARCHIVED}
+        for path in paths.values():
+            if not path.is_file():
+                raise InvalidInput(
+                    f"{path} is missing from the archive: the log recorded it as the file"
+                    " of a dropped partition"
+                )
+        pairs.append(paths)
+    return pairs
 
 
 def _load_partition(

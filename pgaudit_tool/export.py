@@ -20,7 +20,10 @@ every other output of the tool; the settings return to their values afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import collections
+import heapq
+import itertools
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
@@ -30,7 +33,7 @@ from psycopg import sql
 from pgaudit_tool.db import translated_errors
 from pgaudit_tool.errors import InvalidInput
 
-__all__ = ["EXPORT_FORMATS", "OUTPUT_SETTINGS", "export"]
+__all__ = ["EXPORT_FORMATS", "OUTPUT_SETTINGS", "export", "export_merged"]
 
 EXPORT_FORMATS = ("csv", "json", "jsonl")
 
@@ -118,24 +121,67 @@ def _json_lines(
     array: bool,
 ) -> None:
     query = sql.SQL("SELECT ({})::text FROM ({}) AS x").format(json_row, rows)
-    separator = ",\n" if array else "\n"
-    first = True
     with conn.cursor(name="pgaudit_export") as cur:
         cur.itersize = _BATCH
         cur.execute(query)
-        while batch := cur.fetchmany(_BATCH):
-            # A json (not jsonb) value keeps the line breaks it was written with; between
-            # tokens (the only place JSON allows them) a space means the same.
-            text = separator.join(
-                line if "\n" not in line and "\r" not in line else _one_line(line)
-                for (line,) in batch
-            )
-            if array:
-                out.write(b"[\n" if first else b",\n")
-            out.write(text.encode())
-            if not array:
-                out.write(b"\n")
-            first = False
+        _write_json((line for (line,) in cur), out, array=array)
+
+
+def export_merged(
+    conn: psycopg.Connection[Any],
+    query: sql.Composable,
+    key: sql.Composable,
+    fmt: str,
+    out: BinaryIO,
+    other: Iterable[tuple[int, str]],
+    *,
+    limit: int | None = None,
+    last: int | None = None,
+) -> None:
+    """Write, as json or jsonl, the rows of ``query`` (``row_to_json``, ordered by ``key``, an
+    integer naming a row ``x``) merged in key order with ``other``: (key, JSON text) pairs in
+    key order, rendered as the server renders its own (:mod:`pgaudit_tool.archive_lines`);
+    only the first ``limit`` or the ``last`` lines of the merge (each side has at most as many).
+    """
+    if fmt not in ("json", "jsonl"):
+        raise InvalidInput(f"Unknown output format {fmt!r}.", hint="Choose json or jsonl.")
+    rows = sql.SQL("SELECT {}, row_to_json(x)::text FROM ({}) AS x ORDER BY {}").format(
+        key, query, key
+    )
+    with (
+        translated_errors(),
+        conn.transaction(),
+        _settings(conn),
+        conn.cursor(name="pgaudit_export") as cur,
+    ):
+        cur.itersize = _BATCH
+        cur.execute(rows)
+        lines: Iterable[str] = (text for _, text in heapq.merge(cur, other))
+        if limit is not None:
+            lines = itertools.islice(lines, limit)
+        elif last is not None:
+            lines = collections.deque(lines, maxlen=last)
+        _write_json(lines, out, array=fmt == "json")
+    out.flush()
+
+
+def _write_json(lines: Iterable[str], out: BinaryIO, *, array: bool) -> None:
+    """JSON texts, one per line (jsonl) or as the items of one array (json)."""
+    separator = ",\n" if array else "\n"
+    first = True
+    items = iter(lines)
+    while batch := list(itertools.islice(items, _BATCH)):
+        # A json (not jsonb) value keeps the line breaks it was written with; between
+        # tokens (the only place JSON allows them) a space means the same.
+        text = separator.join(
+            line if "\n" not in line and "\r" not in line else _one_line(line) for line in batch
+        )
+        if array:
+            out.write(b"[\n" if first else b",\n")
+        out.write(text.encode())
+        if not array:
+            out.write(b"\n")
+        first = False
     if array:
         out.write(b"[]\n" if first else b"\n]\n")
 

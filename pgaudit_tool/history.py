@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, BinaryIO
@@ -12,7 +12,7 @@ from psycopg import sql
 
 from pgaudit_tool.db import TableRef, jsonb, stream, translated_errors
 from pgaudit_tool.errors import InvalidInput
-from pgaudit_tool.export import export
+from pgaudit_tool.export import export, export_merged
 from pgaudit_tool.output import to_json_text
 
 HISTORY_COLUMNS = (
@@ -183,13 +183,21 @@ def export_history(
     fmt: str,
     out: BinaryIO,
     source: sql.Composable = LIVE,
+    archived: Iterable[tuple[int, str]] | None = None,
 ) -> None:
     """Write the changes matching ``flt`` to ``out`` as csv, json or jsonl text rendered by
-    the server (:mod:`pgaudit_tool.export`)."""
+    the server (:mod:`pgaudit_tool.export`); with ``archived`` (json or jsonl: (id, JSON text)
+    of archived changes ``flt`` selects, by id, see :mod:`pgaudit_tool.archive_lines`) merged
+    by id with those of ``source``."""
     with translated_errors():
         query, params = _query(flt, source)
         bound = _bind(conn, query, params)
-    export(conn, bound, sql.SQL("x.id"), fmt, out)
+    if archived is None:
+        export(conn, bound, sql.SQL("x.id"), fmt, out)
+    else:
+        export_merged(
+            conn, bound, sql.SQL("x.id"), fmt, out, archived, limit=flt.limit, last=flt.last
+        )
 
 
 def _bind(conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any]) -> sql.SQL:

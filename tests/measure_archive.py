@@ -42,8 +42,8 @@ COPY (SELECT i AS id, i // 10 AS txid,
              TIMESTAMPTZ '2025-01-01 00:00:00+00' + to_microseconds((i * 259)::BIGINT) AS statement_at,
              TIMESTAMPTZ '2025-01-01 00:00:00+00' + to_microseconds((i * 259)::BIGINT) AS clock_at,
              '{"id": ' || ((i // 20) % 2000) || '}' AS pk,
-             '{"id": ' || ((i // 20) % 2000) || ', "v": "old ' || i || '"}' AS old,
-             '{"id": ' || ((i // 20) % 2000) || ', "v": "new ' || i || '"}' AS new,
+             '{"v": "old ' || i || '", "id": ' || ((i // 20) % 2000) || '}' AS old,
+             '{"v": "new ' || i || '", "id": ' || ((i // 20) % 2000) || '}' AS new,
              TIMESTAMPTZ '2025-01-01 00:00:00+00' + to_microseconds((i // 10 * 10 * 259)::BIGINT) AS started_at
         FROM range($n) AS r(i) ORDER BY $order)
   TO '$path' (FORMAT parquet, COMPRESSION zstd)
