@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -326,6 +327,46 @@ def test_maintain_moves_rows_out_of_the_defaults_while_writers_write_there(
         "SELECT count(*) FROM audit.change WHERE relid = 'pings'::regclass"
     ).fetchone()
     assert pings == logged == (sum(w.count for w in writers),)
+
+
+def test_a_transaction_breaking_history_before_its_first_change_waits_for_maintain(
+    dsn: str, conn: Conn
+) -> None:
+    """A DDL transaction records a break in history (a transaction row) before it writes any
+    change, while maintain moves rows out of the defaults under its lock on the log: both take
+    the log's tables in capture's order (changes, then transactions), so one waits for the
+    other and neither is cancelled as a deadlock."""
+    with Audit.connect(dsn) as audit:
+        audit.install(partition_interval="1 day")
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        audit.enable("t")
+        drop_current_partitions(conn)
+        conn.execute("INSERT INTO t VALUES (1, 'a')")
+        assert in_defaults(conn) > 0
+    done: list[Any] = []
+
+    def maintain() -> None:
+        try:
+            with Audit.connect(dsn) as other:
+                done.append(other.maintain())
+        except Exception as exc:  # reported by the assertion below
+            done.append(exc)
+
+    with psycopg.connect(dsn) as ddl:
+        ddl.execute("ALTER TABLE t DROP CONSTRAINT t_pkey, ADD PRIMARY KEY (id, v)")
+        assert ddl.execute("SELECT count(*) FROM audit.history_break").fetchone() == (1,)
+        thread = threading.Thread(target=maintain)
+        thread.start()
+        time.sleep(0.5)  # maintain is waiting for the log (with the old order: holds half)
+        ddl.execute("INSERT INTO t VALUES (2, 'b')")
+        time.sleep(1.5)  # past deadlock_timeout: a deadlock would be found by now
+        ddl.commit()
+    thread.join(30)
+    assert len(done) == 1 and not isinstance(done[0], Exception), done
+    assert in_defaults(conn) == 0
+    assert conn.execute(
+        "SELECT count(*) FROM audit.change WHERE relid = 't'::regclass"
+    ).fetchone() == (2,)
 
 
 def test_bad_partitions_ahead_is_refused(dsn: str, conn: Conn) -> None:

@@ -797,6 +797,9 @@ BEGIN
         RETURN;
     END IF;
     INSERT INTO audit.history_break (relid, reason) VALUES (p_relid, p_reason);
+    -- The log's tables in capture's order (changes, then transactions), as maintain and retire
+    -- lock them: this transaction may write changes after its transaction row.
+    LOCK TABLE ONLY audit.change IN ROW EXCLUSIVE MODE;
     INSERT INTO audit.transaction (txid, started_at, db_user, application_name, client_addr,
                                    client_port, backend_pid, actor, context)
     VALUES (pg_catalog.pg_current_xact_id(), pg_catalog.now(), session_user,

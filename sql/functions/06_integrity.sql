@@ -217,6 +217,9 @@ BEGIN
     IF v_to <= v_from THEN
         RETURN v_head;
     END IF;
+    -- The log's tables in capture's order (changes, then transactions), as retire locks them:
+    -- settling commit times writes transactions before the digest reads the changes.
+    LOCK TABLE ONLY audit.change IN ACCESS SHARE MODE;
     PERFORM audit._settle_commit_times(v_from, v_to);
     d := audit._block_digest(v_from, v_to);
     IF d.transactions = 0 AND d.changes = 0 AND d.journal = 0 AND v_head.seq IS NOT NULL THEN
