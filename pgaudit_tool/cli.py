@@ -1415,6 +1415,12 @@ def _bench_number(name: str, default: float, help: str) -> Callable[[F], F]:
     "--report-changes", 1_000_000, "Changes written for the report measurement (report_s)."
 )
 @click.option("--no-report", is_flag=True, help="Skip the report measurement.")
+@_bench_number(
+    "--archive-changes",
+    10_000_000,
+    "Archived changes history is read through (history_archive_*, in a throwaway database).",
+)
+@click.option("--no-archive-reading", is_flag=True, help="Skip the archive reading measurement.")
 @_table_or(
     "json", "table: the figures with their targets and comparison points; json: every figure."
 )
@@ -1435,6 +1441,8 @@ def bench(
     no_watch: bool,
     report_changes: int,
     no_report: bool,
+    archive_changes: int,
+    no_archive_reading: bool,
     fmt: str,
 ) -> None:
     """Measure capture overhead: unaudited vs audited, in a scratch schema removed afterwards."""
@@ -1457,6 +1465,8 @@ def bench(
         watching=not no_watch,
         report_changes=report_changes,
         reporting=not no_report,
+        archive_changes=archive_changes,
+        archive_reading=not no_archive_reading,
     )
     result = state.audit().bench(config, progress=_info)
     if fmt == "json":

@@ -42,6 +42,7 @@ def tiny(**options: Any) -> BenchConfig:
         "history_rows": 2000,
         "watch_changes": 2000,
         "report_changes": 2000,
+        "archive_changes": 20_000,
     }
     return BenchConfig(**{**settings, **options})
 
@@ -94,10 +95,19 @@ def _leftovers(dsn: str) -> dict[str, Any]:
             " (SELECT array_agg(table_name ORDER BY table_name) FROM audit.tracked_table),"
             " (SELECT count(*) FROM audit.tracked_table t WHERE t.schema_name LIKE 'pgaudit\\_bench\\_%'),"
             " (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
-            "   WHERE n.nspname = 'audit' AND p.proname LIKE 'capture\\_%')"
+            "   WHERE n.nspname = 'audit' AND p.proname LIKE 'capture\\_%'),"
+            " (SELECT count(*) FROM pg_database WHERE datname LIKE 'pgaudit\\_bench\\_%')"
         ).fetchone()
     assert row is not None
-    keys = ("schemas", "changes", "transactions", "tracked", "bench_tracked", "capture_functions")
+    keys = (
+        "schemas",
+        "changes",
+        "transactions",
+        "tracked",
+        "bench_tracked",
+        "capture_functions",
+        "databases",
+    )
     return dict(zip(keys, row, strict=True))
 
 
@@ -145,8 +155,25 @@ def _check_reconstruction(result: dict[str, Any], config: BenchConfig) -> None:
     assert result["history_rows"] == config.history_rows
 
 
+def _check_archive_reading(result: dict[str, Any], config: BenchConfig) -> None:
+    """The synthetic archive's row of ``t`` (key 7) and actor's month, counted here."""
+    n = config.archive_changes
+    row = sum(1 for i in range(0, n, 20) if (i // 20) % 2000 == 7)
+    month = sum(1 for i in range(n) if (i // 10) % 50 == 7)
+    assert result["archived_changes"] == n
+    assert (result["history_archive_rows"], result["history_archive_actor_month_rows"]) == (
+        row,
+        month,
+    )
+    for key in ("history_archive_ms", "history_archive_actor_month_jsonl_ms"):
+        assert result[key] > 0, key
+    assert result["history_archive_actor_month_ms"] > 0
+
+
 def _check_result(result: dict[str, Any], config: BenchConfig) -> None:
     assert set(result) == set(RESULT_KEYS)
+    if config.archive_reading:
+        _check_archive_reading(result, config)
     if config.reporting:
         assert result["report_changes"] == max(1, config.report_changes // 50) * 50
         assert result["report_s"] > 0 and result["report_bytes"] > 10_000
@@ -230,6 +257,7 @@ def test_bench_cleans_up_after_interrupt(audit: Audit, dsn: str) -> None:
         "tracked": None,
         "bench_tracked": 0,
         "capture_functions": 0,
+        "databases": 0,
     }
 
 
@@ -245,6 +273,8 @@ def test_bench_rejects_bad_config() -> None:
         run_bench("", BenchConfig(history_rows=0))
     with pytest.raises(InvalidInput, match="large_scale must be positive"):
         run_bench("", BenchConfig(large_scale=0))
+    with pytest.raises(InvalidInput, match="archive_changes must be positive"):
+        run_bench("", BenchConfig(archive_changes=0))
 
 
 def test_tpcb_plan() -> None:
@@ -373,13 +403,15 @@ def test_render_table_throughput_floors() -> None:
 
 def test_every_ratio_target_has_a_floor() -> None:
     # Storage, streaming and archive compare with something else than a floor (images, psql's
-    # COPY, the live log).
+    # COPY, the live log), or with nothing (times of reading through an archive).
     others = {
         "audit_bytes_per_change",
         "history_stream_ratio",
         "table_at_stream_ratio",
         "archive_changes_per_s",
         "archive_bytes_ratio",
+        "history_archive_ms",
+        "history_archive_actor_month_jsonl_ms",
     }
     assert set(FLOOR_KEYS) == set(TARGETS) - set(WATCH_KEYS) - set(REPORT_KEYS) - others
     assert set(FLOOR_KEYS) <= set(RATIO_KEYS)

@@ -47,6 +47,8 @@ COMPARED_WITH: dict[str, str] = {
     "guard_never_guarded_delta_us": _GUARD,
     "report_s": "absolute",
     "report_bytes": "absolute",
+    "history_archive_ms": "absolute (over archived_changes archived changes)",
+    "history_archive_actor_month_jsonl_ms": "absolute (over archived_changes archived changes)",
 }
 
 

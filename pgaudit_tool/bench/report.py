@@ -150,6 +150,15 @@ def _standard_notes(cfg: BenchConfig) -> list[str]:
                 "alternating, medians of per-repetition ratios.",
             ]
         )
+    if cfg.archive_reading:
+        notes.append(
+            "history_archive_ms: the history of one row (Audit.history) read through an archive "
+            "of archived_changes synthetic changes in a throwaway database; history_archive_"
+            "actor_month_jsonl_ms: one actor's month (history_archive_actor_month_rows changes) "
+            "as history --format jsonl writes it; history_archive_actor_month_ms: the same as "
+            "Python values through Audit.history; medians of 3. The targets are for 10,000,000 "
+            "archived changes."
+        )
     if cfg.reporting:
         notes.append(
             "report_s: pgaudit-tool report's html (aggregates in one snapshot, then rendered) of "

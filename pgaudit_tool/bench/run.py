@@ -9,6 +9,7 @@ import psycopg
 from psycopg import sql
 
 from pgaudit_tool import schema
+from pgaudit_tool.bench.archive_reading import archive_reading_phase
 from pgaudit_tool.bench.bulk import bulk_phase
 from pgaudit_tool.bench.cleanup import cleanup
 from pgaudit_tool.bench.config import (
@@ -87,6 +88,8 @@ def _measure(s: Session) -> dict[str, Any]:
         watch_phase(s)
     if s.config.reporting:
         report_phase(s)
+    if s.config.archive_reading:
+        archive_reading_phase(s)
     return build_report(s)
 
 
