@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -95,6 +96,26 @@ def duckdb_module() -> Any:
             hint="pip install 'pgaudit-tool[archive]'",
         ) from None
     return duckdb
+
+
+#: DuckDB's memory for one archive operation (sorting a partition, reading history); beyond it
+#: DuckDB spills to a temporary directory of its own, removed afterwards.
+DUCKDB_MEMORY = "1GB"
+
+
+@contextmanager
+def duckdb_session() -> Iterator[Any]:
+    """A DuckDB connection (an in-memory database) whose memory is bounded by
+    :data:`DUCKDB_MEMORY`, spilling to a private temporary directory; closed and removed after."""
+    duckdb = duckdb_module()
+    with tempfile.TemporaryDirectory(prefix="pgaudit-duckdb-") as spill:
+        con = duckdb.connect()
+        try:
+            con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")
+            con.execute(f"SET temp_directory = {_duck_literal(spill)}")
+            yield con
+        finally:
+            con.close()
 
 
 @dataclass
@@ -434,7 +455,7 @@ def write_parquet(
     """Rows of ``query`` (the columns of ``COLUMNS[log]``, in order) to a Parquet file: the
     server's CSV to a scratch file, DuckDB from it to Parquet, sorted in ``ORDER[log]``, under
     a temporary name, fsynced, counted back, renamed. Returns the rows written."""
-    duckdb = duckdb_module()
+    duckdb_module()  # without DuckDB, fail before the export
     scratch = final.with_name(f".{final.name}.csv")
     staging = final.with_name(f".{final.name}.tmp")
     columns = COLUMNS[log]
@@ -446,8 +467,7 @@ def write_parquet(
             with conn.cursor().copy(copy_sql) as copy:
                 for chunk in copy:
                     out.write(chunk)
-        con = duckdb.connect()
-        try:
+        with duckdb_session() as con:
             spec = ", ".join(f"'{c}': '{t}'" for c, t in columns)
             kv = ", ".join(f"{k}: {_duck_literal(v)}" for k, v in (metadata or {}).items())
             # COPY takes no parameters: the paths and metadata, ours, are quoted literals.
@@ -462,8 +482,6 @@ def write_parquet(
             rows = int(
                 con.execute("SELECT count(*) FROM read_parquet(?)", [str(staging)]).fetchone()[0]
             )
-        finally:
-            con.close()
         _fsync(staging)
         os.replace(staging, final)
         _fsync_dir(final.parent)
@@ -618,8 +636,7 @@ def attach(conn: psycopg.Connection[Any], directory: Path, selection: Selection)
                 )
             )
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier("pg_temp", name)))
-    con = duckdb.connect()
-    try:
+    with duckdb_session() as con:
         for paths in pairs:
             try:
                 _load_partition(conn, con, paths, selection)
@@ -629,8 +646,6 @@ def attach(conn: psycopg.Connection[Any], directory: Path, selection: Selection)
                     f" {paths['transaction'].name} in {directory}: {str(exc).splitlines()[0]}",
                     hint="pgaudit-tool verify --archive DIR checks the files.",
                 ) from None
-    finally:
-        con.close()
     with translated_errors():
         # Estimates for the join with the live log (a temporary table has none until then).
         conn.execute(
@@ -777,13 +792,11 @@ def _copy_picked(conn: psycopg.Connection[Any], con: Any, log: str) -> None:
 def archived_digest_rows(path: Path, log: str) -> Iterator[tuple[int, int, list[bytes | None]]]:
     """The rows of an archive file in block order, as (txid, id, the columns' PostgreSQL text
     forms under the chain's settings), for hashing (docs/chain.md)."""
-    duckdb = duckdb_module()
     names = [c for c, _ in COLUMNS[log]]
     hashed = names[:-1] if log == "change" else names  # started_at is not hashed
     types = dict(COLUMNS[log])
     select = ", ".join(f"epoch_us({c})" if types[c] == "TIMESTAMPTZ" else c for c in hashed)
-    con = duckdb.connect()
-    try:
+    with duckdb_session() as con:
         cur = con.execute(
             f"SELECT {select} FROM read_parquet(?) ORDER BY {', '.join(BLOCK_ORDER[log])}",  # noqa: S608
             [str(path)],
@@ -794,8 +807,6 @@ def archived_digest_rows(path: Path, log: str) -> Iterator[tuple[int, int, list[
                 txid = int(values[hashed.index("txid")])
                 row_id = int(values[0]) if log == "change" else 0
                 yield txid, row_id, text
-    finally:
-        con.close()
 
 
 def _pg_text(value: Any, kind: str) -> bytes | None:

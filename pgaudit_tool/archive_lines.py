@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from pgaudit_tool.archive import duckdb_module
+from pgaudit_tool.archive import duckdb_module, duckdb_session
 from pgaudit_tool.db import translated_errors
 from pgaudit_tool.errors import InvalidInput
 
@@ -108,8 +108,7 @@ def archived_lines(
     if not pairs:
         return
     duckdb = duckdb_module()
-    con = duckdb.connect()
-    try:
+    with duckdb_session() as con:
         try:
             con.execute("SET TimeZone = 'UTC'")
             _select(con, pairs, flt, pk_texts)
@@ -131,8 +130,6 @@ def archived_lines(
             ) from None
         while batch := cur.fetchmany(_BATCH):
             yield from batch
-    finally:
-        con.close()
 
 
 def _select(

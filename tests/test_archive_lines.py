@@ -146,3 +146,21 @@ def test_json_history_read_from_the_archive_is_what_the_server_wrote(
         assert loaded == (None,)
     for i, (want, got) in enumerate(zip(before, after, strict=True)):
         assert got == want, (i % len(filters), ["jsonl", "json"][i // len(filters)])
+
+
+@pytest.mark.skipif(
+    not __import__("importlib").util.find_spec("duckdb"), reason="needs pgaudit-tool[archive]"
+)
+def test_duckdb_memory_is_bounded_and_its_spill_directory_removed() -> None:
+    """A whole archive read or a partition sorted must not take the machine's memory: DuckDB
+    gets a limit and spills to a directory of its own, gone afterwards."""
+    from pgaudit_tool.archive import duckdb_module, duckdb_session
+
+    setting = "SELECT value FROM duckdb_settings() WHERE name = ?"
+    with duckdb_session() as con:
+        limit = con.execute(setting, ["memory_limit"]).fetchone()
+        spill = Path(con.execute(setting, ["temp_directory"]).fetchone()[0])  # type: ignore[index]
+        assert spill.is_dir()
+    assert not spill.exists()
+    default = duckdb_module().connect().execute(setting, ["memory_limit"]).fetchone()
+    assert limit is not None and limit != default and limit[0].endswith(("MiB", "GiB"))
