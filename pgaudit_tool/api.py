@@ -292,7 +292,7 @@ class Audit:
             return None
         with translated_errors():
             row = self.conn.execute(
-                "SELECT ARRAY(SELECT v::text FROM unnest(audit._pk_variants("
+                "SELECT ARRAY(SELECT v::text FROM pg_catalog.unnest(audit._pk_variants("
                 "%s::oid::regclass, %s)) AS v)",
                 (flt.table.oid, jsonb(flt.pk)),
             ).fetchone()

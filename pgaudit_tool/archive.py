@@ -594,7 +594,7 @@ def _blocks(conn: psycopg.Connection[Any], part: Part) -> list[dict[str, Any]]:
     if part.txid_min is None or part.txid_max is None:
         return []
     rows = conn.execute(
-        "SELECT s.seq, encode(s.hash, 'hex') FROM audit.seal AS s"
+        "SELECT s.seq, pg_catalog.encode(s.hash, 'hex') FROM audit.seal AS s"
         " WHERE s.txid_to > %s::text::xid8 AND s.txid_from <= %s::text::xid8 ORDER BY s.seq",
         (str(part.txid_min), str(part.txid_max)),
     ).fetchall()

@@ -191,7 +191,7 @@ def _quote_names(conn: psycopg.Connection[Any], con: Any) -> None:
     with translated_errors():
         quoted = conn.execute(
             "SELECT u.s, u.t, pg_catalog.format('%%I.%%I', u.s, u.t)"
-            " FROM unnest(%s::text[], %s::text[]) AS u(s, t)",
+            " FROM ROWS FROM (pg_catalog.unnest(%s::text[]), pg_catalog.unnest(%s::text[])) AS u(s, t)",
             ([p[0] for p in pairs], [p[1] for p in pairs]),
         ).fetchall()
     con.execute("CREATE TEMP TABLE names (schema_name VARCHAR, table_name VARCHAR, quoted VARCHAR)")
@@ -219,7 +219,8 @@ def _changed(conn: psycopg.Connection[Any], con: Any) -> None:
     distinct += sorted({k for _, cols in exact for k in cols} - set(distinct))
     with translated_errors():
         ranked = conn.execute(
-            "SELECT k, row_number() OVER (ORDER BY k) FROM unnest(%s::text[]) AS k", (distinct,)
+            "SELECT k, pg_catalog.row_number() OVER (ORDER BY k) FROM pg_catalog.unnest(%s::text[]) AS k",
+            (distinct,),
         ).fetchall()
     con.execute("CREATE TEMP TABLE ranks (k VARCHAR, r BIGINT)")
     if ranked:
@@ -247,7 +248,8 @@ def _changed_by_server(
         with translated_errors():
             found += conn.execute(
                 "SELECT u.id, audit.changed_columns(u.o::jsonb, u.n::jsonb)"
-                " FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS u(id, o, n)",
+                " FROM ROWS FROM (pg_catalog.unnest(%s::bigint[]), pg_catalog.unnest(%s::text[]),"
+                " pg_catalog.unnest(%s::text[])) AS u(id, o, n)",
                 ([r[0] for r in batch], [r[1] for r in batch], [r[2] for r in batch]),
             ).fetchall()
     return found

@@ -186,18 +186,18 @@ class TableRef:
 
 # A relation's OID and its always schema-qualified name (regclass::text omits visible schemas).
 _RESOLVE = (
-    "SELECT c.oid, format('%%I.%%I', n.nspname, c.relname), n.nspname, c.relname FROM pg_class c"
-    " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)"
+    "SELECT c.oid, pg_catalog.format('%%I.%%I', n.nspname, c.relname), n.nspname, c.relname FROM pg_class c"
+    " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = pg_catalog.to_regclass(%s)"
 )
 _TABLE_NAMES = (
-    "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c"
+    "SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname) FROM pg_class c"
     " JOIN pg_namespace n ON n.oid = c.relnamespace"
     " WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition"
     " AND n.nspname NOT IN ('audit', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'"
-    " AND format('%%I.%%I', n.nspname, c.relname) LIKE %s ORDER BY 1 LIMIT %s"
+    " AND pg_catalog.format('%%I.%%I', n.nspname, c.relname) LIKE %s ORDER BY 1 LIMIT %s"
 )
 _SCHEMA_TABLES = (
-    "SELECT c.oid, format('%%I.%%I', n.nspname, c.relname), n.nspname, c.relname FROM pg_class c"
+    "SELECT c.oid, pg_catalog.format('%%I.%%I', n.nspname, c.relname), n.nspname, c.relname FROM pg_class c"
     " JOIN pg_namespace n ON n.oid = c.relnamespace"
     " WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY c.relname"
 )

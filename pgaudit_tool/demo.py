@@ -77,7 +77,9 @@ def run_demo(
     """Run the demo; returns the number of history records printed."""
     with _database(dsn, keep, log) as target, Audit.connect(target) as audit:
         conn = audit.conn
-        if conn.execute("SELECT to_regnamespace(%s)", (DEMO_SCHEMA,)).fetchone() != (None,):
+        if conn.execute("SELECT pg_catalog.to_regnamespace(%s)", (DEMO_SCHEMA,)).fetchone() != (
+            None,
+        ):
             raise InvalidInput(
                 f"schema {DEMO_SCHEMA} already exists in this database",
                 hint=f"Drop it (DROP SCHEMA {DEMO_SCHEMA} CASCADE) or run the demo elsewhere.",

@@ -52,7 +52,7 @@ _BATCH = 5000
 
 #: The JSON of a row ``x`` when every column's type is built in or trusted (no cast to json a
 #: table owner wrote can run): keys in column order.
-ROW_TO_JSON = sql.SQL("row_to_json(x)")
+ROW_TO_JSON = sql.SQL("pg_catalog.row_to_json(x)")
 
 
 def export(
@@ -88,7 +88,7 @@ def _settings(conn: psycopg.Connection[Any]) -> Iterator[None]:
     """SET LOCAL the output settings; put back the caller's values when done (a savepoint
     alone keeps SET LOCAL values until its top transaction ends)."""
     saved = conn.execute(
-        "SELECT pg_catalog.current_setting(n) FROM unnest(%s::text[]) WITH ORDINALITY AS u(n, i)"
+        "SELECT pg_catalog.current_setting(n) FROM pg_catalog.unnest(%s::text[]) WITH ORDINALITY AS u(n, i)"
         " ORDER BY u.i",
         (list(OUTPUT_SETTINGS),),
     ).fetchall()
@@ -100,7 +100,7 @@ def _settings(conn: psycopg.Connection[Any]) -> Iterator[None]:
 def _set_local(conn: psycopg.Connection[Any], names: list[str], values: list[str]) -> None:
     """Set each setting for the transaction, in one statement."""
     conn.execute(
-        "SELECT pg_catalog.set_config(n, v, true) FROM unnest(%s::text[], %s::text[]) AS u(n, v)",
+        "SELECT pg_catalog.set_config(n, v, true) FROM ROWS FROM (pg_catalog.unnest(%s::text[]), pg_catalog.unnest(%s::text[])) AS u(n, v)",
         (names, values),
     )
 
@@ -145,7 +145,7 @@ def export_merged(
     """
     if fmt not in ("json", "jsonl"):
         raise InvalidInput(f"Unknown output format {fmt!r}.", hint="Choose json or jsonl.")
-    rows = sql.SQL("SELECT {}, row_to_json(x)::text FROM ({}) AS x ORDER BY {}").format(
+    rows = sql.SQL("SELECT {}, pg_catalog.row_to_json(x)::text FROM ({}) AS x ORDER BY {}").format(
         key, query, key
     )
     with (

@@ -46,7 +46,7 @@ _SELECT = """
 SELECT h.id, h.table_name AS "table", h.op, h.pk, h.old, h.new,
        CASE WHEN h.op = 'UPDATE' THEN audit.changed_columns(h.old, h.new) END AS changed,
        h.txid::text::bigint AS txid, h.at, h.db_user, h.role, h.actor, h.context,
-       host(h.client_addr) AS client_addr, h.application_name, h.client_port, h.backend_pid,
+       pg_catalog.host(h.client_addr) AS client_addr, h.application_name, h.client_port, h.backend_pid,
        h.statement_at, h.transaction_started_at
   FROM {source} AS h
 """

@@ -55,9 +55,9 @@ def _seal(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """Seal a new block (in the caller's transaction) and return the head of the chain."""
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
-            "SELECT s.seq, s.txid_to::text AS txid_to, encode(s.hash, 'hex') AS hash, s.sealed_at,"
-            " s.changes, s.transactions, s.journal, current_database() AS database,"
-            " (SELECT oid FROM pg_database WHERE datname = current_database()) AS database_oid"
+            "SELECT s.seq, s.txid_to::text AS txid_to, pg_catalog.encode(s.hash, 'hex') AS hash, s.sealed_at,"
+            " s.changes, s.transactions, s.journal, pg_catalog.current_database() AS database,"
+            " (SELECT oid FROM pg_database WHERE datname = pg_catalog.current_database()) AS database_oid"
             " FROM audit.seal() AS s"
         ).fetchone()
     if row is None or row["seq"] is None:

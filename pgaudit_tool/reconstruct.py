@@ -169,7 +169,7 @@ def table_at_into(conn: psycopg.Connection[Any], table: TableRef, at: datetime, 
     with translated_errors(), changing_transaction(conn):
         parts = _parse_qualified(conn, target)
         _refuse_reserved_schema(conn, parts, target)
-        if conn.execute("SELECT to_regclass(%s)", (target,)).fetchone() != (None,):
+        if conn.execute("SELECT pg_catalog.to_regclass(%s)", (target,)).fetchone() != (None,):
             raise InvalidInput(
                 f"{target} already exists", hint="Name a new table; nothing is overwritten."
             )
@@ -191,7 +191,7 @@ def _refuse_reserved_schema(conn: psycopg.Connection[Any], parts: list[str], tar
     if len(parts) == 2:
         schema = parts[0]
     else:  # where CREATE TABLE puts an unqualified name: the first schema of the search_path
-        row = conn.execute("SELECT current_schema()").fetchone()
+        row = conn.execute("SELECT pg_catalog.current_schema()").fetchone()
         schema = "" if row is None or row[0] is None else str(row[0])
     temporary = schema == "pg_temp" or schema.startswith("pg_temp_")
     if schema in RESERVED_SCHEMAS or (schema.startswith("pg_") and not temporary):
@@ -205,7 +205,7 @@ def _refuse_reserved_schema(conn: psycopg.Connection[Any], parts: list[str], tar
 def _parse_qualified(conn: psycopg.Connection[Any], name: str) -> list[str]:
     try:
         with conn.transaction():
-            row = conn.execute("SELECT parse_ident(%s)", (name,)).fetchone()
+            row = conn.execute("SELECT pg_catalog.parse_ident(%s)", (name,)).fetchone()
     except psycopg.Error as exc:
         raise InvalidInput(
             f"{name!r} is not a valid table name: {exc.diag.message_primary}"

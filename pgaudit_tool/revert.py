@@ -53,7 +53,7 @@ SELECT s."table", s.action, count(*) AS rows, count(*) FILTER (WHERE s.conflict)
                CASE WHEN p.apply THEN p.action WHEN p.conflict THEN 'CONFLICT' ELSE 'NONE' END AS action
           FROM pg_temp.pgaudit_revert_plan AS p) AS s
  GROUP BY 1, 2
- ORDER BY 1, array_position('{DELETE,UPDATE,INSERT,CONFLICT,NONE}'::text[], s.action)
+ ORDER BY 1, pg_catalog.array_position('{DELETE,UPDATE,INSERT,CONFLICT,NONE}'::text[], s.action)
 """
 _CONFLICTS_SQL = """
 SELECT p.table_name AS "table", p.pk, p.reason, p.conflict_columns AS columns, p.live,
@@ -347,7 +347,7 @@ def _apply(
     if progress is not None:
         progress(done, total, "done")
     found = conn.execute(
-        "SELECT txid::text FROM audit.transaction WHERE txid = pg_current_xact_id_if_assigned()"
+        "SELECT txid::text FROM audit.transaction WHERE txid = pg_catalog.pg_current_xact_id_if_assigned()"
     ).fetchone()
     result.txid = int(found[0]) if found is not None else None
 

@@ -81,7 +81,7 @@ def refuse_newer(revision: str | None) -> None:
 def installed_revision(conn: psycopg.Connection[Any]) -> str | None:
     """The schema revision installed in the connected database, or None when not installed."""
     row = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{VERSION_TABLE}",)
+        "SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{VERSION_TABLE}",)
     ).fetchone()
     if row is None or not row[0]:
         return None
@@ -117,7 +117,9 @@ def prepare_schema(connection: SAConnection) -> None:
     from sqlalchemy.exc import DBAPIError
 
     try:
-        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _INSTALL_LOCK_KEY})
+        connection.execute(
+            text("SELECT pg_catalog.pg_advisory_xact_lock(:k)"), {"k": _INSTALL_LOCK_KEY}
+        )
     except DBAPIError as exc:
         if not isinstance(exc.orig, psycopg.errors.LockNotAvailable):
             raise
@@ -130,7 +132,7 @@ def prepare_schema(connection: SAConnection) -> None:
     foreign = connection.execute(
         text(
             "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = :s)"
-            " AND to_regclass(:v) IS NULL"
+            " AND pg_catalog.to_regclass(:v) IS NULL"
             " AND EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             "             WHERE n.nspname = :s)"
         ),

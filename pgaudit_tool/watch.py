@@ -307,7 +307,7 @@ class Watcher:
             "SELECT a.pid, a.usename, a.client_addr, a.application_name FROM pg_catalog.pg_locks l"
             " JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
             " AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid AND l.granted"
-            " AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
+            " AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())",
             _LOCK,
         ).fetchone()
         if row is None:
@@ -355,8 +355,8 @@ class Watcher:
             rows = batch.fetch(
                 self.conn,
                 "SELECT id, rule, detector, severity, at, table_name AS table,"
-                " actor, db_user, role, host(client_addr) AS client_addr, application_name,"
-                " ARRAY(SELECT x::text::bigint FROM unnest(txids) x) AS txids, changes,"
+                " actor, db_user, role, pg_catalog.host(client_addr) AS client_addr, application_name,"
+                " ARRAY(SELECT x::text::bigint FROM pg_catalog.unnest(txids) x) AS txids, changes,"
                 " summary, revert, detail, fingerprint, actions FROM audit.alert"
                 " WHERE actions_done_at IS NULL ORDER BY id",
             )

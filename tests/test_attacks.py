@@ -677,6 +677,81 @@ def test_operators_on_the_owners_types_never_run_for_a_reviewer(tenant: Tenant) 
     ]
 
 
+#: Functions PostgreSQL would prefer to pg_catalog's for the argument types the tool passes
+#: (an exact match beats a polymorphic or variadic "any" one, wherever it is on the path).
+SHADOWS = {
+    "format(text, name, name)": "text",
+    "format(text, text, text)": "text",
+    "unnest(text[])": "SETOF text",
+    "unnest(text[], text[])": "TABLE (a text, b text)",
+    "unnest(jsonb[])": "SETOF jsonb",
+    "unnest(bigint[], text[], text[])": "TABLE (a bigint, b text, c text)",
+    "array_position(text[], text)": "integer",
+}
+#: Operators likewise: pg_catalog's array operators are polymorphic.
+SHADOW_OPERATORS = {
+    "||": ("text[]", "text[]", "text[]"),
+    "@>": ("text[]", "text[]", "boolean"),
+    "<@": ("text[]", "text[]", "boolean"),
+    "&&": ("text[]", "text[]", "boolean"),
+    "=": ("text[]", "text[]", "boolean"),
+}
+
+
+def test_functions_on_a_reviewers_search_path_never_run(tenant: Tenant) -> None:
+    """Functions the table owner places first on a reviewer's search_path, matching the types
+    of the tool's own calls better than pg_catalog's polymorphic ones, must never be what the
+    tool's queries call: every reviewing command, its output formats and the archive's."""
+    statements = [
+        "CREATE TABLE app.ran (who text, what text); GRANT INSERT ON app.ran TO PUBLIC;",
+        "CREATE FUNCTION app.ran(what text) RETURNS void LANGUAGE plpgsql AS $f$ BEGIN"
+        f" BEGIN EXECUTE 'ALTER ROLE {tenant.role} SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;"
+        " INSERT INTO app.ran VALUES (current_user, what); END $f$;",
+    ]
+    for signature, returns in SHADOWS.items():
+        statements.append(
+            f"CREATE FUNCTION app.{signature} RETURNS {returns} LANGUAGE plpgsql AS $f$ BEGIN"
+            f" PERFORM app.ran({signature!r}); RAISE EXCEPTION 'hijacked'; END $f$;"
+        )
+    for i, (op, (left, right, returns)) in enumerate(SHADOW_OPERATORS.items()):
+        statements.append(
+            f"CREATE FUNCTION app.op{i}({left}, {right}) RETURNS {returns} LANGUAGE plpgsql AS"
+            f" $f$ BEGIN PERFORM app.ran('operator {op}'); RAISE EXCEPTION 'hijacked'; END $f$;"
+            f"CREATE OPERATOR app.{op} (LEFTARG = {left}, RIGHTARG = {right},"
+            f" FUNCTION = app.op{i});"
+        )
+    tenant.conn.execute("".join(statements))
+    tenant.conn.execute("UPDATE app.t SET v = 'b'")
+    t1 = _instant(tenant)
+    tenant.conn.execute("INSERT INTO app.t VALUES (2, 'c')")
+    txid = tenant.audit.conn.execute("SELECT max(txid)::text::bigint FROM audit.change").fetchone()[0]  # type: ignore[index]  # fmt: skip
+    audit = tenant.audit
+    audit.conn.execute("SET search_path = app, public")
+    try:
+        assert len(list(audit.history("app.t"))) == 2
+        assert len(list(audit.history("app.t", pk=1))) == 1
+        for fmt in ("csv", "json", "jsonl"):
+            audit.export_history(io.BytesIO(), fmt, "app.t", pk=1)
+        assert audit.transaction(txid)
+        assert audit.row_at("app.t", 1, t1) == {"id": 1, "v": "b"}
+        assert len(list(audit.table_at("app.t", t1))) == 1
+        audit.diff("app.t", t1)
+        audit.blame("app.t", 1)
+        audit.status()
+        audit.doctor()
+        audit.verify()
+        audit.checkpoint()
+        audit.report(tables="app.t")
+        audit.revert(table="app.t", to=t1, dry_run=True)
+        audit.refresh("app.t")
+        audit.disable("app.t")
+        audit.enable("app.t")
+    finally:
+        audit.conn.execute("RESET search_path")
+    assert audit.conn.execute("SELECT count(*) FROM app.ran").fetchone() == (0,)
+    assert not tenant.is_superuser()
+
+
 @pytest.mark.parametrize("trusted_domain", [False, True], ids=["own domain", "trusted domain"])
 def test_domain_constraints_never_run_for_a_reviewer(tenant: Tenant, trusted_domain: bool) -> None:
     """A CHECK constraint of a domain runs whenever a value is read as that domain. Reviewing

@@ -419,7 +419,7 @@ def test_partitioned_table_captures_every_partition(audit: Audit) -> None:
         "CREATE TABLE m_us_low PARTITION OF m_us FOR VALUES FROM (0) TO (100);"
         "CREATE TABLE m_us_high PARTITION OF m_us FOR VALUES FROM (100) TO (1000);"
     )
-    with pytest.raises(TableNotSuitable, match="m_eu is a partition of m"):
+    with pytest.raises(TableNotSuitable, match="public.m_eu is a partition of public.m;"):
         audit.enable("m_eu")
     status = audit.enable("m")[0]
     assert (status["partitions"], status["triggers_present"], status["state"]) == (4, 20, "ok")
@@ -480,7 +480,7 @@ def test_partitions_added_after_enable(audit: Audit, guards: bool) -> None:
     conn.execute("ALTER TABLE m DETACH PARTITION m_as")
     conn.execute("INSERT INTO m_as VALUES ('as', 3, 3)")
     assert len(changes(conn)) == 2
-    left = [p for p in audit.doctor() if p["object"] == "m_as"]
+    left = [p for p in audit.doctor() if p["object"] == "public.m_as"]
     if guards:
         # The guard dropped its triggers, and recorded the rows that left m as a break in history.
         assert left == []

@@ -184,7 +184,7 @@ def test_operations_reach_the_database(dsn: str, audit: Audit) -> None:
             assert rows == [('Odd "Name"', True, False)]
             op.disable_audit('"Odd ""Name"""')
             connection.execute(sa.text("CREATE TABLE plain (id int PRIMARY KEY)"))
-            with pytest.raises(sa.exc.DBAPIError, match="table plain is not audited"):
+            with pytest.raises(sa.exc.DBAPIError, match="table public.plain is not audited"):
                 op.refresh_audit("plain")
     finally:
         engine.dispose()

@@ -98,6 +98,27 @@ def test_settings_cannot_switch_capture_off(app: tuple[Audit, Conn]) -> None:
     assert list(audit.history())[-1]["role"] == app_conn.info.user
 
 
+def test_every_function_of_the_schema_pins_its_search_path(app: tuple[Audit, Conn]) -> None:
+    """Functions and operators a table owner places on a caller's search_path can match our
+    calls better than pg_catalog's (tests/test_attacks.py plants them): every function of the
+    schema runs with search_path pinned but the per-row ones written for it, and capture
+    functions (generated, every name qualified: test_search_path_hijack_fails)."""
+    audit, _ = app
+    unpinned = audit.conn.execute(
+        "SELECT p.proname FROM pg_proc AS p WHERE p.pronamespace = 'audit'::regnamespace"
+        " AND NOT EXISTS (SELECT FROM unnest(p.proconfig) AS c(s) WHERE c.s LIKE 'search\\_path=%%')"
+        " AND p.proname NOT IN (SELECT x.capture_function FROM audit.tracked_table AS x)"
+        " ORDER BY 1"
+    ).fetchall()
+    names = [n for (n,) in unpinned]
+    markers = [n for n in names if n.startswith("_mark_commit_")]
+    assert markers and sorted(set(names) - set(markers)) == [
+        "_context",
+        "_rename_keys",
+        "changed_columns",
+    ]
+
+
 def test_search_path_hijack_fails(app: tuple[Audit, Conn]) -> None:
     """Objects planted where the capture code could look for them are never used."""
     audit, app_conn = app

@@ -126,7 +126,9 @@ _ENABLE = text(
 _DISABLE = text("SELECT audit.disable(CAST(:table AS regclass))")
 _REFRESH = text("SELECT audit.refresh(CAST(:table AS regclass))")
 _OFFLINE = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
-_INSTALLED = text("SELECT to_regprocedure('audit.enable(regclass, text[], boolean)') IS NOT NULL")
+_INSTALLED = text(
+    "SELECT pg_catalog.to_regprocedure('audit.enable(regclass, text[], boolean)') IS NOT NULL"
+)
 
 
 def _run(operations: Operations, statement: Any) -> None:

@@ -219,7 +219,7 @@ LANGUAGE sql STABLE STRICT AS $$
     -- code of the table's owner runs (jsonb_populate_record into the table's row type would).
     SELECT pg_catalog.format('pg_catalog.jsonb_to_record(%s) AS %I(%s)', p_json, p_alias,
                pg_catalog.string_agg(pg_catalog.format('%I %s', k, audit._read_type(p_table, k)), ', ' ORDER BY n))
-      FROM unnest(p_keys) WITH ORDINALITY AS u(k, n)
+      FROM pg_catalog.unnest(p_keys) WITH ORDINALITY AS u(k, n)
 $$;
 
 COMMENT ON FUNCTION audit._key_record_sql(regclass, text[], text, text) IS
@@ -430,7 +430,7 @@ LANGUAGE sql STABLE STRICT AS $$
     SELECT CASE WHEN audit._typed_keys(p_relid, p_keys)
                 THEN (SELECT pg_catalog.string_agg(
                           pg_catalog.format('%s.%I OPERATOR(pg_catalog.=) %s.%I', p_left, k, p_right, k), ' AND ')
-                        FROM unnest(p_keys) AS k)
+                        FROM pg_catalog.unnest(p_keys) AS k)
                 ELSE pg_catalog.format('%s OPERATOR(pg_catalog.=) %s',
                                        audit._key_sql(p_left, p_keys, p_relid), audit._key_sql(p_right, p_keys, p_relid))
            END
@@ -500,7 +500,7 @@ COMMENT ON FUNCTION audit._capture_sql(text, oid, text[], text[], boolean, regcl
 CREATE OR REPLACE FUNCTION audit._current_columns(p_relid oid, p_attnums int2[]) RETURNS text[]
 LANGUAGE sql STABLE STRICT AS $$
     SELECT coalesce(pg_catalog.array_agg(a.attname::text ORDER BY u.ord), '{}')
-    FROM unnest(p_attnums) WITH ORDINALITY AS u(attnum, ord)
+    FROM pg_catalog.unnest(p_attnums) WITH ORDINALITY AS u(attnum, ord)
     LEFT JOIN pg_catalog.pg_attribute AS a
       ON a.attrelid = p_relid AND a.attnum = u.attnum AND NOT a.attisdropped
 $$;
@@ -609,7 +609,7 @@ LANGUAGE sql IMMUTABLE STRICT AS $$
         ' LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%s AS %L', p_name,
         (SELECT pg_catalog.string_agg(pg_catalog.format(' SET %I = %L', pg_catalog.split_part(s, '=', 1),
                                                         pg_catalog.substr(s, pg_catalog.strpos(s, '=') + 1)), '' ORDER BY n)
-           FROM unnest(p_settings) WITH ORDINALITY AS u(s, n)),
+           FROM pg_catalog.unnest(p_settings) WITH ORDINALITY AS u(s, n)),
         p_body)
 $$;
 
@@ -837,8 +837,8 @@ BEGIN
     IF l.types IS NOT NULL THEN
         SELECT pg_catalog.string_agg(pg_catalog.format('%I (%s to %s)', n.name, o.typid::regtype, n.typid::regtype), ', ')
           INTO v_changed
-          FROM unnest(l.attnums, l.types) AS o(attnum, typid)
-          JOIN unnest(v_attnums, v_types, v_columns) AS n(attnum, typid, name) ON n.attnum = o.attnum
+          FROM ROWS FROM (pg_catalog.unnest(l.attnums), pg_catalog.unnest(l.types)) AS o(attnum, typid)
+          JOIN ROWS FROM (pg_catalog.unnest(v_attnums), pg_catalog.unnest(v_types), pg_catalog.unnest(v_columns)) AS n(attnum, typid, name) ON n.attnum = o.attnum
          WHERE n.typid <> o.typid;
         IF v_changed IS NOT NULL THEN
             PERFORM audit._record_break(p_relid, pg_catalog.format('the type of column %s changed', v_changed));

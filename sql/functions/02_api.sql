@@ -10,9 +10,9 @@ LANGUAGE plpgsql STABLE AS $$
 -- The row key of a table: its primary key, else its replica identity index.
 BEGIN
     SELECT CASE WHEN i.indisprimary THEN 'primary key' ELSE 'replica identity' END,
-           ARRAY(SELECT unnest(i.indkey::int2[])),   -- int2vector counts from 0; arrays from 1
+           ARRAY(SELECT pg_catalog.unnest(i.indkey::int2[])),   -- int2vector counts from 0; arrays from 1
            (SELECT pg_catalog.array_agg(a.attname::text ORDER BY k.o)
-              FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, o)
+              FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, o)
               JOIN pg_catalog.pg_attribute AS a ON a.attrelid = p_table AND a.attnum = k.attnum)
       INTO source, attnums, names
       FROM pg_catalog.pg_index AS i
@@ -338,7 +338,7 @@ COMMENT ON FUNCTION audit._generate(regclass) IS
 CREATE OR REPLACE FUNCTION audit._known_attnums(p_layout text[]) RETURNS int2[]
 LANGUAGE sql IMMUTABLE STRICT AS $$
     -- The attribute numbers of a generated layout (attnum:type:name, or attnum:name before 0004).
-    SELECT ARRAY(SELECT pg_catalog.split_part(e, ':', 1)::int2 FROM unnest(p_layout) AS e)
+    SELECT ARRAY(SELECT pg_catalog.split_part(e, ':', 1)::int2 FROM pg_catalog.unnest(p_layout) AS e)
 $$;
 
 COMMENT ON FUNCTION audit._known_attnums(text[]) IS
@@ -395,9 +395,9 @@ LANGUAGE sql STABLE AS $$
                    coalesce(audit._known_attnums(t.generated_layout), (audit._columns_now(t.relid)).attnums)) AS attnums
     )
     SELECT e.attnums,
-           ARRAY(SELECT DISTINCT n FROM unnest(t.excluded_names || pg_catalog.array_remove(
+           ARRAY(SELECT DISTINCT n FROM pg_catalog.unnest(t.excluded_names || pg_catalog.array_remove(
                      audit._current_columns(t.relid, e.attnums), NULL)) AS n ORDER BY n),
-           ARRAY(SELECT h FROM unnest(e.attnums) AS h
+           ARRAY(SELECT h FROM pg_catalog.unnest(e.attnums) AS h
                   WHERE h = ANY (t.held_attnums)
                      OR NOT (h = ANY (t.excluded_attnums) OR audit._current_columns(t.relid, ARRAY[h]) && t.excluded_names))
       FROM e
@@ -516,12 +516,12 @@ BEGIN
         SELECT e.attnums, e.names, e.held INTO v_excluded, v_names, v_held FROM audit._exclusions_kept(v_old) AS e;
     ELSE
         v_excluded := audit._column_attnums(p_table, p_exclude);
-        v_names := ARRAY(SELECT DISTINCT n FROM unnest(audit._current_columns(p_table, v_excluded)) AS n ORDER BY n);
+        v_names := ARRAY(SELECT DISTINCT n FROM pg_catalog.unnest(audit._current_columns(p_table, v_excluded)) AS n ORDER BY n);
     END IF;
     IF v_excluded && k.attnums THEN
         RAISE EXCEPTION 'cannot exclude key column(s) % of table %',
             pg_catalog.array_to_string(audit._current_columns(p_table, ARRAY(
-                SELECT unnest(v_excluded) INTERSECT SELECT unnest(k.attnums))), ', '), p_table
+                SELECT pg_catalog.unnest(v_excluded) INTERSECT SELECT pg_catalog.unnest(k.attnums))), ', '), p_table
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Key columns identify rows in the history; they are always stored.';
     END IF;

@@ -183,7 +183,7 @@ LANGUAGE sql STABLE AS $$
       FROM (SELECT l.valid_from,
                    pg_catalog.lead(l.valid_from) OVER (ORDER BY l.valid_from) AS valid_to,
                    (SELECT pg_catalog.jsonb_object_agg(u.name, coalesce(a.attname::text, last.name))
-                      FROM unnest(l.attnums, l.columns) AS u(attnum, name)
+                      FROM ROWS FROM (pg_catalog.unnest(l.attnums), pg_catalog.unnest(l.columns)) AS u(attnum, name)
                       LEFT JOIN pg_catalog.pg_attribute AS a
                         ON a.attrelid = p_table AND a.attnum = u.attnum AND NOT a.attisdropped
                       LEFT JOIN LATERAL (
@@ -283,7 +283,7 @@ BEGIN
     SELECT pg_catalog.array_agg(k ORDER BY n) FILTER (WHERE v_obj ? k),
            pg_catalog.array_agg(k ORDER BY n) FILTER (WHERE NOT v_obj ? k)
       INTO v_given, v_missing
-      FROM unnest(v_keys) WITH ORDINALITY AS u(k, n);
+      FROM pg_catalog.unnest(v_keys) WITH ORDINALITY AS u(k, n);
     IF v_given IS NULL OR (v_missing IS NOT NULL AND NOT p_part) THEN
         RAISE EXCEPTION 'the key of % is (%): % missing', audit._qualified(p_table),
             pg_catalog.array_to_string(v_keys, ', '), pg_catalog.array_to_string(v_missing, ', ')
@@ -313,7 +313,7 @@ LANGUAGE plpgsql STABLE
 -- caller's rights; no code of the table's owner runs (audit._key_record_sql).
 DECLARE
     v_keys text[] := audit._key_columns(p_table);
-    v_given text[] := ARRAY(SELECT k FROM unnest(v_keys) AS k WHERE p_part ? k);
+    v_given text[] := ARRAY(SELECT k FROM pg_catalog.unnest(v_keys) AS k WHERE p_part ? k);
 BEGIN
     RETURN QUERY EXECUTE pg_catalog.format(
         'SELECT s.key FROM (SELECT %s AS key FROM %s AS r, %s WHERE %s) AS s ORDER BY s.key',

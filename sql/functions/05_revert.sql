@@ -97,13 +97,13 @@ BEGIN
     END IF;
     SELECT pg_catalog.array_agg(k ORDER BY k) INTO v_keys FROM pg_catalog.jsonb_object_keys(p_selection) AS k;
     SELECT pg_catalog.string_agg(k, ', ') INTO v_unknown
-      FROM unnest(v_keys) AS k WHERE k <> ALL ('{changes,txids,actor,db_user,since,until,table,pk,to}');
+      FROM pg_catalog.unnest(v_keys) AS k WHERE k <> ALL ('{changes,txids,actor,db_user,since,until,table,pk,to}');
     IF v_unknown IS NOT NULL THEN
         RAISE EXCEPTION 'unknown key(s) in the revert selection: %', v_unknown
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Select by changes, txids, actor/db_user with since (and until), or table with to (and pk).';
     END IF;
-    v_kinds := ARRAY(SELECT k FROM unnest(ARRAY['changes', 'txids', 'actor', 'db_user', 'table']) AS k
+    v_kinds := ARRAY(SELECT k FROM pg_catalog.unnest(ARRAY['changes', 'txids', 'actor', 'db_user', 'table']) AS k
                       WHERE p_selection ? k AND NOT (k = 'db_user' AND p_selection ? 'actor'));
     IF pg_catalog.cardinality(v_kinds) = 0 THEN
         IF p_selection ?| ARRAY['since', 'until'] THEN
@@ -149,7 +149,7 @@ BEGIN
     PERFORM audit._revert_check_list(p_selection -> 'changes', 'changes');
     v_ids := ARRAY(SELECT DISTINCT e::bigint FROM pg_catalog.jsonb_array_elements_text(p_selection -> 'changes') AS e ORDER BY 1);
     SELECT pg_catalog.string_agg(i::text, ', ' ORDER BY i) INTO v_missing
-      FROM (SELECT i FROM unnest(v_ids) AS i
+      FROM (SELECT i FROM pg_catalog.unnest(v_ids) AS i
              WHERE NOT EXISTS (SELECT FROM audit.change AS c WHERE c.id = i) ORDER BY i LIMIT 10) AS m;
     IF v_missing IS NOT NULL THEN
         RAISE EXCEPTION 'no recorded change has id %', v_missing
@@ -173,7 +173,7 @@ BEGIN
     PERFORM audit._revert_check_list(p_selection -> 'txids', 'txids');
     v_txids := ARRAY(SELECT DISTINCT e::xid8 FROM pg_catalog.jsonb_array_elements_text(p_selection -> 'txids') AS e);
     SELECT pg_catalog.string_agg(x::text, ', ' ORDER BY x) INTO v_missing
-      FROM (SELECT x FROM unnest(v_txids) AS x
+      FROM (SELECT x FROM pg_catalog.unnest(v_txids) AS x
              WHERE NOT EXISTS (SELECT FROM audit.change AS c WHERE c.txid = x) ORDER BY x LIMIT 10) AS m;
     IF v_missing IS NOT NULL THEN
         RAISE EXCEPTION 'no audited change belongs to transaction %', v_missing
@@ -494,7 +494,7 @@ LANGUAGE sql STABLE AS $$
          WHERE f.contype = 'f' AND f.conrelid = ANY (p_relids) AND f.confrelid = ANY (p_relids)
            AND f.conrelid <> f.confrelid AND NOT f.condeferrable
     ), walk (relid, depth, path) AS (
-        SELECT r, 0, ARRAY[r] FROM unnest(p_relids) AS r
+        SELECT r, 0, ARRAY[r] FROM pg_catalog.unnest(p_relids) AS r
         UNION ALL
         SELECT e.child, w.depth + 1, w.path || e.child
           FROM walk AS w JOIN e ON e.parent = w.relid

@@ -108,7 +108,7 @@ BEGIN
                FROM audit.tracked_table AS x, audit._members(x.relid::regclass) AS m(member),
                     audit._member_trigger_problems(m.member, audit._capture_fn(x.relid)) AS p
               WHERE x.enabled
-                AND x.relid IN (SELECT a.relid FROM unnest(p_parents) AS p(objid),
+                AND x.relid IN (SELECT a.relid FROM pg_catalog.unnest(p_parents) AS p(objid),
                                        pg_catalog.pg_partition_ancestors(p.objid) AS a)
               GROUP BY m.member, x.relid, x.capture_function
              HAVING pg_catalog.bool_or(p.problem IS NOT NULL AND p.problem <> 'not ENABLE ALWAYS') LOOP
@@ -152,7 +152,7 @@ BEGIN
     -- Every member of every audited table the command touched (a partition attached with
     -- triggers of its own is one the command did not name).
     FOR r IN SELECT p.member, p.trigger_name, p.problem, (p.member::oid = ANY (coalesce(p_created, '{}'))) AS created
-               FROM (SELECT DISTINCT audit._audited_of(t.objid) AS relid FROM unnest(p_tables) AS t(objid)) AS a,
+               FROM (SELECT DISTINCT audit._audited_of(t.objid) AS relid FROM pg_catalog.unnest(p_tables) AS t(objid)) AS a,
                     LATERAL audit._trigger_problems(a.relid::regclass) AS p
               WHERE a.relid IS NOT NULL AND p.problem IS NOT NULL AND p.problem <> 'missing' LOOP
         IF r.problem = 'not ENABLE ALWAYS' AND r.created THEN

@@ -330,7 +330,7 @@ BEGIN
         END IF;
         v_upper := v_upper || pg_catalog.upper(pg_catalog.btrim(v_op));
     END LOOP;
-    RETURN ARRAY(SELECT a.op FROM unnest(v_all) WITH ORDINALITY AS a(op, i) WHERE a.op = ANY (v_upper) ORDER BY a.i);
+    RETURN ARRAY(SELECT a.op FROM pg_catalog.unnest(v_all) WITH ORDINALITY AS a(op, i) WHERE a.op = ANY (v_upper) ORDER BY a.i);
 END
 $$;
 
@@ -355,7 +355,7 @@ BEGIN
                       HINT = 'Excepted roles are exact role names (as in pg_roles.rolname, case-sensitive), not quoted identifiers.';
         END IF;
     END LOOP;
-    RETURN ARRAY(SELECT DISTINCT r FROM unnest(coalesce(p_roles, '{}')) AS r ORDER BY r);
+    RETURN ARRAY(SELECT DISTINCT r FROM pg_catalog.unnest(coalesce(p_roles, '{}')) AS r ORDER BY r);
 END
 $$;
 
@@ -598,8 +598,8 @@ BEGIN
     FOR r IN SELECT g.relid, a.relid AS ancestor
                FROM audit.guard AS g, pg_catalog.pg_partition_ancestors(g.relid) AS a
               WHERE a.relid <> g.relid AND a.relid IN (SELECT x.relid FROM audit.guard AS x)
-                AND g.relid IN (SELECT m FROM unnest(p_tables) AS m UNION
-                                SELECT k.relid FROM unnest(p_parents) AS p(objid), pg_catalog.pg_partition_tree(p.objid) AS k)
+                AND g.relid IN (SELECT m FROM pg_catalog.unnest(p_tables) AS m UNION
+                                SELECT k.relid FROM pg_catalog.unnest(p_parents) AS p(objid), pg_catalog.pg_partition_tree(p.objid) AS k)
               LIMIT 1 LOOP
         RAISE EXCEPTION 'table % has a guard of its own and cannot become a partition of guarded table %', r.relid::regclass, r.ancestor::regclass
             USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -611,7 +611,7 @@ BEGIN
                     pg_catalog.bool_or(p.problem NOT IN ('missing', 'not ENABLE ALWAYS')) AS altered
                FROM audit.guard AS g, audit._members(g.relid::regclass) AS m(member),
                     audit._guard_member_problems(m.member, g.relid, g.max_rows, g.ops) AS p
-              WHERE g.relid IN (SELECT a.relid FROM unnest(p_parents) AS x(objid),
+              WHERE g.relid IN (SELECT a.relid FROM pg_catalog.unnest(p_parents) AS x(objid),
                                        pg_catalog.pg_partition_ancestors(x.objid) AS a)
               GROUP BY m.member, g.relid, g.max_rows, g.ops
              HAVING pg_catalog.bool_or(p.problem IS NOT NULL AND p.problem <> 'not ENABLE ALWAYS') LOOP
@@ -629,7 +629,7 @@ BEGIN
                FROM audit.guard AS g
                JOIN pg_catalog.pg_trigger AS t
                  ON t.tgfoid = 'audit._guard_fire()'::pg_catalog.regprocedure AND audit._guard_arg_relid(t.tgargs) = g.relid
-              WHERE g.relid IN (SELECT a.relid FROM unnest(p_parents) AS x(objid),
+              WHERE g.relid IN (SELECT a.relid FROM pg_catalog.unnest(p_parents) AS x(objid),
                                        pg_catalog.pg_partition_ancestors(x.objid) AS a)
                 AND t.tgrelid NOT IN (SELECT audit._members(g.relid::regclass)) LOOP
         IF NOT v_owner AND r.ops && '{DELETE,TRUNCATE}'::text[] THEN
@@ -645,7 +645,7 @@ BEGIN
     END IF;
     -- Every member of every guarded table the command touched.
     FOR r IN SELECT p.member, p.trigger_name, p.problem, (p.member::oid = ANY (coalesce(p_created, '{}'))) AS created
-               FROM (SELECT DISTINCT audit._guarded_of(t.objid) AS relid FROM unnest(p_tables) AS t(objid)) AS a,
+               FROM (SELECT DISTINCT audit._guarded_of(t.objid) AS relid FROM pg_catalog.unnest(p_tables) AS t(objid)) AS a,
                     LATERAL audit._guard_problems(a.relid) AS p
               WHERE a.relid IS NOT NULL AND p.problem IS NOT NULL AND p.problem <> 'missing' LOOP
         IF r.problem = 'not ENABLE ALWAYS' AND r.created THEN
@@ -748,7 +748,7 @@ BEGIN
         END IF;
         FOR problem IN SELECT pg_catalog.format('excepted role %s does not exist (dropped or renamed): its members are limited like everyone else',
                                                 pg_catalog.quote_ident(e))
-                         FROM unnest(t.except_roles) AS e
+                         FROM pg_catalog.unnest(t.except_roles) AS e
                         WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_roles AS r WHERE r.rolname = e) LOOP
             severity := 'warning'; object := t.qualified; fix := NULL;
             RETURN NEXT;

@@ -207,7 +207,7 @@ COMMENT ON FUNCTION audit._move_doctor() IS
 CREATE OR REPLACE FUNCTION audit._remap_attnums(p_attnums int2[], p_from int2[], p_to int2[]) RETURNS int2[]
 LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY(SELECT coalesce(p_to[pg_catalog.array_position(p_from, u.a)], u.a)
-                   FROM unnest(p_attnums) WITH ORDINALITY AS u(a, k) ORDER BY u.k)
+                   FROM pg_catalog.unnest(p_attnums) WITH ORDINALITY AS u(a, k) ORDER BY u.k)
 $$;
 
 COMMENT ON FUNCTION audit._remap_attnums(int2[], int2[], int2[]) IS
@@ -251,7 +251,7 @@ DECLARE
 BEGIN
     SELECT * INTO l FROM audit.table_layout AS y WHERE y.relid = p_relid ORDER BY y.valid_from DESC LIMIT 1;
     IF NOT FOUND OR NOT EXISTS (
-        SELECT FROM unnest(l.attnums, l.columns) AS o(attnum, name)
+        SELECT FROM ROWS FROM (pg_catalog.unnest(l.attnums), pg_catalog.unnest(l.columns)) AS o(attnum, name)
           LEFT JOIN pg_catalog.pg_attribute AS a
             ON a.attrelid = p_relid AND a.attname::text = o.name AND a.attnum > 0 AND NOT a.attisdropped
          WHERE a.attnum IS DISTINCT FROM o.attnum) THEN
@@ -260,14 +260,14 @@ BEGIN
     SELECT pg_catalog.array_agg(o.attnum ORDER BY o.attnum),
            pg_catalog.array_agg(coalesce(a.attnum, (1600 + o.attnum)::int2) ORDER BY o.attnum)
       INTO v_from_att, v_to_att
-      FROM (SELECT DISTINCT e.attnum FROM audit.table_layout AS y, unnest(y.attnums) AS e(attnum)
+      FROM (SELECT DISTINCT e.attnum FROM audit.table_layout AS y, pg_catalog.unnest(y.attnums) AS e(attnum)
              WHERE y.relid = p_relid) AS o
-      LEFT JOIN unnest(l.attnums, l.columns) AS k(attnum, name) ON k.attnum = o.attnum
+      LEFT JOIN ROWS FROM (pg_catalog.unnest(l.attnums), pg_catalog.unnest(l.columns)) AS k(attnum, name) ON k.attnum = o.attnum
       LEFT JOIN pg_catalog.pg_attribute AS a
         ON a.attrelid = p_relid AND a.attname::text = k.name AND a.attnum > 0 AND NOT a.attisdropped;
     UPDATE audit.table_layout AS y
        SET attnums = ARRAY(SELECT v_to_att[pg_catalog.array_position(v_from_att, u.a)]
-                             FROM unnest(y.attnums) WITH ORDINALITY AS u(a, k) ORDER BY u.k)
+                             FROM pg_catalog.unnest(y.attnums) WITH ORDINALITY AS u(a, k) ORDER BY u.k)
      WHERE y.relid = p_relid;
     UPDATE audit.tracked_table AS x
        SET key_attnums = audit._remap_attnums(x.key_attnums, v_from_att, v_to_att),
@@ -297,7 +297,7 @@ BEGIN
     END IF;
     SELECT pg_catalog.array_agg(o.typ ORDER BY o.attnum), pg_catalog.array_agg(a.atttypid ORDER BY o.attnum)
       INTO v_told, v_tnew
-      FROM unnest(l.attnums, l.types, l.columns) AS o(attnum, typ, name)
+      FROM ROWS FROM (pg_catalog.unnest(l.attnums), pg_catalog.unnest(l.types), pg_catalog.unnest(l.columns)) AS o(attnum, typ, name)
       JOIN pg_catalog.pg_attribute AS a ON a.attrelid = p_relid AND a.attnum = o.attnum AND a.attname::text = o.name
                                         AND NOT a.attisdropped
      WHERE o.typ >= 16384 AND a.atttypid <> o.typ;
@@ -306,7 +306,7 @@ BEGIN
     END IF;
     UPDATE audit.table_layout AS y
        SET types = ARRAY(SELECT coalesce(v_tnew[pg_catalog.array_position(v_told, u.t)], u.t)
-                           FROM unnest(y.types) WITH ORDINALITY AS u(t, k) ORDER BY u.k)
+                           FROM pg_catalog.unnest(y.types) WITH ORDINALITY AS u(t, k) ORDER BY u.k)
      WHERE y.relid = p_relid AND y.types && v_told;
 END
 $$;
@@ -338,7 +338,7 @@ BEGIN
     v_from := (SELECT pg_catalog.to_jsonb(h) FROM audit.home AS h);
     INSERT INTO audit.relocation (old_relid, new_relid, schema_name, table_name, last_change, moved_from)
     SELECT u.o, u.n, x.schema_name, x.table_name, v_last, v_from
-      FROM unnest(v_old, v_new) AS u(o, n) JOIN audit.tracked_table AS x ON x.relid = u.o
+      FROM ROWS FROM (pg_catalog.unnest(v_old), pg_catalog.unnest(v_new)) AS u(o, n) JOIN audit.tracked_table AS x ON x.relid = u.o
      ORDER BY x.schema_name, x.table_name;
 
     -- The old capture functions and every trigger running them (their names may be the
@@ -356,33 +356,33 @@ BEGIN
        OR EXISTS (SELECT FROM audit.guard AS x WHERE x.relid = ANY (v_tmp)) THEN
         RAISE EXCEPTION 'the registry uses OIDs at the top of the OID range; cannot reattach' USING ERRCODE = 'internal_error';
     END IF;
-    UPDATE audit.tracked_table AS x SET relid = u.t FROM unnest(v_old, v_tmp) AS u(o, t) WHERE x.relid = u.o;
+    UPDATE audit.tracked_table AS x SET relid = u.t FROM ROWS FROM (pg_catalog.unnest(v_old), pg_catalog.unnest(v_tmp)) AS u(o, t) WHERE x.relid = u.o;
     UPDATE audit.tracked_table AS x SET relid = u.n, capture_function = pg_catalog.format('capture_%s', u.n)
-      FROM unnest(v_tmp, v_new) AS u(t, n) WHERE x.relid = u.t;
+      FROM ROWS FROM (pg_catalog.unnest(v_tmp), pg_catalog.unnest(v_new)) AS u(t, n) WHERE x.relid = u.t;
     -- A table not found by name is not captured any more (its capture function is gone).
     UPDATE audit.tracked_table AS x SET enabled = false, disabled_at = pg_catalog.now()
-      FROM unnest(v_new) AS u(n)
+      FROM pg_catalog.unnest(v_new) AS u(n)
      WHERE x.relid = u.n AND x.enabled AND NOT u.n = ANY (v_enabled);
-    UPDATE audit.table_layout AS x SET relid = u.t FROM unnest(v_old, v_tmp) AS u(o, t) WHERE x.relid = u.o;
-    UPDATE audit.table_layout AS x SET relid = u.n FROM unnest(v_tmp, v_new) AS u(t, n) WHERE x.relid = u.t;
-    UPDATE audit.guard AS x SET relid = u.t FROM unnest(v_old, v_tmp) AS u(o, t) WHERE x.relid = u.o;
-    UPDATE audit.guard AS x SET relid = u.n FROM unnest(v_tmp, v_new) AS u(t, n) WHERE x.relid = u.t;
-    UPDATE audit.change AS x SET relid = u.n FROM unnest(v_old, v_new) AS u(o, n) WHERE x.relid = u.o;
-    UPDATE audit.history_break AS x SET relid = u.n FROM unnest(v_old, v_new) AS u(o, n) WHERE x.relid = u.o;
-    UPDATE audit.alert AS x SET relid = u.n FROM unnest(v_old, v_new) AS u(o, n) WHERE x.relid = u.o;
+    UPDATE audit.table_layout AS x SET relid = u.t FROM ROWS FROM (pg_catalog.unnest(v_old), pg_catalog.unnest(v_tmp)) AS u(o, t) WHERE x.relid = u.o;
+    UPDATE audit.table_layout AS x SET relid = u.n FROM ROWS FROM (pg_catalog.unnest(v_tmp), pg_catalog.unnest(v_new)) AS u(t, n) WHERE x.relid = u.t;
+    UPDATE audit.guard AS x SET relid = u.t FROM ROWS FROM (pg_catalog.unnest(v_old), pg_catalog.unnest(v_tmp)) AS u(o, t) WHERE x.relid = u.o;
+    UPDATE audit.guard AS x SET relid = u.n FROM ROWS FROM (pg_catalog.unnest(v_tmp), pg_catalog.unnest(v_new)) AS u(t, n) WHERE x.relid = u.t;
+    UPDATE audit.change AS x SET relid = u.n FROM ROWS FROM (pg_catalog.unnest(v_old), pg_catalog.unnest(v_new)) AS u(o, n) WHERE x.relid = u.o;
+    UPDATE audit.history_break AS x SET relid = u.n FROM ROWS FROM (pg_catalog.unnest(v_old), pg_catalog.unnest(v_new)) AS u(o, n) WHERE x.relid = u.o;
+    UPDATE audit.alert AS x SET relid = u.n FROM ROWS FROM (pg_catalog.unnest(v_old), pg_catalog.unnest(v_new)) AS u(o, n) WHERE x.relid = u.o;
     -- The guards' counters of refusals are named after the OID (two steps, likewise).
-    FOR r IN SELECT u.o, u.n FROM unnest(v_old, v_new) AS u(o, n)
+    FOR r IN SELECT u.o, u.n FROM ROWS FROM (pg_catalog.unnest(v_old), pg_catalog.unnest(v_new)) AS u(o, n)
               WHERE audit._guard_counter(u.o) IS NOT NULL LOOP
         EXECUTE pg_catalog.format('ALTER SEQUENCE audit.%I RENAME TO %I',
                                   pg_catalog.format('guard_blocked_%s', r.o), pg_catalog.format('guard_blocked_moving_%s', r.n));
     END LOOP;
-    FOR r IN SELECT u.n FROM unnest(v_new) AS u(n)
+    FOR r IN SELECT u.n FROM pg_catalog.unnest(v_new) AS u(n)
               WHERE pg_catalog.to_regclass(pg_catalog.format('audit.%I', pg_catalog.format('guard_blocked_moving_%s', u.n))) IS NOT NULL LOOP
         EXECUTE pg_catalog.format('ALTER SEQUENCE audit.%I RENAME TO %I',
                                   pg_catalog.format('guard_blocked_moving_%s', r.n), pg_catalog.format('guard_blocked_%s', r.n));
     END LOOP;
 
-    FOR r IN SELECT u.n FROM unnest(v_new) AS u(n)
+    FOR r IN SELECT u.n FROM pg_catalog.unnest(v_new) AS u(n)
               WHERE EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = u.n AND c.relkind IN ('r', 'p')) LOOP
         PERFORM audit._reattach_attnums(r.n);
         PERFORM audit._reattach_types(r.n);

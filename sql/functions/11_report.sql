@@ -451,7 +451,7 @@ BEGIN
            CASE c.op WHEN 'I' THEN 'INSERT' WHEN 'U' THEN 'UPDATE' WHEN 'D' THEN 'DELETE' ELSE 'TRUNCATE' END,
            c.pk, c.old, c.new,
            CASE WHEN c.op = 'U' THEN audit.changed_columns(c.old, c.new) END, c.clock_at
-      FROM unnest(p_txids) AS x(txid)
+      FROM pg_catalog.unnest(p_txids) AS x(txid)
      CROSS JOIN LATERAL (
          SELECT ch.* FROM audit.change AS ch
           WHERE ch.txid = x.txid

@@ -33,6 +33,29 @@ BEGIN
 END
 $$;
 
+-- search_path: every function of the schema runs with search_path = pg_catalog, pg_temp, so
+-- that no function or operator a table owner placed on the caller's search_path (an exact
+-- match for the argument types beats pg_catalog's polymorphic unnest, ||, @>, =) is what a
+-- function of ours calls, whoever calls it: a reviewer, an administrator, a writer. Except
+-- those called for every row or transaction of capture, history or reconstruction, whose
+-- every call and operator resolves in pg_catalog for their argument types (a pinned setting
+-- costs microseconds per call): audit._context, audit.changed_columns, audit._rename_keys and
+-- the commit markers (audit._mark_commit_<partition>, made by audit._partition_marker).
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_catalog.pg_proc AS p
+              WHERE p.pronamespace = 'audit'::regnamespace
+                AND p.proname NOT IN ('_context', 'changed_columns', '_rename_keys')
+                AND p.proname NOT LIKE '\_mark\_commit\_%'
+                AND NOT EXISTS (SELECT FROM pg_catalog.unnest(p.proconfig) AS c(setting)
+                                 WHERE c.setting LIKE 'search\_path=%') LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f);
+    END LOOP;
+END
+$$;
+
 -- Readers: the NOLOGIN role pgaudit_reader (created when the installer may create roles) may
 -- read the log and call the query functions; grant it to the people who review history.
 DO $$

@@ -29,7 +29,7 @@ from django.urls import path
 
 _QUERY = (
     "SELECT id, at, op, actor, db_user, context, old, new, txid::text"
-    " FROM audit.history WHERE relid = to_regclass(%s) AND pk = %s::jsonb"
+    " FROM audit.history WHERE relid = pg_catalog.to_regclass(%s) AND pk = %s::jsonb"
     " ORDER BY id DESC LIMIT %s"
 )
 
