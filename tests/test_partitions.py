@@ -85,12 +85,18 @@ def drop_current_partitions(conn: Conn) -> None:
         conn.execute(f"DROP TABLE {current[0]}")
 
 
+def audited_t_out_of_partitions(audit: Audit, conn: Conn) -> None:
+    """Daily partitions, table t audited, the current pair dropped: t's history goes to the
+    defaults."""
+    audit.install(partition_interval="1 day")
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    audit.enable("t")
+    drop_current_partitions(conn)
+
+
 def test_maintain_moves_rows_out_of_the_default_partitions(dsn: str, conn: Conn) -> None:
     with Audit.connect(dsn) as audit:
-        audit.install(partition_interval="1 day")
-        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
-        conn.execute("SELECT audit.enable('t')")
-        drop_current_partitions(conn)
+        audited_t_out_of_partitions(audit, conn)
         conn.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
         conn.execute("UPDATE t SET v = 'c' WHERE id = 1")
         assert in_defaults(conn) == 3 + 2
@@ -337,10 +343,7 @@ def test_a_transaction_breaking_history_before_its_first_change_waits_for_mainta
     the log's tables in capture's order (changes, then transactions), so one waits for the
     other and neither is cancelled as a deadlock."""
     with Audit.connect(dsn) as audit:
-        audit.install(partition_interval="1 day")
-        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
-        audit.enable("t")
-        drop_current_partitions(conn)
+        audited_t_out_of_partitions(audit, conn)
         conn.execute("INSERT INTO t VALUES (1, 'a')")
         assert in_defaults(conn) > 0
     done: list[Any] = []
