@@ -29,6 +29,7 @@ import psycopg
 from pgaudit_tool.archive import duckdb_module, duckdb_session
 from pgaudit_tool.db import translated_errors
 from pgaudit_tool.errors import InvalidInput
+from pgaudit_tool.history import HistoryFilter
 
 OP_LETTERS = {"INSERT": "I", "UPDATE": "U", "DELETE": "D", "TRUNCATE": "T"}
 _BATCH = 5000
@@ -99,7 +100,7 @@ _COLUMNS = {
 def archived_lines(
     conn: psycopg.Connection[Any],
     pairs: Sequence[dict[str, Path]],
-    flt: Any,
+    flt: HistoryFilter,
     pk_texts: list[str] | None,
 ) -> Iterator[tuple[int, str]]:
     """(id, JSON text) of the archived changes in ``pairs`` that the history filter ``flt``
@@ -133,7 +134,7 @@ def archived_lines(
 
 
 def _select(
-    con: Any, pairs: Sequence[dict[str, Path]], flt: Any, pk_texts: list[str] | None
+    con: Any, pairs: Sequence[dict[str, Path]], flt: HistoryFilter, pk_texts: list[str] | None
 ) -> None:
     """DuckDB table ``sel``: the archived changes ``flt`` selects, with their transactions.
     A filter on transactions (actor, login role) picks them first (table ``matched``): the
