@@ -39,7 +39,7 @@ from pgaudit_tool import report as _report
 from pgaudit_tool import revert as _revert
 from pgaudit_tool import schema, tables
 from pgaudit_tool import watch as _watch
-from pgaudit_tool.archive_lines import archived_lines
+from pgaudit_tool.archive_lines import archived_lines, archived_values
 from pgaudit_tool.connection import PasswordPrompt, connect, login, resolve_conninfo
 from pgaudit_tool.context import audit_context
 from pgaudit_tool.db import (
@@ -263,6 +263,11 @@ class Audit:
             table, pk=pk, actor=actor, db_user=db_user, txid=txid, op=op, since=since,
             until=until, limit=limit, last=last,
         )  # fmt: skip
+        if archive is not None and not flt.pk_part:
+            # Archived rows read by DuckDB, merged with the live log's (archive_lines).
+            pairs = _archive.archived_pairs(self.conn, Path(archive))
+            archived = archived_values(self.conn, pairs, flt, self._pk_texts(flt))
+            return _history.history_merged(self.conn, flt, archived)
         return _history.history(self.conn, flt, self._history_source(flt, archive))
 
     def export_history(

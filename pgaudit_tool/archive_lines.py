@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 
 from pgaudit_tool.archive import duckdb_module, duckdb_session
-from pgaudit_tool.db import translated_errors
+from pgaudit_tool.db import load_json, translated_errors
 from pgaudit_tool.errors import InvalidInput
 from pgaudit_tool.history import HistoryFilter
 
@@ -106,6 +106,70 @@ def archived_lines(
     """(id, JSON text) of the archived changes in ``pairs`` that the history filter ``flt``
     selects (its ``limit`` and ``last`` too), by id: the lines ``row_to_json`` would write for
     them in ``audit.history``. ``pk_texts``: the key's variants as jsonb text (with a key)."""
+    line = " || ',' || ".join(
+        f"{_literal(json.dumps(key) + ':')} || {expr}" for key, expr in _COLUMNS.items()
+    )
+    yield from _archived(conn, pairs, flt, pk_texts, f"id, '{{' || {line} || '}}'")
+
+
+def archived_values(
+    conn: psycopg.Connection[Any],
+    pairs: Sequence[dict[str, Path]],
+    flt: HistoryFilter,
+    pk_texts: list[str] | None,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(id, change) of the same changes as :func:`archived_lines`, each change the dict
+    ``Audit.history`` gives for the live log: the Python values psycopg makes of the server's
+    (JSON by :data:`pgaudit_tool.db.load_json`, times in the session's time zone)."""
+    zone = conn.info.timezone
+    for row in _archived(conn, pairs, flt, pk_texts, _VALUES):
+        change = dict(zip(_VALUE_KEYS, row, strict=True))
+        for key in ("pk", "old", "new", "context"):
+            change[key] = None if change[key] is None else load_json(change[key])
+        for key in ("at", "statement_at", "transaction_started_at"):
+            change[key] = change[key].astimezone(zone)
+        change["op"] = OP_NAMES[change["op"]]
+        if change["op"] != "UPDATE":
+            change["changed"] = None
+        yield change["id"], change
+
+
+OP_NAMES = {letter: name for name, letter in OP_LETTERS.items()}
+#: The columns of history (``pgaudit_tool.history.HISTORY_COLUMNS``, in order) from DuckDB.
+_VALUE_COLUMNS = {
+    "id": "id",
+    "table": "quoted",
+    "op": "op",
+    "pk": "pk",
+    "old": "old",
+    "new": "new",
+    "changed": "coalesce(changed_list, [])",
+    "txid": "txid",
+    "at": "clock_at",
+    "db_user": "db_user",
+    "role": "role",
+    "actor": "actor",
+    "context": "context",
+    "client_addr": "split_part(client_addr, '/', 1)",
+    "application_name": "application_name",
+    "client_port": "client_port",
+    "backend_pid": "backend_pid",
+    "statement_at": "statement_at",
+    "transaction_started_at": "started_at",
+}
+_VALUE_KEYS = tuple(_VALUE_COLUMNS)
+_VALUES = ", ".join(_VALUE_COLUMNS.values())
+
+
+def _archived(
+    conn: psycopg.Connection[Any],
+    pairs: Sequence[dict[str, Path]],
+    flt: HistoryFilter,
+    pk_texts: list[str] | None,
+    columns: str,
+) -> Iterator[tuple[Any, ...]]:
+    """``columns`` (DuckDB SQL over ``sel`` joined with ``names`` and ``changed``) of the
+    archived changes ``flt`` selects, by id."""
     if not pairs:
         return
     duckdb = duckdb_module()
@@ -115,11 +179,8 @@ def archived_lines(
             _select(con, pairs, flt, pk_texts)
             _quote_names(conn, con)
             _changed(conn, con)
-            line = " || ',' || ".join(
-                f"{_literal(json.dumps(key) + ':')} || {expr}" for key, expr in _COLUMNS.items()
-            )
             cur = con.execute(
-                f"SELECT id, '{{' || {line} || '}}' FROM sel"  # noqa: S608
+                f"SELECT {columns} FROM sel"  # noqa: S608
                 " LEFT JOIN names USING (schema_name, table_name)"
                 " LEFT JOIN changed USING (id) ORDER BY id"
             )
@@ -201,8 +262,8 @@ def _quote_names(conn: psycopg.Connection[Any], con: Any) -> None:
 
 
 def _changed(conn: psycopg.Connection[Any], con: Any) -> None:
-    """DuckDB table ``changed`` (id, changed_json): the changed columns of each UPDATE of
-    ``sel`` as a JSON array, sorted in the database's collation."""
+    """DuckDB table ``changed`` (id, changed_json, changed_list): the changed columns of each
+    UPDATE of ``sel`` as a JSON array and as a list, sorted in the database's collation."""
     inexact = f"(regexp_matches(coalesce(old, ''), {_INEXACT}) OR regexp_matches(coalesce(new, ''), {_INEXACT}))"
     con.execute(
         "CREATE TEMP TABLE images AS SELECT id, json_transform(old, '\"MAP(VARCHAR, JSON)\"') AS o,"  # noqa: S608
@@ -233,8 +294,8 @@ def _changed(conn: psycopg.Connection[Any], con: Any) -> None:
         )
     con.execute(
         "CREATE TEMP TABLE changed AS SELECT id,"  # noqa: S608
-        f" '[' || string_agg({_string('k')}, ',' ORDER BY r) || ']' AS changed_json"
-        " FROM keys JOIN ranks USING (k) GROUP BY id"
+        f" '[' || string_agg({_string('k')}, ',' ORDER BY r) || ']' AS changed_json,"
+        " list(k ORDER BY r) AS changed_list FROM keys JOIN ranks USING (k) GROUP BY id"
     )
 
 

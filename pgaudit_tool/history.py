@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import heapq
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -175,6 +178,27 @@ def history(
     with translated_errors():
         query, params = _query(flt or HistoryFilter(), source)
     yield from stream(conn, "pgaudit_history", query, params)
+
+
+def history_merged(
+    conn: psycopg.Connection[Any],
+    flt: HistoryFilter,
+    archived: Iterable[tuple[int, dict[str, Any]]],
+) -> Iterator[dict[str, Any]]:
+    """Changes matching ``flt`` in the live log merged by id with ``archived``: (id, change) of
+    the archived changes ``flt`` selects, by id (:func:`pgaudit_tool.archive_lines.archived_values`);
+    only the first ``limit`` or the ``last`` of the merge (each side has at most as many)."""
+    with translated_errors():
+        query, params = _query(flt)
+    live = ((row["id"], row) for row in stream(conn, "pgaudit_history", query, params))
+    merged: Iterable[dict[str, Any]] = (
+        change for _, change in heapq.merge(live, archived, key=lambda pair: pair[0])
+    )
+    if flt.limit is not None:
+        merged = itertools.islice(merged, flt.limit)
+    elif flt.last is not None:
+        merged = collections.deque(merged, maxlen=flt.last)
+    yield from merged
 
 
 def export_history(

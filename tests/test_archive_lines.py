@@ -1,7 +1,8 @@
-"""History as JSON with an archive (issue 16): DuckDB renders the archived changes
-(pgaudit_tool.archive_lines) and the lines are merged with the server's; the output must be
-byte for byte what the server wrote before the history left the log, for every kind of value,
-name and filter, and for ids of archived and live changes that interleave.
+"""History with an archive (issue 16): DuckDB reads and renders the archived changes
+(pgaudit_tool.archive_lines), merged by id with the server's; JSON output must be byte for byte
+what the server wrote before the history left the log, and Python values the same values,
+for every kind of value, name and filter, and for ids of archived and live changes that
+interleave.
 """
 
 from __future__ import annotations
@@ -71,12 +72,16 @@ def _long_transaction(dsn: str, started: threading.Event, go_on: threading.Event
 
 
 def _outputs(audit: Audit, filters: list[dict[str, Any]], **archive: Any) -> list[bytes]:
+    """What history gives for each filter: as jsonl, as json, and as Python values (their
+    repr: types, Decimal digits and time zones count, not only equality)."""
     found = []
     for fmt in ("jsonl", "json"):
         for flt in filters:
             out = io.BytesIO()
             audit.export_history(out, fmt, **flt, **archive)
             found.append(out.getvalue())
+    for flt in filters:
+        found.append(repr(list(audit.history(**flt, **archive))).encode())
     return found
 
 
@@ -88,6 +93,7 @@ def test_json_history_read_from_the_archive_is_what_the_server_wrote(
 ) -> None:
     with Audit.connect(dsn) as audit:
         audit.install(partition_interval="1 minute")
+        audit.conn.execute("SET TimeZone = 'Asia/Kolkata'")  # Python values in the session's zone
         conn.execute('CREATE SCHEMA "Odd ""Schema"""')
         conn.execute(
             f'CREATE TABLE {ODD} (id int PRIMARY KEY, "Mixed Case" text, "user" numeric,'
@@ -138,6 +144,7 @@ def test_json_history_read_from_the_archive_is_what_the_server_wrote(
         assert any(p.status == "dropped" for p in result.parts), result
         assert _outputs(audit, [{}]) != before[:1]  # some history left the log
     with Audit.connect(dsn) as reader:
+        reader.conn.execute("SET TimeZone = 'Asia/Kolkata'")
         after = _outputs(reader, filters, archive=directory)
         # DuckDB rendered the archived rows: nothing was loaded into the server.
         loaded = reader.conn.execute(
@@ -145,7 +152,7 @@ def test_json_history_read_from_the_archive_is_what_the_server_wrote(
         ).fetchone()
         assert loaded == (None,)
     for i, (want, got) in enumerate(zip(before, after, strict=True)):
-        assert got == want, (i % len(filters), ["jsonl", "json"][i // len(filters)])
+        assert got == want, (i % len(filters), ["jsonl", "json", "values"][i // len(filters)])
 
 
 @pytest.mark.skipif(
