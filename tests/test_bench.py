@@ -500,6 +500,8 @@ def test_bench_command_prints_json_data_and_progress_on_stderr(audit: Audit, dsn
             "2000",
             "--report-changes",
             "2000",
+            "--archive-changes",
+            "20000",
             "--format",
             "json",
         ],
@@ -507,6 +509,7 @@ def test_bench_command_prints_json_data_and_progress_on_stderr(audit: Audit, dsn
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert set(RESULT_KEYS) <= set(data)
+    assert data["archived_changes"] == 20000 and data["history_archive_ms"] > 0
     assert data["insert_ratio"] > 0 and data["tpcb_tps_ratio"] is None
     assert data["row_at_median_ms"] > 0 and data["table_at_ratio"] > 0
     assert data["scale"] == 2 and data["large_scale"] == 3
@@ -540,6 +543,10 @@ def test_bench_command_large_scale_options_and_table(monkeypatch: pytest.MonkeyP
     done = runner.invoke(cli.main, ["bench", "--no-large-scale"])
     assert done.exit_code == 0, done.output
     assert (configs[-1].large_scale, configs[-1].large_tpcb) == (10, False)
+    assert (configs[-1].archive_changes, configs[-1].archive_reading) == (10_000_000, True)
+    done = runner.invoke(cli.main, ["bench", "--archive-changes", "5000", "--no-archive-reading"])
+    assert done.exit_code == 0, done.output
+    assert (configs[-1].archive_changes, configs[-1].archive_reading) == (5000, False)
     assert runner.invoke(cli.main, ["bench", "--large-scale", "0"]).exit_code == 2
     help_text = runner.invoke(cli.main, ["bench", "--help"]).stdout
     assert "--large-scale" in help_text and "--no-large-scale" in help_text
