@@ -33,15 +33,17 @@ STEP = timedelta(seconds=2)
 
 
 def short_partitions(conn: Conn, count: int = 4) -> list[datetime]:
-    """Replace the log's (empty) partitions by ``count`` of 2 seconds from now on; their starts."""
+    """Replace the log's (empty) partitions by ``count`` of 2 seconds from now on (the first
+    one second longer: on a loaded machine, making the partitions can take a second, and what
+    a test writes next must still land in the first); their starts."""
     for (name,) in conn.execute(
         "SELECT partition::text FROM audit.partitions() WHERE lower IS NOT NULL"
     ).fetchall():
         conn.execute(f"DROP TABLE {name}")
     start = conn.execute("SELECT date_trunc('second', clock_timestamp())").fetchone()[0]  # type: ignore[index]
-    starts = [start + i * STEP for i in range(count)]
-    for lower in starts:
-        conn.execute("SELECT audit._partition_add(%s, %s)", (lower, lower + STEP))
+    starts = [start] + [start + timedelta(seconds=1) + i * STEP for i in range(1, count)]
+    for lower, upper in zip(starts, [*starts[1:], starts[-1] + STEP], strict=True):
+        conn.execute("SELECT audit._partition_add(%s, %s)", (lower, upper))
     return starts
 
 
@@ -198,7 +200,7 @@ def test_verify_archive_detects_every_kind_of_tampering(
             "SELECT partition::text FROM audit.partitions() WHERE lower IS NOT NULL"
         ).fetchall():
             oc.execute(f"DROP TABLE {name}")
-        oc.execute("SELECT audit._partition_add(%s, %s)", (starts[0], starts[0] + STEP))
+        oc.execute("SELECT audit._partition_add(%s, %s)", (starts[0], starts[1]))
         foreign = tmp_path / "foreign"
         ok(invoke(other_dsn, "archive", "--before", starts[1].isoformat(), "--to", str(foreign)))
     swapped = tampered(directory, tmp_path, "swapped")
