@@ -112,7 +112,7 @@ def duckdb_session() -> Iterator[Any]:
         con = duckdb.connect()
         try:
             con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")
-            con.execute(f"SET temp_directory = {_duck_literal(spill)}")
+            con.execute(f"SET temp_directory = {duck_literal(spill)}")
             yield con
         finally:
             con.close()
@@ -469,14 +469,14 @@ def write_parquet(
                     out.write(chunk)
         with duckdb_session() as con:
             spec = ", ".join(f"'{c}': '{t}'" for c, t in columns)
-            kv = ", ".join(f"{k}: {_duck_literal(v)}" for k, v in (metadata or {}).items())
+            kv = ", ".join(f"{k}: {duck_literal(v)}" for k, v in (metadata or {}).items())
             # COPY takes no parameters: the paths and metadata, ours, are quoted literals.
             con.execute(
-                f"COPY (SELECT * FROM read_csv({_duck_literal(str(scratch))}, header = false,"  # noqa: S608
+                f"COPY (SELECT * FROM read_csv({duck_literal(str(scratch))}, header = false,"  # noqa: S608
                 " auto_detect = false, quote = '\"', escape = '\"', nullstr = '',"
                 f" allow_quoted_nulls = false, columns = {{{spec}}})"
                 f" ORDER BY {', '.join(ORDER[log])})"
-                f" TO {_duck_literal(str(staging))} (FORMAT parquet, COMPRESSION zstd"
+                f" TO {duck_literal(str(staging))} (FORMAT parquet, COMPRESSION zstd"
                 + (f", KV_METADATA {{{kv}}})" if kv else ")")
             )
             rows = int(
@@ -501,7 +501,7 @@ def _label(suffix: str, entries: dict[str, dict[str, Any]]) -> str:
     return label
 
 
-def _duck_literal(text: str) -> str:
+def duck_literal(text: str) -> str:
     """A DuckDB string literal (paths and metadata we write ourselves)."""
     return "'" + text.replace("'", "''") + "'"
 
@@ -772,7 +772,7 @@ def _copy_picked(conn: psycopg.Connection[Any], con: Any, log: str) -> None:
         con.execute("SET TimeZone = 'UTC'")
         con.execute(
             f"COPY (SELECT {', '.join(names)} FROM picked)"  # noqa: S608
-            f" TO {_duck_literal(scratch.name)} (FORMAT csv, HEADER false)"
+            f" TO {duck_literal(scratch.name)} (FORMAT csv, HEADER false)"
         )
         statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
             sql.Identifier("pg_temp", ARCHIVED[log]), sql.SQL(", ").join(map(sql.Identifier, names))

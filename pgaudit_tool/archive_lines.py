@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from pgaudit_tool.archive import duckdb_module, duckdb_session
+from pgaudit_tool.archive import duck_literal, duckdb_module, duckdb_session
 from pgaudit_tool.db import load_json, translated_errors
 from pgaudit_tool.errors import InvalidInput
 from pgaudit_tool.history import HistoryFilter
@@ -42,17 +42,13 @@ _ESCAPES += [("\r", "\\r"), ("\t", "\\t")]
 _ESCAPES += [(chr(c), f"\\u{c:04x}") for c in range(1, 32) if chr(c) not in "\b\f\n\r\t"]
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _string(expr: str) -> str:
     """DuckDB SQL: ``expr`` (VARCHAR) as a JSON string as PostgreSQL writes it, or null.
     DuckDB's ``to_json`` escapes as PostgreSQL does but for the case of ``\\u00XX``; a string
     where it wrote one (rare: control characters) is escaped character by character."""
     escaped = expr
     for char, escape in _ESCAPES:
-        escaped = f"replace({escaped}, {_literal(char)}, {_literal(escape)})"
+        escaped = f"replace({escaped}, {duck_literal(char)}, {duck_literal(escape)})"
     duck = f"to_json({expr})::VARCHAR"
     return (
         f"coalesce(CASE WHEN contains({duck}, '\\u00') THEN '\"' || {escaped} || '\"'"
@@ -107,7 +103,7 @@ def archived_lines(
     selects (its ``limit`` and ``last`` too), by id: the lines ``row_to_json`` would write for
     them in ``audit.history``. ``pk_texts``: the key's variants as jsonb text (with a key)."""
     line = " || ',' || ".join(
-        f"{_literal(json.dumps(key) + ':')} || {expr}" for key, expr in _COLUMNS.items()
+        f"{duck_literal(json.dumps(key) + ':')} || {expr}" for key, expr in _COLUMNS.items()
     )
     yield from _archived(conn, pairs, flt, pk_texts, f"id, '{{' || {line} || '}}'")
 
