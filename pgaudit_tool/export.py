@@ -25,7 +25,7 @@ import heapq
 import itertools
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -33,7 +33,9 @@ from psycopg import sql
 from pgaudit_tool.db import translated_errors
 from pgaudit_tool.errors import InvalidInput
 
-__all__ = ["EXPORT_FORMATS", "OUTPUT_SETTINGS", "export", "export_merged"]
+__all__ = ["EXPORT_FORMATS", "OUTPUT_SETTINGS", "export", "export_merged", "merged_by_key"]
+
+_T = TypeVar("_T")
 
 EXPORT_FORMATS = ("csv", "json", "jsonl")
 
@@ -156,13 +158,30 @@ def export_merged(
     ):
         cur.itersize = _BATCH
         cur.execute(rows)
-        lines: Iterable[str] = (text for _, text in heapq.merge(cur, other))
-        if limit is not None:
-            lines = itertools.islice(lines, limit)
-        elif last is not None:
-            lines = collections.deque(lines, maxlen=last)
+        lines = merged_by_key(cur, other, limit=limit, last=last)
         _write_json(lines, out, array=fmt == "json")
     out.flush()
+
+
+def merged_by_key(
+    first: Iterable[tuple[int, _T]],
+    second: Iterable[tuple[int, _T]],
+    *,
+    limit: int | None = None,
+    last: int | None = None,
+) -> Iterable[_T]:
+    """The items of two (key, item) streams, each in key order, merged in key order (keys are
+    unique across both); only the first ``limit`` or the ``last`` items of the merge."""
+    items: Iterable[_T] = (item for _, item in heapq.merge(first, second, key=_first))
+    if limit is not None:
+        return itertools.islice(items, limit)
+    if last is not None:
+        return collections.deque(items, maxlen=last)
+    return items
+
+
+def _first(pair: tuple[int, Any]) -> int:
+    return pair[0]
 
 
 def _write_json(lines: Iterable[str], out: BinaryIO, *, array: bool) -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import collections
-import heapq
-import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +12,7 @@ from psycopg import sql
 
 from pgaudit_tool.db import TableRef, jsonb, stream, translated_errors
 from pgaudit_tool.errors import InvalidInput
-from pgaudit_tool.export import export, export_merged
+from pgaudit_tool.export import export, export_merged, merged_by_key
 from pgaudit_tool.output import to_json_text
 
 HISTORY_COLUMNS = (
@@ -191,14 +188,7 @@ def history_merged(
     with translated_errors():
         query, params = _query(flt)
     live = ((row["id"], row) for row in stream(conn, "pgaudit_history", query, params))
-    merged: Iterable[dict[str, Any]] = (
-        change for _, change in heapq.merge(live, archived, key=lambda pair: pair[0])
-    )
-    if flt.limit is not None:
-        merged = itertools.islice(merged, flt.limit)
-    elif flt.last is not None:
-        merged = collections.deque(merged, maxlen=flt.last)
-    yield from merged
+    yield from merged_by_key(live, archived, limit=flt.limit, last=flt.last)
 
 
 def export_history(

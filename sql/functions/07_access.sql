@@ -211,9 +211,15 @@ BEGIN
       FROM pg_catalog.pg_event_trigger_ddl_commands() AS c, audit._type_users(c.objid) AS u
      WHERE c.classid = 'pg_catalog.pg_type'::regclass;
 
-    -- Inheritance (not partitioning) with an audited table, either way.
+    -- Inheritance (not partitioning) with an audited table, either way (looked for only when
+    -- the command's tables inherit or are inherited from: audit._inheritance() reads every
+    -- partition of the database).
     FOR r IN SELECT i.child, i.parent FROM audit._inheritance() AS i
-              WHERE i.child::oid = ANY (v_tables) OR i.parent::oid = ANY (v_tables) LOOP
+              WHERE EXISTS (SELECT FROM pg_catalog.pg_inherits AS h
+                              JOIN pg_catalog.pg_class AS k ON k.oid = h.inhrelid
+                             WHERE NOT k.relispartition
+                               AND (h.inhrelid = ANY (v_tables) OR h.inhparent = ANY (v_tables)))
+                AND (i.child::oid = ANY (v_tables) OR i.parent::oid = ANY (v_tables)) LOOP
         RAISE EXCEPTION 'table % cannot inherit from % while either is audited', r.child, r.parent
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'Statements on the parent change the child''s rows, which capture would pair by a key that does not cover them. Use declarative partitioning.';
