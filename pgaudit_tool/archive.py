@@ -20,14 +20,16 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from pgaudit_tool.db import translated_errors, write_transaction
@@ -433,8 +435,8 @@ def _export(
         "pgaudit_database": json.dumps(identity, sort_keys=True),
         "pgaudit_partition": f"audit.{log}_p{part.suffix}",
     }
-    rows = write_parquet(conn, query, log, final, metadata)
     expected = part.changes if log == "change" else part.transactions
+    rows = write_parquet(conn, query, log, final, metadata, streams=render_streams(log, expected))
     if rows != expected:
         raise AuditError(f"{final} holds {rows} rows, the partition {expected}")
     return {
@@ -451,28 +453,25 @@ def write_parquet(
     log: str,
     final: Path,
     metadata: dict[str, str] | None = None,
+    *,
+    streams: int = 1,
 ) -> int:
     """Rows of ``query`` (the columns of ``COLUMNS[log]``, in order) to a Parquet file: the
-    server's CSV to a scratch file, DuckDB from it to Parquet, sorted in ``ORDER[log]``, under
-    a temporary name, fsynced, counted back, renamed. Returns the rows written."""
+    server's CSV to scratch files (:func:`_render_csv`, up to ``streams`` sessions at once),
+    DuckDB from them to Parquet, sorted in ``ORDER[log]``, under a temporary name, fsynced,
+    counted back, renamed. Returns the rows written."""
     duckdb_module()  # without DuckDB, fail before the export
-    scratch = final.with_name(f".{final.name}.csv")
+    scratches = [final.with_name(f".{final.name}.{k}.csv") for k in range(streams)]
     staging = final.with_name(f".{final.name}.tmp")
-    columns = COLUMNS[log]
     try:
-        with conn.transaction(), scratch.open("wb") as out:
-            for name, value in _SETTINGS:
-                conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-            copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
-            with conn.cursor().copy(copy_sql) as copy:
-                for chunk in copy:
-                    out.write(chunk)
+        written = _render_csv(conn, query, log, scratches)
         with duckdb_session() as con:
-            spec = ", ".join(f"'{c}': '{t}'" for c, t in columns)
+            spec = ", ".join(f"'{c}': '{t}'" for c, t in COLUMNS[log])
             kv = ", ".join(f"{k}: {duck_literal(v)}" for k, v in (metadata or {}).items())
+            files = ", ".join(duck_literal(str(p)) for p in written)
             # COPY takes no parameters: the paths and metadata, ours, are quoted literals.
             con.execute(
-                f"COPY (SELECT * FROM read_csv({duck_literal(str(scratch))}, header = false,"  # noqa: S608
+                f"COPY (SELECT * FROM read_csv([{files}], header = false,"  # noqa: S608
                 " auto_detect = false, quote = '\"', escape = '\"', nullstr = '',"
                 f" allow_quoted_nulls = false, columns = {{{spec}}})"
                 f" ORDER BY {', '.join(ORDER[log])})"
@@ -486,9 +485,101 @@ def write_parquet(
         os.replace(staging, final)
         _fsync_dir(final.parent)
     finally:
-        scratch.unlink(missing_ok=True)
+        for scratch in scratches:
+            scratch.unlink(missing_ok=True)
         staging.unlink(missing_ok=True)
     return rows
+
+
+#: Sessions rendering the CSV of a large partition of changes at once, and the rows from which
+#: more than one does (each opens a connection; a file of transactions is small).
+RENDER_STREAMS = 2
+PARALLEL_ROWS = 50_000
+
+
+def render_streams(log: str, rows: int) -> int:
+    """How many sessions render the CSV of ``rows`` rows of ``log`` (:func:`_render_csv`)."""
+    return RENDER_STREAMS if log == "change" and rows >= PARALLEL_ROWS else 1
+
+
+def _render_csv(
+    conn: psycopg.Connection[Any], query: sql.Composable, log: str, paths: Sequence[Path]
+) -> list[Path]:
+    """The server's CSV of ``query``'s rows (the log's text settings) into the first of
+    ``paths`` from ``conn``; or, given more, one share of the rows in each (by the first
+    column, an id), rendered at once by sessions of their own on one snapshot, as ``conn``'s
+    role (rendering JSON and times is the server's work, one core a session: two take 0.85
+    of the time on two cores). When those sessions cannot be opened (a connection limit),
+    ``conn`` renders all. Returns the files written."""
+    with conn.transaction():
+        helpers = _share_sessions(conn, len(paths)) if len(paths) > 1 else []
+        if not helpers:
+            with paths[0].open("wb") as out:
+                _copy_csv(conn, query, out)
+            return [paths[0]]
+        key = sql.Identifier(COLUMNS[log][0][0])
+        shares = [
+            sql.SQL("SELECT * FROM ({}) AS q WHERE q.{} % {} = {}").format(
+                query, key, sql.Literal(len(helpers)), sql.Literal(k)
+            )
+            for k in range(len(helpers))
+        ]
+        try:
+            with ThreadPoolExecutor(len(helpers)) as pool:
+                futures = [
+                    pool.submit(_copy_share, helper, share, path)
+                    for helper, share, path in zip(helpers, shares, paths, strict=False)
+                ]
+                for future in futures:
+                    future.result()
+        finally:
+            for helper in helpers:
+                helper.close()
+    return list(paths[: len(helpers)])
+
+
+def _share_sessions(conn: psycopg.Connection[Any], n: int) -> list[psycopg.Connection[Any]]:
+    """``n`` new sessions as ``conn``'s user and role, each in a read-only transaction on one
+    snapshot (the first exports it, the others import it); none when one of them cannot be
+    opened (a connection limit, a server that cannot export snapshots)."""
+    row = conn.execute("SELECT current_user <> session_user, current_user").fetchone()
+    assert row is not None
+    other_role, role = row
+    conninfo = make_conninfo(conn.info.dsn, password=conn.info.password or None)
+    helpers: list[psycopg.Connection[Any]] = []
+    snapshot = None
+    try:
+        for _ in range(n):
+            helper = psycopg.connect(conninfo, autocommit=True)
+            helpers.append(helper)
+            helper.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            if snapshot is None:
+                exported = helper.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
+                snapshot = exported[0] if exported else None
+            else:
+                helper.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            if other_role:
+                helper.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+    except psycopg.Error:
+        for helper in helpers:
+            helper.close()
+        return []
+    return helpers
+
+
+def _copy_share(helper: psycopg.Connection[Any], query: sql.Composable, path: Path) -> None:
+    with path.open("wb") as out:
+        _copy_csv(helper, query, out)
+
+
+def _copy_csv(conn: psycopg.Connection[Any], query: sql.Composable, out: BinaryIO) -> None:
+    """``query``'s rows as the server's CSV into ``out``, with the log's text settings for the
+    rest of ``conn``'s transaction."""
+    for name, value in _SETTINGS:
+        conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, value))
+    with conn.cursor().copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)) as copy:
+        for chunk in copy:
+            out.write(chunk)
 
 
 def _label(suffix: str, entries: dict[str, dict[str, Any]]) -> str:

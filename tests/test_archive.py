@@ -15,15 +15,16 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
-from pgaudit_tool import Audit
+from pgaudit_tool import Audit, archive
 from pgaudit_tool.archive import COLUMNS, duckdb_module
 from tests.conftest import PgServer, fresh_database
 from tests.test_cli import PGAUDIT_TOOL, failed, invoke, ok
@@ -487,3 +488,69 @@ def test_hostile_names_survive_the_archive(dsn: str, conn: Conn, tmp_path: Path)
             == before
         )
         assert audit.verify(archive=directory) == [] and audit.verify() == []
+
+
+def test_changes_rendered_by_several_sessions_make_the_same_file(
+    dsn: str,
+    conn: Conn,
+    pg_server: PgServer,
+    make_role: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large partition of changes is rendered as CSV by several sessions at once
+    (archive.render_streams), each reading the snapshot of the archiving transaction, as its
+    role: the file holds exactly the rows one session writes, none committed after the
+    snapshot; when no other session may be opened (a connection limit), the archiving one
+    renders them all."""
+    with Audit.connect(dsn) as audit:
+        audit.install()
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, amount numeric, at timestamptz)")
+    conn.execute("SELECT audit.enable('t')")
+    conn.execute(
+        "INSERT INTO t SELECT g, 'v' || g || E'\\n,\"' || repeat('x', g % 7), g * 1.5, now()"
+        " FROM generate_series(1, 400) AS g"
+    )
+    conn.execute("UPDATE t SET v = NULL WHERE id % 3 = 0")
+    conn.execute("DELETE FROM t WHERE id % 5 = 0")
+    reader = make_role("arch", "NOINHERIT")
+    conn.execute(sql.SQL("GRANT pgaudit_reader TO {}").format(sql.Identifier(reader)))
+    assert archive.render_streams("change", archive.PARALLEL_ROWS) > 1
+    assert archive.render_streams("transaction", archive.PARALLEL_ROWS) == 1
+    query = sql.SQL("SELECT {} FROM audit.change").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c, _ in COLUMNS["change"])
+    )
+    sessions: list[int] = []
+    real = archive._share_sessions
+
+    def share_sessions(c: Conn, n: int) -> list[Conn]:
+        helpers = real(c, n)
+        sessions.append(len(helpers))
+        # Committed after the snapshot: in no share (but in what is rendered later).
+        conn.execute("INSERT INTO t VALUES (1000 + %s, 'late')", (len(sessions),))
+        return helpers
+
+    monkeypatch.setattr(archive, "_share_sessions", share_sessions)
+    duckdb = duckdb_module()
+    with psycopg.connect(pg_server.dsn_for(conn.info.dbname, user=reader)) as rc:
+        rc.execute("SET ROLE pgaudit_reader")
+        one = archive.write_parquet(rc, query, "change", tmp_path / "one.parquet", streams=1)
+        assert one == 400 + 133 + 80
+        assert (
+            archive.write_parquet(rc, query, "change", tmp_path / "three.parquet", streams=3) == one
+        )
+        conn.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT 1").format(sql.Identifier(reader)))
+        assert (
+            archive.write_parquet(rc, query, "change", tmp_path / "alone.parquet", streams=2)
+            == one + 2
+        )
+    assert sessions == [3, 0]
+    one_file, three, alone = (
+        duckdb.sql(f"SELECT * FROM read_parquet('{tmp_path / name}')").fetchall()
+        for name in ("one.parquet", "three.parquet", "alone.parquet")
+    )
+    assert three == one_file
+    extra = [row for row in alone if row not in one_file]
+    assert [json.loads(row[11]) for row in extra] == [
+        {"id": 1000 + n, "v": "late", "amount": None, "at": None} for n in (1, 2)
+    ]
