@@ -519,9 +519,10 @@ def _render_csv(
             return [paths[0]]
         key = sql.Identifier(COLUMNS[log][0][0])
         shares = [
-            sql.SQL("SELECT * FROM ({}) AS q WHERE q.{} % {} = {}").format(
-                query, key, sql.Literal(len(helpers)), sql.Literal(k)
-            )
+            sql.SQL(
+                "SELECT * FROM ({}) AS q"
+                " WHERE q.{} OPERATOR(pg_catalog.%) {}::bigint OPERATOR(pg_catalog.=) {}::bigint"
+            ).format(query, key, sql.Literal(len(helpers)), sql.Literal(k))
             for k in range(len(helpers))
         ]
         try:
@@ -540,8 +541,8 @@ def _render_csv(
 
 def _share_sessions(conn: psycopg.Connection[Any], n: int) -> list[psycopg.Connection[Any]]:
     """``n`` new sessions as ``conn``'s user and role, each in a read-only transaction on one
-    snapshot (the first exports it, the others import it); none when one of them cannot be
-    opened (a connection limit, a server that cannot export snapshots)."""
+    snapshot (the first exports it, the others import it), ``search_path`` pinned; none when
+    one of them cannot be opened (a connection limit, a server that cannot export snapshots)."""
     row = conn.execute("SELECT current_user <> session_user, current_user").fetchone()
     assert row is not None
     other_role, role = row
@@ -553,6 +554,8 @@ def _share_sessions(conn: psycopg.Connection[Any], n: int) -> list[psycopg.Conne
             helper = psycopg.connect(conninfo, autocommit=True)
             helpers.append(helper)
             helper.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            # Not the role's default path: no operator of a schema on it stands in for ours.
+            helper.execute("SET LOCAL search_path = pg_catalog, pg_temp")
             if snapshot is None:
                 exported = helper.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
                 snapshot = exported[0] if exported else None

@@ -501,8 +501,8 @@ def test_changes_rendered_by_several_sessions_make_the_same_file(
     """A large partition of changes is rendered as CSV by several sessions at once
     (archive.render_streams), each reading the snapshot of the archiving transaction, as its
     role: the file holds exactly the rows one session writes, none committed after the
-    snapshot; when no other session may be opened (a connection limit), the archiving one
-    renders them all."""
+    snapshot, and no operator of a schema on their default search_path runs; when no other
+    session may be opened (a connection limit), the archiving one renders them all."""
     with Audit.connect(dsn) as audit:
         audit.install()
     conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, amount numeric, at timestamptz)")
@@ -515,6 +515,19 @@ def test_changes_rendered_by_several_sessions_make_the_same_file(
     conn.execute("DELETE FROM t WHERE id % 5 = 0")
     reader = make_role("arch", "NOINHERIT")
     conn.execute(sql.SQL("GRANT pgaudit_reader TO {}").format(sql.Identifier(reader)))
+    # Operators first on the new sessions' default path, exact matches for bigint and integer.
+    conn.execute(
+        "CREATE SCHEMA evil; GRANT USAGE ON SCHEMA evil TO PUBLIC;"
+        "CREATE FUNCTION evil.f(bigint, integer) RETURNS bigint LANGUAGE plpgsql AS"
+        " $f$ BEGIN RAISE EXCEPTION 'hijacked'; END $f$;"
+        "CREATE FUNCTION evil.g(bigint, integer) RETURNS boolean LANGUAGE plpgsql AS"
+        " $f$ BEGIN RAISE EXCEPTION 'hijacked'; END $f$;"
+        "CREATE OPERATOR evil.% (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = evil.f);"
+        "CREATE OPERATOR evil.= (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = evil.g)"
+    )
+    conn.execute(
+        sql.SQL("ALTER ROLE {} SET search_path = evil, pg_catalog").format(sql.Identifier(reader))
+    )
     assert archive.render_streams("change", archive.PARALLEL_ROWS) > 1
     assert archive.render_streams("transaction", archive.PARALLEL_ROWS) == 1
     query = sql.SQL("SELECT {} FROM audit.change").format(
