@@ -567,3 +567,53 @@ def test_changes_rendered_by_several_sessions_make_the_same_file(
     assert [json.loads(row[11]) for row in extra] == [
         {"id": 1000 + n, "v": "late", "amount": None, "at": None} for n in (1, 2)
     ]
+
+
+def test_every_character_of_every_text_column_survives_the_files(
+    conn: Conn, tmp_path: Path
+) -> None:
+    """The files are written from PostgreSQL's COPY text format (backslash escapes, NULL as
+    \\N) and decoded by DuckDB: every character from 1 to 255 and beyond, backslashes next to
+    escape letters, a value spelled \\N, empty strings and NULLs come back as they were, in
+    every text column of both files."""
+    nasty = [
+        "".join(chr(c) for c in range(1, 256)),
+        "\\",
+        "\\\\",
+        "\\N",
+        "\\\\N",
+        "a\\nb\\\\tc\\\\\\r",
+        "\t\n\r\b\f\v",
+        "\\\t\\\n",
+        "",
+        None,
+        "plain",
+        "quote \" and ' and , and ; and 日本 and \U0001f600",
+    ]
+    duckdb = duckdb_module()
+    for log in ("transaction", "change"):
+        texts = [c for c, t in COLUMNS[log] if t == "VARCHAR"]
+        selects = []
+        for i, value in enumerate(nasty):
+            cells = [
+                sql.Literal(value) if t == "VARCHAR" else sql.SQL("NULL::{}").format(sql.SQL(pg))
+                for (c, t), pg in zip(COLUMNS[log], _pg_types(log), strict=True)
+            ]
+            cells[0] = sql.Literal(i)
+            selects.append(sql.SQL("SELECT {}").format(sql.SQL(", ").join(cells)))
+        query = sql.SQL(" UNION ALL ").join(selects)
+        path = tmp_path / f"{log}.parquet"
+        assert archive.write_parquet(conn, query, log, path) == len(nasty)
+        got = duckdb.sql(
+            f"SELECT {', '.join(texts)} FROM read_parquet('{path}') ORDER BY {COLUMNS[log][0][0]}"
+        ).fetchall()
+        assert got == [tuple(value for _ in texts) for value in nasty]
+
+
+def _pg_types(log: str) -> list[str]:
+    return [
+        {"BIGINT": "bigint", "INTEGER": "integer", "VARCHAR": "text", "TIMESTAMPTZ": "timestamptz"}[
+            t
+        ]
+        for _, t in COLUMNS[log]
+    ]

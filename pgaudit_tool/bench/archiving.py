@@ -1,7 +1,8 @@
 """Archive: the bulk phase's audit rows written to Parquet as ``archive`` writes them.
 
 ``archive_changes_per_s``: change rows (with their transaction rows) exported per second,
-from the server's COPY to a compressed Parquet file read back (``archive.write_parquet``).
+from the server's COPY to a compressed Parquet file read back (``archive.write_parquet``),
+median of ``repetitions`` after a vacuum and a checkpoint.
 ``archive_bytes_per_change``: the two files' bytes per change; ``archive_bytes_ratio``: that
 over ``live_bytes_per_change`` (the live log's bytes per change, as ``audit_bytes_per_change``
 measures it). Skipped (None) without DuckDB.
@@ -9,8 +10,10 @@ measures it). Skipped (None) without DuckDB.
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from psycopg import sql
@@ -53,6 +56,31 @@ def archive_phase(s: Session) -> None:
         for log in ("change", "transaction")
     }
     counted = {log: _count(s, query) for log, query in queries.items()}
+    # Quiet conditions: the bulk phase's dead rows vacuumed and written out first (an
+    # autovacuum or checkpoint running beside the export moved the figure by 30%).
+    s.vacuum(sql.Identifier("audit", "change"))
+    s.vacuum(sql.Identifier("audit", "transaction"))
+    s.checkpoint()
+    rates: list[float] = []
+    for _ in range(s.config.repetitions):
+        rows, elapsed, size = _write(s, queries, counted)
+        if not rows:
+            return
+        rates.append(rows / elapsed)
+    s.result["archive_changes_per_s"] = rounded(statistics.median(rates), 0)
+    per_change = size / rows
+    s.result["archive_bytes_per_change"] = rounded(per_change, 1)
+    s.result["archive_bytes_ratio"] = rounded(per_change / live, 3) if live else None
+    s.notes.append(
+        f"archive_changes_per_s: median of {len(rates)}, range"
+        f" {min(rates):,.0f}-{max(rates):,.0f} changes/s."
+    )
+
+
+def _write(
+    s: Session, queries: Mapping[str, sql.Composable], counted: Mapping[str, int]
+) -> tuple[int, float, int]:
+    """Both files written once, timed: the changes written, seconds, the files' bytes."""
     with tempfile.TemporaryDirectory(prefix="pgaudit-bench-archive-") as tmp:
         started = time.perf_counter()
         rows = {
@@ -67,13 +95,7 @@ def archive_phase(s: Session) -> None:
         }
         elapsed = time.perf_counter() - started
         size = sum(p.stat().st_size for p in Path(tmp).glob("*.parquet"))
-    changes = rows["change"]
-    if not changes:
-        return
-    s.result["archive_changes_per_s"] = rounded(changes / elapsed, 0)
-    per_change = size / changes
-    s.result["archive_bytes_per_change"] = rounded(per_change, 1)
-    s.result["archive_bytes_ratio"] = rounded(per_change / live, 3) if live else None
+    return rows["change"], elapsed, size
 
 
 def _count(s: Session, query: sql.Composable) -> int:

@@ -126,8 +126,9 @@ def _standard_notes(cfg: BenchConfig) -> list[str]:
         "because free space left in the audit tables would distort their growth. "
         "live_bytes_per_change is the same figure.",
         "archive_changes_per_s: the bulk phase's change rows and their transaction rows written "
-        "to Parquet as pgaudit-tool archive writes a partition (server COPY to CSV, DuckDB to "
-        "zstd Parquet, fsync, counted back) / seconds; archive_bytes_per_change: the files' "
+        "to Parquet as pgaudit-tool archive writes a partition (server COPY text, DuckDB to "
+        "zstd Parquet, fsync, counted back) / seconds, median of the repetitions after a vacuum "
+        "and a checkpoint; archive_bytes_per_change: the files' "
         "bytes / changes; archive_bytes_ratio: that / live_bytes_per_change.",
     ]
     if cfg.duration != max(1, round(cfg.duration)):
