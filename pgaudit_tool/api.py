@@ -25,7 +25,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 from psycopg.sql import Composable
 from psycopg.types.json import set_json_loads
 
@@ -44,6 +43,7 @@ from pgaudit_tool.connection import PasswordPrompt, connect, login, resolve_conn
 from pgaudit_tool.context import audit_context
 from pgaudit_tool.db import (
     TableRef,
+    conninfo_of,
     jsonb,
     load_json,
     lock_timeout_of,
@@ -878,8 +878,7 @@ class Audit:
     def conninfo(self) -> str:
         """A libpq conninfo for opening more connections to the same database."""
         if self._conninfo is None:
-            info = self.conn.info
-            self._conninfo = make_conninfo(info.dsn, password=info.password or None)
+            self._conninfo = conninfo_of(self.conn)
         return self._conninfo
 
     def _instant(self, when: When | None) -> datetime | None:

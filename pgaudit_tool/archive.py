@@ -29,10 +29,9 @@ from typing import Any, BinaryIO
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from pgaudit_tool.db import translated_errors, write_transaction
+from pgaudit_tool.db import conninfo_of, translated_errors, write_transaction
 from pgaudit_tool.errors import AuditError, InvalidInput
 
 FORMAT = "pgaudit-tool archive 1"
@@ -515,14 +514,14 @@ def _read_copy_text(paths: Sequence[Path], log: str) -> str:
     )
 
 
-#: Sessions rendering the COPY text of a large partition of changes at once, and the rows from which
-#: more than one does (each opens a connection; a file of transactions is small).
+#: Sessions rendering the COPY text of a large partition of changes at once, and the rows
+#: from which more than one does (each opens a connection; a file of transactions is small).
 RENDER_STREAMS = 2
 PARALLEL_ROWS = 50_000
 
 
 def render_streams(log: str, rows: int) -> int:
-    """How many sessions render the COPY text of ``rows`` rows of ``log`` (:func:`_render_text`)."""
+    """Sessions rendering the COPY text of ``rows`` rows of ``log`` (:func:`_render_text`)."""
     return RENDER_STREAMS if log == "change" and rows >= PARALLEL_ROWS else 1
 
 
@@ -570,7 +569,7 @@ def _share_sessions(conn: psycopg.Connection[Any], n: int) -> list[psycopg.Conne
     row = conn.execute("SELECT current_user <> session_user, current_user").fetchone()
     assert row is not None
     other_role, role = row
-    conninfo = make_conninfo(conn.info.dsn, password=conn.info.password or None)
+    conninfo = conninfo_of(conn)
     helpers: list[psycopg.Connection[Any]] = []
     snapshot = None
     try:
@@ -600,8 +599,8 @@ def _copy_share(helper: psycopg.Connection[Any], query: sql.Composable, path: Pa
 
 
 def _copy_text(conn: psycopg.Connection[Any], query: sql.Composable, out: BinaryIO) -> None:
-    """``query``'s rows as the server's COPY text into ``out``, with the log's text settings for the
-    rest of ``conn``'s transaction."""
+    """``query``'s rows as the server's COPY text into ``out``, with the log's text settings
+    for the rest of ``conn``'s transaction."""
     for name, value in _SETTINGS:
         conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, value))
     with conn.cursor().copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as copy:

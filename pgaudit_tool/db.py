@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_loads
 
@@ -52,6 +53,12 @@ _LOCK_HINT = (
     "Another transaction holds a lock on what this command changes; retry when it has ended"
     " (pg_locks and pg_stat_activity show it), or wait longer with --lock-timeout (0: no limit)."
 )
+
+
+def conninfo_of(conn: psycopg.Connection[Any]) -> str:
+    """A libpq conninfo that opens another session like ``conn``'s (its parameters and the
+    password it used, which ``conn.info.dsn`` leaves out)."""
+    return make_conninfo(conn.info.dsn, password=conn.info.password or None)
 
 
 def translate(exc: psycopg.Error) -> AuditError:
