@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import io
 import threading
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from pgaudit_tool import Audit
+from tests.conftest import PgServer, _release_database
 from tests.test_archive import short_partitions, wait_until
 
 Conn = psycopg.Connection[Any]
@@ -171,3 +174,62 @@ def test_duckdb_memory_is_bounded_and_its_spill_directory_removed() -> None:
     assert not spill.exists()
     default = duckdb_module().connect().execute(setting, ["memory_limit"]).fetchone()
     assert limit is not None and limit != default and limit[0].endswith(("MiB", "GiB"))
+
+
+#: Column names whose order under an ICU collation ("und": punctuation first, case and accents
+#: second) is not their byte order (B Z _x a b e é).
+ICU_COLUMNS = ("b", "B", "a", "é", "Z", "e", "_x")
+
+
+@pytest.mark.skipif(
+    not __import__("importlib").util.find_spec("duckdb"), reason="needs pgaudit-tool[archive]"
+)
+def test_changed_columns_from_the_archive_keep_the_databases_collation(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    """History lists changed columns in the order of the database's collation; read from the
+    archive, the server ranks them (DuckDB sorts bytes): in a database whose default collation
+    is ICU's, the lists are the same as before the history left the log."""
+    with psycopg.connect(pg_server.admin_dsn, autocommit=True) as admin:
+        icu = admin.execute(
+            "SELECT count(*) FROM pg_collation WHERE collprovider = 'i' AND collname = 'und-x-icu'"
+        ).fetchone()
+        if pg_server.major < 15 or not icu or not icu[0]:
+            pytest.skip("this server has no ICU collations (built without ICU)")
+        name = f"icu_{uuid.uuid4().hex[:8]}"
+        admin.execute(
+            sql.SQL(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C'"
+                " LOCALE_PROVIDER icu ICU_LOCALE 'und'"
+            ).format(sql.Identifier(name))
+        )
+    try:
+        dsn = pg_server.dsn_for(name)
+        columns = ", ".join(f'"{c}" int' for c in ICU_COLUMNS)
+        updates = ", ".join(f'"{c}" = "{c}" + 1' for c in ICU_COLUMNS)
+        with Audit.connect(dsn) as audit, psycopg.connect(dsn, autocommit=True) as conn:
+            audit.install(partition_interval="1 minute")
+            conn.execute(f"CREATE TABLE t (id int PRIMARY KEY, {columns})")
+            audit.enable("t")
+            starts = short_partitions(conn)
+            for first in (1, 100):
+                if first == 100:
+                    wait_until(starts[1] + timedelta(milliseconds=50))
+                conn.execute(
+                    f"INSERT INTO t SELECT g, {', '.join('0' for _ in ICU_COLUMNS)}"
+                    " FROM generate_series(%s::int, %s::int) g",
+                    (first, first + 2),
+                )
+                conn.execute(f"UPDATE t SET {updates} WHERE id >= %s", (first,))
+            audit.checkpoint()
+            before = _outputs(audit, [{}, {"op": "UPDATE"}])
+            changed = [c["changed"] for c in audit.history(op="UPDATE")]
+            assert changed[0] == ["_x", "a", "b", "B", "e", "é", "Z"]  # not byte order
+            result = audit.archive(starts[1], tmp_path / "a", drop=True, confirm=lambda p: True)
+            assert any(p.status == "dropped" for p in result.parts), result
+            after = _outputs(audit, [{}, {"op": "UPDATE"}], archive=tmp_path / "a")
+        assert after == before
+    finally:
+        _release_database(pg_server, name)
+        with psycopg.connect(pg_server.admin_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
