@@ -70,14 +70,19 @@ When = datetime | str
 
 @dataclass(frozen=True)
 class InstallResult:
-    """Schema revision before and after :meth:`Audit.install` (``before`` None: fresh install)."""
+    """Schema revision before and after :meth:`Audit.install` (``before`` None: fresh install);
+    ``refreshed``: at the same revision, the functions, views and triggers were re-applied
+    (another version of the tool had applied them, or ``repair``)."""
 
     before: str | None
     after: str
+    refreshed: bool = False
 
     @property
     def changed(self) -> bool:
-        return self.before != self.after
+        """Whether the install changed the schema (a revision ran or the functions were
+        re-applied)."""
+        return self.before != self.after or self.refreshed
 
 
 class EnableResult(list[TableStatus]):
@@ -151,8 +156,9 @@ class Audit:
     ) -> InstallResult:
         """Create or upgrade the audit schema to this tool's revision (idempotent, one transaction).
 
-        ``repair``: also when already at this revision, re-apply its functions, views and
-        triggers (after one was dropped or edited by hand) and regenerate capture functions.
+        At this revision already, its functions, views and triggers are re-applied (and capture
+        functions regenerated) when another version of the tool applied them, or with
+        ``repair`` (after one was dropped or edited by hand).
         ``partition_interval`` (PostgreSQL interval text: "1 week", the default, "1 day",
         "1 month", at least "1 minute") and ``partitions_ahead`` (intervals after now that
         :meth:`maintain` keeps partitions for, default 3): settings of the partitioned log, from
@@ -162,19 +168,24 @@ class Audit:
         if partition_interval is not None or partitions_ahead is not None:
             wanted = schema.Partitioning(partition_interval, partitions_ahead)
         with translated_errors():
-            before, after = schema.install(
+            before, after, refreshed = schema.install(
                 self.conninfo,
                 lock_timeout_of(self.conn),
                 repair=repair,
                 partitioning=wanted,
                 committing=lambda: note_change(self.conn),
             )
-        return InstallResult(before, after)
+        return InstallResult(before, after, refreshed)
 
     def install_sql(self, *, repair: bool = False) -> str:
         """The SQL :meth:`install` would run on this database (``install --dry-run``)."""
         with translated_errors():
-            return schema.upgrade_sql(schema.installed_revision(self.conn), repair=repair)
+            revision = schema.installed_revision(self.conn)
+            return schema.upgrade_sql(
+                revision,
+                repair=repair,
+                current_functions=revision is None or schema.functions_current(self.conn),
+            )
 
     def installed_revision(self) -> str | None:
         """The installed schema revision, or None."""

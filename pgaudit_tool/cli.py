@@ -461,10 +461,13 @@ def install(
     )
     if result.before is None:
         _info(f"installed the audit schema, revision {result.after}")
-    elif result.changed:
+    elif result.before != result.after:
         _info(f"upgraded the audit schema from revision {result.before} to {result.after}")
-    elif repair:
-        _info(f"re-applied the functions, views and triggers of revision {result.after}")
+    elif result.refreshed:
+        _info(
+            f"re-applied the functions, views and triggers of revision {result.after}"
+            + ("" if repair else " (another version of pgaudit_tool had applied them)")
+        )
     else:
         _info(f"the audit schema is up to date (revision {result.after})")
 

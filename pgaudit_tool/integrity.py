@@ -16,7 +16,7 @@ from typing import Any, cast
 import psycopg
 from psycopg.rows import dict_row
 
-from pgaudit_tool import chain
+from pgaudit_tool import chain, schema
 from pgaudit_tool.db import changing_transaction, translated_errors, write_transaction
 from pgaudit_tool.errors import InvalidInput
 from pgaudit_tool.results import ChainProblem, Finding
@@ -184,10 +184,25 @@ def verify_report(
 
 
 def doctor(conn: psycopg.Connection[Any]) -> list[Finding]:
-    """Every problem with auditing (see ``audit.doctor()``)."""
+    """Every problem with auditing (see ``audit.doctor()``), and functions, views and triggers
+    that are not this version's (which the database cannot know)."""
     with translated_errors(), conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute("SELECT severity, object, problem, fix FROM audit.doctor()").fetchall()
-    return cast("list[Finding]", rows)
+        found = cast("list[Finding]", rows)
+        if not schema.functions_current(conn):
+            found.insert(0, _functions_finding())
+    return found
+
+
+def _functions_finding() -> Finding:
+    return {
+        "severity": "warning",
+        "object": f"schema {schema.SCHEMA}",
+        "problem": "its functions, views and triggers are not those of this version of"
+        " pgaudit_tool (another version applied them, or they were changed by hand): fixes"
+        " of this version are not in effect; run pgaudit-tool install (or install --repair)",
+        "fix": None,
+    }
 
 
 def apply_fixes(conn: psycopg.Connection[Any], fixes: list[str]) -> None:

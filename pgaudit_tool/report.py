@@ -109,7 +109,7 @@ def _require_functions(cur: psycopg.Cursor[dict[str, Any]]) -> None:
     if not row or not row["ok"]:
         raise NotInstalled(
             "the audit schema has no report functions (installed by an older version)",
-            hint="Re-apply this version's functions: pgaudit-tool install --repair.",
+            hint="Apply this version's functions: pgaudit-tool install.",
         )
 
 

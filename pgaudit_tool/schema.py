@@ -2,13 +2,18 @@
 
 Each revision runs its once-only SQL, ``sql/schema/<revision>_*.sql``; then the functions,
 views and triggers of ``sql/functions/`` are re-applied as a whole. The version table is
-``audit.schema_version``. :func:`install` runs every pending revision in one transaction;
+``audit.schema_version``; the comment of the schema names the SHA-256 of the ``sql/functions/``
+applied last (:func:`functions_digest`), so that a database at the newest revision whose
+functions another version of the tool applied gets this version's (:func:`functions_current`).
+:func:`install` runs every pending revision in one transaction;
 :func:`upgrade_sql` renders the same SQL without touching the database (``install --dry-run``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,6 +116,44 @@ def require_installed(conn: psycopg.Connection[Any]) -> str:
     return current
 
 
+def functions_digest() -> str:
+    """SHA-256 (hex) of this version's ``sql/functions/``, as :func:`functions_script` records it."""
+    return hashlib.sha256(read_sql(function_files()).encode("utf-8")).hexdigest()
+
+
+_DIGEST = re.compile(r"functions sha256 ([0-9a-f]{64})")
+
+
+def functions_script() -> str:
+    """``sql/functions/`` and the schema's comment naming their digest (read back by
+    :func:`installed_functions_digest`)."""
+    comment = (
+        "pgaudit_tool's audit log; functions sha256"
+        f" {functions_digest()} (of sql/functions/, applied by pgaudit-tool install)"
+    )
+    statement = sql.SQL("COMMENT ON SCHEMA {} IS {};").format(
+        sql.Identifier(SCHEMA), sql.Literal(comment)
+    )
+    return f"{read_sql(function_files())}\n{statement.as_string(None)}\n"
+
+
+def installed_functions_digest(conn: psycopg.Connection[Any]) -> str | None:
+    """The digest of the ``sql/functions/`` last applied to the connected database (None: not
+    recorded: applied by a version that did not record it, or the schema's comment edited)."""
+    row = conn.execute(
+        "SELECT pg_catalog.obj_description(n.oid, 'pg_namespace')"
+        " FROM pg_catalog.pg_namespace AS n WHERE n.nspname OPERATOR(pg_catalog.=) %s",
+        (SCHEMA,),
+    ).fetchone()
+    found = _DIGEST.search(row[0]) if row and row[0] else None
+    return found.group(1) if found else None
+
+
+def functions_current(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the functions, views and triggers of the audit schema are this version's."""
+    return installed_functions_digest(conn) == functions_digest()
+
+
 def prepare_schema(connection: SAConnection) -> None:
     """Lock against concurrent installs and create the audit schema, refusing a foreign one."""
     from sqlalchemy import text
@@ -153,7 +196,7 @@ def run_sql_revision(revision: str) -> None:
 
 def apply_functions() -> None:
     """Re-apply ``sql/functions/`` (called by the alembic environment after the revisions)."""
-    _run_script(read_sql(function_files()))
+    _run_script(functions_script())
 
 
 def _run_script(script: str) -> None:
@@ -182,13 +225,15 @@ def install(
     repair: bool = False,
     partitioning: Partitioning | None = None,
     committing: Callable[[], None] | None = None,
-) -> tuple[str | None, str]:
+) -> tuple[str | None, str, bool]:
     """Install or upgrade the audit schema to the head revision, in one transaction.
 
-    Returns (revision before, revision after). Idempotent: nothing runs when already at head,
-    unless ``repair``: then ``sql/functions/`` is re-applied (functions, views and triggers
-    dropped or edited by hand come back as this version has them; capture functions are
-    regenerated). ``partitioning``: settings of the partitioned log, used from the first
+    Returns (revision before, revision after, whether ``sql/functions/`` was re-applied at the
+    same revision). Idempotent: nothing runs when already at head with this version's
+    functions; ``sql/functions/`` is re-applied when another version of the tool applied them
+    (an upgrade of the package with no new revision) or with ``repair`` (functions, views and
+    triggers dropped or edited by hand come back as this version has them); capture functions
+    are regenerated. ``partitioning``: settings of the partitioned log, used from the first
     partitions on when the schema is created (or upgraded to revision 0009), for the partitions
     created from now on otherwise. ``lock_timeout``: of the install's transaction (see
     ``db.choose_lock_timeout``). ``committing``: called right before the transaction commits a
@@ -222,14 +267,17 @@ def install(
                 cfg.attributes["connection"] = connection
                 command.upgrade(cfg, "head")
                 after = _current_revision(connection)
-                if repair and before == after:
-                    _psycopg(connection).execute(read_sql(function_files()))
+                refreshed = before == after and (
+                    repair or not functions_current(_psycopg(connection))
+                )
+                if refreshed:
+                    _psycopg(connection).execute(functions_script())
                 changed = partitioning is not None and _set_partitioning(connection, partitioning)
-            if committing is not None and (repair or before != after or changed):
+            if committing is not None and (refreshed or before != after or changed):
                 committing()
     finally:
         engine.dispose()
-    return before, after or head_revision()
+    return before, after or head_revision(), refreshed
 
 
 @dataclass(frozen=True)
@@ -314,8 +362,11 @@ def _current_revision(connection: SAConnection) -> str | None:
     return ctx.get_current_revision()
 
 
-def upgrade_sql(from_revision: str | None, *, repair: bool = False) -> str:
-    """The SQL that :func:`install` would run on a database at ``from_revision``."""
+def upgrade_sql(
+    from_revision: str | None, *, repair: bool = False, current_functions: bool = True
+) -> str:
+    """The SQL that :func:`install` would run on a database at ``from_revision``
+    (``current_functions``: whether its functions are this version's)."""
     from alembic import command
 
     refuse_newer(from_revision)
@@ -324,8 +375,8 @@ def upgrade_sql(from_revision: str | None, *, repair: bool = False) -> str:
     cfg.output_buffer = buffer
     target = "head" if from_revision is None else f"{from_revision}:head"
     if from_revision is not None and from_revision == head_revision():
-        if repair:
-            return f"BEGIN;\n\n{read_sql(function_files())}\nCOMMIT;\n"
+        if repair or not current_functions:
+            return f"BEGIN;\n\n{functions_script()}\nCOMMIT;\n"
         return "-- the audit schema is already at the newest revision; nothing to do\n"
     command.upgrade(cfg, target, sql=True)
     return buffer.getvalue()

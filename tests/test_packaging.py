@@ -21,11 +21,20 @@ from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
 import pgaudit_tool
 from pgaudit_tool import Audit
+from pgaudit_tool.cli import main
 from pgaudit_tool.resources import data_dir, function_files, schema_files
-from pgaudit_tool.schema import alembic_config, head_revision, upgrade_sql
+from pgaudit_tool.schema import (
+    alembic_config,
+    functions_current,
+    functions_digest,
+    functions_script,
+    head_revision,
+    upgrade_sql,
+)
 from tests.conftest import PgServer, fresh_database
 from tests.released import ORDER as RELEASED
 from tests.released import install_released
@@ -135,7 +144,15 @@ def test_wheel_contains_the_sql_and_the_migrations(wheel: Path) -> None:
 _REPORT = """
 import json, pgaudit_tool
 from pgaudit_tool.resources import data_dir, function_files, schema_files
-from pgaudit_tool.schema import alembic_config, head_revision, upgrade_sql
+from pgaudit_tool.cli import main
+from pgaudit_tool.schema import (
+    alembic_config,
+    functions_current,
+    functions_digest,
+    functions_script,
+    head_revision,
+    upgrade_sql,
+)
 print(json.dumps({
     "package": pgaudit_tool.__file__,
     "sql": str(data_dir("sql")),
@@ -313,10 +330,12 @@ def hand_dsn(pg_server: PgServer) -> Iterator[str]:
 
 
 def _install_by_hand(dsn: str) -> None:
+    """The SQL files run in order, then the comment recording the functions' digest."""
     with psycopg.connect(dsn) as conn:  # one transaction, committed on exit
         conn.execute("CREATE SCHEMA audit")
-        for path in schema_files() + function_files():
+        for path in schema_files():
             conn.execute(path.read_text(encoding="utf-8"))  # type: ignore[arg-type]
+        conn.execute(functions_script())  # type: ignore[arg-type]
 
 
 def _pg_dump(pg_server: PgServer, dsn: str) -> str | None:
@@ -412,6 +431,51 @@ def test_repair_restores_what_was_dropped_or_edited(
     fresh, repaired = _catalog(dsn), _catalog(hand_dsn)
     for name in _CATALOG:
         assert fresh[name] == repaired[name], f"{name} differ"
+
+
+def test_functions_of_another_version_at_the_same_revision_are_replaced(
+    pg_server: PgServer, dsn: str, hand_dsn: str
+) -> None:
+    """A database at the newest revision whose functions an earlier release applied (release
+    2bf1e07, revision 0009, whose guard and doctor called audit._inheritance() without
+    arguments): doctor says so, ``install`` (no ``repair``) re-applies this version's functions,
+    retires the old signature, and the catalog is that of a fresh install; then it is current.
+    Fails when install does nothing at the newest revision."""
+    with Audit.connect(dsn) as audit:
+        audit.install()
+    install_released(hand_dsn, "0009")
+    with Audit.connect(hand_dsn) as audit:
+        assert audit.installed_revision() == HEAD
+        assert not functions_current(audit.conn)
+        [stale] = [f for f in audit.doctor() if f["object"] == "schema audit"]
+        assert "not those of this version" in stale["problem"]
+        script = audit.install_sql()
+        assert "CREATE OR REPLACE FUNCTION audit._inheritance(p_tables oid[]" in script
+        assert functions_digest() in script
+        assert not functions_current(audit.conn)  # the dry run changed nothing
+        audit.conn.rollback()
+    result = CliRunner().invoke(main, ["--dsn", hand_dsn, "install"])
+    assert result.exit_code == 0, result.output
+    assert "re-applied the functions, views and triggers of revision" in result.output
+    assert "another version of pgaudit_tool had applied them" in result.output
+    with Audit.connect(hand_dsn) as audit:
+        assert functions_current(audit.conn)
+        assert not [f for f in audit.doctor() if f["object"] == "schema audit"]
+        again = audit.install()
+        assert (again.before, again.after, again.refreshed, again.changed) == (
+            HEAD,
+            HEAD,
+            False,
+            False,
+        )
+        # The release's audit._inheritance() is gone: one function of that name is left.
+        assert audit.conn.execute(
+            "SELECT array_agg(oid::regprocedure::text) FROM pg_proc"
+            " WHERE proname = '_inheritance' AND pronamespace = 'audit'::regnamespace"
+        ).fetchone() == (["audit._inheritance(oid[])"],)
+    fresh, replaced = _catalog(dsn), _catalog(hand_dsn)
+    for name in _CATALOG:
+        assert fresh[name] == replaced[name], f"{name} differ"
 
 
 def test_a_revision_made_from_the_template_installs(

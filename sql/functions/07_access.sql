@@ -77,18 +77,34 @@ $$;
 COMMENT ON FUNCTION audit._has_rows(regclass) IS 'Internal. Whether a table holds rows of its own (partitions not counted).';
 
 
-CREATE OR REPLACE FUNCTION audit._inheritance() RETURNS TABLE (child regclass, parent regclass)
+CREATE OR REPLACE FUNCTION audit._inheritance(p_tables oid[] DEFAULT NULL)
+RETURNS TABLE (child regclass, parent regclass)
 LANGUAGE sql STABLE AS $$
     -- Inheritance (INHERITS, not partitioning) of which one side is an enabled audited table:
     -- statements on the parent change the child's rows, which neither the child's triggers nor
-    -- the key cover.
+    -- the key cover. Given p_tables, only the links of which one side is among them (found
+    -- through the catalog's indexes: the DDL guard asks at every command, in a database that
+    -- may hold thousands of partitions); all of them otherwise.
     SELECT i.inhrelid::regclass, i.inhparent::regclass
-      FROM pg_catalog.pg_inherits AS i JOIN pg_catalog.pg_class AS k ON k.oid = i.inhrelid
+      FROM (SELECT h.inhrelid, h.inhparent FROM pg_catalog.pg_inherits AS h
+             WHERE p_tables IS NULL
+            UNION
+            SELECT h.inhrelid, h.inhparent FROM pg_catalog.pg_inherits AS h
+             WHERE h.inhrelid OPERATOR(pg_catalog.=) ANY (p_tables)
+            UNION
+            SELECT h.inhrelid, h.inhparent FROM pg_catalog.pg_inherits AS h
+             WHERE h.inhparent OPERATOR(pg_catalog.=) ANY (p_tables)) AS i
+      JOIN pg_catalog.pg_class AS k ON k.oid OPERATOR(pg_catalog.=) i.inhrelid
      WHERE NOT k.relispartition
        AND EXISTS (SELECT FROM audit.tracked_table AS x WHERE x.enabled AND x.relid IN (i.inhrelid, i.inhparent))
 $$;
 
-COMMENT ON FUNCTION audit._inheritance() IS 'Internal. Inheritance (not partitioning) between tables of which one is audited.';
+-- Versions before this one had audit._inheritance() with no argument, which CREATE OR REPLACE
+-- leaves beside this one: dropped right away, before any guarded command (an older guard's call
+-- of audit._inheritance() now reaches this one through its default).
+DROP FUNCTION IF EXISTS audit._inheritance();
+
+COMMENT ON FUNCTION audit._inheritance(oid[]) IS 'Internal. Inheritance (not partitioning) between tables of which one is audited (of which one side is among the given tables, when given).';
 
 
 CREATE OR REPLACE FUNCTION audit._guard_partitions(p_parents oid[]) RETURNS void
@@ -211,15 +227,8 @@ BEGIN
       FROM pg_catalog.pg_event_trigger_ddl_commands() AS c, audit._type_users(c.objid) AS u
      WHERE c.classid = 'pg_catalog.pg_type'::regclass;
 
-    -- Inheritance (not partitioning) with an audited table, either way (looked for only when
-    -- the command's tables inherit or are inherited from: audit._inheritance() reads every
-    -- partition of the database).
-    FOR r IN SELECT i.child, i.parent FROM audit._inheritance() AS i
-              WHERE EXISTS (SELECT FROM pg_catalog.pg_inherits AS h
-                              JOIN pg_catalog.pg_class AS k ON k.oid = h.inhrelid
-                             WHERE NOT k.relispartition
-                               AND (h.inhrelid = ANY (v_tables) OR h.inhparent = ANY (v_tables)))
-                AND (i.child::oid = ANY (v_tables) OR i.parent::oid = ANY (v_tables)) LOOP
+    -- Inheritance (not partitioning) with an audited table, either way.
+    FOR r IN SELECT i.child, i.parent FROM audit._inheritance(coalesce(v_tables, '{}')) AS i LOOP
         RAISE EXCEPTION 'table % cannot inherit from % while either is audited', r.child, r.parent
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'Statements on the parent change the child''s rows, which capture would pair by a key that does not cover them. Use declarative partitioning.';
