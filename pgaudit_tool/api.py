@@ -277,7 +277,7 @@ class Audit:
         if archive is not None and not flt.pk_part:
             # Archived rows read by DuckDB, merged with the live log's (archive_lines).
             pairs = _archive.archived_pairs(self.conn, Path(archive))
-            archived = archived_values(self.conn, pairs, flt, self._pk_texts(flt))
+            archived = archived_values(self.conn, pairs, flt, self._key_texts(flt))
             return _history.history_merged(self.conn, flt, archived)
         return _history.history(self.conn, flt, self._history_source(flt, archive))
 
@@ -297,22 +297,22 @@ class Audit:
         if archive is not None and fmt in ("json", "jsonl") and not flt.pk_part:
             # Archived rows rendered by DuckDB, merged with the live log's (archive_lines).
             pairs = _archive.archived_pairs(self.conn, Path(archive))
-            archived = archived_lines(self.conn, pairs, flt, self._pk_texts(flt))
+            archived = archived_lines(self.conn, pairs, flt, self._key_texts(flt))
             _history.export_history(self.conn, flt, fmt, out, archived=archived)
             return
         _history.export_history(self.conn, flt, fmt, out, self._history_source(flt, archive))
 
-    def _pk_texts(self, flt: _history.HistoryFilter) -> list[str] | None:
-        """The variants of the filter's whole key as jsonb text (None: no whole key)."""
+    def _key_texts(self, flt: _history.HistoryFilter) -> _archive.KeyTexts | None:
+        """The filter's whole key as the archive finds it (None: no whole key)."""
         if flt.pk is None or flt.table is None or flt.pk_part:
             return None
         with translated_errors():
             row = self.conn.execute(
                 "SELECT ARRAY(SELECT v::text FROM pg_catalog.unnest(audit._pk_variants("
-                "%s::oid::regclass, %s)) AS v)",
-                (flt.table.oid, jsonb(flt.pk)),
+                "%s::oid::regclass, %s)) AS v), audit._key_holds_numeric(%s::oid::regclass)",
+                (flt.table.oid, jsonb(flt.pk), flt.table.oid),
             ).fetchone()
-        return None if row is None else list(row[0])
+        return None if row is None else _archive.KeyTexts(list(row[0]), bool(row[1]))
 
     def _history_source(
         self, flt: _history.HistoryFilter, archive: Path | str | None
@@ -322,7 +322,7 @@ class Audit:
             return _history.LIVE
         selection = _archive.Selection(
             relid=None if flt.table is None else flt.table.oid,
-            pk_texts=self._pk_texts(flt),
+            key=self._key_texts(flt),
             txid=flt.txid,
             since=flt.since,
             until=flt.until,

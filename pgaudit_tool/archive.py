@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -724,12 +725,60 @@ ARCHIVED = {"change": "pgaudit_archived_change", "transaction": "pgaudit_archive
 HISTORY_VIEW = "pgaudit_history"
 
 
+_JSON_STRING = r'"(?:[^"\\]|\\.)*"'
+#: Trailing zeros of a JSON number's fraction (and a fraction of zeros), JSON strings left as
+#: they are; the same in Python and DuckDB (RE2): replaced by the groups it keeps.
+_NUMBER_ZEROS = rf"({_JSON_STRING})|(\.[0-9]*[1-9])0+([^0-9]|$)|\.0+([^0-9]|$)"
+_FIRST_NUMBER = re.compile(rf"{_JSON_STRING}|(-?[0-9]+(?:\.[0-9]+)?)")
+
+
+def canonical_numbers(text: str) -> str:
+    """JSON text with every number spelled without trailing fractional zeros (1.50 -> 1.5,
+    3.0 -> 3), as DuckDB spells it in :meth:`KeyTexts.condition`."""
+    return re.sub(_NUMBER_ZEROS, lambda m: "".join(g or "" for g in m.groups()), text)
+
+
+@dataclass(frozen=True)
+class KeyTexts:
+    """A key to find in the archive, which holds keys as the server's jsonb text: its variants
+    (under today's column names and past layouts', ``audit._pk_variants``) as jsonb text, and
+    whether it can hold numeric values (``audit._key_holds_numeric``)."""
+
+    texts: list[str]
+    numeric: bool = False
+
+    def condition(self, column: str) -> tuple[str, list[Any]]:
+        """A DuckDB condition on ``column`` (archived keys) that is true for the keys jsonb
+        finds equal to a variant, and its parameters. jsonb compares numbers by value: a
+        numeric key has spellings text tells apart (1.5, 1.50). Without numeric values, the
+        texts are compared (the files' order lets row-group statistics skip all but a few
+        groups); with them, the keys are compared with their numbers' trailing zeros dropped,
+        within the range of texts that begin like the variant up to its first number."""
+        if not self.numeric:
+            return f"{column} IN ({', '.join('?' for _ in self.texts) or 'NULL'})", list(self.texts)
+        parts: list[str] = []
+        params: list[Any] = []
+        canonical = f"regexp_replace({column}, {duck_literal(_NUMBER_ZEROS)}, '\\1\\2\\3\\4', 'g')"
+        for text in self.texts:
+            spelled = canonical_numbers(text)
+            first = next((m for m in _FIRST_NUMBER.finditer(spelled) if m.group(1)), None)
+            if first is None:
+                parts.append(f"{column} = ?")
+                params.append(text)
+                continue
+            lower = spelled[: first.end()]
+            upper = lower[:-1] + chr(ord(lower[-1]) + 1)
+            parts.append(f"({column} >= ? AND {column} < ? AND {canonical} = ?)")
+            params += [lower, upper, spelled]
+        return f"({' OR '.join(parts) or 'false'})", params
+
+
 @dataclass(frozen=True)
 class Selection:
     """What a reading needs of the archive: the archived rows matching these (None: any)."""
 
     relid: int | None = None
-    pk_texts: list[str] | None = None  # the key's variants, as jsonb text
+    key: KeyTexts | None = None  # a whole key
     txid: int | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -859,11 +908,10 @@ def _change_filter(sel: Selection) -> tuple[list[str], list[Any]]:
         if value is not None:
             where.append(condition)
             params.append(value)
-    if sel.pk_texts is not None:
-        # One parameter per variant (not a list): DuckDB pushes the filter into the scan, where
-        # the files' order (table, key) lets row-group statistics skip all but a few groups.
-        where.append(f"pk IN ({', '.join('?' for _ in sel.pk_texts) or 'NULL'})")
-        params.extend(sel.pk_texts)
+    if sel.key is not None:
+        condition, values = sel.key.condition("pk")
+        where.append(condition)
+        params.extend(values)
     return where, params
 
 

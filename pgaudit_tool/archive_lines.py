@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from pgaudit_tool.archive import duck_literal, duckdb_module, duckdb_session
+from pgaudit_tool.archive import KeyTexts, duck_literal, duckdb_module, duckdb_session
 from pgaudit_tool.db import load_json, translated_errors
 from pgaudit_tool.errors import InvalidInput
 from pgaudit_tool.history import HistoryFilter
@@ -97,33 +97,33 @@ def archived_lines(
     conn: psycopg.Connection[Any],
     pairs: Sequence[dict[str, Path]],
     flt: HistoryFilter,
-    pk_texts: list[str] | None,
+    key: KeyTexts | None,
 ) -> Iterator[tuple[int, str]]:
     """(id, JSON text) of the archived changes in ``pairs`` that the history filter ``flt``
     selects (its ``limit`` and ``last`` too), by id: the lines ``row_to_json`` would write for
-    them in ``audit.history``. ``pk_texts``: the key's variants as jsonb text (with a key)."""
+    them in ``audit.history``. ``key``: the whole key the filter names, if it does."""
     line = " || ',' || ".join(
         f"{duck_literal(json.dumps(key) + ':')} || {expr}" for key, expr in _COLUMNS.items()
     )
-    yield from _archived(conn, pairs, flt, pk_texts, f"id, '{{' || {line} || '}}'")
+    yield from _archived(conn, pairs, flt, key, f"id, '{{' || {line} || '}}'")
 
 
 def archived_values(
     conn: psycopg.Connection[Any],
     pairs: Sequence[dict[str, Path]],
     flt: HistoryFilter,
-    pk_texts: list[str] | None,
+    key: KeyTexts | None,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(id, change) of the same changes as :func:`archived_lines`, each change the dict
     ``Audit.history`` gives for the live log: the Python values psycopg makes of the server's
     (JSON by :data:`pgaudit_tool.db.load_json`, times in the session's time zone)."""
     zone = conn.info.timezone
-    for row in _archived(conn, pairs, flt, pk_texts, _VALUES):
+    for row in _archived(conn, pairs, flt, key, _VALUES):
         change = dict(zip(_VALUE_KEYS, row, strict=True))
-        for key in ("pk", "old", "new", "context"):
-            change[key] = None if change[key] is None else load_json(change[key])
-        for key in ("at", "statement_at", "transaction_started_at"):
-            change[key] = change[key].astimezone(zone)
+        for name in ("pk", "old", "new", "context"):
+            change[name] = None if change[name] is None else load_json(change[name])
+        for name in ("at", "statement_at", "transaction_started_at"):
+            change[name] = change[name].astimezone(zone)
         change["op"] = OP_NAMES[change["op"]]
         if change["op"] != "UPDATE":
             change["changed"] = None
@@ -161,7 +161,7 @@ def _archived(
     conn: psycopg.Connection[Any],
     pairs: Sequence[dict[str, Path]],
     flt: HistoryFilter,
-    pk_texts: list[str] | None,
+    key: KeyTexts | None,
     columns: str,
 ) -> Iterator[tuple[Any, ...]]:
     """``columns`` (DuckDB SQL over ``sel`` joined with ``names`` and ``changed``) of the
@@ -172,7 +172,7 @@ def _archived(
     with duckdb_session() as con:
         try:
             con.execute("SET TimeZone = 'UTC'")
-            _select(con, pairs, flt, pk_texts)
+            _select(con, pairs, flt, key)
             _quote_names(conn, con)
             _changed(conn, con)
             cur = con.execute(
@@ -191,7 +191,7 @@ def _archived(
 
 
 def _select(
-    con: Any, pairs: Sequence[dict[str, Path]], flt: HistoryFilter, pk_texts: list[str] | None
+    con: Any, pairs: Sequence[dict[str, Path]], flt: HistoryFilter, key: KeyTexts | None
 ) -> None:
     """DuckDB table ``sel``: the archived changes ``flt`` selects, with their transactions.
     A filter on transactions (actor, login role) picks them first (table ``matched``): the
@@ -207,9 +207,10 @@ def _select(
             ("c.started_at < ?", flt.until),
         ]
     )
-    if pk_texts is not None:
-        where.append(f"c.pk IN ({', '.join('?' for _ in pk_texts) or 'NULL'})")
-        params.extend(pk_texts)
+    if key is not None:
+        condition, values = key.condition("c.pk")
+        where.append(condition)
+        params.extend(values)
     tx_where, tx_params = _conditions([("actor = ?", flt.actor), ("db_user = ?", flt.db_user)])
     if tx_where:
         con.execute(

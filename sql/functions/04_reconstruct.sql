@@ -343,6 +343,35 @@ COMMENT ON FUNCTION audit._pk_variants(regclass, jsonb) IS
     'Internal. A key under today''s column names and under the names it had in every past layout (key columns renamed).';
 
 
+CREATE OR REPLACE FUNCTION audit._key_holds_numeric(p_table regclass) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    -- Whether the key of an audited table, as JSON, can hold a value of type numeric (a key
+    -- column of that type, or of a domain, array or composite type made of it at any depth):
+    -- one such value has several spellings (1.5 and 1.50, 3 and 3.0) that jsonb finds equal
+    -- and text does not, so that readers comparing keys as text (the archive's) must not.
+    WITH RECURSIVE t(typ) AS (
+        SELECT a.atttypid
+          FROM pg_catalog.pg_attribute AS a JOIN audit.tracked_table AS x ON x.relid = a.attrelid
+         WHERE a.attrelid = p_table AND a.attnum = ANY (x.key_attnums)
+        UNION
+        SELECT n.typ
+          FROM t JOIN pg_catalog.pg_type AS y ON y.oid = t.typ,
+               LATERAL (SELECT y.typbasetype WHERE y.typtype = 'd'
+                        UNION ALL
+                        SELECT audit._array_element(y.oid)
+                        UNION ALL
+                        SELECT a.atttypid FROM pg_catalog.pg_attribute AS a
+                         WHERE y.typtype = 'c' AND a.attrelid = y.typrelid
+                           AND a.attnum > 0 AND NOT a.attisdropped) AS n(typ)
+         WHERE n.typ IS NOT NULL
+    )
+    SELECT EXISTS (SELECT FROM t WHERE t.typ = 'pg_catalog.numeric'::pg_catalog.regtype)
+$$;
+
+COMMENT ON FUNCTION audit._key_holds_numeric(regclass) IS
+    'Internal. Whether the key of an audited table can hold a numeric value (of which JSON text has several spellings).';
+
+
 -- One pair of helpers for every query that reads images under today's column names (earlier
 -- versions had a second pair in the revert).
 DROP FUNCTION IF EXISTS audit._renamed_sql(regclass, text);
