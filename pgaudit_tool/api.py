@@ -363,6 +363,13 @@ class Audit:
         its partition was archived and dropped, see :meth:`history`)."""
         changes = list(self.history(txid=txid, archive=archive))
         if not changes:
+            left = _partitions.retired(self.conn, txid=txid)
+            if left:
+                raise InvalidInput(
+                    f"no change of transaction {txid} is in the live log"
+                    + ("" if archive is None else f" nor in the archive {archive}"),
+                    hint=_partitions.retired_note(left),
+                )
             raise InvalidInput(f"no audited change belongs to transaction {txid}")
         return changes
 
@@ -715,6 +722,28 @@ class Audit:
         ``estimated_rows`` (the planner's estimate, None before the first ANALYZE)."""
         self._require_installed()
         return _partitions.partitions(self.conn)
+
+    def retired(
+        self,
+        table: str | None = None,
+        *,
+        since: When | None = None,
+        until: When | None = None,
+        txid: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The partition pairs that left the log (``archive --drop``, ``retention``) and may
+        have held changes of ``table``, captured in [``since``, ``until``), of transaction
+        ``txid`` (each None: any): what readings of the live log alone miss (``history``
+        without ``archive``). One record per pair, oldest first: the range [``lower``,
+        ``upper``) of transaction start times, ``transactions``, ``changes``, ``txid_min``,
+        ``txid_max``, ``committed_max`` (latest commit), ``tables``, ``reason`` (archive,
+        retention), ``archive`` (the directory, None: dropped without an archive),
+        ``retired_at``, ``retired_by``."""
+        self._require_installed()
+        relid = None if table is None else resolve_table(self.conn, table).oid
+        return _partitions.retired(
+            self.conn, relid, self._instant(since), self._instant(until), txid
+        )
 
     def reattach(self, *, dry_run: bool = False) -> list[dict[str, Any]]:
         """After pg_dump/pg_restore into another database or cluster: find every registered

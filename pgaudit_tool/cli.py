@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, TypeVar
 import click
 
 from pgaudit_tool import __version__
-from pgaudit_tool.errors import AuditError, IntegrityProblem, InvalidInput
+from pgaudit_tool.errors import AuditError, IntegrityProblem, InvalidInput, PermissionDenied
 
 if TYPE_CHECKING:
     from pgaudit_tool.api import Audit
@@ -654,6 +654,9 @@ def history(
         _emit((for_people(c) for c in changes) if "changes" in shown else changes, fmt, shown)
     else:
         _export(lambda out: state.audit().export_history(out, fmt, table, **filters))
+    if filters["archive"] is None:
+        window = {k: filters[k] for k in ("since", "until", "txid")}
+        _note_retired(state, table, **window)
 
 
 def _history_columns(
@@ -696,6 +699,8 @@ def blame(state: _State, table: str, pk: str, archive: str | None, fmt: str) -> 
     from pgaudit_tool.reconstruct import BLAME_COLUMNS
 
     _emit(state.audit().blame(table, pk, archive=archive), fmt, BLAME_COLUMNS)
+    if archive is None:
+        _note_retired(state, table)
 
 
 @main.command("row-at")
@@ -1097,13 +1102,36 @@ def hold(
 
 
 @main.command()
+@click.option(
+    "--retired",
+    is_flag=True,
+    help="Instead, the partition pairs that left the log (archive --drop, retention): when,"
+    " by whom, what they held and the archive they went to.",
+)
 @_format_option
 @click.pass_obj
-def partitions(state: _State, fmt: str) -> None:
+def partitions(state: _State, retired: bool, fmt: str) -> None:
     """List the partitions of the log with their time ranges (transaction start, UTC)."""
-    from pgaudit_tool.partitions import PARTITION_COLUMNS
+    from pgaudit_tool.partitions import PARTITION_COLUMNS, RETIRED_COLUMNS
 
-    _emit(state.audit().partitions(), fmt, PARTITION_COLUMNS)
+    if retired:
+        _emit(state.audit().retired(), fmt, RETIRED_COLUMNS)
+    else:
+        _emit(state.audit().partitions(), fmt, PARTITION_COLUMNS)
+
+
+def _note_retired(state: _State, table: str | None, **window: Any) -> None:
+    """After a reading of the live log alone: say on stderr what left the log that it may
+    have needed (``Audit.retired``)."""
+    from pgaudit_tool.partitions import retired_note
+
+    try:
+        left = state.audit().retired(table, **window)
+    except PermissionDenied:
+        _info("note: cannot tell whether history left the log (no privilege to read it)")
+        return
+    if left:
+        _info(f"note: {retired_note(left)}")
 
 
 @main.command()

@@ -140,6 +140,80 @@ def test_archive_drop_keeps_the_chain_provable_with_and_without_the_files(
     assert audit.verify() == [] and audit.verify(archive=directory) == []
 
 
+def test_what_left_the_log_is_said_wherever_the_live_log_alone_is_read(
+    spread: tuple[Audit, list[datetime]], dsn: str, conn: Conn, tmp_path: Path
+) -> None:
+    """After a drop, readings of the live log alone that may miss dropped changes say so, and
+    where they went: history and blame with a note on stderr (none when the window is after
+    them, or with --archive), transaction and revert refuse with an error naming the archive
+    (a revert would otherwise undo part of what it was asked), partitions --retired and
+    Audit.retired list the pairs; retention without an archive is said as such."""
+    audit, starts = spread
+    dropped_txid = conn.execute(
+        "SELECT min(txid)::text::bigint FROM audit.transaction WHERE started_at < %s", (starts[1],)
+    ).fetchone()[0]  # type: ignore[index]
+    directory = tmp_path / "archive"
+    ok(archive_cli(dsn, starts[1], directory, "--drop", "--yes"))
+    [pair] = audit.retired()
+    assert (pair["reason"], pair["archive"], pair["tables"]) == (
+        "archive",
+        str(directory),
+        ["public.t"],
+    )
+    assert pair["txid_min"] <= dropped_txid <= pair["txid_max"]
+    assert audit.retired("t", txid=dropped_txid) == [pair]
+    assert audit.retired("t", since=pair["committed_max"] + timedelta(microseconds=1)) == []
+    listed = json.loads(ok(invoke(dsn, "partitions", "--retired", "--format", "json")))
+    assert [p["archive"] for p in listed] == [str(directory)]
+    note = f"add --archive {directory} to read them"
+    for reading in (
+        ["history", "t"],
+        ["history", "--format", "jsonl"],
+        ["blame", "t", "--pk", "100"],
+    ):
+        result = invoke(dsn, *reading)
+        ok(result)
+        assert "note: 1 partition pair(s)" in result.stderr and note in result.stderr, reading
+        with_archive = invoke(dsn, *reading, "--archive", str(directory))
+        assert ok(with_archive) and "note:" not in with_archive.stderr
+    later = (pair["committed_max"] + timedelta(microseconds=1)).isoformat()
+    assert "note:" not in invoke(dsn, "history", "t", "--since", later).stderr
+    failed(invoke(dsn, "transaction", str(dropped_txid)), 2, "is in the live log", note)
+    assert ok(invoke(dsn, "transaction", str(dropped_txid), "--archive", str(directory)))
+    before = conn.execute("SELECT count(*), sum(length(v)) FROM t").fetchone()
+    failed(
+        invoke(dsn, "revert", "--txid", str(dropped_txid), "--yes"),
+        2,
+        "left the log",
+        str(directory),
+    )
+    failed(
+        invoke(dsn, "revert", "--db-user", "postgres", "--since", starts[0].isoformat(), "--yes"),
+        2,
+        "may have left the log",
+        "start the window (since) after",
+    )
+    assert conn.execute("SELECT count(*), sum(length(v)) FROM t").fetchone() == before
+    # A window after the dropped commits is reverted as usual.
+    conn.execute("SELECT set_config('pgaudit.actor', 'late', false)")
+    conn.execute("UPDATE t SET v = 'late' WHERE id = 100")
+    ok(invoke(dsn, "revert", "--actor", "late", "--since", later, "--yes"))
+    assert conn.execute("SELECT v FROM t WHERE id = 100").fetchone() != ("late",)
+
+
+def test_history_says_what_retention_dropped_without_an_archive(
+    spread: tuple[Audit, list[datetime]], dsn: str
+) -> None:
+    audit, starts = spread
+    wait_until(starts[1] + timedelta(seconds=1.2))
+    ok(invoke(dsn, "retention", "--keep", "1 second", "--no-archive", "--yes"))
+    [pair] = audit.retired("t")
+    assert (pair["reason"], pair["archive"]) == ("retention", None)
+    result = invoke(dsn, "history", "t")
+    ok(result)
+    assert "dropped without an archive" in result.stderr and "--archive" not in result.stderr
+
+
 def tampered(directory: Path, tmp_path: Path, name: str) -> Path:
     copy = tmp_path / name
     shutil.copytree(directory, copy)

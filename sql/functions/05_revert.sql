@@ -154,7 +154,9 @@ BEGIN
     IF v_missing IS NOT NULL THEN
         RAISE EXCEPTION 'no recorded change has id %', v_missing
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Find change ids with history (the id column).';
+                  HINT = 'Find change ids with history (the id column).'
+                      || CASE WHEN EXISTS (SELECT FROM audit.retired_partition)
+                              THEN ' Changes of the partitions that left the log (audit.retired()) cannot be reverted.' ELSE '' END;
     END IF;
     RETURN v_ids;
 END
@@ -176,6 +178,9 @@ BEGIN
       FROM (SELECT x FROM pg_catalog.unnest(v_txids) AS x
              WHERE NOT EXISTS (SELECT FROM audit.change AS c WHERE c.txid = x) ORDER BY x LIMIT 10) AS m;
     IF v_missing IS NOT NULL THEN
+        PERFORM audit._refuse_retired(pg_catalog.format('reverting transaction %s', x),
+                                      'A revert reads the live log only: its changes cannot be reverted.', NULL, NULL, NULL, x)
+           FROM pg_catalog.unnest(v_txids) AS x;
         RAISE EXCEPTION 'no audited change belongs to transaction %', v_missing
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Find transaction ids with history (the txid column).';
@@ -206,6 +211,10 @@ BEGIN
         RAISE EXCEPTION 'the end of the window (%) is before its start (%)', audit._time_text(v_until), audit._time_text(v_since)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- Transactions committed after v_since, of which some may have been dropped.
+    PERFORM audit._refuse_retired(pg_catalog.format('reverting what was committed after %s', audit._time_text(v_since)),
+                                  'A revert reads the live log only: start the window (since) after the latest commit they hold.',
+                                  NULL, v_since, v_until, NULL);
     v_ids := ARRAY(
         SELECT c.id FROM audit.transaction AS x JOIN audit.change AS c ON c.txid = x.txid AND c.started_at = x.started_at
          WHERE x.committed_at > v_since AND (v_until IS NULL OR x.committed_at <= v_until)

@@ -185,6 +185,65 @@ COMMENT ON FUNCTION audit.retire(jsonb, text) IS
 REVOKE ALL ON FUNCTION audit.retire(jsonb, text) FROM PUBLIC;
 
 
+CREATE OR REPLACE FUNCTION audit.retired(
+    p_table regclass DEFAULT NULL, p_since timestamptz DEFAULT NULL,
+    p_until timestamptz DEFAULT NULL, p_txid xid8 DEFAULT NULL)
+RETURNS TABLE (id bigint, lower timestamptz, upper timestamptz, transactions bigint,
+               changes bigint, txid_min xid8, txid_max xid8, committed_max timestamptz,
+               tables text[], reason text, archive text, retired_at timestamptz, retired_by text)
+LANGUAGE sql STABLE AS $$
+    -- The partition pairs that left the log and may have held changes of p_table, captured in
+    -- [p_since, p_until), of transaction p_txid (each null: any): what a reading of the live log
+    -- alone misses. A change was captured after its transaction started (at or after the
+    -- pair's lower bound) and before it committed (at or before committed_max).
+    SELECT r.id, r.lower, r.upper, r.transactions, r.changes, r.txid_min, r.txid_max,
+           r.committed_max,
+           ARRAY(SELECT coalesce(audit._qualified(t::regclass), t::text)
+                   FROM pg_catalog.unnest(r.tables) AS t ORDER BY 1),
+           r.reason, r.files ->> 'archive', r.retired_at, r.retired_by
+      FROM audit.retired_partition AS r
+     WHERE r.changes > 0
+       AND (p_table IS NULL OR p_table::oid = ANY (r.tables))
+       AND (p_since IS NULL OR r.committed_max >= p_since)
+       AND (p_until IS NULL OR r.lower < p_until)
+       AND (p_txid IS NULL OR p_txid BETWEEN r.txid_min AND r.txid_max)
+     ORDER BY r.id
+$$;
+
+COMMENT ON FUNCTION audit.retired(regclass, timestamptz, timestamptz, xid8) IS
+    'The partition pairs of the log dropped by archive --drop or retention (audit.retired_partition) that may have held changes of a table, captured in [since, until), or of a transaction (each null: any): their range of transaction start times, row counts, transaction ids, latest commit, tables, why they left (archive, retention) and the archive directory they went to (null: dropped without an archive), when and by whom. What history read from the live log alone misses.';
+
+
+CREATE OR REPLACE FUNCTION audit._refuse_retired(
+    p_doing text, p_advice text, p_table regclass, p_since timestamptz, p_until timestamptz,
+    p_txid xid8)
+RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+-- Raises when changes that p_doing (a revert) needs may have left the log (audit.retired): it
+-- reads the live log only, and would otherwise do part of what it was asked without a word.
+-- p_advice ends the hint.
+DECLARE
+    r record;
+BEGIN
+    SELECT pg_catalog.count(*) AS pairs, pg_catalog.max(x.committed_max) AS committed_max,
+           pg_catalog.string_agg(DISTINCT x.archive, ', ') AS archives,
+           pg_catalog.bool_or(x.archive IS NULL) AS unarchived
+      INTO r FROM audit.retired(p_table, p_since, p_until, p_txid) AS x;
+    IF r.pairs > 0 THEN
+        RAISE EXCEPTION '% needs changes that may have left the log: % partition pair(s) holding changes committed up to % were dropped', p_doing, r.pairs, audit._time_text(r.committed_max)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = pg_catalog.concat_ws(' ',
+                      CASE WHEN r.archives IS NOT NULL THEN pg_catalog.format('They were archived to %s (history --archive DIR shows them).', r.archives) END,
+                      CASE WHEN r.unarchived THEN 'Some were dropped without an archive (retention).' END,
+                      'pgaudit-tool partitions --retired (audit.retired()) lists them.', p_advice);
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION audit._refuse_retired(text, text, regclass, timestamptz, timestamptz, xid8) IS
+    'Internal. Raises a clear error naming the archive when changes an operation on the live log needs may have left it (audit.retired).';
+
+
 CREATE OR REPLACE FUNCTION audit.hold(p_table regclass DEFAULT NULL, p_until timestamptz DEFAULT NULL, p_reason text DEFAULT NULL)
 RETURNS audit.hold
 LANGUAGE plpgsql AS $$
