@@ -159,6 +159,7 @@ def _collect(
             "transactions",
         )
     )
+    left_log = _left_log(cur, since, until, tables)
     columns = rows(1, "report_columns")
     latest = sorted(
         (t for t in txs if t["latest_rank"] is not None), key=lambda t: t["latest_rank"]
@@ -212,6 +213,7 @@ def _collect(
             "first_change_at": first_at,
             "last_change_at": last_at,
             "bucket": bucket,
+            "left_log": left_log,
         },
         "filters": {
             "tables": [t.name for t in tables],
@@ -299,6 +301,32 @@ def _without(record: dict[str, Any], *keys: str) -> dict[str, Any]:
 #: Columns renamed for the report's keys; xid8 values arrive as text.
 _RENAMED = {"table_name": "table", "column_name": "column"}
 _XIDS = frozenset({"txid", "largest_txid"})
+
+
+def _left_log(
+    cur: psycopg.Cursor[dict[str, Any]],
+    since: datetime | None,
+    until: datetime,
+    tables: Sequence[TableRef],
+) -> dict[str, Any] | None:
+    """What of the window's history left the log (``audit.retired()``), for the report's
+    notice: the partition pairs, their latest commit, the archives they went to; None: none."""
+    pairs: dict[int, dict[str, Any]] = {}
+    relids: list[int | None] = [t.oid for t in tables] or [None]
+    for relid in relids:
+        for row in cur.execute(
+            "SELECT id, committed_max, archive FROM audit.retired(%s::oid::regclass, %s, %s)",
+            (relid, since, until),
+        ).fetchall():
+            pairs[row["id"]] = row
+    if not pairs:
+        return None
+    return {
+        "pairs": len(pairs),
+        "committed_max": max(p["committed_max"] for p in pairs.values()),
+        "archives": sorted({p["archive"] for p in pairs.values() if p["archive"] is not None}),
+        "unarchived": any(p["archive"] is None for p in pairs.values()),
+    }
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

@@ -201,6 +201,29 @@ def test_what_left_the_log_is_said_wherever_the_live_log_alone_is_read(
     assert conn.execute("SELECT v FROM t WHERE id = 100").fetchone() != ("late",)
 
 
+def test_a_report_says_when_its_window_reaches_into_history_that_left(
+    spread: tuple[Audit, list[datetime]], dsn: str, tmp_path: Path
+) -> None:
+    """A report counts the live log only: when part of its window left the log, every form
+    says so and names the archive; a window after what left has no such notice."""
+    audit, starts = spread
+    directory = tmp_path / "archive"
+    ok(archive_cli(dsn, starts[1], directory, "--drop", "--yes"))
+    since = starts[0].isoformat()
+    left = json.loads(ok(invoke(dsn, "report", "--since", since, "--format", "json")))
+    assert left["window"]["left_log"]["pairs"] == 1
+    assert left["window"]["left_log"]["archives"] == [str(directory)]
+    md = ok(invoke(dsn, "report", "--since", since, "--format", "md"))
+    assert "history left the log" in md and "archived to /tmp/" in md, md[:600]
+    page = tmp_path / "report.html"
+    ok(invoke(dsn, "report", "--since", since, "--output", str(page)))
+    assert 'id="left-log"' in page.read_text()
+    later = (audit.retired()[0]["committed_max"] + timedelta(microseconds=1)).isoformat()
+    after = json.loads(ok(invoke(dsn, "report", "--since", later, "--format", "json")))
+    assert after["window"]["left_log"] is None
+    assert "left the log" not in ok(invoke(dsn, "report", "--since", later, "--format", "md"))
+
+
 def test_history_says_what_retention_dropped_without_an_archive(
     spread: tuple[Audit, list[datetime]], dsn: str
 ) -> None:
