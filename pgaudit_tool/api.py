@@ -306,11 +306,19 @@ class Audit:
         """The filter's whole key as the archive finds it (None: no whole key)."""
         if flt.pk is None or flt.table is None or flt.pk_part:
             return None
+        return self._archived_keys(flt.table, [flt.pk])
+
+    def _archived_keys(self, table: TableRef, keys: Sequence[Any]) -> _archive.KeyTexts | None:
+        """Whole keys of ``table`` (as the log stores them) as the archive finds them, under
+        today's column names and past layouts' (None: too many to name, read every key)."""
+        if len(keys) > _archive.KEYS_NAMED:
+            return None
         with translated_errors():
             row = self.conn.execute(
-                "SELECT ARRAY(SELECT v::text FROM pg_catalog.unnest(audit._pk_variants("
-                "%s::oid::regclass, %s)) AS v), audit._key_holds_numeric(%s::oid::regclass)",
-                (flt.table.oid, jsonb(flt.pk), flt.table.oid),
+                "SELECT ARRAY(SELECT DISTINCT v::text FROM pg_catalog.unnest(%s::jsonb[]) AS k,"
+                " pg_catalog.unnest(audit._pk_variants(%s::oid::regclass, k)) AS v),"
+                " audit._key_holds_numeric(%s::oid::regclass)",
+                ([jsonb(k) for k in keys], table.oid, table.oid),
             ).fetchone()
         return None if row is None else _archive.KeyTexts(list(row[0]), bool(row[1]))
 
@@ -383,15 +391,13 @@ class Audit:
         self._require_installed()
         ref = resolve_table(self.conn, table)
         key, whole = normalize_key_part(self.conn, ref, pk)
-        self._read_with(archive, ref)
-        if whole:
-            return _reconstruct.blame(self.conn, ref, key)
-        rows = _reconstruct.live_keys(self.conn, ref, key)
+        rows = [key] if whole else _reconstruct.live_keys(self.conn, ref, key)
         if not rows:
             raise InvalidInput(
                 f"no row of {ref.name} has the key part {to_json_text(key)} now",
                 hint="Use history with the same key to see what happened to such rows.",
             )
+        self._read_with(archive, ref, keys=rows)
         return [line for row in rows for line in _reconstruct.blame(self.conn, ref, row)]
 
     def row_at(
@@ -402,7 +408,7 @@ class Audit:
         self._require_installed()
         ref = resolve_table(self.conn, table)
         key, instant = normalize_pk(self.conn, ref, pk), self._at(at)
-        self._read_with(archive, ref, committed_after=instant)
+        self._read_with(archive, ref, committed_after=instant, keys=[key])
         found = _reconstruct.row_at(self.conn, ref, key, instant)
         return None if found is None else dict(found)
 
@@ -458,17 +464,23 @@ class Audit:
         archive: Path | str | None,
         table: TableRef,
         committed_after: datetime | None = None,
+        keys: Sequence[Any] | None = None,
     ) -> None:
         """Make the reconstruction functions read the live log only, or (``archive``) the live
-        log and the archived changes of ``table`` they may need, loaded into temporary tables
-        of this session (``audit._log_sql``)."""
+        log and the archived changes of ``table`` they may need (of transactions committed
+        after ``committed_after``, of the rows ``keys``, each None: all), loaded into temporary
+        tables of this session (``audit._log_sql``)."""
         if archive is None:
             if self._archive_reads:
                 with translated_errors():
                     self.conn.execute("SELECT set_config('pgaudit.read_archive', 'off', false)")
                 self._archive_reads = False
             return
-        selection = _archive.Selection(relid=table.oid, committed_after=committed_after)
+        selection = _archive.Selection(
+            relid=table.oid,
+            key=None if keys is None else self._archived_keys(table, keys),
+            committed_after=committed_after,
+        )
         _archive.attach(self.conn, Path(archive), selection)
         with translated_errors():
             self.conn.execute("SELECT set_config('pgaudit.read_archive', 'on', false)")

@@ -738,6 +738,11 @@ def canonical_numbers(text: str) -> str:
     return re.sub(_NUMBER_ZEROS, lambda m: "".join(g or "" for g in m.groups()), text)
 
 
+#: At most this many rows' keys are looked for by key in the archive's files (blame of a
+#: part of a key); beyond, every archived change of the table is read.
+KEYS_NAMED = 1000
+
+
 @dataclass(frozen=True)
 class KeyTexts:
     """A key to find in the archive, which holds keys as the server's jsonb text: its variants
@@ -778,7 +783,7 @@ class Selection:
     """What a reading needs of the archive: the archived rows matching these (None: any)."""
 
     relid: int | None = None
-    key: KeyTexts | None = None  # a whole key
+    key: KeyTexts | None = None  # whole keys (one row's, or several rows')
     txid: int | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -909,8 +914,10 @@ def _change_filter(sel: Selection) -> tuple[list[str], list[Any]]:
             where.append(condition)
             params.append(value)
     if sel.key is not None:
+        # With the table's TRUNCATEs recorded without rows (no key), which reconstruction
+        # looks for to refuse instants before them.
         condition, values = sel.key.condition("pk")
-        where.append(condition)
+        where.append(f"(pk IS NULL OR {condition})")
         params.extend(values)
     return where, params
 

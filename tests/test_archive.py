@@ -680,6 +680,78 @@ def test_a_key_is_found_in_the_archive_however_its_numbers_are_spelled(
         assert [list(audit.history(t, pk=pk, archive=directory)) for t, pk in keys] == live
 
 
+def test_row_at_and_blame_read_only_their_rows_from_the_archive(
+    dsn: str, conn: Conn, tmp_path: Path
+) -> None:
+    """row-at and blame with --archive load the archived changes of their row (of the rows
+    having a part of the key), found under the key's past column names too (a key column
+    renamed after the changes were archived), not every archived change of the table; and
+    answer as before the drop."""
+    with Audit.connect(dsn) as audit:
+        audit.install(partition_interval="1 minute")
+        conn.execute("CREATE TABLE k (a int, b text, v text, PRIMARY KEY (a, b))")
+        audit.enable("k")
+        starts = short_partitions(conn)
+        conn.execute("INSERT INTO k SELECT g % 10, 'r' || g, 'v' FROM generate_series(1, 200) AS g")
+        between = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        conn.execute("UPDATE k SET v = v || '!' WHERE a = 3")
+        wait_until(starts[1] + timedelta(milliseconds=50))
+        conn.execute("UPDATE k SET v = v || '?' WHERE b = 'r13'")
+        audit.checkpoint()
+        at = between.isoformat()  # after the INSERT, before the UPDATE: both archived
+        row = {"a": 3, "b": "r13"}
+        before = (audit.row_at("k", row, at), audit.blame("k", row), audit.blame("k", 3))
+        directory = tmp_path / "archive"
+        ok(archive_cli(dsn, starts[1], directory, "--drop", "--yes"))
+        conn.execute("ALTER TABLE k RENAME COLUMN b TO bb")
+        renamed = {"a": 3, "bb": "r13"}
+
+        def loaded() -> int:
+            found = audit.conn.execute("SELECT count(*) FROM pg_temp.pgaudit_archived_change")
+            return int(found.fetchone()[0])  # type: ignore[index]
+
+        assert audit.row_at("k", renamed, at, archive=directory) == {
+            **{k: v for k, v in before[0].items() if k != "b"},  # type: ignore[union-attr]
+            "bb": "r13",
+        }
+        assert before[0] == {"a": 3, "b": "r13", "v": "v"}
+        assert loaded() == 1  # the row's UPDATE committed after the instant, of 220 archived
+        blamed = audit.blame("k", renamed, archive=directory)
+        assert [(b["column_name"], b["change_id"]) for b in blamed] == [
+            ("bb" if b["column_name"] == "b" else b["column_name"], b["change_id"])
+            for b in before[1]
+        ]
+        assert loaded() == 2
+        assert len(audit.blame("k", 3, archive=directory)) == len(before[2])
+        assert loaded() == 40  # the 20 rows with a = 3: INSERT and UPDATE each
+
+
+def test_a_truncate_without_rows_in_the_archive_still_stops_reconstruction(
+    dsn: str, conn: Conn, tmp_path: Path
+) -> None:
+    """A TRUNCATE recorded without its rows (no key) after an instant makes row-at refuse
+    that instant; reading the archive by key must still find it when it was archived."""
+    with Audit.connect(dsn) as audit:
+        audit.install(partition_interval="1 minute")
+        conn.execute("CREATE TABLE z (id int PRIMARY KEY, v text)")
+        audit.enable("z", capture_truncate=False)
+        starts = short_partitions(conn)
+        conn.execute("INSERT INTO z VALUES (1, 'a'), (2, 'b')")
+        between = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        conn.execute("TRUNCATE z")
+        conn.execute("INSERT INTO z VALUES (1, 'again')")
+        wait_until(starts[1] + timedelta(milliseconds=50))
+        conn.execute("UPDATE z SET v = 'later' WHERE id = 1")
+        audit.checkpoint()
+        at = between.isoformat()
+        refused = failed(invoke(dsn, "row-at", "z", "--pk", "1", "--at", at), 2, "TRUNCATE")
+        ok(archive_cli(dsn, starts[1], tmp_path / "archive", "--drop", "--yes"))
+        again = invoke(
+            dsn, "row-at", "z", "--pk", "1", "--at", at, "--archive", str(tmp_path / "archive")
+        )
+        assert failed(again, 2, "TRUNCATE") == refused
+
+
 def test_changes_rendered_by_several_sessions_make_the_same_file(
     dsn: str,
     conn: Conn,

@@ -168,6 +168,7 @@ def _check_archive_reading(result: dict[str, Any], config: BenchConfig) -> None:
     for key in ("history_archive_ms", "history_archive_actor_month_jsonl_ms"):
         assert result[key] > 0, key
     assert result["history_archive_actor_month_ms"] > 0
+    assert result["row_at_archive_ms"] > 0 and result["blame_archive_ms"] > 0
 
 
 def _check_result(result: dict[str, Any], config: BenchConfig) -> None:

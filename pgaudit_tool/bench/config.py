@@ -129,6 +129,8 @@ ARCHIVE_READING_KEYS = (
     "history_archive_actor_month_jsonl_ms",
     "history_archive_actor_month_ms",
     "history_archive_actor_month_rows",
+    "row_at_archive_ms",
+    "blame_archive_ms",
     "archived_changes",
 )
 #: Every key of :func:`~pgaudit_tool.bench.run_bench`'s result, in display order.

@@ -49,6 +49,8 @@ COMPARED_WITH: dict[str, str] = {
     "report_bytes": "absolute",
     "history_archive_ms": "absolute (over archived_changes archived changes)",
     "history_archive_actor_month_jsonl_ms": "absolute (over archived_changes archived changes)",
+    "row_at_archive_ms": "absolute (over archived_changes archived changes)",
+    "blame_archive_ms": "absolute (over archived_changes archived changes)",
 }
 
 

@@ -157,8 +157,9 @@ def _standard_notes(cfg: BenchConfig) -> list[str]:
             "of archived_changes synthetic changes in a throwaway database; history_archive_"
             "actor_month_jsonl_ms: one actor's month (history_archive_actor_month_rows changes) "
             "as history --format jsonl writes it; history_archive_actor_month_ms: the same as "
-            "Python values through Audit.history; medians of 3. The targets are for 10,000,000 "
-            "archived changes."
+            "Python values through Audit.history; row_at_archive_ms and blame_archive_ms: one "
+            "row of t one second into the archive (Audit.row_at), and its blame; medians of 3. "
+            "The targets are for 10,000,000 archived changes."
         )
     if cfg.reporting:
         notes.append(
