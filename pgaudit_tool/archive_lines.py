@@ -103,7 +103,7 @@ def archived_lines(
     selects (its ``limit`` and ``last`` too), by id: the lines ``row_to_json`` would write for
     them in ``audit.history``. ``key``: the whole key the filter names, if it does."""
     line = " || ',' || ".join(
-        f"{duck_literal(json.dumps(key) + ':')} || {expr}" for key, expr in _COLUMNS.items()
+        f"{duck_literal(json.dumps(name) + ':')} || {expr}" for name, expr in _COLUMNS.items()
     )
     yield from _archived(conn, pairs, flt, key, f"id, '{{' || {line} || '}}'")
 

@@ -698,8 +698,10 @@ def blame(state: _State, table: str, pk: str, archive: str | None, fmt: str) -> 
     """Who last set each column of a row of TABLE, and when."""
     from pgaudit_tool.reconstruct import BLAME_COLUMNS
 
-    _emit(state.audit().blame(table, pk, archive=archive), fmt, BLAME_COLUMNS)
-    if archive is None:
+    lines = state.audit().blame(table, pk, archive=archive)
+    _emit(lines, fmt, BLAME_COLUMNS)
+    if archive is None and any(line["change_id"] is None for line in lines):
+        # A column set by no recorded change: maybe by one that left the log.
         _note_retired(state, table)
 
 

@@ -190,17 +190,28 @@ def doctor(conn: psycopg.Connection[Any]) -> list[Finding]:
         rows = cur.execute("SELECT severity, object, problem, fix FROM audit.doctor()").fetchall()
         found = cast("list[Finding]", rows)
         if not schema.functions_current(conn):
-            found.insert(0, _functions_finding())
+            found.insert(0, _functions_finding(schema.functions_newer(conn)))
     return found
 
 
-def _functions_finding() -> Finding:
+def _functions_finding(newer: str | None) -> Finding:
+    """The audit schema's functions are not this version's (``newer``: a newer version of the
+    tool applied them)."""
+    if newer is not None:
+        problem = (
+            f"its functions, views and triggers were applied by pgaudit_tool {newer}, newer"
+            f" than this one ({schema.tool_version()}): use that version or a newer one"
+        )
+    else:
+        problem = (
+            "its functions, views and triggers are not those of this version of pgaudit_tool"
+            " (an older version applied them, or they were changed by hand): fixes of this"
+            " version are not in effect; run pgaudit-tool install (or install --repair)"
+        )
     return {
         "severity": "warning",
         "object": f"schema {schema.SCHEMA}",
-        "problem": "its functions, views and triggers are not those of this version of"
-        " pgaudit_tool (another version applied them, or they were changed by hand): fixes"
-        " of this version are not in effect; run pgaudit-tool install (or install --repair)",
+        "problem": problem,
         "fix": None,
     }
 

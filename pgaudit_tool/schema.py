@@ -118,40 +118,69 @@ def require_installed(conn: psycopg.Connection[Any]) -> str:
 
 def functions_digest() -> str:
     """SHA-256 (hex) of this version's ``sql/functions/``, as :func:`functions_script` records it."""
-    return hashlib.sha256(read_sql(function_files()).encode("utf-8")).hexdigest()
+    return _digest(read_sql(function_files()))
 
 
-_DIGEST = re.compile(r"functions sha256 ([0-9a-f]{64})")
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+_RECORDED = re.compile(r"functions of pgaudit_tool (\S+), sha256 ([0-9a-f]{64})")
 
 
 def functions_script() -> str:
-    """``sql/functions/`` and the schema's comment naming their digest (read back by
-    :func:`installed_functions_digest`)."""
+    """``sql/functions/`` and the schema's comment naming the tool's version and their digest
+    (read back by :func:`installed_functions`)."""
+    text = read_sql(function_files())
     comment = (
-        "pgaudit_tool's audit log; functions sha256"
-        f" {functions_digest()} (of sql/functions/, applied by pgaudit-tool install)"
+        f"pgaudit_tool's audit log; functions of pgaudit_tool {tool_version()}, sha256"
+        f" {_digest(text)} (of sql/functions/, applied by pgaudit-tool install)"
     )
     statement = sql.SQL("COMMENT ON SCHEMA {} IS {};").format(
         sql.Identifier(SCHEMA), sql.Literal(comment)
     )
-    return f"{read_sql(function_files())}\n{statement.as_string(None)}\n"
+    return f"{text}\n{statement.as_string(None)}\n"
 
 
-def installed_functions_digest(conn: psycopg.Connection[Any]) -> str | None:
-    """The digest of the ``sql/functions/`` last applied to the connected database (None: not
-    recorded: applied by a version that did not record it, or the schema's comment edited)."""
+def installed_functions(conn: psycopg.Connection[Any]) -> tuple[str, str] | None:
+    """The version of the tool that last applied ``sql/functions/`` to the connected database,
+    and their digest (None: not recorded: applied by a version that did not record it, or the
+    schema's comment edited)."""
     row = conn.execute(
         "SELECT pg_catalog.obj_description(n.oid, 'pg_namespace')"
         " FROM pg_catalog.pg_namespace AS n WHERE n.nspname OPERATOR(pg_catalog.=) %s",
         (SCHEMA,),
     ).fetchone()
-    found = _DIGEST.search(row[0]) if row and row[0] else None
-    return found.group(1) if found else None
+    found = _RECORDED.search(row[0]) if row and row[0] else None
+    return (found.group(1), found.group(2)) if found else None
 
 
 def functions_current(conn: psycopg.Connection[Any]) -> bool:
     """Whether the functions, views and triggers of the audit schema are this version's."""
-    return installed_functions_digest(conn) == functions_digest()
+    recorded = installed_functions(conn)
+    return recorded is not None and recorded[1] == functions_digest()
+
+
+def functions_newer(conn: psycopg.Connection[Any]) -> str | None:
+    """The version of the tool that applied the audit schema's functions when it is newer than
+    this one (its functions must not be replaced by older ones unasked), else None."""
+    recorded = installed_functions(conn)
+    if recorded is None or _version_key(recorded[0]) <= _version_key(tool_version()):
+        return None
+    return recorded[0]
+
+
+def tool_version() -> str:
+    """This version of pgaudit_tool (imported late: the package imports this module)."""
+    from pgaudit_tool import __version__
+
+    return __version__
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    """A release number's parts (``0.10.2`` -> (0, 10, 2)), for ordering; () when it has none."""
+    found = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(p) for p in found.group(0).split(".")) if found else ()
 
 
 def prepare_schema(connection: SAConnection) -> None:
@@ -268,7 +297,7 @@ def install(
                 command.upgrade(cfg, "head")
                 after = _current_revision(connection)
                 refreshed = before == after and (
-                    repair or not functions_current(_psycopg(connection))
+                    repair or not _keep_functions(_psycopg(connection))
                 )
                 if refreshed:
                     _psycopg(connection).execute(functions_script())
@@ -278,6 +307,22 @@ def install(
     finally:
         engine.dispose()
     return before, after or head_revision(), refreshed
+
+
+def _keep_functions(conn: psycopg.Connection[Any]) -> bool:
+    """At the newest revision: whether the functions stay as they are (this version's), or
+    raise when a newer version of the tool applied them (``repair`` replaces them anyway)."""
+    if functions_current(conn):
+        return True
+    newer = functions_newer(conn)
+    if newer is not None:
+        raise NotInstalled(
+            f"the audit schema's functions were applied by pgaudit_tool {newer}, newer than"
+            f" this one ({tool_version()}); nothing was changed",
+            hint="Use that version or a newer one; install --repair applies this version's"
+            " functions anyway.",
+        )
+    return False
 
 
 @dataclass(frozen=True)

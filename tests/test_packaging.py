@@ -22,10 +22,12 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 
 import pgaudit_tool
 from pgaudit_tool import Audit
 from pgaudit_tool.cli import main
+from pgaudit_tool.errors import NotInstalled
 from pgaudit_tool.resources import data_dir, function_files, schema_files
 from pgaudit_tool.schema import (
     alembic_config,
@@ -38,6 +40,7 @@ from pgaudit_tool.schema import (
 from tests.conftest import PgServer, fresh_database
 from tests.released import ORDER as RELEASED
 from tests.released import install_released
+from tests.test_cli import failed, invoke
 
 REPO = Path(__file__).resolve().parents[1]
 # The schema revisions the checkout ships, oldest first, and the newest.
@@ -144,15 +147,7 @@ def test_wheel_contains_the_sql_and_the_migrations(wheel: Path) -> None:
 _REPORT = """
 import json, pgaudit_tool
 from pgaudit_tool.resources import data_dir, function_files, schema_files
-from pgaudit_tool.cli import main
-from pgaudit_tool.schema import (
-    alembic_config,
-    functions_current,
-    functions_digest,
-    functions_script,
-    head_revision,
-    upgrade_sql,
-)
+from pgaudit_tool.schema import alembic_config, head_revision, upgrade_sql
 print(json.dumps({
     "package": pgaudit_tool.__file__,
     "sql": str(data_dir("sql")),
@@ -433,6 +428,7 @@ def test_repair_restores_what_was_dropped_or_edited(
         assert fresh[name] == repaired[name], f"{name} differ"
 
 
+@pytest.mark.one_major  # test_upgraded_equals_installed[0009] upgrades on every major
 def test_functions_of_another_version_at_the_same_revision_are_replaced(
     pg_server: PgServer, dsn: str, hand_dsn: str
 ) -> None:
@@ -476,6 +472,41 @@ def test_functions_of_another_version_at_the_same_revision_are_replaced(
     fresh, replaced = _catalog(dsn), _catalog(hand_dsn)
     for name in _CATALOG:
         assert fresh[name] == replaced[name], f"{name} differ"
+
+
+@pytest.mark.one_major  # install's logic; installs and upgrades run on every major
+@pytest.mark.parametrize(("version", "replaced"), [("0.0.9", True), ("99.0.0", False)])
+def test_functions_of_a_newer_version_are_not_replaced_unasked(
+    dsn: str, version: str, replaced: bool
+) -> None:
+    """Functions recorded as applied by an older version of the tool are replaced by
+    ``install``; by a newer one (two administrators with different versions), ``install``
+    refuses and changes nothing (its functions may fix what this version gets wrong), doctor
+    says so, and ``install --repair`` replaces them when asked."""
+    with Audit.connect(dsn) as audit:
+        audit.install()
+        audit.conn.execute(
+            "CREATE OR REPLACE FUNCTION audit._context(p_raw text) RETURNS jsonb"
+            " LANGUAGE sql IMMUTABLE AS 'SELECT NULL::jsonb'"
+        )
+        audit.conn.execute(
+            sql.SQL("COMMENT ON SCHEMA audit IS {}").format(
+                sql.Literal(f"functions of pgaudit_tool {version}, sha256 {'0' * 64}")
+            )
+        )
+        audit.conn.commit()
+        edited = _catalog(dsn)["functions"]
+        assert [f for f in audit.doctor() if f["object"] == "schema audit"]
+        if replaced:
+            assert audit.install().refreshed
+            assert _catalog(dsn)["functions"] != edited and functions_current(audit.conn)
+            return
+        with pytest.raises(NotInstalled, match=f"applied by pgaudit_tool {version}, newer"):
+            audit.install()
+        audit.conn.rollback()
+        assert _catalog(dsn)["functions"] == edited
+        failed(invoke(dsn, "install"), 4, "newer than this one", "--repair")
+        assert audit.install(repair=True).refreshed and functions_current(audit.conn)
 
 
 def test_a_revision_made_from_the_template_installs(
