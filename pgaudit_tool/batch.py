@@ -222,9 +222,20 @@ def load_baseline(
         for row in fetch(conn, _PEAKS, [f"{window - 1} minutes"]):
             base.peaks[(subject_of(row["actor"], row["db_user"]), window)] = int(row["peak"])
     base.forget_before(end - rules.baseline)
-    for row in fetch(conn, "SELECT relid::bigint AS relid, history_since FROM audit.tracked_table"):
+    for row in fetch(conn, _HISTORY_SINCE):
         base.since[row["relid"]] = row["history_since"]
     return base
+
+
+#: When each audited table's history in the log starts: when capture began, or where the
+#: partitions that left the log (archive --drop, retention) end, whichever is later (a subject
+#: whose changes left is not new; a detector needing history before that stays silent).
+_HISTORY_SINCE = """
+SELECT x.relid::bigint AS relid,
+       greatest(x.history_since, (SELECT max(r.upper) FROM audit.retired_partition AS r
+                                   WHERE x.relid = ANY (r.tables))) AS history_since
+  FROM audit.tracked_table AS x
+"""
 
 
 _PEAKS = """

@@ -242,6 +242,33 @@ def test_history_says_what_retention_dropped_without_an_archive(
     assert "dropped without an archive" in result.stderr and "--archive" not in result.stderr
 
 
+@pytest.mark.one_major  # the detectors' baseline; the drop itself runs on every major
+def test_a_subject_whose_changes_left_the_log_is_not_new_to_the_detectors(
+    dsn: str, conn: Conn
+) -> None:
+    """The detectors judge against the history before the window (30 days by default): when
+    that history was dropped (retention shorter than the baseline), a table's history starts
+    where the dropped partitions end, so that an actor whose earlier changes left the log is
+    not reported as changing the table for the first time (new_actor stays silent until the
+    table has a baseline's worth of history again). Fails when the start is enable's."""
+    with Audit.connect(dsn) as audit:
+        starts = audited_table(audit, conn)
+        # A table audited for two months.
+        conn.execute(
+            "UPDATE audit.tracked_table SET history_since = now() - interval '60 days',"
+            " enabled_at = now() - interval '60 days'"
+        )
+        conn.execute("SELECT set_config('pgaudit.actor', 'alice', false)")
+        write_batch(conn, 1)
+        wait_until(starts[1] + timedelta(seconds=1.2))
+        ok(invoke(dsn, "retention", "--keep", "1 second", "--no-archive", "--yes"))
+        assert audit.retired("t")
+        conn.execute("UPDATE t SET v = 'again' WHERE id = 5")
+        audit.checkpoint()
+        found = audit.anomalies(since=starts[1])
+        assert not [f for f in found if f["rule"] == "new_actor"], found
+
+
 def tampered(directory: Path, tmp_path: Path, name: str) -> Path:
     copy = tmp_path / name
     shutil.copytree(directory, copy)
