@@ -189,8 +189,9 @@ def doctor(conn: psycopg.Connection[Any]) -> list[Finding]:
     with translated_errors(), conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute("SELECT severity, object, problem, fix FROM audit.doctor()").fetchall()
         found = cast("list[Finding]", rows)
-        if not schema.functions_current(conn):
-            found.insert(0, _functions_finding(schema.functions_newer(conn)))
+        current, newer = schema.functions_standing(conn)
+        if not current:
+            found.insert(0, _functions_finding(newer))
     return found
 
 

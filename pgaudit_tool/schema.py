@@ -157,17 +157,21 @@ def installed_functions(conn: psycopg.Connection[Any]) -> tuple[str, str] | None
 
 def functions_current(conn: psycopg.Connection[Any]) -> bool:
     """Whether the functions, views and triggers of the audit schema are this version's."""
-    recorded = installed_functions(conn)
-    return recorded is not None and recorded[1] == functions_digest()
+    return functions_standing(conn)[0]
 
 
-def functions_newer(conn: psycopg.Connection[Any]) -> str | None:
-    """The version of the tool that applied the audit schema's functions when it is newer than
-    this one (its functions must not be replaced by older ones unasked), else None."""
+def functions_standing(conn: psycopg.Connection[Any]) -> tuple[bool, str | None]:
+    """Whether the audit schema's functions are this version's, and the version of the tool
+    that applied them when it is newer than this one (its functions must not be replaced by
+    older ones unasked), else None; one look at the schema's comment."""
     recorded = installed_functions(conn)
-    if recorded is None or _version_key(recorded[0]) <= _version_key(tool_version()):
-        return None
-    return recorded[0]
+    if recorded is None:
+        return False, None
+    version, digest = recorded
+    if digest == functions_digest():
+        return True, None
+    newer = _version_key(version) > _version_key(tool_version())
+    return False, version if newer else None
 
 
 def tool_version() -> str:
@@ -312,9 +316,9 @@ def install(
 def _keep_functions(conn: psycopg.Connection[Any]) -> bool:
     """At the newest revision: whether the functions stay as they are (this version's), or
     raise when a newer version of the tool applied them (``repair`` replaces them anyway)."""
-    if functions_current(conn):
+    current, newer = functions_standing(conn)
+    if current:
         return True
-    newer = functions_newer(conn)
     if newer is not None:
         raise NotInstalled(
             f"the audit schema's functions were applied by pgaudit_tool {newer}, newer than"
